@@ -1,0 +1,55 @@
+# lmm — the commands a newcomer types. Every target installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# torch and torchvision must be pinned in the same pip command as everything else:
+# PyPI's torchvision imports only beside its matching torch, and an unpinned install
+# swaps torch for a multi-GB download. The matching pair depends on the architecture.
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),aarch64)
+TORCH_PINS := torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: install data demo test describe lock clean-runs help
+
+help:
+	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
+	@echo "make test      install and run the test suite"
+	@echo "make data      generate the synthetic shards under data/synthetic"
+	@echo "make describe  parameter table of LLaVA-1.5-13B (meta device, no download)"
+	@echo "make lock      rewrite requirements.lock from the current environment"
+
+install: $(STAMP)
+
+# Re-runs only when the declared dependencies change; otherwise a no-op.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock $(TORCH_PINS) -e '.[dev]'
+	touch $(STAMP)
+
+data: install
+	$(PY) -m lmm.data.synthetic --out data/synthetic
+
+# Pretrain (connector only) -> finetune (connector + LLM, connector initialised from the
+# pretrain run) -> greedy evaluation on the test split. Re-running resumes/skips finished runs.
+demo: install data
+	$(PY) run.py experiment=demo_pretrain
+	$(PY) run.py experiment=demo_finetune
+
+test: install
+	$(PY) -m pytest -q tests
+
+describe: install
+	$(PY) run.py task=describe connector=mlp llm=vicuna13b vision=clip_l14_336
+
+lock: install
+	$(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch==|torchvision==|nvidia-|triton==|cuda-)' > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean-runs:
+	rm -rf experiments/runs

@@ -1,0 +1,46 @@
+"""Collate Examples into a padded batch; Skips are dropped and counted by reason."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from lmm.data.conversation import IGNORE_INDEX
+from lmm.data.sample import Example, Skip
+
+
+class Collator:
+    """list[Example | Skip] -> {input_ids, attention_mask, labels [B, T], pixel_values [I, 3, S, S], ...}.
+
+    `padding_side="left"` is for generation (new tokens follow the prompt directly).
+    `skipped` maps reason kind -> count, so the training loop can log every dropped sample.
+    """
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right"):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        self.pad_token_id, self.padding_side = pad_token_id, padding_side
+
+    def __call__(self, items: list[Example | Skip]) -> dict:
+        examples = [x for x in items if isinstance(x, Example)]
+        skipped = Counter(x.reason.split(":")[0] for x in items if isinstance(x, Skip))
+        length = max((len(x.input_ids) for x in examples), default=0)
+        ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(examples), length), dtype=torch.long)
+        for row, x in enumerate(examples):
+            n = len(x.input_ids)
+            cols = slice(length - n, length) if self.padding_side == "left" else slice(0, n)
+            ids[row, cols] = torch.tensor(x.input_ids)
+            labels[row, cols] = torch.tensor(x.labels)
+            mask[row, cols] = 1
+        pixels = [x.pixels for x in examples if x.pixels is not None]
+        return {
+            "input_ids": ids,  # [B, T]
+            "attention_mask": mask,  # [B, T]
+            "labels": labels,  # [B, T]
+            "pixel_values": torch.stack(pixels) if pixels else None,  # [I, 3, S, S]
+            "meta": [x.meta for x in examples],
+            "skipped": dict(skipped),
+        }

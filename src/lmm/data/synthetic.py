@@ -1,0 +1,309 @@
+"""Generate the synthetic academic mixture (VQA, OCR, region, description) as WebDataset shards.
+
+Deterministic from a seed: the same arguments write byte-identical shards. Layout:
+
+    OUT/manifest.json          counts per split and source, shard lists, train-set baselines
+    OUT/{pretrain,train,val,test}/shard-000000.tar
+    OUT/tokenizer/             a tiny BPE tokenizer trained on the train texts
+
+Each sample is `{"__key__", "png": bytes, "json": {"id", "source", "conversations", "qtypes"}}`,
+LLaVA's format plus the question type of every human turn (used for per-type baselines).
+Boxes are normalised to the *padded square* image, as LLaVA-1.5's region data is.
+
+    python -m lmm.data.synthetic --out data/synthetic [--train 6000 --seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import webdataset as wds
+from PIL import Image, ImageDraw, ImageFont
+
+GENERATOR_VERSION = 1
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+GROUNDING_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
+REGION_CAPTION_PROMPT = "Please provide a short description for this region: "
+DETAIL_PROMPTS = (
+    "Describe the image in detail.",
+    "What do you see in this image? Describe it thoroughly.",
+    "Give a detailed description of the picture.",
+)
+CAPTION_PROMPTS = (
+    "Provide a brief description of the given image.",
+    "Describe the image concisely.",
+    "Write a short caption for the image.",
+)
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 40),
+    "blue": (30, 60, 220),
+    "yellow": (240, 210, 20),
+    "purple": (140, 40, 180),
+    "black": (20, 20, 20),
+}
+SHAPES = ("circle", "square", "triangle", "diamond")
+SIZES = {"small": 9, "large": 15}  # half-extent in pixels
+CANVASES = ((84, 84), (96, 72), (72, 96))
+BACKGROUND = (255, 255, 255)
+WORDS = (
+    "cat dog sun car bus map pen cup box hat key bed egg fox owl pig cow bee ant "
+    "tree book door fish frog milk rain ship star wolf lamp moon rose kite"
+).split()
+SOURCES = ("vqa", "ocr", "region", "description")
+SPLITS = ("pretrain", "train", "val", "test")
+
+
+@dataclass
+class Obj:
+    shape: str
+    colour: str
+    size: str
+    cx: int
+    cy: int
+
+    @property
+    def half(self) -> int:
+        return SIZES[self.size]
+
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.cx - self.half, self.cy - self.half, self.cx + self.half, self.cy + self.half)
+
+    def phrase(self) -> str:
+        return f"{self.size} {self.colour} {self.shape}"
+
+
+@dataclass
+class Scene:
+    width: int
+    height: int
+    objects: list[Obj]
+    word: str | None = None
+    word_colour: str | None = None
+
+
+def _place_objects(rng: random.Random, width: int, height: int, n: int) -> list[Obj]:
+    kinds = rng.sample([(s, c) for s in SHAPES for c in COLOURS], n)  # unique (shape, colour)
+    objects: list[Obj] = []
+    for shape, colour in kinds:
+        for _ in range(100):  # rejection sampling for non-overlapping boxes
+            size = rng.choice(tuple(SIZES))
+            half = SIZES[size]
+            cx, cy = rng.randint(half + 1, width - half - 2), rng.randint(half + 1, height - half - 2)
+            if all(abs(cx - o.cx) > half + o.half + 2 or abs(cy - o.cy) > half + o.half + 2 for o in objects):
+                objects.append(Obj(shape, colour, size, cx, cy))
+                break
+    return objects
+
+
+def _draw(scene: Scene) -> bytes:
+    image = Image.new("RGB", (scene.width, scene.height), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for o in scene.objects:
+        x1, y1, x2, y2 = o.box()
+        fill = COLOURS[o.colour]
+        if o.shape == "circle":
+            draw.ellipse((x1, y1, x2, y2), fill=fill)
+        elif o.shape == "square":
+            draw.rectangle((x1, y1, x2, y2), fill=fill)
+        elif o.shape == "triangle":
+            draw.polygon([(o.cx, y1), (x2, y2), (x1, y2)], fill=fill)
+        else:
+            draw.polygon([(o.cx, y1), (x2, o.cy), (o.cx, y2), (x1, o.cy)], fill=fill)
+    if scene.word:
+        font = ImageFont.load_default(size=22)
+        draw.text((scene.width // 2, scene.height // 2), scene.word, fill=COLOURS[scene.word_colour], font=font, anchor="mm")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def normalised_box(box: tuple[int, int, int, int], width: int, height: int) -> list[float]:
+    """Pixel box -> [x1, y1, x2, y2] in [0, 1] of the padded square image, 2 decimals."""
+    side = max(width, height)
+    dx, dy = (side - width) / 2, (side - height) / 2
+    x1, y1, x2, y2 = box
+    return [round((x1 + dx) / side, 2), round((y1 + dy) / side, 2), round((x2 + dx) / side, 2), round((y2 + dy) / side, 2)]
+
+
+def format_box(box: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
+
+
+def _where(o: Obj, width: int, height: int) -> str:
+    horizontal = "left" if o.cx < width / 3 else "right" if o.cx > 2 * width / 3 else "centre"
+    vertical = "top" if o.cy < height / 3 else "bottom" if o.cy > 2 * height / 3 else "middle"
+    return "in the centre" if (horizontal, vertical) == ("centre", "middle") else f"at the {vertical} {horizontal}"
+
+
+def _vqa_questions(rng: random.Random, scene: Scene) -> list[tuple[str, str, str]]:
+    """(question type, question, answer) candidates; each is unambiguous for the scene."""
+    objs = scene.objects
+    qs = [("count", "How many objects are in the image?", str(len(objs)))]
+    for o in objs:
+        qs.append(("colour", f"What color is the {o.shape}?", o.colour) if sum(p.shape == o.shape for p in objs) == 1 else None)
+        qs.append(("shape", f"What shape is the {o.colour} object?", o.shape) if sum(p.colour == o.colour for p in objs) == 1 else None)
+    if len(objs) >= 2:
+        a, b = rng.sample(objs, 2)
+        if abs(a.cx - b.cx) > 6:
+            side = "left" if a.cx < b.cx else "right"
+            qs.append(("position", f"Is the {a.colour} {a.shape} to the left or right of the {b.colour} {b.shape}?", side))
+    return [q for q in qs if q is not None]
+
+
+def _conversation(pairs: list[tuple[str, str]]) -> list[dict]:
+    turns = []
+    for i, (question, answer) in enumerate(pairs):
+        turns.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + question})
+        turns.append({"from": "gpt", "value": answer})
+    return turns
+
+
+def _description(scene: Scene) -> str:
+    n = len(scene.objects)
+    parts = [f"The image shows {n} object{'s' if n > 1 else ''} on a white background."]
+    for o in scene.objects:
+        parts.append(f"There is a {o.phrase()} {_where(o, scene.width, scene.height)}.")
+    return " ".join(parts)
+
+
+def _caption(scene: Scene) -> str:
+    names = [f"a {o.phrase()}" for o in scene.objects]
+    return (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]).capitalize() + "."
+
+
+def make_sample(rng: random.Random, source: str, index: int) -> tuple[Scene, dict]:
+    """One image and its conversation from `source` (or a caption pair for 'caption')."""
+    width, height = rng.choice(CANVASES)
+    scene = Scene(width, height, _place_objects(rng, width, height, rng.randint(1, 3)))
+    qtypes: list[str]
+    if source == "vqa":
+        candidates = _vqa_questions(rng, scene)
+        chosen = rng.sample(candidates, min(len(candidates), rng.randint(2, 4)))
+        pairs = [(f"{q}\n{SHORT_ANSWER}", a) for _, q, a in chosen]
+        qtypes = [t for t, _, _ in chosen]
+    elif source == "ocr":
+        scene.objects = []
+        scene.word, scene.word_colour = rng.choice(WORDS), rng.choice(tuple(COLOURS))
+        pairs = [(f"What word is written in the image?\n{SHORT_ANSWER}", scene.word)]
+        qtypes = ["word"]
+        if rng.random() < 0.5:
+            pairs.append((f"What color is the text?\n{SHORT_ANSWER}", scene.word_colour))
+            qtypes.append("text_colour")
+    elif source == "region":
+        pairs, qtypes = [], []
+        for o in rng.sample(scene.objects, len(scene.objects)):
+            box = format_box(normalised_box(o.box(), width, height))
+            if rng.random() < 0.5:
+                pairs.append((f"{GROUNDING_PROMPT}{o.phrase()}.", box))
+                qtypes.append("grounding")
+            else:
+                pairs.append((f"{REGION_CAPTION_PROMPT}{box}", o.phrase()))
+                qtypes.append("region_caption")
+    elif source == "description":
+        pairs, qtypes = [(rng.choice(DETAIL_PROMPTS), _description(scene))], ["description"]
+    elif source == "caption":
+        pairs, qtypes = [(rng.choice(CAPTION_PROMPTS), _caption(scene))], ["caption"]
+    else:
+        raise ValueError(f"unknown synthetic source {source!r}")
+    record = {"id": f"{source}-{index:07d}", "source": source, "conversations": _conversation(pairs), "qtypes": qtypes}
+    return scene, record
+
+
+@dataclass
+class GenerationConfig:
+    seed: int = 0
+    pretrain: int = 4000
+    train: int = 6000
+    val: int = 200
+    test: int = 600
+    shard_size: int = 1000
+    version: int = GENERATOR_VERSION
+
+
+def _split_sources(split: str, n: int, rng: random.Random) -> list[str]:
+    if split == "pretrain":
+        return ["caption"] * n
+    weights = {"vqa": 0.4, "ocr": 0.2, "region": 0.2, "description": 0.2}
+    return rng.choices(list(weights), weights=list(weights.values()), k=n)
+
+
+def _baselines(train_records: list[dict]) -> dict:
+    """Trivial baselines from the train split: majority answer per question type, mean box size."""
+    answers: dict[str, Counter] = {}
+    widths, heights = [], []
+    for record in train_records:
+        turns = record["conversations"]
+        for k, qtype in enumerate(record["qtypes"]):
+            answer = turns[2 * k + 1]["value"]
+            answers.setdefault(qtype, Counter())[answer] += 1
+            if qtype == "grounding":
+                x1, y1, x2, y2 = json.loads(answer)
+                widths.append(x2 - x1)
+                heights.append(y2 - y1)
+    majority = {q: c.most_common(1)[0][0] for q, c in answers.items() if q not in ("description", "grounding")}
+    w, h = sum(widths) / max(len(widths), 1), sum(heights) / max(len(heights), 1)
+    return {"majority_answer": majority, "centred_box": [round(0.5 - w / 2, 2), round(0.5 - h / 2, 2), round(0.5 + w / 2, 2), round(0.5 + h / 2, 2)]}
+
+
+def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), train_tokenizer: bool = True) -> dict:
+    """Write all splits, the manifest and the tokenizer; skip if `out` already holds this config."""
+    out = Path(out)
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("config") == asdict(config):
+            return manifest
+    manifest = {"config": asdict(config), "counts": {}, "shards": {}}
+    texts: list[str] = []
+    train_records: list[dict] = []
+    for split_index, split in enumerate(SPLITS):
+        rng = random.Random(config.seed * 1000 + split_index)  # splits are independent streams
+        split_dir = out / split
+        split_dir.mkdir(parents=True, exist_ok=True)
+        for old in split_dir.glob("shard-*.tar"):
+            old.unlink()
+        counts: Counter = Counter()
+        pattern = str(split_dir / "shard-%06d.tar")
+        with wds.ShardWriter(pattern, maxcount=config.shard_size, verbose=0, mtime=0.0) as writer:
+            for i, source in enumerate(_split_sources(split, getattr(config, split), rng)):
+                scene, record = make_sample(rng, source, i)
+                writer.write({"__key__": f"{split}-{i:07d}", "png": _draw(scene), "json": record})
+                counts[source] += 1
+                if split in ("pretrain", "train"):
+                    texts += [turn["value"] for turn in record["conversations"]]
+                if split == "train":
+                    train_records.append(record)
+        manifest["counts"][split] = dict(sorted(counts.items()))
+        manifest["shards"][split] = sorted(p.name for p in split_dir.glob("shard-*.tar"))
+    manifest["baselines"] = _baselines(train_records)
+    if train_tokenizer:
+        from lmm.data.tokenizer import train_tokenizer as train
+
+        train(texts, out / "tokenizer")
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="data/synthetic")
+    defaults = GenerationConfig()
+    for field in ("seed", "pretrain", "train", "val", "test", "shard_size"):
+        parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
+    args = parser.parse_args(argv)
+    config = GenerationConfig(**{f: getattr(args, f) for f in ("seed", "pretrain", "train", "val", "test", "shard_size")})
+    manifest = generate(args.out, config)
+    print(f"synthetic mixture in {args.out}:")
+    for split, counts in manifest["counts"].items():
+        print(f"  {split:9s} {sum(counts.values()):6d}  " + "  ".join(f"{s}={n}" for s, n in counts.items()))
+
+
+if __name__ == "__main__":
+    main()

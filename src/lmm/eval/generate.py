@@ -1,0 +1,40 @@
+"""Batched greedy generation over left-padded batches, decoded to text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from lmm.model.lmm import LMM
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """Stop tokens: EOS (vicuna_v1's end-of-turn "</s>" is the EOS token)."""
+    return [tokenizer.eos_token_id]
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def generate_texts(
+    model: LMM, batches: Iterable[dict], tokenizer, max_new_tokens: int, device: torch.device | str = "cpu"
+) -> list[str]:
+    """Answers for every row of every batch, in order. Batches must be left-padded."""
+    answers: list[str] = []
+    for batch in batches:
+        if not batch["input_ids"].shape[0]:
+            continue
+        batch = _to_device(batch, torch.device(device))
+        new_ids = model.generate(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["pixel_values"],
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=end_of_turn_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+        )  # [B, ≤max_new_tokens]
+        answers += [text.strip() for text in tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
+    return answers

@@ -1,0 +1,20 @@
+"""Instantiate the LMM from the vision / connector / llm config groups."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lmm.model.lmm import LMM
+
+
+def build_model(cfg: DictConfig, image_token_id: int, load_weights: bool = True) -> LMM:
+    """Vision and LLM first (their widths fix the connector's), then the connector between them.
+
+    With `load_weights=False` nothing is read from disk: real-size configs build from their
+    `arch` alone (use under `torch.device("meta")` to inspect them for free).
+    """
+    vision = instantiate(cfg.vision, load_weights=load_weights)
+    llm = instantiate(cfg.llm.model, load_weights=load_weights)
+    connector = instantiate(cfg.connector, vision_dim=vision.hidden_size, llm_dim=llm.config.hidden_size)
+    return LMM(vision, connector, llm, image_token_id)

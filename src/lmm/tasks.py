@@ -1,0 +1,15 @@
+"""Map `cfg.task` to the function that runs it."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+
+def run_task(cfg: DictConfig):
+    from lmm.describe import describe
+    from lmm.train.train import evaluate_run, train
+
+    tasks = {"train": train, "describe": describe, "eval": evaluate_run}
+    if cfg.task not in tasks:
+        raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
+    return tasks[cfg.task](cfg)

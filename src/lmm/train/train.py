@@ -1,0 +1,129 @@
+"""Run one training stage from a composed config: preflight, build, fit, save, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_model
+
+from lmm.data.conversation import TEMPLATE_NAMES
+from lmm.data.image import ImageTransform
+from lmm.data.sample import SampleProcessor
+from lmm.data.tokenizer import load_tokenizer
+from lmm.eval.benchmarks import format_table
+from lmm.model.build import build_model
+from lmm.model.lmm import LMM
+from lmm.train.module import LMMModule
+from lmm.weights import resolve_weights
+
+FINAL_WEIGHTS = "final.safetensors"
+RESULTS = "results.json"
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Fail before any work: unknown template, missing weights."""
+    if cfg.stage.template not in TEMPLATE_NAMES:
+        raise ValueError(f"stage.template={cfg.stage.template!r} is not one of {TEMPLATE_NAMES}")
+    for what, name in (("vision weights", cfg.vision.get("pretrained")), ("LLM weights", cfg.llm.model.get("pretrained"))):
+        if name:
+            resolve_weights(name, what)
+
+
+def build_run(cfg: DictConfig, load_weights: bool = True) -> tuple[LMM, SampleProcessor]:
+    """Tokenizer, model and the sample processor that matches them."""
+    tokenizer = load_tokenizer(cfg.llm.tokenizer)
+    model = build_model(cfg, image_token_id=tokenizer.convert_tokens_to_ids("<image>"), load_weights=load_weights)
+    vocab = model.llm.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab + 1:  # the image token may lie one past the vocabulary (never embedded)
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LLM embeds only {vocab}; raise llm.model.arch.vocab_size")
+    transform = ImageTransform(model.vision.image_size, model.vision.mean, model.vision.std, model.vision.image_aspect)
+    processor = SampleProcessor(tokenizer, cfg.stage.template, transform, model.num_image_tokens, cfg.data.max_length)
+    return model, processor
+
+
+def random_init_components(cfg: DictConfig) -> list[str]:
+    """Components with no pretrained weights: their random init must travel with the connector."""
+    return [name for name, pretrained in (("vision", cfg.vision.get("pretrained")), ("llm", cfg.llm.model.get("pretrained"))) if not pretrained]
+
+
+def init_from(model: LMM, source: str, components: list[str]) -> None:
+    """Load `components` from a finished run (its final.safetensors) or a safetensors file."""
+    path = Path(source)
+    path = path / FINAL_WEIGHTS if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"stage.init_from: no {FINAL_WEIGHTS} at {path}; has that run finished?")
+    state = load_file(str(path))
+    for name in components:
+        prefix = f"{name}."
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing, unexpected = getattr(model, name).load_state_dict(part, strict=False)
+        if unexpected or (missing and name == "connector"):
+            raise ValueError(f"stage.init_from {path}: {name} does not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    print(f"[lmm] initialised {', '.join(components)} from {path}")
+
+
+def evaluate(cfg: DictConfig, model: LMM, processor: SampleProcessor, run_dir: Path, device: torch.device | str = "cpu") -> dict:
+    benchmark = instantiate(cfg.eval)
+    results = benchmark.run(model, processor, device)
+    results["overrides"] = list(cfg.get("overrides", []) or [])
+    results["name"] = cfg.name
+    (run_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
+    print(f"[lmm] results written to {run_dir / RESULTS}")
+    return results
+
+
+def train(cfg: DictConfig) -> dict | None:
+    run_dir = Path(cfg.run_dir)
+    if (run_dir / FINAL_WEIGHTS).exists() and ((run_dir / RESULTS).exists() or not cfg.eval_after_train):
+        print(f"[lmm] {run_dir} has already finished; not re-running it (delete the directory to redo it).")
+        if (run_dir / RESULTS).exists():
+            results = json.loads((run_dir / RESULTS).read_text())
+            print(format_table(results))
+            return results
+        return None
+    preflight(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, seed=cfg.seed)
+    datamodule.ensure_data()
+    model, processor = build_run(cfg)
+    if cfg.stage.init_from:
+        init_from(model, cfg.stage.init_from, ["connector", *random_init_components(cfg)])
+    datamodule.attach(processor, processor.tokenizer.pad_token_id)
+    module = LMMModule(model, **OmegaConf.to_container(cfg.stage.optim, resolve=True), train=dict(cfg.stage.train))
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        strategy=instantiate(cfg.strategy),
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""),
+        callbacks=[checkpoints],
+        default_root_dir=str(run_dir),
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        print(f"[lmm] resuming from {last}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    if trainer.global_rank != 0:
+        return None
+    save_model(model, str(run_dir / FINAL_WEIGHTS))
+    print(f"[lmm] trained {trainer.global_step} steps; weights in {run_dir / FINAL_WEIGHTS} ({module.skipped_total} samples skipped)")
+    if not cfg.eval_after_train:
+        return None
+    return evaluate(cfg, model, processor, run_dir, device=module.device)
+
+
+def evaluate_run(cfg: DictConfig) -> dict:
+    """task=eval: score a finished run (`ckpt=RUN_DIR`) with the configured benchmark."""
+    if not cfg.get("ckpt"):
+        raise ValueError("task=eval needs ckpt=RUN_DIR (a run directory holding final.safetensors)")
+    run_dir = Path(cfg.ckpt)
+    model, processor = build_run(cfg)
+    init_from(model, str(run_dir), ["vision", "connector", "llm"])
+    return evaluate(cfg, model, processor, Path(cfg.run_dir))
