@@ -53,7 +53,7 @@ class SampleProcessor:
         except Exception as e:  # PIL raises many types for corrupt/truncated images
             return Skip(key, f"image: {type(e).__name__}: {e}")
         if enc.num_images != (0 if pixels is None else 1):
-            return Skip(key, f"{enc.num_images} <image> tokens in the text but {0 if pixels is None else 1} images")
+            return Skip(key, f"conversation: {enc.num_images} <image> tokens in the text but {0 if pixels is None else 1} images")
         return Example(enc.input_ids, enc.labels, pixels, meta or {})
 
     def __call__(self, sample: dict) -> Example | Skip:

@@ -1,0 +1,49 @@
+"""Shared fixtures: one small synthetic mixture per session, and config composition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from lmm.config import register_resolvers
+from lmm.data.synthetic import GenerationConfig, generate
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SMALL = GenerationConfig(seed=0, pretrain=96, train=240, val=24, test=48, shard_size=60)
+
+register_resolvers()
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A small synthetic mixture with its tokenizer; `paths.data` for composed configs."""
+    root = tmp_path_factory.mktemp("data")
+    generate(root / "synthetic", SMALL)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tokenizer(data_root):
+    from lmm.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(data_root / "synthetic" / "tokenizer"))
+
+
+def compose_config(overrides: list[str] = (), data_root: Path | None = None, run_dir: Path | None = None) -> DictConfig:
+    """Compose conf/ as `python run.py OVERRIDES` would, with test paths."""
+    extra = [f"run_dir={run_dir or '/nonexistent-run-dir'}"]
+    if data_root is not None:
+        extra += [f"paths.data={data_root}", f"paths.runs={data_root / 'runs'}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*overrides, *extra])
+
+
+@pytest.fixture
+def make_config(data_root, tmp_path):
+    def make(*overrides: str, run_dir: Path | None = None) -> DictConfig:
+        return compose_config(list(overrides), data_root, run_dir or tmp_path / "run")
+
+    return make

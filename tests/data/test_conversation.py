@@ -1,0 +1,83 @@
+"""Templates render LLaVA-1.5's exact text; label masks are exact on hand-written conversations."""
+
+import pytest
+
+from lmm.data.conversation import IGNORE_INDEX, ConversationError, encode, render, segments
+
+SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+TWO_TURNS = [
+    {"from": "human", "value": "What color is the square?\n<image>"},
+    {"from": "gpt", "value": "red"},
+    {"from": "human", "value": "How many objects are in the image?"},
+    {"from": "gpt", "value": "2"},
+]
+
+
+def test_vicuna_v1_text_is_llava_exact():
+    assert render("vicuna_v1", TWO_TURNS) == (
+        f"{SYSTEM} USER: <image>\nWhat color is the square? ASSISTANT: red</s>"
+        "USER: How many objects are in the image? ASSISTANT: 2</s>"
+    )
+
+
+def test_generation_prompt_ends_at_assistant():
+    prompt = render("vicuna_v1", TWO_TURNS[:1], generation_prompt=True)
+    assert prompt == f"{SYSTEM} USER: <image>\nWhat color is the square? ASSISTANT:"
+
+
+def test_plain_template():
+    pair = [{"from": "human", "value": "Describe.\n<image>"}, {"from": "gpt", "value": "A red circle."}]
+    assert render("plain", pair) == "<image>A red circle.\n"
+    assert segments("plain", pair) == [("<image>", False), ("A red circle.\n", True)]
+    with pytest.raises(ConversationError, match="one image-caption pair"):
+        render("plain", TWO_TURNS)
+
+
+def test_segments_concatenate_to_render():
+    assert "".join(t for t, _ in segments("vicuna_v1", TWO_TURNS)) == render("vicuna_v1", TWO_TURNS)
+    targets = [t for t, is_target in segments("vicuna_v1", TWO_TURNS) if is_target]
+    assert targets == [" red</s>", " 2</s>"]
+
+
+@pytest.mark.parametrize("bad", [[], [{"from": "gpt", "value": "x"}], [{"from": "human", "value": 3}]])
+def test_bad_turns_raise(bad):
+    with pytest.raises(ConversationError):
+        render("vicuna_v1", bad, generation_prompt=True)
+
+
+def test_unknown_template():
+    with pytest.raises(ConversationError, match="unknown template"):
+        render("chatml", TWO_TURNS)
+
+
+def test_label_mask_is_exact(tokenizer):
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    enc = encode(tokenizer, "vicuna_v1", TWO_TURNS, image_tokens=7, image_token_id=image_id)
+    assert len(enc.input_ids) == len(enc.labels)
+    assert enc.input_ids[0] == tokenizer.bos_token_id and enc.labels[0] == IGNORE_INDEX
+    assert enc.input_ids.count(image_id) == 7 and enc.num_images == 1
+    # The trained positions are exactly the two replies with their end-of-turn token.
+    trained = [(i, t) for i, t in enumerate(enc.labels) if t != IGNORE_INDEX]
+    assert all(enc.input_ids[i] == t for i, t in trained)
+    spans, current = [], []
+    for i, t in enumerate(enc.labels):
+        if t != IGNORE_INDEX:
+            current.append(t)
+        elif current:
+            spans.append(current)
+            current = []
+    if current:
+        spans.append(current)
+    assert [tokenizer.decode(s) for s in spans] == [" red</s>", " 2</s>"]
+    assert [s[-1] for s in spans] == [tokenizer.eos_token_id] * 2
+    # Decoding the whole sequence (placeholders collapsed) gives back the rendered text.
+    text = tokenizer.decode([t for t in enc.input_ids[1:] if t != image_id])
+    assert text == render("vicuna_v1", TWO_TURNS).replace("<image>", "")
+
+
+def test_over_long_conversation_raises(tokenizer):
+    with pytest.raises(ConversationError, match="longer than max_length"):
+        encode(tokenizer, "vicuna_v1", TWO_TURNS, image_tokens=64, image_token_id=4, max_length=50)

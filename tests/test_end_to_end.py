@@ -1,0 +1,73 @@
+"""A few-step pretrain -> finetune (init_from) -> eval of the default, in one process."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmm.train.train import FINAL_WEIGHTS, RESULTS, train
+
+FAST = ["data.num_workers=0", "data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2"]
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(data_root, tmp_path_factory):
+    from tests.conftest import compose_config
+
+    run_dir = tmp_path_factory.mktemp("pretrain")
+    cfg = compose_config(["experiment=demo_pretrain", "trainer.max_steps=6", *FAST], data_root, run_dir)
+    assert train(cfg) is None  # pretraining does not evaluate
+    return run_dir
+
+
+@pytest.mark.slow
+def test_pretrain_trains_only_the_connector(pretrain_run, make_config):
+    from lmm.model.build import build_model
+
+    saved = load_file(str(pretrain_run / FINAL_WEIGHTS))
+    torch.manual_seed(0)
+    fresh = build_model(make_config("experiment=demo_pretrain"), image_token_id=4).state_dict()
+    changed = {k.split(".")[0] for k, v in saved.items() if not torch.equal(v, fresh[k])}
+    assert changed == {"connector"}
+
+
+@pytest.mark.slow
+def test_finetune_from_pretrain_then_eval(pretrain_run, make_config, tmp_path, capsys):
+    run_dir = tmp_path / "finetune"
+    overrides = ["experiment=demo_finetune", f"stage.init_from={pretrain_run}", "trainer.max_steps=8",
+                 "trainer.val_check_interval=4", "checkpoint_every=4", "eval.limit=8", *FAST]
+    results = train(make_config(*overrides, run_dir=run_dir))
+    out = capsys.readouterr().out
+    assert "initialised connector, vision, llm from" in out
+    assert "| vqa/exact_match |" in out
+    on_disk = json.loads((run_dir / RESULTS).read_text())
+    assert on_disk["metrics"] == results["metrics"]
+    assert {"vqa/exact_match", "ocr/exact_match", "region/grounding_acc_iou50", "description/loss"} <= set(results["metrics"])
+    assert set(results["baselines"]) >= {"vqa/exact_match", "region/grounding_acc_iou50"}
+    assert all(0.0 <= v <= 1.0 for k, v in results["metrics"].items() if k != "description/loss")
+    assert results["counts"]["vqa/exact_match"] == len([p for p in results["predictions"] if p["source"] == "vqa"])
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    saved = load_file(str(run_dir / FINAL_WEIGHTS))
+    pre = load_file(str(pretrain_run / FINAL_WEIGHTS))
+    vision_keys = [k for k in saved if k.startswith("vision.")]
+    assert vision_keys and all(torch.equal(saved[k], pre[k]) for k in vision_keys)  # frozen + handed off
+
+    # The same command again neither retrains nor re-evaluates: it reports the finished run.
+    again = train(make_config(*overrides, run_dir=run_dir))
+    assert "already finished" in capsys.readouterr().out
+    assert again["metrics"] == results["metrics"]
+
+    # An interrupted run (no final weights yet) resumes from its last checkpoint.
+    (run_dir / FINAL_WEIGHTS).unlink()
+    (run_dir / RESULTS).unlink()
+    train(make_config(*overrides, run_dir=run_dir))
+    assert "resuming from" in capsys.readouterr().out
+    assert (run_dir / RESULTS).exists()
+
+
+def test_init_from_missing_run_is_clear(make_config, tmp_path):
+    cfg = make_config("experiment=demo_finetune", f"stage.init_from={tmp_path / 'nope'}", *FAST)
+    with pytest.raises(FileNotFoundError, match="has that run finished"):
+        train(cfg)

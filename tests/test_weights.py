@@ -1,0 +1,35 @@
+"""Real model ids with no local weights fail fast, saying where lmm looked; nothing is downloaded."""
+
+import time
+
+import pytest
+
+from lmm.train.train import train
+from lmm.weights import WeightsNotFoundError, resolve_weights
+
+
+def test_missing_weights_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("LMM_WEIGHTS", str(tmp_path / "weights"))
+    start = time.monotonic()
+    with pytest.raises(WeightsNotFoundError) as error:
+        resolve_weights("lmsys/vicuna-13b-v1.5", "LLM weights")
+    assert time.monotonic() - start < 10
+    message = str(error.value)
+    assert "lmsys/vicuna-13b-v1.5" in message and "LMM_WEIGHTS" in message and "Hugging Face cache" in message
+    assert "hf download" in message
+
+
+def test_local_directory_wins(tmp_path, monkeypatch):
+    (tmp_path / "weights" / "org" / "model").mkdir(parents=True)
+    monkeypatch.setenv("LMM_WEIGHTS", str(tmp_path / "weights"))
+    assert resolve_weights("org/model") == tmp_path / "weights" / "org" / "model"
+    assert resolve_weights(str(tmp_path)) == tmp_path
+
+
+def test_train_with_real_llm_fails_before_any_work(make_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMM_WEIGHTS", str(tmp_path / "weights"))
+    cfg = make_config("llm=vicuna7b", "vision=clip_l14_336")
+    with pytest.raises(WeightsNotFoundError, match="openai/clip-vit-large-patch14-336"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()

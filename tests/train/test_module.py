@@ -1,0 +1,55 @@
+"""The stage decides what trains; the schedule is warmup then cosine; only trainable params reach AdamW."""
+
+import pytest
+import torch
+
+from lmm.model.build import build_model
+from lmm.train.module import LMMModule, warmup_cosine
+from tests.conftest import compose_config
+
+
+def test_warmup_cosine():
+    assert warmup_cosine(0, 100, 4) == pytest.approx(0.25)
+    assert warmup_cosine(3, 100, 4) == pytest.approx(1.0)
+    assert warmup_cosine(4, 100, 4) == pytest.approx(1.0)
+    assert warmup_cosine(52, 100, 4) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 4) == pytest.approx(0.0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(compose_config([]), image_token_id=4)
+
+
+@pytest.mark.parametrize(
+    "stage,trainable",
+    [("pretrain", {"connector"}), ("finetune", {"connector", "llm"})],
+)
+def test_stage_freezes(model, stage, trainable):
+    cfg = compose_config([f"stage={stage}"])
+    module = LMMModule(model, train=dict(cfg.stage.train), lr=1e-3)
+    for name in ("vision", "connector", "llm"):
+        flags = {p.requires_grad for p in getattr(model, name).parameters()}
+        assert flags == {name in trainable}, name
+    module.train()
+    assert not model.vision.training  # frozen parts stay in eval mode
+    assert model.connector.training
+
+
+def test_optimizer_gets_only_trainable(model):
+    module = LMMModule(model, train={"connector": True}, lr=1e-3)
+
+    class FakeTrainer:
+        max_steps = 10
+
+    module._trainer = FakeTrainer()  # configure_optimizers reads max_steps only
+    optimizer = module.configure_optimizers()["optimizer"]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    assert sum(p.numel() for p in params) == sum(p.numel() for p in model.connector.parameters())
+
+
+def test_stage_that_trains_nothing_is_rejected(model):
+    with pytest.raises(ValueError, match="trains nothing"):
+        LMMModule(model, train={"connector": False}, lr=1e-3)
+    with pytest.raises(ValueError, match="unknown components"):
+        LMMModule(model, train={"projector": True}, lr=1e-3)
