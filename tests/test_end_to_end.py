@@ -71,3 +71,12 @@ def test_init_from_missing_run_is_clear(make_config, tmp_path):
     cfg = make_config("experiment=demo_finetune", f"stage.init_from={tmp_path / 'nope'}", *FAST)
     with pytest.raises(FileNotFoundError, match="has that run finished"):
         train(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [["connector=linear"], ["connector=qformer", "llm=small"], ["vision=tiny_timm"]])
+def test_other_components_train_on_the_default(make_config, tmp_path, overrides):
+    """connector=linear|mlp|qformer and llm=tiny|small all train on the embedded default (qformer at BLIP-2 size)."""
+    run_dir = tmp_path / "run"
+    results = train(make_config(*overrides, "trainer.max_steps=2", "trainer.val_check_interval=2", "eval.limit=2", *FAST, run_dir=run_dir))
+    assert (run_dir / FINAL_WEIGHTS).exists() and "vqa/exact_match" in results["metrics"]

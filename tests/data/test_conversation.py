@@ -81,3 +81,29 @@ def test_label_mask_is_exact(tokenizer):
 def test_over_long_conversation_raises(tokenizer):
     with pytest.raises(ConversationError, match="longer than max_length"):
         encode(tokenizer, "vicuna_v1", TWO_TURNS, image_tokens=64, image_token_id=4, max_length=50)
+
+
+def sentencepiece_like_tokenizer():
+    """A Llama-style tokenizer (Metaspace '▁' prefix) built offline, to check the mask rule on it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    corpus = [SYSTEM, "USER: ASSISTANT: What color is the square? red How many objects are in the image? 2"] * 5
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<image>"], show_progress=False)
+    backend.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   extra_special_tokens={"image_token": "<image>"})
+
+
+def test_label_mask_with_sentencepiece_style_tokenizer():
+    tok = sentencepiece_like_tokenizer()
+    image_id = tok.convert_tokens_to_ids("<image>")
+    enc = encode(tok, "vicuna_v1", TWO_TURNS, image_tokens=3, image_token_id=image_id)
+    whole = tok(render("vicuna_v1", TWO_TURNS), add_special_tokens=False)["input_ids"]
+    expanded = [t for w in whole for t in ([w] * 3 if w == image_id else [w])]
+    assert enc.input_ids == [tok.bos_token_id, *expanded]  # exactly the tokenizer's own ids
+    trained = [t for t in enc.labels if t != IGNORE_INDEX]
+    assert tok.convert_ids_to_tokens(trained) == [*tok.tokenize(" red"), "</s>", *tok.tokenize(" 2"), "</s>"]

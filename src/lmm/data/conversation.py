@@ -1,10 +1,10 @@
 """Chat templates: render LLaVA-format turns to text and to token ids with an exact label mask.
 
 A conversation is a list of LLaVA turns `{"from": "human"|"gpt", "value": str}`.
-Rendering produces *segments* (text, is_target); tokenizing each segment on its own and
-concatenating the ids means the label mask is exact by construction: there is no
-re-tokenization of the whole prompt and so no "tokenization mismatch" that silently
-drops a sample (LLaVA's failure mode).
+Rendering produces *segments* (text, is_target). The text is tokenized once and the label
+mask follows the segments' character offsets, so the mask is exact by construction: there
+is no per-piece length arithmetic and so no "tokenization mismatch" that silently drops a
+sample (LLaVA's failure mode).
 
 [Contract] `render(t, turns) == "".join(text for text, _ in segments(t, turns))`.
 """
@@ -133,23 +133,33 @@ def encode(
 ) -> Encoded:
     """Tokenize a conversation; each `<image>` becomes `image_tokens` placeholder ids.
 
-    Labels are IGNORE_INDEX everywhere except assistant replies and their end-of-turn token.
-    Raises ConversationError when the result exceeds `max_length` (the caller counts a skip):
-    truncating would cut image placeholders or leave a reply without its end-of-turn.
+    The rendered text is tokenized once (so ids are exactly what the tokenizer gives for the
+    prompt, whatever its whitespace rules), and labels come from character offsets: a token is
+    trained iff it starts inside an assistant reply segment (reply + end-of-turn). Nothing can
+    mismatch, so no sample is ever dropped for it. Raises ConversationError beyond
+    `max_length` (the caller counts a skip): truncation would cut image placeholders or leave
+    a reply without its end-of-turn.
     """
+    pieces = segments(template, turns, generation_prompt)
+    text = "".join(piece for piece, _ in pieces)
+    target_spans, start = [], 0
+    for piece, is_target in pieces:
+        if is_target:
+            target_spans.append((start, start + len(piece)))
+        start += len(piece)
+    tokens = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
     labels: list[int] = [IGNORE_INDEX] * len(ids)
     num_images = 0
-    for text, is_target in segments(template, turns, generation_prompt):
-        for j, part in enumerate(text.split(IMAGE_TOKEN)):
-            if j > 0:  # an <image> stood between part j-1 and part j
-                num_images += 1
-                ids += [image_token_id] * image_tokens
-                labels += [IGNORE_INDEX] * image_tokens
-            if part:
-                part_ids = tokenizer(part, add_special_tokens=False)["input_ids"]
-                ids += part_ids
-                labels += part_ids if is_target else [IGNORE_INDEX] * len(part_ids)
+    for token_id, (begin, _) in zip(tokens["input_ids"], tokens["offset_mapping"], strict=True):
+        if token_id == image_token_id:
+            num_images += 1
+            ids += [image_token_id] * image_tokens
+            labels += [IGNORE_INDEX] * image_tokens
+            continue
+        trained = any(a <= begin < b for a, b in target_spans)
+        ids.append(token_id)
+        labels.append(token_id if trained else IGNORE_INDEX)
     if max_length is not None and len(ids) > max_length:
         raise ConversationError(f"conversation is {len(ids)} tokens, longer than max_length={max_length}")
     return Encoded(ids, labels, num_images)

@@ -26,7 +26,7 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image, ImageDraw, ImageFont
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 GROUNDING_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
 REGION_CAPTION_PROMPT = "Please provide a short description for this region: "
@@ -49,7 +49,7 @@ COLOURS = {
     "black": (20, 20, 20),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
-SIZES = {"small": 9, "large": 15}  # half-extent in pixels
+SIZES = {"small": 12, "large": 19}  # half-extent in pixels: large enough to tell shapes apart at 64px
 CANVASES = ((84, 84), (96, 72), (72, 96))
 BACKGROUND = (255, 255, 255)
 WORDS = (

@@ -69,11 +69,18 @@ def init_from(model: LMM, source: str, components: list[str]) -> None:
     print(f"[lmm] initialised {', '.join(components)} from {path}")
 
 
+def command_overrides() -> list[str]:
+    """The command-line overrides of this run (what an ablation table groups by), if under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def evaluate(cfg: DictConfig, model: LMM, processor: SampleProcessor, run_dir: Path, device: torch.device | str = "cpu") -> dict:
     benchmark = instantiate(cfg.eval)
     results = benchmark.run(model, processor, device)
-    results["overrides"] = list(cfg.get("overrides", []) or [])
     results["name"] = cfg.name
+    results["overrides"] = command_overrides()
     (run_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
     print(format_table(results))
     print(f"[lmm] results written to {run_dir / RESULTS}")
