@@ -26,7 +26,7 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image, ImageDraw, ImageFont
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 GROUNDING_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
 REGION_CAPTION_PROMPT = "Please provide a short description for this region: "
@@ -49,8 +49,13 @@ COLOURS = {
     "black": (20, 20, 20),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
-SIZES = {"small": 12, "large": 19}  # half-extent in pixels: large enough to tell shapes apart at 64px
-CANVASES = ((84, 84), (96, 72), (72, 96))
+SIZES = {"small": 8, "large": 11}  # half-extent in pixels
+# Objects sit centred in 24px grid cells (as in Sort-of-CLEVR). Every canvas side is a multiple
+# of the cell and padding to the 96px square adds whole cells, so after resizing to a 64px
+# tower with 8px patches each cell is exactly 2x2 patches: a tiny random tower + LLM can learn
+# shapes from consistent patch views within a few minutes on a CPU.
+CELL = 24
+CANVASES = ((96, 96), (96, 48), (48, 96))
 BACKGROUND = (255, 255, 255)
 WORDS = (
     "cat dog sun car bus map pen cup box hat key bed egg fox owl pig cow bee ant "
@@ -90,16 +95,11 @@ class Scene:
 
 def _place_objects(rng: random.Random, width: int, height: int, n: int) -> list[Obj]:
     kinds = rng.sample([(s, c) for s in SHAPES for c in COLOURS], n)  # unique (shape, colour)
-    objects: list[Obj] = []
-    for shape, colour in kinds:
-        for _ in range(100):  # rejection sampling for non-overlapping boxes
-            size = rng.choice(tuple(SIZES))
-            half = SIZES[size]
-            cx, cy = rng.randint(half + 1, width - half - 2), rng.randint(half + 1, height - half - 2)
-            if all(abs(cx - o.cx) > half + o.half + 2 or abs(cy - o.cy) > half + o.half + 2 for o in objects):
-                objects.append(Obj(shape, colour, size, cx, cy))
-                break
-    return objects
+    cells = rng.sample([(x, y) for x in range(width // CELL) for y in range(height // CELL)], n)
+    return [
+        Obj(shape, colour, rng.choice(tuple(SIZES)), x * CELL + CELL // 2, y * CELL + CELL // 2)
+        for (shape, colour), (x, y) in zip(kinds, cells)
+    ]
 
 
 def _draw(scene: Scene) -> bytes:
