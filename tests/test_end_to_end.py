@@ -74,7 +74,7 @@ def test_init_from_missing_run_is_clear(make_config, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [["connector=linear"], ["connector=qformer", "llm=small"], ["vision=tiny_timm"]])
+@pytest.mark.parametrize("overrides", [["connector=linear"], ["connector=qformer", "llm=small"], ["vision=tiny_dinosiglip", "connector=c_abstractor"]])
 def test_other_components_train_on_the_default(make_config, tmp_path, overrides):
     """connector=linear|mlp|qformer and llm=tiny|small all train on the embedded default (qformer at BLIP-2 size)."""
     run_dir = tmp_path / "run"

@@ -6,6 +6,7 @@ import torch
 from omegaconf import DictConfig
 
 from lmm.model.build import build_model
+from lmm.model.lmm import COMPONENTS
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -20,11 +21,12 @@ def describe(cfg: DictConfig) -> dict:
     """
     with torch.device("meta"):
         model = build_model(cfg, image_token_id=-1, load_weights=False)
+    model.set_trainable(dict(cfg.stage.train), cfg.stage.get("vision_last_blocks"))
     rows = []
-    for name in ("vision", "connector", "llm"):
-        total = count_parameters(getattr(model, name))
-        trainable = total if cfg.stage.train.get(name, False) else 0
-        rows.append((name, type(getattr(model, name)).__name__, total, trainable))
+    for name in COMPONENTS:
+        module = getattr(model, name)
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        rows.append((name, type(module).__name__, count_parameters(module), trainable))
     total = sum(r[2] for r in rows)
     trainable = sum(r[3] for r in rows)
     print(f"model: vision={cfg.vision.get('pretrained') or 'random-init'}  llm={cfg.llm.model.get('pretrained') or 'random-init'}  stage={cfg.stage.name}")

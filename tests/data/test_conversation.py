@@ -50,7 +50,7 @@ def test_bad_turns_raise(bad):
 
 def test_unknown_template():
     with pytest.raises(ConversationError, match="unknown template"):
-        render("chatml", TWO_TURNS)
+        render("alpaca", TWO_TURNS)
 
 
 def test_label_mask_is_exact(tokenizer):
@@ -107,3 +107,32 @@ def test_label_mask_with_sentencepiece_style_tokenizer():
     assert enc.input_ids == [tok.bos_token_id, *expanded]  # exactly the tokenizer's own ids
     trained = [t for t in enc.labels if t != IGNORE_INDEX]
     assert tok.convert_ids_to_tokens(trained) == [*tok.tokenize(" red"), "</s>", *tok.tokenize(" 2"), "</s>"]
+
+
+ONE = [{"from": "human", "value": "<image>\nHi?"}, {"from": "gpt", "value": "Yes."}, {"from": "human", "value": "And?"}, {"from": "gpt", "value": "No."}]
+EXPECTED = {  # each model's own chat format, written out by hand from its chat template
+    "chatml": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nHi?<|im_end|>\n"
+              "<|im_start|>assistant\nYes.<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n<|im_start|>assistant\nNo.<|im_end|>",
+    "llama3": "<|start_header_id|>system<|end_header_id|>\n\nYou are a helpful language and vision assistant. You are able to "
+              "understand the visual content that the user provides, and assist the user with a variety of tasks using natural "
+              "language.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n<image>\nHi?<|eot_id|><|start_header_id|>assistant"
+              "<|end_header_id|>\n\nYes.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnd?<|eot_id|><|start_header_id|>"
+              "assistant<|end_header_id|>\n\nNo.<|eot_id|>",
+    "llama2": "[INST] <<SYS>>\nYou are a helpful language and vision assistant. You are able to understand the visual content "
+              "that the user provides, and assist the user with a variety of tasks using natural language.\n<</SYS>>\n\n"
+              "<image>\nHi? [/INST] Yes. </s><s>[INST] And? [/INST] No. </s>",
+    "mistral": "[INST] <image>\nHi? [/INST] Yes.</s>[INST] And? [/INST] No.</s>",
+    "phi2": "Instruct: <image>\nHi?\nOutput: Yes.<|endoftext|>\nInstruct: And?\nOutput: No.<|endoftext|>",
+    "zephyr": "<|system|>\nYou are a helpful assistant.</s>\n<|user|>\n<image>\nHi?</s>\n<|assistant|>\nYes.</s>\n"
+              "<|user|>\nAnd?</s>\n<|assistant|>\nNo.</s>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_model_chat_formats(name):
+    assert render(name, ONE) == EXPECTED[name]
+    targets = [t for t, is_target in segments(name, ONE) if is_target]
+    end = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "phi2": "<|endoftext|>"}.get(name, "</s>")
+    assert all(t.endswith(end) for t in targets) and len(targets) == 2
+    prompt = render(name, ONE[:3], generation_prompt=True)
+    assert EXPECTED[name].startswith(prompt) and not prompt.endswith(end)

@@ -35,12 +35,25 @@ class Collator:
             ids[row, cols] = torch.tensor(x.input_ids)
             labels[row, cols] = torch.tensor(x.labels)
             mask[row, cols] = 1
-        pixels = [x.pixels for x in examples if x.pixels is not None]
-        return {
+        with_image = [x for x in examples if x.pixels is not None]
+        batch = {
             "input_ids": ids,  # [B, T]
             "attention_mask": mask,  # [B, T]
             "labels": labels,  # [B, T]
-            "pixel_values": torch.stack(pixels) if pixels else None,  # [I, 3, S, S]
+            "pixel_values": torch.stack([x.pixels for x in with_image]) if with_image else None,  # [I, 3, S, S]
             "meta": [x.meta for x in examples],
             "skipped": dict(skipped),
         }
+        if with_image and with_image[0].instruction is not None:
+            batch.update(self._instructions([x.instruction for x in with_image]))
+        return batch
+
+    def _instructions(self, instructions: list[list[int]]) -> dict:
+        """Right-padded question ids per image: instruction_ids, instruction_mask [I, L]."""
+        length = max(map(len, instructions))
+        ids = torch.full((len(instructions), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(instructions), length), dtype=torch.long)
+        for row, instruction in enumerate(instructions):
+            ids[row, : len(instruction)] = torch.tensor(instruction)
+            mask[row, : len(instruction)] = 1
+        return {"instruction_ids": ids, "instruction_mask": mask}

@@ -23,29 +23,100 @@ class ConversationError(ValueError):
 
 @dataclass(frozen=True)
 class Template:
-    """A two-role chat format in the style of LLaVA's `Conversation` (SeparatorStyle.TWO)."""
+    """A chat format as format strings (`{content}` / `{system}` mark where text goes).
+
+    Rendered: `system_format` once, then per exchange `user_format` (the first may use
+    `first_user_format`, which can embed the system prompt as Llama-2 does), the reply as
+    `reply_format` + `end_of_turn` (both trained, so the model learns to stop), and
+    `after_reply` (masked: it belongs to the next prompt).
+    """
 
     name: str
     system: str
-    user: str
-    assistant: str
-    sep: str  # after the system prompt and after each user turn
-    end_of_turn: str  # after each assistant reply; trained, so the model learns to stop
+    system_format: str
+    user_format: str
+    reply_format: str
+    end_of_turn: str
+    after_reply: str = ""
+    first_user_format: str | None = None
+
+    def user(self, content: str, first: bool) -> str:
+        fmt = self.first_user_format if first and self.first_user_format else self.user_format
+        return fmt.format(content=content, system=self.system)
 
 
-VICUNA_V1 = Template(
-    name="vicuna_v1",
-    system=(
-        "A chat between a curious user and an artificial intelligence assistant. "
-        "The assistant gives helpful, detailed, and polite answers to the user's questions."
-    ),
-    user="USER",
-    assistant="ASSISTANT",
-    sep=" ",
-    end_of_turn="</s>",
+LLAVA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+VISION_ASSISTANT_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content "
+    "that the user provides, and assist the user with a variety of tasks using natural language."
 )
 
-TEMPLATES: dict[str, Template] = {VICUNA_V1.name: VICUNA_V1}
+VICUNA_V1 = Template(  # LLaVA-1.5's conv_vicuna_v1
+    name="vicuna_v1",
+    system=LLAVA_SYSTEM,
+    system_format="{system} ",
+    user_format="USER: {content} ASSISTANT:",
+    reply_format=" {content}",
+    end_of_turn="</s>",
+)
+LLAMA2 = Template(  # Llama-2-chat, as LLaVA's conv_llava_llama_2
+    name="llama2",
+    system=VISION_ASSISTANT_SYSTEM,
+    system_format="",
+    first_user_format="[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{content} [/INST]",
+    user_format="[INST] {content} [/INST]",
+    reply_format=" {content} ",
+    end_of_turn="</s>",
+    after_reply="<s>",
+)
+LLAMA3 = Template(  # Llama-3-Instruct's chat template (BOS is added by the tokenizer step)
+    name="llama3",
+    system=VISION_ASSISTANT_SYSTEM,
+    system_format="<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+    user_format="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    reply_format="{content}",
+    end_of_turn="<|eot_id|>",
+)
+CHATML = Template(  # Qwen2 (ChatML)
+    name="chatml",
+    system="You are a helpful assistant.",
+    system_format="<|im_start|>system\n{system}<|im_end|>\n",
+    user_format="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
+    reply_format="{content}",
+    end_of_turn="<|im_end|>",
+    after_reply="\n",
+)
+MISTRAL = Template(  # Mistral-Instruct: no system prompt
+    name="mistral",
+    system="",
+    system_format="",
+    user_format="[INST] {content} [/INST]",
+    reply_format=" {content}",
+    end_of_turn="</s>",
+)
+PHI2 = Template(  # Phi-2's documented QA format
+    name="phi2",
+    system="",
+    system_format="",
+    user_format="Instruct: {content}\nOutput:",
+    reply_format=" {content}",
+    end_of_turn="<|endoftext|>",
+    after_reply="\n",
+)
+ZEPHYR = Template(  # TinyLlama-1.1B-Chat (Zephyr format)
+    name="zephyr",
+    system="You are a helpful assistant.",
+    system_format="<|system|>\n{system}</s>\n",
+    user_format="<|user|>\n{content}</s>\n<|assistant|>\n",
+    reply_format="{content}",
+    end_of_turn="</s>",
+    after_reply="\n",
+)
+
+TEMPLATES: dict[str, Template] = {t.name: t for t in (VICUNA_V1, LLAMA2, LLAMA3, CHATML, MISTRAL, PHI2, ZEPHYR)}
 PLAIN = "plain"  # LLaVA's pretraining format: <image> caption "\n", no roles, no system prompt
 TEMPLATE_NAMES = (PLAIN, *TEMPLATES)
 
@@ -86,15 +157,14 @@ def segments(template: str, turns: list[dict], generation_prompt: bool = False) 
         raise ConversationError(f"unknown template {template!r}; choose one of {TEMPLATE_NAMES}")
     t = TEMPLATES[template]
     pieces: list[tuple[str, bool]] = []
-    prefix = t.system + t.sep
+    prefix = t.system_format.format(system=t.system)
     for i in range(0, len(turns), 2):
-        human = _image_first(turns[i]["value"])
-        prefix += f"{t.user}: {human}{t.sep}{t.assistant}:"
+        prefix += t.user(_image_first(turns[i]["value"]), first=i == 0)
         if i + 1 < len(turns):
             pieces.append((prefix, False))
-            pieces.append((" " + turns[i + 1]["value"] + t.end_of_turn, True))
-            prefix = ""
-    if prefix:
+            pieces.append((t.reply_format.format(content=turns[i + 1]["value"]) + t.end_of_turn, True))
+            prefix = t.after_reply
+    if prefix and (generation_prompt or prefix != t.after_reply):
         pieces.append((prefix, False))
     return pieces
 

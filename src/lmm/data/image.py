@@ -28,19 +28,25 @@ def mean_colour(mean: tuple[float, float, float]) -> tuple[int, int, int]:
 
 
 class ImageTransform:
-    """PIL image or encoded bytes -> normalised tensor [3, size, size]."""
+    """PIL image or encoded bytes -> normalised tensor [3, size, size].
 
-    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], aspect: str = "pad"):
+    `fill` is the pad colour in [0, 1] (default: `mean`, as LLaVA pads with the tower's mean).
+    """
+
+    def __init__(
+        self, size: int, mean: tuple[float, ...], std: tuple[float, ...], aspect: str = "pad", fill: tuple[float, ...] | None = None
+    ):
         if aspect not in ASPECTS:
             raise ValueError(f"image_aspect must be one of {ASPECTS}, got {aspect!r}")
         self.size, self.mean, self.std, self.aspect = size, list(mean), list(std), aspect
+        self.fill = mean_colour(tuple(fill if fill is not None else mean))
 
     def __call__(self, image: Image.Image | bytes) -> torch.Tensor:
         if isinstance(image, bytes):
             image = Image.open(io.BytesIO(image))
         image = image.convert("RGB")
         if self.aspect == "pad":
-            image = pad_to_square(image, mean_colour(tuple(self.mean)))
+            image = pad_to_square(image, self.fill)
             image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
         elif self.aspect == "resize":
             image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)

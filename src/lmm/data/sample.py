@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmm.data.conversation import ConversationError, encode
+from lmm.data.conversation import IMAGE_TOKEN, ConversationError, encode
 from lmm.data.image import ImageTransform
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -26,15 +26,34 @@ class Example:
     labels: list[int]
     pixels: torch.Tensor | None  # [3, S, S] or None for text-only samples
     meta: dict = field(default_factory=dict)
+    instruction: list[int] | None = None  # the image's question, for instruction-aware connectors
 
 
 class SampleProcessor:
     """Decode the image, render + tokenize the conversation; never raises on bad samples."""
 
-    def __init__(self, tokenizer, template: str, image_transform: ImageTransform, image_tokens: int, max_length: int):
+    def __init__(
+        self,
+        tokenizer,
+        template: str,
+        image_transform: ImageTransform,
+        image_tokens: int,
+        max_length: int,
+        instruction_length: int | None = None,
+    ):
+        """`instruction_length`: also tokenize the image's question (first `<image>` turn, tag
+        removed) up to this many tokens, for instruction-aware connectors (InstructBLIP)."""
         self.tokenizer, self.template = tokenizer, template
         self.image_transform, self.image_tokens, self.max_length = image_transform, image_tokens, max_length
-        self.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+        self.instruction_length = instruction_length
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    def instruction(self, turns: list[dict]) -> list[int] | None:
+        if self.instruction_length is None:
+            return None
+        text = next((t["value"] for t in turns if IMAGE_TOKEN in t["value"]), "").replace(IMAGE_TOKEN, "").strip()
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.instruction_length]
+        return ids or [self.tokenizer.pad_token_id]  # an image with no question still gets one (masked-in) token
 
     def image_bytes(self, sample: dict) -> bytes | None:
         return next((sample[k] for k in IMAGE_KEYS if k in sample), None)
@@ -54,7 +73,8 @@ class SampleProcessor:
             return Skip(key, f"image: {type(e).__name__}: {e}")
         if enc.num_images != (0 if pixels is None else 1):
             return Skip(key, f"conversation: {enc.num_images} <image> tokens in the text but {0 if pixels is None else 1} images")
-        return Example(enc.input_ids, enc.labels, pixels, meta or {})
+        instruction = self.instruction(turns) if pixels is not None else None
+        return Example(enc.input_ids, enc.labels, pixels, meta or {}, instruction)
 
     def __call__(self, sample: dict) -> Example | Skip:
         """A training sample: the whole conversation."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from lmm.data.conversation import IMAGE_TOKEN, VICUNA_V1
+from lmm.data.conversation import IMAGE_TOKEN, LLAVA_SYSTEM
 from lmm.weights import resolve_weights
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
@@ -24,7 +24,7 @@ def train_tokenizer(texts: list[str], out: str | Path, vocab_size: int = 1024) -
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    template_texts = [VICUNA_V1.system, f"{VICUNA_V1.user}: ", f"{VICUNA_V1.assistant}:"]
+    template_texts = [LLAVA_SYSTEM, "USER: ", " ASSISTANT:"]
     tokenizer.train_from_iterator(template_texts + texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

@@ -69,7 +69,8 @@ class SyntheticBenchmark:
         questions, descriptions, skipped = self._items(processor)
         was_training = model.training
         model.eval()
-        answers = generate_texts(model, self._loader(questions, tokenizer.pad_token_id, "left"), tokenizer, self.max_new_tokens, device)
+        loader = self._loader(questions, tokenizer.pad_token_id, "left")
+        answers = generate_texts(model, loader, tokenizer, processor.template, self.max_new_tokens, device)
         metrics: dict[str, ExactMatch | BoxAccuracy] = {}
         baseline_metrics: dict[str, ExactMatch | BoxAccuracy] = {}
         per_qtype: dict[str, ExactMatch] = defaultdict(ExactMatch)
@@ -92,7 +93,10 @@ class SyntheticBenchmark:
         description_loss = MeanMetric()
         for batch in self._loader(descriptions, tokenizer.pad_token_id, "right"):
             batch = _to_device(batch, torch.device(device))
-            out = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], labels=batch["labels"])
+            out = model(
+                batch["input_ids"], batch["attention_mask"], batch["pixel_values"], labels=batch["labels"],
+                instruction_ids=batch.get("instruction_ids"), instruction_mask=batch.get("instruction_mask"),
+            )
             description_loss.update(out.loss.cpu(), weight=int((batch["labels"][:, 1:] != -100).sum()))
         model.train(was_training)
         results = {

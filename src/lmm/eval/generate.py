@@ -6,12 +6,18 @@ from collections.abc import Iterable
 
 import torch
 
+from lmm.data.conversation import TEMPLATES
 from lmm.model.lmm import LMM
 
 
-def end_of_turn_ids(tokenizer) -> list[int]:
-    """Stop tokens: EOS (vicuna_v1's end-of-turn "</s>" is the EOS token)."""
-    return [tokenizer.eos_token_id]
+def end_of_turn_ids(tokenizer, template: str) -> list[int]:
+    """Stop tokens: EOS, plus the template's end-of-turn when it is one token (`<|im_end|>`, `<|eot_id|>`)."""
+    stops = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    if template in TEMPLATES:
+        ids = tokenizer(TEMPLATES[template].end_of_turn, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and ids[0] not in stops:
+            stops.append(ids[0])
+    return stops
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -20,7 +26,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 @torch.no_grad()
 def generate_texts(
-    model: LMM, batches: Iterable[dict], tokenizer, max_new_tokens: int, device: torch.device | str = "cpu"
+    model: LMM, batches: Iterable[dict], tokenizer, template: str, max_new_tokens: int, device: torch.device | str = "cpu"
 ) -> list[str]:
     """Answers for every row of every batch, in order. Batches must be left-padded."""
     answers: list[str] = []
@@ -33,8 +39,10 @@ def generate_texts(
             batch["attention_mask"],
             batch["pixel_values"],
             max_new_tokens=max_new_tokens,
-            eos_token_ids=end_of_turn_ids(tokenizer),
+            eos_token_ids=end_of_turn_ids(tokenizer, template),
             pad_token_id=tokenizer.pad_token_id,
+            instruction_ids=batch.get("instruction_ids"),
+            instruction_mask=batch.get("instruction_mask"),
         )  # [B, ≤max_new_tokens]
         answers += [text.strip() for text in tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
     return answers

@@ -14,10 +14,12 @@ def build_language_model(
     load_weights: bool = True,
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """Random-init from `arch` (`model_type` + config fields), or load `pretrained` from local files.
 
-    `arch` is what `task=describe` builds on the meta device, so real-size configs can be
+    `trust_remote_code` stays off unless the config sets it: a checkpoint's own Python never
+    runs by default. `arch` is what `task=describe` builds on the meta device, so real-size configs can be
     inspected without weights; when weights are loaded their config must agree with it.
     """
     arch = dict(arch)
@@ -25,7 +27,9 @@ def build_language_model(
     if not (pretrained and load_weights):
         return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype), attn_implementation=attn_implementation)
     path = resolve_weights(pretrained, "LLM weights")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype), attn_implementation=attn_implementation)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=getattr(torch, dtype), attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+    )
     for key in ("hidden_size", "num_hidden_layers", "vocab_size"):
         if getattr(model.config, key) != getattr(config, key):
             raise ValueError(

@@ -9,6 +9,8 @@ from transformers import GenerationConfig
 from lmm.model.connectors import Connector
 from lmm.model.vision import VisionTower
 
+COMPONENTS = ("vision", "connector", "llm")
+
 
 class LMM(nn.Module):
     """Vision tower, connector and LLM.
@@ -28,14 +30,42 @@ class LMM(nn.Module):
     def num_image_tokens(self) -> int:
         return self.connector.num_tokens(self.vision.num_patches)
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels [I, 3, H, W] -> visual tokens [I, N, D]."""
+    def set_trainable(self, train: dict[str, bool], vision_last_blocks: int | None = None) -> None:
+        """Freeze/unfreeze components for a stage; `vision_last_blocks=k` trains only the tower's last k blocks."""
+        unknown = set(train) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"stage.train has unknown components {sorted(unknown)}; known: {COMPONENTS}")
+        for name in COMPONENTS:
+            getattr(self, name).requires_grad_(bool(train.get(name, False)))
+        if vision_last_blocks:
+            blocks = self.vision.blocks()
+            if not 0 < vision_last_blocks <= len(blocks):
+                raise ValueError(f"stage.vision_last_blocks={vision_last_blocks} but the tower has {len(blocks)} blocks")
+            for block in blocks[-vision_last_blocks:]:
+                block.requires_grad_(True)
+        if not any(p.requires_grad for p in self.parameters()):
+            raise ValueError("the stage trains nothing: set at least one of stage.train.{vision,connector,llm}")
+
+    def encode_images(
+        self, pixels: torch.Tensor, instruction_ids: torch.Tensor | None = None, instruction_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """pixels [I, 3, H, W] (+ the instruction [I, L] for instruction-aware connectors) -> visual tokens [I, N, D]."""
         vision_trains = any(p.requires_grad for p in self.vision.parameters())
         with torch.set_grad_enabled(vision_trains and torch.is_grad_enabled()):
             features = self.vision(pixels)  # [I, P, Dv]
+        if self.connector.uses_instruction:
+            if instruction_ids is None:
+                raise ValueError(f"{type(self.connector).__name__} needs instruction_ids (the question for each image)")
+            return self.connector(features, instruction_ids=instruction_ids, instruction_mask=instruction_mask)
         return self.connector(features)  # [I, N, D]
 
-    def embed(self, input_ids: torch.Tensor, pixels: torch.Tensor | None) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixels: torch.Tensor | None,
+        instruction_ids: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """input_ids [B, T] (+ pixels [I, 3, H, W]) -> input embeddings [B, T, D]."""
         image_mask = input_ids == self.image_token_id  # [B, T]
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))  # [B, T, D]
@@ -48,7 +78,7 @@ class LMM(nn.Module):
                 "connector.num_tokens(vision.num_patches)"
             )
         if num_images:
-            visual = self.encode_images(pixels).to(embeds.dtype)  # [I, N, D]
+            visual = self.encode_images(pixels, instruction_ids, instruction_mask).to(embeds.dtype)  # [I, N, D]
             embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), visual.reshape(-1, visual.shape[-1]))
         return embeds
 
@@ -59,9 +89,11 @@ class LMM(nn.Module):
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        instruction_ids: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
     ):
         """Returns the HF CausalLMOutput; `.loss` is the mean over label tokens (−100 ignored)."""
-        embeds = self.embed(input_ids, pixel_values)
+        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, position_ids=position_ids)
 
     @torch.no_grad()
@@ -76,9 +108,11 @@ class LMM(nn.Module):
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        instruction_ids: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Batched decoding with a KV cache; inputs must be LEFT-padded. Returns new ids [B, ≤max_new]."""
-        embeds = self.embed(input_ids, pixel_values)
+        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask)
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,

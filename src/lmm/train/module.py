@@ -8,9 +8,8 @@ import time
 import lightning as L
 import torch
 
-from lmm.model.lmm import LMM
+from lmm.model.lmm import COMPONENTS, LMM
 
-COMPONENTS = ("vision", "connector", "llm")
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -36,18 +35,13 @@ class LMMModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.03,
         betas: tuple[float, float] = (0.9, 0.999),
+        vision_last_blocks: int | None = None,
     ):
         super().__init__()
-        unknown = set(train) - set(COMPONENTS)
-        if unknown:
-            raise ValueError(f"stage.train has unknown components {sorted(unknown)}; known: {COMPONENTS}")
+        model.set_trainable(train, vision_last_blocks)
         self.model = model
-        self.trains = {name: bool(train.get(name, False)) for name in COMPONENTS}
+        self.trains = {name: any(p.requires_grad for p in getattr(model, name).parameters()) for name in COMPONENTS}
         self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
-        for name, trains in self.trains.items():
-            getattr(model, name).requires_grad_(trains)
-        if not any(p.requires_grad for p in model.parameters()):
-            raise ValueError("the stage trains nothing: set at least one of stage.train.{vision,connector,llm}")
         self.skipped_total = 0
         self._last_step_time: float | None = None
 
@@ -64,6 +58,8 @@ class LMMModule(L.LightningModule):
             attention_mask=batch["attention_mask"],
             pixel_values=batch["pixel_values"],
             labels=batch["labels"],
+            instruction_ids=batch.get("instruction_ids"),
+            instruction_mask=batch.get("instruction_mask"),
         )
 
     def _count_skips(self, batch: dict) -> None:

@@ -43,8 +43,12 @@ def build_run(cfg: DictConfig, load_weights: bool = True) -> tuple[LMM, SamplePr
     vocab = model.llm.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab + 1:  # the image token may lie one past the vocabulary (never embedded)
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LLM embeds only {vocab}; raise llm.model.arch.vocab_size")
-    transform = ImageTransform(model.vision.image_size, model.vision.mean, model.vision.std, model.vision.image_aspect)
-    processor = SampleProcessor(tokenizer, cfg.stage.template, transform, model.num_image_tokens, cfg.data.max_length)
+    vision = model.vision
+    transform = ImageTransform(vision.image_size, vision.mean, vision.std, vision.image_aspect, fill=vision.pad_colour)
+    instruction_length = model.connector.max_instruction_length if model.connector.uses_instruction else None
+    processor = SampleProcessor(
+        tokenizer, cfg.stage.template, transform, model.num_image_tokens, cfg.data.max_length, instruction_length
+    )
     return model, processor
 
 
@@ -104,7 +108,10 @@ def train(cfg: DictConfig) -> dict | None:
     if cfg.stage.init_from:
         init_from(model, cfg.stage.init_from, ["connector", *random_init_components(cfg)])
     datamodule.attach(processor, processor.tokenizer.pad_token_id)
-    module = LMMModule(model, **OmegaConf.to_container(cfg.stage.optim, resolve=True), train=dict(cfg.stage.train))
+    module = LMMModule(
+        model, **OmegaConf.to_container(cfg.stage.optim, resolve=True), train=dict(cfg.stage.train),
+        vision_last_blocks=cfg.stage.get("vision_last_blocks"),
+    )
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
