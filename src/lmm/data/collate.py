@@ -14,7 +14,9 @@ class Collator:
     """list[Example | Skip] -> {input_ids, attention_mask, labels [B, T], pixel_values [I, 3, S, S], ...}.
 
     `padding_side="left"` is for generation (new tokens follow the prompt directly).
-    `skipped` maps reason kind -> count, so the training loop can log every dropped sample.
+    `skipped` maps reason kind -> count and `seen` counts every input, so the training loop can
+    log every dropped sample and stop when too many are dropped; `truncated` counts samples
+    that lost trailing turns to fit max_length.
     """
 
     def __init__(self, pad_token_id: int, padding_side: str = "right"):
@@ -24,7 +26,7 @@ class Collator:
 
     def __call__(self, items: list[Example | Skip]) -> dict:
         examples = [x for x in items if isinstance(x, Example)]
-        skipped = Counter(x.reason.split(":")[0] for x in items if isinstance(x, Skip))
+        skipped = Counter(x.kind for x in items if isinstance(x, Skip))
         length = max((len(x.input_ids) for x in examples), default=0)
         ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
@@ -43,6 +45,9 @@ class Collator:
             "pixel_values": torch.stack([x.pixels for x in with_image]) if with_image else None,  # [I, 3, S, S]
             "meta": [x.meta for x in examples],
             "skipped": dict(skipped),
+            "skip_details": [f"{x.key}: {x.reason}" for x in items if isinstance(x, Skip)],
+            "seen": len(items),
+            "truncated": sum(1 for x in examples if x.meta.get("truncated_turns")),
         }
         if with_image and with_image[0].instruction is not None:
             batch.update(self._instructions([x.instruction for x in with_image]))

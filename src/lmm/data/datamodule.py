@@ -1,20 +1,34 @@
-"""LightningDataModule: shard streams -> SampleProcessor -> Collator -> DataLoaders."""
+"""LightningDataModule: the training mixture and the validation pass as DataLoaders."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
-import webdataset as wds
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from lmm.data.collate import Collator
+from lmm.data.mixture import Source, TrainingStream
 from lmm.data.sample import SampleProcessor
-from lmm.data.shards import evaluation_stream, list_shards, training_stream
+from lmm.data.shards import evaluation_stream, list_shards
+
+
+class _Mapped(IterableDataset):
+    """An evaluation stream with the processor applied (in the worker)."""
+
+    def __init__(self, shards: list[str], processor: SampleProcessor):
+        self.shards, self.processor = shards, processor
+
+    def __iter__(self):
+        return (self.processor(sample) for sample in evaluation_stream(self.shards))
 
 
 class LMMDataModule(L.LightningDataModule):
-    """Streams `root/<train_split>` (resampled, infinite) and `root/<val_split>` (one pass).
+    """Training data is either one folder (`root/<train_split>`, the synthetic set) or a
+    weighted mixture of per-source folders (`root/<source>`, written by `lmm.data.convert`):
+    `sources: {name: {weight: w}}` samples each source with probability ∝ its natural size
+    (from `root/manifest.json`) × w; weight 0 (or removing the key) drops a source.
 
     The tokenizer-dependent processing is attached with `attach()` once the model exists,
     because the number of image placeholder ids depends on the vision tower and connector.
@@ -25,17 +39,27 @@ class LMMDataModule(L.LightningDataModule):
         root: str,
         train_split: str = "train",
         val_split: str | None = "val",
+        sources: dict | None = None,
+        strip_format_prompts: bool = False,
         batch_size: int = 16,
         num_workers: int = 1,
         max_length: int = 2048,
         shuffle_buffer: int = 1000,
+        group_by_modality_length: bool = True,
+        length_group_size: int = 8,
+        max_skip_rate: float = 0.01,
+        allow_pipe_urls: bool = False,
         seed: int = 0,
         generate_if_missing: bool = False,
     ):
         super().__init__()
         self.root, self.train_split, self.val_split = Path(root), train_split, val_split
+        self.sources = {name: dict(spec or {}) for name, spec in (sources or {}).items()}
+        self.strip_format_prompts = strip_format_prompts
         self.batch_size, self.num_workers, self.max_length = batch_size, num_workers, max_length
         self.shuffle_buffer, self.seed, self.generate_if_missing = shuffle_buffer, seed, generate_if_missing
+        self.group_size = length_group_size if group_by_modality_length else 1
+        self.max_skip_rate, self.allow_pipe_urls = max_skip_rate, allow_pipe_urls
         self.processor: SampleProcessor | None = None
 
     def ensure_data(self) -> None:
@@ -49,21 +73,41 @@ class LMMDataModule(L.LightningDataModule):
     def attach(self, processor: SampleProcessor, pad_token_id: int) -> None:
         self.processor, self.pad_token_id = processor, pad_token_id
 
-    def _loader(self, stream, padding_side: str = "right") -> DataLoader:
+    def mixture(self) -> list[Source]:
+        """The weighted sources (natural size × weight), or the single training folder."""
+        if not self.sources:
+            return [Source(self.train_split, list_shards(self.root / self.train_split, self.allow_pipe_urls), 1.0)]
+        manifest_path = self.root / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"no manifest.json in {self.root}: convert the data with `python -m lmm.data.convert` first")
+        counts = json.loads(manifest_path.read_text())["counts"]
+        unknown = set(self.sources) - set(counts)
+        if unknown:
+            raise ValueError(f"data.sources names {sorted(unknown)} but {manifest_path} has only {sorted(counts)}")
+        return [
+            Source(name, list_shards(self.root / name, self.allow_pipe_urls), counts[name] * float(spec.get("weight", 1.0)))
+            for name, spec in sorted(self.sources.items())
+            if float(spec.get("weight", 1.0)) > 0 and counts[name] > 0
+        ]
+
+    def _processor(self) -> SampleProcessor:
         if self.processor is None:
             raise RuntimeError("LMMDataModule.attach(processor, pad_token_id) must be called before loading")
-        return DataLoader(
-            stream.compose(wds.map(self.processor)),
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=Collator(self.pad_token_id, padding_side),
-            persistent_workers=self.num_workers > 0,
-        )
+        self.processor.strip_format_prompts = self.strip_format_prompts
+        return self.processor
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(training_stream(list_shards(self.root / self.train_split), self.seed, self.shuffle_buffer))
+        # Batches already trained on (a resumed run) are skipped, not replayed.
+        consumed = self.trainer.global_step * self.trainer.accumulate_grad_batches if self.trainer else 0
+        stream = TrainingStream(
+            self.mixture(), self._processor(), Collator(self.pad_token_id), self.batch_size, self.seed,
+            self.shuffle_buffer, self.group_size, resume_batches=consumed,
+        )
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_split:
             return []
-        return self._loader(evaluation_stream(list_shards(self.root / self.val_split)))
+        stream = _Mapped(list_shards(self.root / self.val_split, self.allow_pipe_urls), self._processor())
+        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
+                          collate_fn=Collator(self.pad_token_id), persistent_workers=self.num_workers > 0)

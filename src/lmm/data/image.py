@@ -1,14 +1,60 @@
-"""Image transform for the vision tower: pad-to-square (or resize/crop), resize, normalise."""
+"""Image decoding and the tower's transform: safe decode to RGB, pad-to-square (or resize/crop), normalise."""
 
 from __future__ import annotations
 
 import io
+import warnings
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image
+from PIL import Image, ImageOps
 
 ASPECTS = ("pad", "resize", "crop")
+MAX_PIXELS = 8192 * 8192  # larger images are refused as decompression bombs
+
+
+class ImageError(ValueError):
+    """An image that cannot be used: unreadable, truncated, or too large to decode safely."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: 16-bit and 32-bit greyscale are rescaled (not clipped),
+    transparency is composited over white, palette/CMYK/greyscale are converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" or image.mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Encoded bytes -> upright RGB image, or ImageError saying why not.
+
+    The size is checked from the header before any pixel is decoded (decompression bombs are
+    refused), truncated files fail instead of being silently padded, and EXIF orientation
+    is applied.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Exception as e:
+        raise ImageError(f"unreadable image ({type(e).__name__}: {e})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(f"decompression bomb refused: {width}x{height} pixels > max_pixels={max_pixels}")
+    try:
+        image.load()
+    except Exception as e:
+        raise ImageError(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
+    return to_rgb(ImageOps.exif_transpose(image))
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
@@ -42,9 +88,7 @@ class ImageTransform:
         self.fill = mean_colour(tuple(fill if fill is not None else mean))
 
     def __call__(self, image: Image.Image | bytes) -> torch.Tensor:
-        if isinstance(image, bytes):
-            image = Image.open(io.BytesIO(image))
-        image = image.convert("RGB")
+        image = decode_image(image) if isinstance(image, bytes) else to_rgb(image)
         if self.aspect == "pad":
             image = pad_to_square(image, self.fill)
             image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)

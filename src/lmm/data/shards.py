@@ -1,39 +1,49 @@
-"""Stream WebDataset shards: resampled and shuffled for training, ordered and finite for evaluation."""
+"""Find and read WebDataset shards: shard lists, robust tar expansion, the ordered evaluation stream."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+ERROR_KEY = "__error__"
 
 
-def list_shards(split_dir: str | Path) -> list[str]:
-    shards = sorted(str(p) for p in Path(split_dir).glob("*.tar"))
+def list_shards(spec: str | Path, allow_pipe: bool = False) -> list[str]:
+    """A directory (its *.tar), or a brace-expanded URL pattern (`data/x/shard-{000000..000009}.tar`).
+
+    `pipe:` URLs run a shell command per shard and are refused unless `allow_pipe` is set;
+    remote shards are read through URLs the user configures (http(s)://...), never by executing data.
+    """
+    spec = str(spec)
+    if spec.startswith("pipe:") and not allow_pipe:
+        raise ValueError(f"refusing shard URL {spec!r}: pipe: runs a shell command; set data.allow_pipe_urls=true to allow it")
+    if Path(spec).is_dir():
+        shards = sorted(str(p) for p in Path(spec).glob("*.tar"))
+    elif "{" in spec or "://" in spec or spec.startswith("pipe:"):
+        shards = wds.shardlists.expand_urls(spec)
+    else:
+        shards = [spec] if Path(spec).exists() else []
     if not shards:
-        raise FileNotFoundError(f"no .tar shards in {split_dir}; generate or convert the data first (see data/README.md)")
+        raise FileNotFoundError(f"no .tar shards at {spec}; generate or convert the data first (see data/README.md)")
     return shards
 
 
-def _warn_and_continue(exn: Exception) -> bool:
-    # An unreadable tar member is counted by webdataset's handler contract: log and go on.
-    print(f"[lmm] skipping unreadable shard data: {exn}")
-    return True
+def expand_shards(urls: Iterable[dict]) -> Iterator[dict]:
+    """dict(url=...) -> samples. A shard that cannot be read, or breaks off mid-file, yields one
+    `{ERROR_KEY: reason}` marker (counted as a skip downstream) and reading goes on."""
+    for item in urls:
+        url = item["url"]
+        try:
+            with wds.gopen(url) as stream:
+                yield from group_by_keys({**member, "__url__": url} for member in tar_file_iterator(stream))
+        except Exception as e:  # tarfile.ReadError, truncated members, I/O errors
+            yield {"__key__": f"{url}#error", "__url__": url, ERROR_KEY: f"shard: {type(e).__name__}: {e} ({url})"}
 
 
-def training_stream(shards: list[str], seed: int, shuffle_buffer: int) -> wds.DataPipeline:
-    """Infinite stream: each rank/worker draws shards with replacement from its own deterministic
-    RNG (seeded by `seed`, rank and worker id), then a sample shuffle buffer."""
-    return wds.DataPipeline(
-        wds.ResampledShards(shards, seed=seed, deterministic=True),
-        wds.tarfile_to_samples(handler=_warn_and_continue),
-        wds.shuffle(shuffle_buffer, initial=min(100, shuffle_buffer), seed=seed),
-        wds.decode(only=["json"], handler=_warn_and_continue),
-    )
-
-
-def evaluation_stream(shards: list[str]) -> wds.WebDataset:
-    """One ordered pass, shards split across ranks and workers."""
-    dataset = wds.WebDataset(
-        shards, shardshuffle=False, nodesplitter=wds.split_by_node, handler=_warn_and_continue, empty_check=False
-    )
-    return dataset.decode(only=["json"], handler=_warn_and_continue)
+def evaluation_stream(shards: list[str]) -> Iterator[dict]:
+    """One ordered pass over `shards`, split across ranks and workers."""
+    urls = wds.shardlists.split_by_worker(wds.split_by_node(iter({"url": url} for url in shards)))
+    return expand_shards(urls)

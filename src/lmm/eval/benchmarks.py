@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 
 from lmm.data.collate import Collator
 from lmm.data.conversation import IMAGE_TOKEN
-from lmm.data.sample import Example, SampleProcessor, Skip
+from lmm.data.sample import Example, SampleProcessor, Skip, parse_record
 from lmm.data.shards import evaluation_stream, list_shards
 from lmm.eval.generate import _to_device, generate_texts
 from lmm.eval.metrics import BoxAccuracy, ExactMatch, parse_box
@@ -42,7 +42,11 @@ class SyntheticBenchmark:
         for n, sample in enumerate(evaluation_stream(list_shards(self.root / self.split))):
             if self.limit is not None and n >= self.limit:
                 break
-            record = sample["json"]
+            try:
+                record = parse_record(sample.get("json"))
+            except ValueError:
+                skipped += 1
+                continue
             if record["source"] == "description":
                 item = processor(sample)
                 skipped += isinstance(item, Skip)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 
 import lightning as L
 import torch
 
 from lmm.model.lmm import COMPONENTS, LMM
+
+MAX_SHOWN_SKIPS = 20  # skipped samples printed one by one; the rest are counted
 
 
 
@@ -36,13 +39,17 @@ class LMMModule(L.LightningModule):
         warmup_ratio: float = 0.03,
         betas: tuple[float, float] = (0.9, 0.999),
         vision_last_blocks: int | None = None,
+        max_skip_rate: float = 0.01,
+        skip_check_after: int = 1000,
     ):
         super().__init__()
         model.set_trainable(train, vision_last_blocks)
         self.model = model
         self.trains = {name: any(p.requires_grad for p in getattr(model, name).parameters()) for name in COMPONENTS}
         self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
-        self.skipped_total = 0
+        self.max_skip_rate, self.skip_check_after = max_skip_rate, skip_check_after
+        self.seen_total = 0
+        self.skipped: Counter = Counter()
         self._last_step_time: float | None = None
 
     def train(self, mode: bool = True):
@@ -62,14 +69,30 @@ class LMMModule(L.LightningModule):
             instruction_mask=batch.get("instruction_mask"),
         )
 
-    def _count_skips(self, batch: dict) -> None:
-        skipped = sum(batch.get("skipped", {}).values())
-        if skipped:
-            self.skipped_total += skipped
-            print(f"[lmm] skipped {skipped} sample(s) in this batch: {batch['skipped']} (total {self.skipped_total})")
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def _count_skips(self, batch: dict) -> None:
+        """Count (and show the first few) skipped samples; stop when the skip rate is too high:
+        silently training on a fraction of the data is worse than a crash."""
+        self.seen_total += batch.get("seen", batch["input_ids"].shape[0])
+        for detail in batch.get("skip_details", []):
+            if self.skipped_total < MAX_SHOWN_SKIPS:
+                print(f"[lmm] skipped {detail}")
+        self.skipped.update(batch.get("skipped", {}))
+        rate = self.skipped_total / max(1, self.seen_total)
+        if self.seen_total >= self.skip_check_after and rate > self.max_skip_rate:
+            raise RuntimeError(
+                f"{self.skipped_total} of {self.seen_total} samples skipped ({rate:.1%} > data.max_skip_rate="
+                f"{self.max_skip_rate:.1%}): {dict(self.skipped)}. Fix the data (see the skipped lines above) "
+                "or raise data.max_skip_rate."
+            )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         self._count_skips(batch)
+        if not batch["input_ids"].shape[0]:
+            return None  # every sample of this batch was skipped: no step
         loss = self(batch).loss
         now = time.perf_counter()
         tokens = int(batch["attention_mask"].sum())
@@ -79,6 +102,8 @@ class LMMModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
         self.log("train/skipped_samples", float(self.skipped_total), batch_size=1)
+        for kind, count in self.skipped.items():
+            self.log(f"data/skipped/{kind}", float(count), batch_size=1)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

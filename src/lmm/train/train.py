@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> dict | None:
     datamodule.attach(processor, processor.tokenizer.pad_token_id)
     module = LMMModule(
         model, **OmegaConf.to_container(cfg.stage.optim, resolve=True), train=dict(cfg.stage.train),
-        vision_last_blocks=cfg.stage.get("vision_last_blocks"),
+        vision_last_blocks=cfg.stage.get("vision_last_blocks"), max_skip_rate=datamodule.max_skip_rate,
     )
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
     trainer: L.Trainer = instantiate(

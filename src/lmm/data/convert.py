@@ -1,0 +1,197 @@
+"""Convert a LLaVA-format JSON + image folders into WebDataset shards, one folder per source.
+
+    python -m lmm.data.convert --json llava_v1_5_mix665k.json --images /data/llava --out data/shards/llava_mix665k
+
+Writes `OUT/<source>/shard-NNNNNN.tar` (original encoded image bytes unless `--resize` asks
+otherwise; the entry's JSON plus its `source`), a sidecar `shard-NNNNNN.json` per shard (so a
+re-run skips finished shards), `OUT/manifest.json` (counts per source, bytes, shard lists,
+rejections by reason) and `OUT/rejected.jsonl` (every rejected entry with its reason).
+Parallel over shards, deterministic (same input -> byte-identical shards), resumable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+from collections import Counter, defaultdict
+from multiprocessing import Pool
+from pathlib import Path
+
+import webdataset as wds
+from tqdm import tqdm
+
+from lmm.data.conversation import IMAGE_TOKEN
+from lmm.data.image import ImageError, decode_image
+from lmm.data.sources import SOURCES, classify
+
+EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".gif": "gif", ".bmp": "bmp"}
+
+
+class Rejected(Exception):
+    """An entry that cannot be converted; its message is the reason."""
+
+
+def check_conversation(entry: dict) -> None:
+    """Roles alternate human/gpt starting with human, values are non-empty strings, and the
+    `<image>` tag appears exactly once iff the entry has an image."""
+    turns = entry.get("conversations")
+    if not isinstance(turns, list) or len(turns) < 2:
+        raise Rejected("conversation: missing or fewer than two turns")
+    for i, turn in enumerate(turns):
+        expected = "human" if i % 2 == 0 else "gpt"
+        if not isinstance(turn, dict) or turn.get("from") != expected:
+            raise Rejected(f"conversation: turn {i} should be from '{expected}'")
+        if not isinstance(turn.get("value"), str) or not turn["value"].strip():
+            raise Rejected(f"conversation: turn {i} is empty")
+    tags = sum(turn["value"].count(IMAGE_TOKEN) for turn in turns)
+    if entry.get("image") and tags != 1:
+        raise Rejected(f"conversation: image entry has {tags} <image> tags (expected 1)")
+    if not entry.get("image") and tags:
+        raise Rejected("conversation: <image> tag but no image")
+
+
+def read_image(root: Path, relative: str, resize: int | None, verify: bool) -> tuple[str, bytes]:
+    path = root / relative
+    extension = EXTENSIONS.get(path.suffix.lower())
+    if extension is None:
+        raise Rejected(f"image: unsupported file type {path.suffix!r}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise Rejected(f"image: missing file {path}") from None
+    except OSError as e:
+        raise Rejected(f"image: unreadable file {path} ({e})") from None
+    if not (verify or resize):
+        return extension, data
+    try:
+        image = decode_image(data)
+    except ImageError as e:
+        raise Rejected(f"image: {e}") from None
+    if resize and max(image.size) > resize:
+        image.thumbnail((resize, resize))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=95)
+        return "jpg", buffer.getvalue()
+    return extension, data
+
+
+def _write_shard(task: tuple) -> dict:
+    """Worker: write one shard (tmp file, then rename) and its sidecar; return its stats."""
+    shard_path, entries, images_root, resize, verify = task
+    shard_path = Path(shard_path)
+    written, size, rejected = 0, 0, []
+    tmp = shard_path.with_suffix(".tar.tmp")
+    with wds.TarWriter(str(tmp), mtime=0.0) as writer:
+        for index, source, entry in entries:
+            try:
+                check_conversation(entry)
+                sample = {"__key__": f"{source}-{index:09d}", "json": {**entry, "source": source}}
+                if entry.get("image"):
+                    extension, data = read_image(images_root, entry["image"], resize, verify)
+                    sample[extension] = data
+                    size += len(data)
+                writer.write(sample)
+                written += 1
+            except Rejected as reason:
+                rejected.append({"index": index, "id": entry.get("id"), "source": source, "reason": str(reason)})
+    tmp.rename(shard_path)
+    stats = {"shard": shard_path.name, "samples": written, "image_bytes": size, "rejected": rejected}
+    shard_path.with_suffix(".json").write_text(json.dumps(stats) + "\n")
+    return stats
+
+
+def plan(entries: list, out: Path, shard_size: int) -> tuple[list[tuple[Path, list]], list[dict]]:
+    """Assign valid-looking entries to (source, shard) in input order; reject the unclassifiable."""
+    by_source: dict[str, list] = defaultdict(list)
+    rejected = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            rejected.append({"index": index, "id": None, "source": None, "reason": "entry: not a JSON object"})
+            continue
+        try:
+            by_source[classify(entry)].append((index, entry))
+        except ValueError as e:
+            rejected.append({"index": index, "id": entry.get("id"), "source": None, "reason": f"source: {e}"})
+    shards = []
+    for source in sorted(by_source):
+        items = by_source[source]
+        for n, start in enumerate(range(0, len(items), shard_size)):
+            chunk = [(i, source, e) for i, e in items[start : start + shard_size]]
+            shards.append((out / source / f"shard-{n:06d}.tar", chunk))
+    return shards, rejected
+
+
+def convert(
+    json_path: str | Path,
+    images: str | Path,
+    out: str | Path,
+    workers: int | None = None,
+    shard_size: int = 1000,
+    resize: int | None = None,
+    verify_images: bool = True,
+    progress: bool = True,
+) -> dict:
+    out, images = Path(out), Path(images)
+    try:
+        entries = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{json_path} is not valid JSON: {e}") from None
+    if not isinstance(entries, list):
+        raise SystemExit(f"{json_path} must hold a JSON list of LLaVA entries, got {type(entries).__name__}")
+    shards, rejected = plan(entries, out, shard_size)
+    todo = [s for s in shards if not (s[0].exists() and s[0].with_suffix(".json").exists())]
+    for path, _ in todo:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tasks = [(str(path), chunk, images, resize, verify_images) for path, chunk in todo]
+    print(f"[lmm] {len(entries)} entries -> {len(shards)} shards ({len(shards) - len(todo)} already done)")
+    workers = workers or os.cpu_count() or 1
+    if tasks:
+        with Pool(min(workers, len(tasks))) as pool:
+            for _ in tqdm(pool.imap_unordered(_write_shard, tasks), total=len(tasks), disable=not progress, desc="shards"):
+                pass
+    counts: Counter = Counter()
+    image_bytes: Counter = Counter()
+    shard_lists: dict[str, list[str]] = defaultdict(list)
+    for path, _ in shards:  # every shard's sidecar, fresh or from an earlier run
+        stats = json.loads(path.with_suffix(".json").read_text())
+        source = path.parent.name
+        counts[source] += stats["samples"]
+        image_bytes[source] += stats["image_bytes"]
+        shard_lists[source].append(path.name)
+        rejected += stats["rejected"]
+    rejected.sort(key=lambda r: r["index"])
+    manifest = {
+        "json": str(json_path),
+        "entries": len(entries),
+        "counts": dict(sorted(counts.items())),
+        "image_bytes": dict(sorted(image_bytes.items())),
+        "shards": dict(sorted(shard_lists.items())),
+        "rejected": dict(Counter(r["reason"].split(":")[0] for r in rejected)),
+        "merged_sources": {"vqav2_okvqa": SOURCES["vqav2_okvqa"]},
+    }
+    with open(out / "rejected.jsonl", "w") as f:
+        for record in rejected:
+            f.write(json.dumps(record) + "\n")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", required=True, help="llava_v1_5_mix665k.json or blip_laion_cc_sbu_558k.json")
+    parser.add_argument("--images", required=True, help="the image root (coco/, gqa/, ... below it)")
+    parser.add_argument("--out", required=True, help="output folder, e.g. data/shards/llava_mix665k")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--resize", type=int, default=None, help="re-encode images whose longer side exceeds this")
+    parser.add_argument("--no-verify-images", action="store_true", help="skip decoding each image (faster, less safe)")
+    args = parser.parse_args(argv)
+    manifest = convert(args.json, args.images, args.out, args.workers, args.shard_size, args.resize, not args.no_verify_images)
+    print(json.dumps({k: manifest[k] for k in ("entries", "counts", "rejected")}, indent=2))
+    print(f"[lmm] manifest: {Path(args.out) / 'manifest.json'}; rejected entries: {Path(args.out) / 'rejected.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()
