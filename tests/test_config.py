@@ -16,7 +16,8 @@ GROUPS = ["vision", "connector", "llm", "data", "stage", "trainer", "strategy", 
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """Every option of a group, nested ones as `sub/name` (e.g. data=table2/3_format_prompt)."""
+    return sorted(p.relative_to(CONF / group).with_suffix("").as_posix() for p in (CONF / group).rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])

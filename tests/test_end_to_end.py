@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from lmm.train.train import FINAL_WEIGHTS, RESULTS, train
 
-FAST = ["data.num_workers=0", "data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2"]
+FAST = ["data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2", "data.num_workers=0"]
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,63 @@ def test_other_components_train_on_the_default(make_config, tmp_path, overrides)
     run_dir = tmp_path / "run"
     results = train(make_config(*overrides, "trainer.max_steps=2", "trainer.val_check_interval=2", "eval.limit=2", *FAST, run_dir=run_dir))
     assert (run_dir / FINAL_WEIGHTS).exists() and "vqa/exact_match" in results["metrics"]
+
+
+@pytest.fixture(scope="module")
+def converted_llava(tmp_path_factory):
+    """The miniature mix665k converted, plus a source of broken samples listed in the manifest."""
+    import webdataset as wds
+
+    from lmm.data.convert import convert
+    from tests.data.broken_samples import catalogue
+    from tests.data.llava_miniature import build_mix665k
+
+    root = tmp_path_factory.mktemp("llava")
+    json_path, images, _, _ = build_mix665k(root)
+    convert(json_path, images, root / "shards", workers=1, shard_size=4, progress=False)
+    (root / "shards" / "broken").mkdir()
+    with wds.TarWriter(str(root / "shards" / "broken" / "shard-000000.tar")) as writer:
+        for sample, _ in catalogue().values():
+            writer.write(sample)
+    manifest = json.loads((root / "shards" / "manifest.json").read_text())
+    manifest["counts"]["broken"] = len(catalogue())
+    (root / "shards" / "manifest.json").write_text(json.dumps(manifest))
+    return root / "shards"
+
+
+@pytest.mark.slow
+def test_training_on_converted_llava_data_survives_broken_samples(converted_llava, make_config, tmp_path, capsys):
+    overrides = ["data=llava_mix665k", f"data.root={converted_llava}", "+data.sources.broken.weight=0.5",
+                 "eval_after_train=false", "trainer.max_steps=6", "data.length_group_size=1", *FAST]
+    train(make_config(*overrides, "data.max_skip_rate=1.0", run_dir=tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert (tmp_path / "run" / FINAL_WEIGHTS).exists()
+    summary = next(line for line in out.splitlines() if line.startswith("[lmm] samples seen"))
+    assert "skipped 0 " not in summary and "'image'" in summary  # broken samples were met, counted, survived
+
+    # The same data with the default 1% limit stops with a clear error instead of training on less.
+    with pytest.raises(RuntimeError, match=r"samples skipped .* > data.max_skip_rate=1.0%"):
+        train(make_config(*overrides, "data.skip_check_after=8", run_dir=tmp_path / "strict"))
+
+
+@pytest.mark.slow
+def test_resumed_training_sees_the_same_batches(make_config, tmp_path, monkeypatch):
+    """Stopping after k steps and resuming gives the same sample order as an uninterrupted run."""
+    from lmm.train.module import LMMModule
+
+    seen: list[list[str]] = []
+    original = LMMModule.training_step
+
+    def recording(self, batch, batch_idx):
+        seen.append([m["key"] for m in batch["meta"]])
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(LMMModule, "training_step", recording)
+    common = ["eval_after_train=false", "checkpoint_every=3", "trainer.val_check_interval=100", *FAST[:-1], "data.num_workers=2"]
+    train(make_config(*common, "trainer.max_steps=6", run_dir=tmp_path / "straight"))
+    straight, seen[:] = list(seen), []
+    train(make_config(*common, "trainer.max_steps=3", run_dir=tmp_path / "stopped"))
+    first, seen[:] = list(seen), []
+    (tmp_path / "stopped" / FINAL_WEIGHTS).unlink()  # as if it had been interrupted after step 3
+    train(make_config(*common, "trainer.max_steps=6", run_dir=tmp_path / "stopped"))
+    assert first + seen == straight

@@ -44,3 +44,53 @@ def test_transform_shape_and_normalisation(aspect):
 def test_unknown_aspect():
     with pytest.raises(ValueError, match="image_aspect"):
         ImageTransform(16, MEAN, STD, "stretch")
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_decode_converts_every_mode_to_rgb():
+    from lmm.data.image import decode_image
+
+    grey = decode_image(encoded(Image.new("L", (4, 4), 100)))
+    assert grey.mode == "RGB" and grey.getpixel((0, 0)) == (100, 100, 100)
+    clear = decode_image(encoded(Image.new("RGBA", (4, 4), (255, 0, 0, 0))))
+    assert clear.getpixel((0, 0)) == (255, 255, 255)  # fully transparent -> white
+    half = decode_image(encoded(Image.new("RGBA", (4, 4), (0, 0, 0, 128))))
+    assert 120 <= half.getpixel((0, 0))[0] <= 135
+    cmyk = decode_image(encoded(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "JPEG"))
+    r, g, b = cmyk.getpixel((0, 0))
+    assert r > 200 and g < 60 and b < 60
+    deep = Image.new("I;16", (4, 4))
+    deep.putpixel((0, 0), 65535)
+    deep.putpixel((1, 0), 32768)
+    sixteen = decode_image(encoded(deep))
+    assert sixteen.getpixel((0, 0)) == (255, 255, 255) and 125 <= sixteen.getpixel((1, 0))[0] <= 130
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    assert decode_image(encoded(palette)).getpixel((0, 0)) == (10, 200, 30)
+
+
+def test_exif_rotation_is_applied():
+    from lmm.data.image import decode_image
+
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    upright = decode_image(encoded(image, "JPEG", exif=exif.tobytes()))
+    assert upright.size == (20, 40)
+
+
+def test_bad_images_raise_image_error():
+    from lmm.data.image import ImageError, decode_image
+
+    jpeg = encoded(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        decode_image(jpeg[: len(jpeg) * 2 // 3])
+    with pytest.raises(ImageError, match="unreadable"):
+        decode_image(b"definitely not an image")
+    with pytest.raises(ImageError, match="decompression bomb refused: 64x64"):
+        decode_image(jpeg, max_pixels=1000)

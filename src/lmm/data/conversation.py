@@ -126,10 +126,10 @@ def _check_turns(turns: list[dict]) -> None:
         raise ConversationError("empty conversation")
     for i, turn in enumerate(turns):
         expected = "human" if i % 2 == 0 else "gpt"
-        if turn.get("from") != expected or not isinstance(turn.get("value"), str):
-            raise ConversationError(
-                f"turn {i} must be {{'from': '{expected}', 'value': str}}, got {turn!r}"
-            )
+        if not isinstance(turn, dict) or turn.get("from") != expected or not isinstance(turn.get("value"), str):
+            raise ConversationError(f"turn {i} must be {{'from': '{expected}', 'value': str}}, got {turn!r}"[:300])
+        if not turn["value"].strip():
+            raise ConversationError(f"turn {i} is empty")
 
 
 def _image_first(value: str) -> str:

@@ -48,6 +48,7 @@ class LMMDataModule(L.LightningDataModule):
         group_by_modality_length: bool = True,
         length_group_size: int = 8,
         max_skip_rate: float = 0.01,
+        skip_check_after: int = 1000,
         allow_pipe_urls: bool = False,
         seed: int = 0,
         generate_if_missing: bool = False,
@@ -59,7 +60,7 @@ class LMMDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.max_length = batch_size, num_workers, max_length
         self.shuffle_buffer, self.seed, self.generate_if_missing = shuffle_buffer, seed, generate_if_missing
         self.group_size = length_group_size if group_by_modality_length else 1
-        self.max_skip_rate, self.allow_pipe_urls = max_skip_rate, allow_pipe_urls
+        self.max_skip_rate, self.skip_check_after, self.allow_pipe_urls = max_skip_rate, skip_check_after, allow_pipe_urls
         self.processor: SampleProcessor | None = None
 
     def ensure_data(self) -> None:

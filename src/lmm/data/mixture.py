@@ -81,15 +81,22 @@ class TrainingStream(IterableDataset):
         self.resume_batches = resume_batches
         self.epoch = 0  # counts __iter__ calls in this process (persistent workers keep it)
 
-    def _source(self, index: int, source: Source, rank: int, worker: int) -> Iterator[dict]:
-        seed = f"{self.seed}/{rank}/{worker}/{self.epoch}/{source.name}"
-        urls = iter(wds.ResampledShards(source.shards, seed=random.Random(seed).getrandbits(32), deterministic=True))
+    def _source(self, source: Source, rank: int, role: int) -> Iterator[dict]:
+        seed = f"{self.seed}/{rank}/{role}/{self.epoch}/{source.name}"
+        urls = self._shard_draws(source.shards, random.Random(seed))
         return wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=random.Random(seed + "/shuffle"))(
             expand_shards(urls)
         )
 
-    def raw_samples(self, rng: random.Random, rank: int, worker: int) -> Iterator[dict]:
-        streams = [self._source(i, s, rank, worker) for i, s in enumerate(self.sources)]
+    @staticmethod
+    def _shard_draws(shards: list[str], rng: random.Random) -> Iterator[dict]:
+        """Shards drawn with replacement, forever (webdataset's ResampledShards seeds from the
+        real worker id, which a resumed worker must not use)."""
+        while True:
+            yield {"url": rng.choice(shards)}
+
+    def raw_samples(self, rng: random.Random, rank: int, role: int) -> Iterator[dict]:
+        streams = [self._source(s, rank, role) for s in self.sources]
         weights = [s.weight for s in self.sources]
         while True:
             (stream,) = rng.choices(streams, weights=weights)
@@ -98,9 +105,14 @@ class TrainingStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         self.epoch += 1
         rank, _, worker, num_workers = worker_info()
-        rng = random.Random(f"{self.seed}/{rank}/{worker}/{self.epoch}")
-        plans = plan_batches(self.raw_samples(rng, rank, worker), self.batch_size, self.group_size, rng, self.processor.image_tokens)
-        skip = batches_before(self.resume_batches, worker, num_workers) if self.epoch == 1 else 0
+        resumed = self.resume_batches if self.epoch == 1 else 0
+        # A new DataLoader starts its round-robin at worker 0, but the next batch in order came
+        # from worker (consumed % W): each worker takes over the role (seed, position) of the
+        # worker whose batch is due at its turn.
+        role = (worker + resumed) % num_workers
+        rng = random.Random(f"{self.seed}/{rank}/{role}/{self.epoch}")
+        plans = plan_batches(self.raw_samples(rng, rank, role), self.batch_size, self.group_size, rng, self.processor.image_tokens)
+        skip = batches_before(resumed, role, num_workers)
         for n, plan in enumerate(plans):
             if n >= skip:
                 yield self.collator([self.processor(sample) for sample in plan])

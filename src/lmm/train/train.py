@@ -111,6 +111,7 @@ def train(cfg: DictConfig) -> dict | None:
     module = LMMModule(
         model, **OmegaConf.to_container(cfg.stage.optim, resolve=True), train=dict(cfg.stage.train),
         vision_last_blocks=cfg.stage.get("vision_last_blocks"), max_skip_rate=datamodule.max_skip_rate,
+        skip_check_after=datamodule.skip_check_after,
     )
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
     trainer: L.Trainer = instantiate(
@@ -127,7 +128,8 @@ def train(cfg: DictConfig) -> dict | None:
     if trainer.global_rank != 0:
         return None
     save_model(model, str(run_dir / FINAL_WEIGHTS))
-    print(f"[lmm] trained {trainer.global_step} steps; weights in {run_dir / FINAL_WEIGHTS} ({module.skipped_total} samples skipped)")
+    print(f"[lmm] trained {trainer.global_step} steps; weights in {run_dir / FINAL_WEIGHTS}")
+    print(f"[lmm] samples seen {module.seen_total}, skipped {module.skipped_total} {dict(module.skipped)}")
     if not cfg.eval_after_train:
         return None
     return evaluate(cfg, model, processor, run_dir, device=module.device)
