@@ -15,13 +15,15 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install data demo test describe lock clean-runs help
+.PHONY: install data demo test describe lock clean-runs help convert bench-data
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
 	@echo "make test      install and run the test suite"
 	@echo "make data      generate the synthetic shards under data/synthetic"
 	@echo "make describe  parameter table of LLaVA-1.5-13B (meta device, no download)"
+	@echo "make convert JSON=... IMAGES=... NAME=...   LLaVA JSON + image folders -> data/shards/NAME"
+	@echo "make bench-data   streaming pipeline vs a LLaVA-style map-style loader (samples/s)"
 	@echo "make lock      rewrite requirements.lock from the current environment"
 
 install: $(STAMP)
@@ -40,6 +42,14 @@ data: install
 demo: install data
 	$(PY) run.py experiment=demo_pretrain
 	$(PY) run.py experiment=demo_finetune
+
+# LLaVA-format JSON + image root -> WebDataset shards, one folder per source (resumable).
+convert: install
+	@test -n "$(JSON)" -a -n "$(IMAGES)" -a -n "$(NAME)" || { echo "usage: make convert JSON=file.json IMAGES=/image/root NAME=llava_mix665k"; exit 2; }
+	$(PY) -m lmm.data.convert --json $(JSON) --images $(IMAGES) --out data/shards/$(NAME)
+
+bench-data: install
+	$(PY) -m lmm.bench.data
 
 test: install
 	$(PY) -m pytest -q tests

@@ -114,8 +114,10 @@ def train(cfg: DictConfig) -> dict | None:
         skip_check_after=datamodule.skip_check_after,
     )
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
+    no_validation = {"limit_val_batches": 0} if not datamodule.val_split else {}
     trainer: L.Trainer = instantiate(
         cfg.trainer,
+        **no_validation,
         strategy=instantiate(cfg.strategy),
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""),
         callbacks=[checkpoints],
