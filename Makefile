@@ -15,7 +15,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install data demo test describe lock clean-runs help convert bench-data
+.PHONY: install data demo test describe lock clean-runs help convert bench-data bench-eval bench
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
@@ -24,6 +24,7 @@ help:
 	@echo "make describe  parameter table of LLaVA-1.5-13B (meta device, no download)"
 	@echo "make convert JSON=... IMAGES=... NAME=...   LLaVA JSON + image folders -> data/shards/NAME"
 	@echo "make bench-data   streaming pipeline vs a LLaVA-style map-style loader (samples/s)"
+	@echo "make bench-eval   batched generation vs the batch-1 loop (answers/s)"
 	@echo "make lock      rewrite requirements.lock from the current environment"
 
 install: $(STAMP)
@@ -50,6 +51,12 @@ convert: install
 
 bench-data: install
 	$(PY) -m lmm.bench.data
+
+bench-eval: install
+	$(PY) -m lmm.bench.eval
+
+# Every benchmark; each prints ratios measured side by side and writes experiments/bench/<name>.json.
+bench: bench-data bench-eval
 
 test: install
 	$(PY) -m pytest -q tests

@@ -36,17 +36,20 @@ def test_pretrain_trains_only_the_connector(pretrain_run, make_config):
 def test_finetune_from_pretrain_then_eval(pretrain_run, make_config, tmp_path, capsys):
     run_dir = tmp_path / "finetune"
     overrides = ["experiment=demo_finetune", f"stage.init_from={pretrain_run}", "trainer.max_steps=8",
-                 "trainer.val_check_interval=4", "checkpoint_every=4", "eval.limit=8", *FAST]
+                 "trainer.val_check_interval=4", "checkpoint_every=4", "eval.benchmarks.synthetic.limit=8", *FAST]
     results = train(make_config(*overrides, run_dir=run_dir))
     out = capsys.readouterr().out
     assert "initialised connector, vision, llm from" in out
     assert "| vqa/exact_match |" in out
     on_disk = json.loads((run_dir / RESULTS).read_text())
     assert on_disk["metrics"] == results["metrics"]
-    assert {"vqa/exact_match", "ocr/exact_match", "region/grounding_acc_iou50", "description/loss"} <= set(results["metrics"])
-    assert set(results["baselines"]) >= {"vqa/exact_match", "region/grounding_acc_iou50"}
-    assert all(0.0 <= v <= 1.0 for k, v in results["metrics"].items() if k != "description/loss")
-    assert results["counts"]["vqa/exact_match"] == len([p for p in results["predictions"] if p["source"] == "vqa"])
+    synthetic = results["benchmarks"]["synthetic"]
+    assert {"vqa/exact_match", "ocr/exact_match", "region/grounding_acc_iou50", "description/loss"} <= set(synthetic["metrics"])
+    assert results["metrics"]["synthetic/vqa/exact_match"] == synthetic["metrics"]["vqa/exact_match"]
+    assert set(synthetic["baselines"]) >= {"vqa/exact_match", "region/grounding_acc_iou50"}
+    assert all(0.0 <= v <= 1.0 for k, v in synthetic["metrics"].items() if k != "description/loss")
+    predictions = [json.loads(line) for line in (run_dir / "predictions" / "synthetic.jsonl").read_text().splitlines()]
+    assert synthetic["counts"]["vqa/exact_match"] == len([p for p in predictions if p["source"] == "vqa"])
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     saved = load_file(str(run_dir / FINAL_WEIGHTS))
@@ -78,8 +81,8 @@ def test_init_from_missing_run_is_clear(make_config, tmp_path):
 def test_other_components_train_on_the_default(make_config, tmp_path, overrides):
     """connector=linear|mlp|qformer and llm=tiny|small all train on the embedded default (qformer at BLIP-2 size)."""
     run_dir = tmp_path / "run"
-    results = train(make_config(*overrides, "trainer.max_steps=2", "trainer.val_check_interval=2", "eval.limit=2", *FAST, run_dir=run_dir))
-    assert (run_dir / FINAL_WEIGHTS).exists() and "vqa/exact_match" in results["metrics"]
+    results = train(make_config(*overrides, "trainer.max_steps=2", "trainer.val_check_interval=2", "eval.benchmarks.synthetic.limit=2", *FAST, run_dir=run_dir))
+    assert (run_dir / FINAL_WEIGHTS).exists() and "synthetic/vqa/exact_match" in results["metrics"]
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +143,13 @@ def test_resumed_training_sees_the_same_batches(make_config, tmp_path, monkeypat
     (tmp_path / "stopped" / FINAL_WEIGHTS).unlink()  # as if it had been interrupted after step 3
     train(make_config(*common, "trainer.max_steps=6", run_dir=tmp_path / "stopped"))
     assert first + seen == straight
+
+
+@pytest.mark.slow
+def test_task_eval_scores_a_finished_run(pretrain_run, make_config, tmp_path):
+    from lmm.tasks import run_task
+
+    results = run_task(make_config("task=eval", f"ckpt={pretrain_run}", "stage=pretrain", "eval.benchmarks.synthetic.limit=4",
+                                   run_dir=tmp_path / "eval"))
+    assert (tmp_path / "eval" / RESULTS).exists() and (tmp_path / "eval" / "predictions" / "synthetic.jsonl").exists()
+    assert "synthetic/vqa/exact_match" in results["metrics"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -67,7 +68,8 @@ class SyntheticBenchmark:
         return DataLoader(items, batch_size=self.batch_size, collate_fn=Collator(pad_token_id, padding_side))
 
     @torch.no_grad()
-    def run(self, model: LMM, processor: SampleProcessor, device: torch.device | str = "cpu") -> dict:
+    def run(self, model: LMM, processor: SampleProcessor, device: torch.device | str = "cpu", out_dir: Path | None = None) -> dict:
+        start = time.perf_counter()
         tokenizer = processor.tokenizer
         baselines = json.loads((self.root / "manifest.json").read_text())["baselines"]
         questions, descriptions, skipped = self._items(processor)
@@ -104,7 +106,6 @@ class SyntheticBenchmark:
             description_loss.update(out.loss.cpu(), weight=int((batch["labels"][:, 1:] != -100).sum()))
         model.train(was_training)
         results = {
-            "benchmark": self.name,
             "split": self.split,
             "metrics": {k: round(float(m.compute()), 4) for k, m in sorted(metrics.items())},
             "baselines": {k: round(float(m.compute()), 4) for k, m in sorted(baseline_metrics.items())},
@@ -115,16 +116,26 @@ class SyntheticBenchmark:
         if descriptions:
             results["metrics"]["description/loss"] = round(float(description_loss.compute()), 4)
             results["counts"]["description/loss"] = len(descriptions)
-        results["predictions"] = records
+        results["n"] = len(records) + len(descriptions)
+        results["wall_s"] = round(time.perf_counter() - start, 2)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with open(out_dir / f"{self.name}.jsonl", "w") as f:
+                for record in records:
+                    f.write(json.dumps(record) + "\n")
         return results
 
 
 def format_table(results: dict) -> str:
-    """A Markdown table: metric | model | baseline | n."""
-    lines = [f"{results['benchmark']} / {results['split']}", "", "| metric | model | baseline | n |", "|---|---:|---:|---:|"]
-    for key, value in results["metrics"].items():
-        baseline = results["baselines"].get(key)
-        lines.append(f"| {key} | {value:.4f} | {'—' if baseline is None else f'{baseline:.4f}'} | {results['counts'].get(key, '')} |")
-    if results.get("skipped"):
-        lines.append(f"\n{results['skipped']} sample(s) skipped (see log)")
-    return "\n".join(lines)
+    """Markdown tables, one per benchmark: metric | model | baseline (when known) | n."""
+    blocks = []
+    for name, bench in results["benchmarks"].items():
+        lines = [f"{name} (n={bench.get('n', '?')}, {bench.get('wall_s', '?')} s)", "", "| metric | model | baseline | n |", "|---|---:|---:|---:|"]
+        for key, value in bench["metrics"].items():
+            baseline = bench.get("baselines", {}).get(key)
+            n = bench.get("counts", {}).get(key, bench.get("n", ""))
+            lines.append(f"| {key} | {value:.4f} | {'—' if baseline is None else f'{baseline:.4f}'} | {n} |")
+        if bench.get("skipped"):
+            lines.append(f"\n{bench['skipped']} question(s) skipped (see log)")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

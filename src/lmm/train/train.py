@@ -81,10 +81,12 @@ def command_overrides() -> list[str]:
 
 
 def evaluate(cfg: DictConfig, model: LMM, processor: SampleProcessor, run_dir: Path, device: torch.device | str = "cpu") -> dict:
-    benchmark = instantiate(cfg.eval)
-    results = benchmark.run(model, processor, device)
-    results["name"] = cfg.name
-    results["overrides"] = command_overrides()
+    """Run every configured benchmark; write results.json and predictions/<benchmark>.jsonl."""
+    results: dict = {"name": cfg.name, "overrides": command_overrides(), "benchmarks": {}, "metrics": {}}
+    for name, benchmark_cfg in cfg.eval.benchmarks.items():
+        result = instantiate(benchmark_cfg).run(model, processor, device, out_dir=run_dir / "predictions")
+        results["benchmarks"][name] = result
+        results["metrics"].update({f"{name}/{key}": value for key, value in result["metrics"].items()})
     (run_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
     print(format_table(results))
     print(f"[lmm] results written to {run_dir / RESULTS}")
@@ -93,8 +95,8 @@ def evaluate(cfg: DictConfig, model: LMM, processor: SampleProcessor, run_dir: P
 
 def train(cfg: DictConfig) -> dict | None:
     run_dir = Path(cfg.run_dir)
-    if (run_dir / FINAL_WEIGHTS).exists() and ((run_dir / RESULTS).exists() or not cfg.eval_after_train):
-        print(f"[lmm] {run_dir} has already finished; not re-running it (delete the directory to redo it).")
+    if (run_dir / FINAL_WEIGHTS).exists() and ((run_dir / RESULTS).exists() or not cfg.eval_after_train) and not cfg.get("force"):
+        print(f"[lmm] {run_dir} has already finished; not re-running it (force=true, or delete the directory, to redo it).")
         if (run_dir / RESULTS).exists():
             results = json.loads((run_dir / RESULTS).read_text())
             print(format_table(results))
@@ -132,7 +134,7 @@ def train(cfg: DictConfig) -> dict | None:
     save_model(model, str(run_dir / FINAL_WEIGHTS))
     print(f"[lmm] trained {trainer.global_step} steps; weights in {run_dir / FINAL_WEIGHTS}")
     print(f"[lmm] samples seen {module.seen_total}, skipped {module.skipped_total} {dict(module.skipped)}")
-    if not cfg.eval_after_train:
+    if not (cfg.eval_after_train and cfg.eval.benchmarks):
         return None
     return evaluate(cfg, model, processor, run_dir, device=module.device)
 

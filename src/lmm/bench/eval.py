@@ -1,0 +1,73 @@
+"""Benchmark: answers/s of batched generation (batch 32) against the batch-1 loop LLaVA's
+evaluation uses, same model (llm=small, random init) and same synthetic questions.
+
+    python -m lmm.bench.eval [--questions 96]      (also: make bench-eval)
+
+Questions are encoded once; only generation is timed. Also checks that both give the same answers. Writes experiments/bench/eval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from torch.utils.data import DataLoader
+
+from lmm.config import register_resolvers
+from lmm.data.collate import Collator
+from lmm.eval.generate import generate_texts
+from lmm.train.train import build_run
+
+CONF = Path(__file__).resolve().parents[3] / "conf"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--questions", type=int, default=96, help="images of the synthetic test split to ask about")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", default="experiments/bench/eval.json")
+    args = parser.parse_args(argv)
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["llm=small", "run_dir=/tmp/lmm-bench-eval", f"eval.benchmarks.synthetic.limit={args.questions}"])
+    instantiate(cfg.data).ensure_data()
+    torch.manual_seed(0)
+    model, processor = build_run(cfg)
+    benchmark = instantiate(cfg.eval.benchmarks.synthetic)
+    questions, _, _ = benchmark._items(processor)  # prepared once: only generation is timed
+    model.eval()
+    timings, answers = {}, {}
+    for batch_size in (1, args.batch_size):
+        loader = DataLoader(questions, batch_size=batch_size, collate_fn=Collator(processor.tokenizer.pad_token_id, "left"))
+        start = time.perf_counter()
+        answers[batch_size] = generate_texts(model, loader, processor.tokenizer, processor.template, benchmark.max_new_tokens)
+        timings[batch_size] = time.perf_counter() - start
+    n = len(answers[1])
+    result = {
+        "benchmark": "eval",
+        "answers": n,
+        "batch_1_answers_per_s": round(n / timings[1], 2),
+        f"batch_{args.batch_size}_answers_per_s": round(n / timings[args.batch_size], 2),
+        "ratio": round(timings[1] / timings[args.batch_size], 2),
+        "same_answers": answers[1] == answers[args.batch_size],
+        "model": "llm=small (3.7M, random init) + vision=tiny + connector=mlp, fp32",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "command": "python -m lmm.bench.eval " + " ".join(argv or []),
+    }
+    print(f"batch 1   {result['batch_1_answers_per_s']:8.2f} answers/s")
+    print(f"batch {args.batch_size:<3d} {result[f'batch_{args.batch_size}_answers_per_s']:8.2f} answers/s")
+    print(f"ratio     {result['ratio']:8.2f}x   (same answers: {result['same_answers']})")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
