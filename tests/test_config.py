@@ -1,6 +1,5 @@
 """Every config option composes; bad options fail with Hydra's list; describe counts are exact."""
 
-from pathlib import Path
 
 import pytest
 import functools

@@ -54,7 +54,7 @@ def digest(folder):
 
 def test_deterministic_and_resumable(mix, tmp_path, capsys):
     root, json_path, images, _, _, manifest = mix
-    again = convert(json_path, images, tmp_path / "again", workers=1, shard_size=2, progress=False)
+    convert(json_path, images, tmp_path / "again", workers=1, shard_size=2, progress=False)
     assert digest(tmp_path / "again") == digest(root / "shards")
     (tmp_path / "again" / "gqa" / "shard-000001.tar").unlink()
     capsys.readouterr()

@@ -1,7 +1,6 @@
 """The stage decides what trains; the schedule is warmup then cosine; only trainable params reach AdamW."""
 
 import pytest
-import torch
 
 from lmm.model.build import build_model
 from lmm.train.module import LMMModule, warmup_cosine

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import tempfile
 import time
@@ -24,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from lmm.bench import machine, save_result
 from lmm.data.collate import Collator
 from lmm.data.conversation import encode
 from lmm.data.convert import convert
@@ -131,15 +131,13 @@ def main(argv: list[str] | None = None) -> dict:
         "workers": args.workers,
         "batch_size": args.batch_size,
         "image_size": SIZE,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s) per worker, {platform.processor() or 'cpu'}",
+        "machine": machine(),
         "command": "python -m lmm.bench.data " + " ".join(argv or []),
     }
     print(f"lmm streaming      {ours:8.1f} samples/s  ({result['lmm_samples_per_s_per_worker']} per worker, {args.workers} workers)")
     print(f"LLaVA map-style    {baseline:8.1f} samples/s")
     print(f"ratio              {result['ratio']:8.3f}x")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return save_result(result, args.out)
 
 
 if __name__ == "__main__":

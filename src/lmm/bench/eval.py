@@ -9,8 +9,6 @@ Questions are encoded once; only generation is timed. Also checks that both give
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from hydra.utils import instantiate
 
 from torch.utils.data import DataLoader
 
+from lmm.bench import machine, save_result
 from lmm.config import register_resolvers
 from lmm.data.collate import Collator
 from lmm.eval.generate import generate_texts
@@ -58,15 +57,13 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio": round(timings[1] / timings[args.batch_size], 2),
         "same_answers": answers[1] == answers[args.batch_size],
         "model": "llm=small (3.7M, random init) + vision=tiny + connector=mlp, fp32",
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": machine(),
         "command": "python -m lmm.bench.eval " + " ".join(argv or []),
     }
     print(f"batch 1   {result['batch_1_answers_per_s']:8.2f} answers/s")
     print(f"batch {args.batch_size:<3d} {result[f'batch_{args.batch_size}_answers_per_s']:8.2f} answers/s")
     print(f"ratio     {result['ratio']:8.2f}x   (same answers: {result['same_answers']})")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return save_result(result, args.out)
 
 
 if __name__ == "__main__":

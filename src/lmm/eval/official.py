@@ -30,7 +30,6 @@ from lmm.eval.metrics import (
     extract_letter,
     mme_scores,
     normalize_answer,
-    parse_box,
     vqa_soft_accuracy,
 )
 from lmm.model.lmm import LMM
