@@ -62,6 +62,11 @@ def test_finetune_from_pretrain_then_eval(pretrain_run, make_config, tmp_path, c
     assert "already finished" in capsys.readouterr().out
     assert again["metrics"] == results["metrics"]
 
+    # force=true redoes it from scratch (same directory: force is not part of the run's identity).
+    train(make_config(*overrides, "force=true", run_dir=run_dir))
+    out = capsys.readouterr().out
+    assert "already finished" not in out and "resuming" not in out and "trained 8 steps" in out
+
     # An interrupted run (no final weights yet) resumes from its last checkpoint.
     (run_dir / FINAL_WEIGHTS).unlink()
     (run_dir / RESULTS).unlink()

@@ -95,7 +95,8 @@ def evaluate(cfg: DictConfig, model: LMM, processor: SampleProcessor, run_dir: P
 
 def train(cfg: DictConfig) -> dict | None:
     run_dir = Path(cfg.run_dir)
-    if (run_dir / FINAL_WEIGHTS).exists() and ((run_dir / RESULTS).exists() or not cfg.eval_after_train) and not cfg.get("force"):
+    evaluates = bool(cfg.eval_after_train and cfg.eval.benchmarks)
+    if (run_dir / FINAL_WEIGHTS).exists() and ((run_dir / RESULTS).exists() or not evaluates) and not cfg.get("force"):
         print(f"[lmm] {run_dir} has already finished; not re-running it (force=true, or delete the directory, to redo it).")
         if (run_dir / RESULTS).exists():
             results = json.loads((run_dir / RESULTS).read_text())
@@ -126,15 +127,16 @@ def train(cfg: DictConfig) -> dict | None:
         default_root_dir=str(run_dir),
     )
     last = run_dir / "checkpoints" / "last.ckpt"
-    if last.exists():
+    resume = last.exists() and not cfg.get("force")  # force=true starts over
+    if resume:
         print(f"[lmm] resuming from {last}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     if trainer.global_rank != 0:
         return None
     save_model(model, str(run_dir / FINAL_WEIGHTS))
     print(f"[lmm] trained {trainer.global_step} steps; weights in {run_dir / FINAL_WEIGHTS}")
     print(f"[lmm] samples seen {module.seen_total}, skipped {module.skipped_total} {dict(module.skipped)}")
-    if not (cfg.eval_after_train and cfg.eval.benchmarks):
+    if not evaluates:
         return None
     return evaluate(cfg, model, processor, run_dir, device=module.device)
 
