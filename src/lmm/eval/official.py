@@ -26,6 +26,7 @@ from lmm.data.sources import GROUNDING, MULTIPLE_CHOICE, SHORT_ANSWER
 from lmm.eval.generate import generate_texts
 from lmm.eval.metrics import (
     BoxAccuracy,
+    MeanScore,
     YesNoMetrics,
     extract_letter,
     mme_scores,
@@ -58,6 +59,12 @@ def read_json(path: Path, origin: str):
 
 def read_jsonl(path: Path, origin: str) -> list[dict]:
     return [json.loads(line) for line in require(path, origin).read_text().splitlines() if line.strip()]
+
+
+def soft_accuracy(questions: list[Question], answers: list[str]) -> dict[str, float]:
+    metric = MeanScore()
+    metric.update([vqa_soft_accuracy(a, q.gold) for q, a in zip(questions, answers) if q.gold])
+    return {"accuracy": float(metric.compute())} if int(metric.count) else {}
 
 
 def options_text(options: list[str]) -> str:
@@ -155,8 +162,7 @@ class VQAv2(QuestionBenchmark):
 
             Path(self.submission).write_text(json.dumps([{"question_id": q.qid, "answer": normalize_vqa_answer(a)} for q, a in zip(questions, answers)]))
             print(f"[lmm] EvalAI submission written to {self.submission}")
-        scored = [(q, a) for q, a in zip(questions, answers) if q.gold]
-        return {"accuracy": sum(vqa_soft_accuracy(a, q.gold) for q, a in scored) / len(scored)} if scored else {}
+        return soft_accuracy(questions, answers)
 
 
 class GQA(QuestionBenchmark):
@@ -194,7 +200,7 @@ class VizWiz(QuestionBenchmark):
                          [a["answer"] for a in q["answers"]]) for q in data]
 
     def score(self, questions, answers):
-        return {"accuracy": sum(vqa_soft_accuracy(a, q.gold) for q, a in zip(questions, answers)) / len(questions)}
+        return soft_accuracy(questions, answers)
 
 
 class TextVQA(QuestionBenchmark):
@@ -223,7 +229,7 @@ class TextVQA(QuestionBenchmark):
         return out
 
     def score(self, questions, answers):
-        return {"accuracy": sum(vqa_soft_accuracy(a, q.gold) for q, a in zip(questions, answers)) / len(questions)}
+        return soft_accuracy(questions, answers)
 
 
 class ScienceQAImg(QuestionBenchmark):
