@@ -15,7 +15,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install data demo test describe lock clean-runs help convert bench-data bench-eval bench
+.PHONY: install data demo test describe lock clean-runs help convert bench-data bench-eval bench table
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
@@ -25,6 +25,7 @@ help:
 	@echo "make convert JSON=... IMAGES=... NAME=...   LLaVA JSON + image folders -> data/shards/NAME"
 	@echo "make bench-data   streaming pipeline vs a LLaVA-style map-style loader (samples/s)"
 	@echo "make bench-eval   batched generation vs the batch-1 loop (answers/s)"
+	@echo "make table SWEEP=experiments/runs/NAME   ablation table (md/tex/csv/png) of a sweep"
 	@echo "make lock      rewrite requirements.lock from the current environment"
 
 install: $(STAMP)
@@ -58,6 +59,11 @@ bench-eval: install
 # Every benchmark; each prints ratios measured side by side and writes experiments/bench/<name>.json.
 bench: bench-data bench-eval
 
+# Ablation table of a sweep: Markdown, LaTeX, CSV and PNG next to it.
+table: install
+	@test -n "$(SWEEP)" || { echo "usage: make table SWEEP=experiments/runs/<name>"; exit 2; }
+	$(PY) -m lmm.ablate $(SWEEP)
+
 test: install
 	$(PY) -m pytest -q tests
 
@@ -65,7 +71,7 @@ describe: install
 	$(PY) run.py task=describe connector=mlp llm=vicuna13b vision=clip_l14_336
 
 lock: install
-	$(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch==|torchvision==|nvidia-|triton==|cuda-)' > requirements.lock.new
+	{ head -n 2 requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch==|torchvision==|nvidia-|triton==|cuda-)'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean-runs:
