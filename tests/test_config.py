@@ -108,3 +108,16 @@ def test_run_dir_is_derived_from_overrides():
     assert "/" not in run_id("stage.init_from=experiments/runs/x")
     long = run_id("a=" + "x" * 300)
     assert len(long) <= 120 and long == run_id("a=" + "x" * 300) and long != run_id("a=" + "x" * 299)
+
+
+@pytest.mark.parametrize("sweep", sorted(p.stem for p in (CONF / "sweep").glob("*.yaml")))
+def test_sweeps_compose_with_valid_options(sweep):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+sweep={sweep}", "run_dir=/x"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.seed == "0,1,2"
+    for group, values in params.items():
+        if group != "seed":
+            assert set(values.split(",")) <= set(options(group)), group

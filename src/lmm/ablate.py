@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 SEED_KEYS = {"seed"}
-IGNORED_KEYS = {"paths.runs", "paths.data", "trainer.enable_progress_bar", "data.num_workers", "force", "name"}
+IGNORED_KEYS = {"paths.runs", "paths.data", "trainer.enable_progress_bar", "data.num_workers", "force", "name", "sweep"}
 
 
 @dataclass
