@@ -74,3 +74,15 @@ def test_refuses_pipe_urls(tmp_path):
         list_shards("pipe:curl -s http://example.com/shard-{000..009}.tar")
     with pytest.raises(FileNotFoundError, match="no .tar shards"):
         list_shards(tmp_path)
+
+
+def test_format_prompt_stripping_stays_in_training(tokenizer, data_root):
+    from lmm.data.datamodule import LMMDataModule
+
+    evaluation = processor(tokenizer)
+    module = LMMDataModule(str(data_root / "synthetic"), strip_format_prompts=True)
+    module.attach(evaluation, tokenizer.pad_token_id)
+    assert module.processor.strip_format_prompts and not evaluation.strip_format_prompts
+    sample = {"__key__": "k", "json": b'{"conversations": [{"from": "human", "value": "Q?\\nAnswer the question using a single word or phrase."}, {"from": "gpt", "value": "A"}]}'}
+    trained = tokenizer.decode(module.processor(sample).input_ids)
+    assert "Answer the question" not in trained and "Answer the question" in tokenizer.decode(evaluation(sample).input_ids)

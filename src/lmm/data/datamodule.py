@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -72,7 +73,9 @@ class LMMDataModule(L.LightningDataModule):
             generate(self.root)
 
     def attach(self, processor: SampleProcessor, pad_token_id: int) -> None:
-        self.processor, self.pad_token_id = processor, pad_token_id
+        # A copy, so the training-data options (format-prompt stripping) never reach evaluation prompts.
+        self.processor, self.pad_token_id = copy.copy(processor), pad_token_id
+        self.processor.strip_format_prompts = self.strip_format_prompts
 
     def mixture(self) -> list[Source]:
         """The weighted sources (natural size × weight), or the single training folder."""
@@ -94,7 +97,6 @@ class LMMDataModule(L.LightningDataModule):
     def _processor(self) -> SampleProcessor:
         if self.processor is None:
             raise RuntimeError("LMMDataModule.attach(processor, pad_token_id) must be called before loading")
-        self.processor.strip_format_prompts = self.strip_format_prompts
         return self.processor
 
     def train_dataloader(self) -> DataLoader:
