@@ -15,7 +15,7 @@ from lmm.data.collate import Collator
 from lmm.data.conversation import IMAGE_TOKEN
 from lmm.data.sample import Example, SampleProcessor, Skip, parse_record
 from lmm.data.shards import evaluation_stream, list_shards
-from lmm.eval.generate import _to_device, generate_texts
+from lmm.eval.generate import _to_device, evaluating, generate_texts
 from lmm.eval.metrics import BoxAccuracy, ExactMatch, parse_box
 from lmm.model.lmm import LMM
 
@@ -67,16 +67,28 @@ class SyntheticBenchmark:
     def _loader(self, items: list[Example], pad_token_id: int, padding_side: str) -> DataLoader:
         return DataLoader(items, batch_size=self.batch_size, collate_fn=Collator(pad_token_id, padding_side))
 
+    def _description_loss(self, model: LMM, descriptions: list[Example], pad_token_id: int, device) -> MeanMetric:
+        """Teacher-forced loss of the description answers, weighted by their token counts."""
+        description_loss = MeanMetric()
+        for batch in self._loader(descriptions, pad_token_id, "right"):
+            batch = _to_device(batch, torch.device(device))
+            out = model(
+                batch["input_ids"], batch["attention_mask"], batch["pixel_values"], labels=batch["labels"],
+                instruction_ids=batch.get("instruction_ids"), instruction_mask=batch.get("instruction_mask"),
+            )
+            description_loss.update(out.loss.cpu(), weight=int((batch["labels"][:, 1:] != -100).sum()))
+        return description_loss
+
     @torch.no_grad()
     def run(self, model: LMM, processor: SampleProcessor, device: torch.device | str = "cpu", out_dir: Path | None = None) -> dict:
         start = time.perf_counter()
         tokenizer = processor.tokenizer
         baselines = json.loads((self.root / "manifest.json").read_text())["baselines"]
         questions, descriptions, skipped = self._items(processor)
-        was_training = model.training
-        model.eval()
-        loader = self._loader(questions, tokenizer.pad_token_id, "left")
-        answers = generate_texts(model, loader, tokenizer, processor.template, self.max_new_tokens, device)
+        with evaluating(model):
+            loader = self._loader(questions, tokenizer.pad_token_id, "left")
+            answers = generate_texts(model, loader, tokenizer, processor.template, self.max_new_tokens, device)
+            description_loss = self._description_loss(model, descriptions, tokenizer.pad_token_id, device)
         metrics: dict[str, ExactMatch | BoxAccuracy] = {}
         baseline_metrics: dict[str, ExactMatch | BoxAccuracy] = {}
         per_qtype: dict[str, ExactMatch] = defaultdict(ExactMatch)
@@ -96,15 +108,6 @@ class SyntheticBenchmark:
             metrics.setdefault(key, metric_cls()).update([answer], [target])
             baseline_metrics.setdefault(key, metric_cls()).update([baseline_answer], [target])
             records.append({**meta, "prediction": answer})
-        description_loss = MeanMetric()
-        for batch in self._loader(descriptions, tokenizer.pad_token_id, "right"):
-            batch = _to_device(batch, torch.device(device))
-            out = model(
-                batch["input_ids"], batch["attention_mask"], batch["pixel_values"], labels=batch["labels"],
-                instruction_ids=batch.get("instruction_ids"), instruction_mask=batch.get("instruction_mask"),
-            )
-            description_loss.update(out.loss.cpu(), weight=int((batch["labels"][:, 1:] != -100).sum()))
-        model.train(was_training)
         results = {
             "split": self.split,
             "metrics": {k: round(float(m.compute()), 4) for k, m in sorted(metrics.items())},
@@ -119,11 +122,16 @@ class SyntheticBenchmark:
         results["n"] = len(records) + len(descriptions)
         results["wall_s"] = round(time.perf_counter() - start, 2)
         if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with open(out_dir / f"{self.name}.jsonl", "w") as f:
-                for record in records:
-                    f.write(json.dumps(record) + "\n")
+            write_predictions(out_dir, self.name, records)
         return results
+
+
+def write_predictions(out_dir: Path, name: str, records: list[dict]) -> None:
+    """predictions/<benchmark>.jsonl: one JSON line per question."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / f"{name}.jsonl", "w") as f:
+        for record in records:
+            f.write(json.dumps(record, default=str) + "\n")
 
 
 def format_table(results: dict) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -18,6 +19,17 @@ def end_of_turn_ids(tokenizer, template: str) -> list[int]:
         if len(ids) == 1 and ids[0] not in stops:
             stops.append(ids[0])
     return stops
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the duration, then back to whatever mode the model was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

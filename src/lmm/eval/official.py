@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from lmm.data.collate import Collator
 from lmm.data.sample import Example, SampleProcessor, Skip
 from lmm.data.sources import GROUNDING, MULTIPLE_CHOICE, SHORT_ANSWER
-from lmm.eval.generate import generate_texts
+from lmm.eval.benchmarks import write_predictions
+from lmm.eval.generate import evaluating, generate_texts
 from lmm.eval.metrics import (
     BoxAccuracy,
     MeanScore,
@@ -108,10 +109,8 @@ class QuestionBenchmark:
         kept = [(q, e) for q, e in zip(mine, examples) if isinstance(e, Example)]
         skipped = [(q.qid, e.reason) for q, e in zip(mine, examples) if isinstance(e, Skip)]
         loader = DataLoader([e for _, e in kept], batch_size=self.batch_size, collate_fn=Collator(processor.tokenizer.pad_token_id, "left"))
-        was_training = model.training
-        model.eval()
-        answers = generate_texts(model, loader, processor.tokenizer, processor.template, self.max_new_tokens, device)
-        model.train(was_training)
+        with evaluating(model):
+            answers = generate_texts(model, loader, processor.tokenizer, processor.template, self.max_new_tokens, device)
         pairs = [(q.qid, a) for (q, _), a in zip(kept, answers)]
         if world > 1:
             gathered: list = [None] * world
@@ -122,10 +121,8 @@ class QuestionBenchmark:
         answered = [q for q in questions if q.qid in by_id]
         metrics = self.score(answered, [by_id[q.qid] for q in answered]) if answered else {}
         if out_dir is not None and rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with open(out_dir / f"{self.name}.jsonl", "w") as f:
-                for q in answered:
-                    f.write(json.dumps({"question_id": q.qid, "prompt": q.prompt, "text": by_id[q.qid], "gold": q.gold, **q.extra}, default=str) + "\n")
+            records = [{"question_id": q.qid, "prompt": q.prompt, "text": by_id[q.qid], "gold": q.gold, **q.extra} for q in answered]
+            write_predictions(out_dir, self.name, records)
         for qid, reason in skipped[:5]:
             print(f"[lmm] {self.name}: skipped question {qid}: {reason}", file=sys.stderr)
         return {"metrics": {k: round(float(v), 4) for k, v in metrics.items()}, "n": len(answered),

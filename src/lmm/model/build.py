@@ -17,6 +17,6 @@ def build_model(cfg: DictConfig, image_token_id: int, load_weights: bool = True)
     vision = instantiate(cfg.vision, load_weights=load_weights)
     llm = instantiate(cfg.llm.model, load_weights=load_weights)
     connector = instantiate(cfg.connector, vision_dim=vision.hidden_size, llm_dim=llm.config.hidden_size)
-    if load_weights and hasattr(connector, "load_pretrained"):
+    if load_weights:
         connector.load_pretrained()  # e.g. the Q-Former's BERT initialisation
     return LMM(vision, connector, llm, image_token_id)

@@ -27,13 +27,18 @@ FINAL_WEIGHTS = "final.safetensors"
 RESULTS = "results.json"
 
 
+def pretrained_ids(cfg: DictConfig) -> dict[str, str | None]:
+    """The weights each pretrained component names (None: random init from its arch)."""
+    return {"vision": cfg.vision.get("pretrained"), "llm": cfg.llm.model.get("pretrained")}
+
+
 def preflight(cfg: DictConfig) -> None:
     """Fail before any work: unknown template, missing weights."""
     if cfg.stage.template not in TEMPLATE_NAMES:
         raise ValueError(f"stage.template={cfg.stage.template!r} is not one of {TEMPLATE_NAMES}")
-    for what, name in (("vision weights", cfg.vision.get("pretrained")), ("LLM weights", cfg.llm.model.get("pretrained"))):
+    for component, name in pretrained_ids(cfg).items():
         if name:
-            resolve_weights(name, what)
+            resolve_weights(name, "LLM weights" if component == "llm" else "vision weights")
 
 
 def build_run(cfg: DictConfig, load_weights: bool = True) -> tuple[LMM, SampleProcessor]:
@@ -54,7 +59,7 @@ def build_run(cfg: DictConfig, load_weights: bool = True) -> tuple[LMM, SamplePr
 
 def random_init_components(cfg: DictConfig) -> list[str]:
     """Components with no pretrained weights: their random init must travel with the connector."""
-    return [name for name, pretrained in (("vision", cfg.vision.get("pretrained")), ("llm", cfg.llm.model.get("pretrained"))) if not pretrained]
+    return [component for component, name in pretrained_ids(cfg).items() if not name]
 
 
 def init_from(model: LMM, source: str, components: list[str]) -> None:

@@ -25,6 +25,9 @@ class Connector(nn.Module):
         """The parameter count from the docstring's formula (tests compare it with the module)."""
         raise NotImplementedError
 
+    def load_pretrained(self) -> None:
+        """Load weights the config names (e.g. the Q-Former's BERT); most connectors start random."""
+
 
 def square_grid(num_patches: int, who: str) -> int:
     """Side of the square patch grid; spatial connectors need one (no CLS token)."""
