@@ -15,7 +15,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install data demo test describe lock clean-runs help convert bench-data bench-eval bench table
+.PHONY: install data demo test describe lock clean-runs help convert bench-data bench-eval bench ablate table
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
@@ -60,6 +60,17 @@ bench-eval: install
 bench: bench-data bench-eval
 
 # Ablation table of a sweep: Markdown, LaTeX, CSV and PNG next to it.
+# The connector ablation (4 connectors × 3 seeds on the embedded default), then its table and
+# plots in experiments/results/ablate_connectors/. Re-running resumes/skips finished runs.
+ablate: install data
+	$(PY) run.py -m experiment=ablate_connectors trainer.enable_progress_bar=false
+	$(PY) -m lmm.ablate experiments/runs/ablate_connectors --out experiments/results/ablate_connectors \
+		--metrics synthetic/vqa/exact_match,synthetic/ocr/exact_match,synthetic/region/caption_exact_match,synthetic/region/grounding_acc_iou50,synthetic/description/loss \
+		--order linear mlp qformer_tiny resampler_tiny \
+		--rename synthetic/vqa/exact_match="VQA EM" synthetic/ocr/exact_match="OCR EM" \
+		synthetic/region/caption_exact_match="region caption EM" synthetic/region/grounding_acc_iou50="grounding Acc@0.5" \
+		synthetic/description/loss="description loss"
+
 table: install
 	@test -n "$(SWEEP)" || { echo "usage: make table SWEEP=experiments/runs/<name>"; exit 2; }
 	$(PY) -m lmm.ablate $(SWEEP)

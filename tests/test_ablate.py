@@ -3,8 +3,11 @@
 import json
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
-from lmm.ablate import build_table, csv_text, find_runs, latex, main, markdown
+from lmm.ablate import RecipeSpec, build_table, csv_text, find_runs, latex, main, markdown
+from tests.conftest import CONF, compose_config
 
 
 def fake_sweep(root, runs):
@@ -64,3 +67,80 @@ def test_latex_csv_and_files(tmp_path):
     assert "| connector | n | Accuracy | loss |" in (tmp_path / "out" / "ablation.md").read_text()
     assert (tmp_path / "out" / "ablation_acc.png").stat().st_size > 1000
     assert (tmp_path / "out" / "ablation.csv").exists() and (tmp_path / "out" / "ablation.tex").exists()
+
+
+TABLE2 = CONF / "experiment" / "llava15_table2"
+# What each row changes relative to the row before it (LLaVA-1.5's Table 2).
+ROW_DELTAS = {
+    "r02_vqav2": {"data"}, "r03_format_prompt": {"data"}, "r04_mlp": {"connector"}, "r05_okvqa_ocr": {"data"},
+    "r06_region": {"data"}, "r07_res336": {"vision"}, "r08_gqa": {"data"}, "r09_sharegpt": {"data"}, "r10_vicuna13b": {"llm"},
+}
+
+
+def test_table2_rows_are_cumulative_deltas():
+    rows = sorted(p.stem for p in TABLE2.glob("*.yaml"))
+    assert rows == ["r01_llava", *ROW_DELTAS]
+    configs = {row: OmegaConf.to_container(compose_config([f"experiment=llava15_table2/{row}"])) for row in rows}
+    first = configs["r01_llava"]
+    assert (first["connector"]["_target_"], first["llm"]["model"]["pretrained"], first["vision"]["arch"]["image_size"]) == (
+        "lmm.model.connectors.LinearConnector", "lmsys/vicuna-7b-v1.5", 224)
+    assert first["data"]["strip_format_prompts"] is True and set(first["eval"]["benchmarks"]) >= {"vqav2", "gqa", "mme"}
+    for previous, row in zip(rows, rows[1:]):
+        changed = {k for k in configs[row] if configs[row][k] != configs[previous][k]}
+        assert changed == ROW_DELTAS[row] | {"name"}, row
+    last = configs["r10_vicuna13b"]
+    assert last["llm"]["model"]["pretrained"] == "lmsys/vicuna-13b-v1.5" and last["vision"]["arch"]["image_size"] == 336
+    assert all(source["weight"] == 1.0 for source in last["data"]["sources"].values())
+
+
+def test_table2_sweep_and_spec_name_every_row():
+    spec = RecipeSpec.load(TABLE2 / "table.yml")
+    rows = [f"llava15_table2/{p.stem}" for p in sorted(TABLE2.glob("*.yaml"))]
+    assert [experiment for _, experiment in spec.rows] == rows
+    sweep = yaml.safe_load((CONF / "sweep" / "llava15_table2.yaml").read_text())
+    value = sweep["hydra"]["sweeper"]["params"]["experiment"]
+    (override,) = OverridesParser.create().parse_overrides([f"experiment={value}"])  # as Hydra's sweeper reads it
+    assert list(override.sweep_string_iterator()) == rows
+
+
+def test_recipe_layout_exact(tmp_path):
+    spec = tmp_path / "table.yml"
+    spec.write_text(yaml.safe_dump({
+        "row_header": "Recipe",
+        "rows": [{"label": "LLaVA", "experiment": "t/r1"}, {"label": "+VQA-v2", "experiment": "t/r2"}, {"label": "+MLP", "experiment": "t/r3"}],
+        "columns": {"vqav2/accuracy": "VQAv2", "mme/perception": "MME"},
+    }, sort_keys=False))
+    cost = {"trainable_parameters": 7.0e9, "tokens_seen": 2.5e9, "train_wall_s": 5400.0, "flops": 1.2e20}
+    root = tmp_path / "runs"
+    root.mkdir()
+    for name, overrides, metrics in [
+        ("a", ["experiment=t/r2", "seed=0"], {"vqav2/accuracy": 70.0, "mme/perception": 1300.0}),
+        ("b", ["experiment=t/r2", "seed=1"], {"vqav2/accuracy": 72.0, "mme/perception": 1310.0}),
+        ("c", ["experiment=t/r1"], {"vqav2/accuracy": 60.0, "mme/perception": 1200.0}),
+        ("d", ["experiment=other"], {"vqav2/accuracy": 99.0}),
+    ]:
+        fake_sweep(root / name, [(overrides, metrics, "finished")])
+        results = root / name / "0" / "results.json"
+        results.write_text(json.dumps({"metrics": metrics, "cost": cost}))
+    main([str(root), "--spec", str(spec), "--out", str(tmp_path / "out"), "--decimals", "1"])
+    assert (tmp_path / "out" / "ablation.md").read_text() == (
+        "| Recipe | n | VQAv2 | MME | trainable params | tokens | train time | FLOPs |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| LLaVA | 1 | 60.0 | 1200.0 | 7B | 2.5B | 90.0 min | 1.20e+20 |\n"
+        "| +VQA-v2 | 2 | **71.0 ± 1.4** | **1305.0 ± 7.1** | 7B | 2.5B | 90.0 min | 1.20e+20 |\n"
+        "| +MLP | 0 | — | — | — | — | — | — |\n"
+        "\n"
+        "- 1 run(s) not in the spec, left out: 0 (experiment=other)\n"
+        "- Recipe=LLaVA: 1 run(s), fewer than the 2 of other rows\n"
+        "- Recipe=+MLP: not run\n"
+        "\n"
+        "Mean ± sample std over seeds; n = runs per row; best per column in bold; — = no value.\n"
+    )
+    assert "+MLP & 0 & -- & -- & -- & -- & -- & -- \\\\" in (tmp_path / "out" / "ablation.tex").read_text()
+
+
+def test_row_order_and_labels(tmp_path):
+    table = build_table(find_runs([str(sweep(tmp_path))]), metrics=["acc"], order=["qformer", "linear"])
+    assert [row for row, in table.rows] == ["qformer", "linear", "mlp"]
+    text = markdown(table, decimals=2, labels={"qformer": "Q-Former (32 queries)"})
+    assert text.splitlines()[2] == "| Q-Former (32 queries) | 2 | 0.43 ± 0.04 |"

@@ -2,12 +2,26 @@
 
     python -m lmm.ablate experiments/runs/<sweep> [more dirs or globs] [--rows connector,llm]
         [--metrics synthetic/vqa/exact_match,...] [--out DIR] [--decimals 3] [--rename old=new ...]
+        [--order linear mlp ...] [--label mlp="2-layer MLP" ...] [--spec recipe.yml]
 
 A run is a directory with Hydra's `.hydra/overrides.yaml`; its metrics come from `results.json`.
 Rows are the factors that vary across runs (or `--rows`); seeds are never a row: runs that differ
 only in `seed` are aggregated into mean ± std with n. Runs that failed, are still running or lack
 a metric are shown as such ("—" and a footnote), never dropped; a row with fewer seeds than the
 others is marked. The best value of each column is bold (lowest for metrics named like a loss).
+Cost columns (trainable parameters, tokens seen, training time, FLOPs) come from each run's
+`results.json` "cost" when present.
+
+`--spec` gives the "recipe steps" layout of LLaVA-1.5's Table 2: a YAML file lists the rows as
+named experiments (cumulative config deltas) in order, and the columns to show:
+
+    row_header: Recipe
+    rows:
+      - {label: LLaVA, experiment: llava15_table2/r01_llava}
+      - {label: +VQA-v2, experiment: llava15_table2/r02_vqav2}
+    columns: {vqav2/accuracy: VQAv2, gqa/accuracy: GQA}
+
+A run belongs to the row whose experiment it was launched with (`experiment=` in its overrides).
 """
 
 from __future__ import annotations
@@ -22,6 +36,8 @@ from pathlib import Path
 import yaml
 
 SEED_KEYS = {"seed"}
+# results.json "cost" entries shown as columns (when any run has them), with their headers.
+COST_COLUMNS = {"trainable_parameters": "trainable params", "tokens_seen": "tokens", "train_wall_s": "train time", "flops": "FLOPs"}
 IGNORED_KEYS = {"paths.runs", "paths.data", "trainer.enable_progress_bar", "data.num_workers", "force", "name", "sweep"}
 
 
@@ -31,6 +47,7 @@ class Run:
     overrides: dict[str, str]
     status: str  # finished | failed | incomplete
     metrics: dict[str, float] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)
 
 
 def _status(path: Path) -> str:
@@ -52,8 +69,9 @@ def find_runs(paths: list[str]) -> list[Run]:
                 items = yaml.safe_load(overrides_file.read_text()) or []
                 overrides = dict(item.lstrip("+~").split("=", 1) for item in items if "=" in item)
                 status = _status(run_dir)
-                metrics = json.loads((run_dir / "results.json").read_text()).get("metrics", {}) if status == "finished" else {}
-                found[run_dir] = Run(run_dir, overrides, status, metrics)
+                results = json.loads((run_dir / "results.json").read_text()) if status == "finished" else {}
+                cost = {k: v for k, v in (results.get("cost") or {}).items() if k in COST_COLUMNS and v is not None}
+                found[run_dir] = Run(run_dir, overrides, status, results.get("metrics", {}), cost)
     if not found:
         raise SystemExit(f"no runs (directories with .hydra/overrides.yaml) under {', '.join(paths)}")
     return list(found.values())
@@ -73,39 +91,105 @@ class Cell:
 
 @dataclass
 class Table:
-    factors: list[str]
+    factors: list[str]  # the row-header columns
     metrics: list[str]
-    rows: list[tuple[str, ...]]
+    rows: list[tuple[str, ...]]  # in display order
     cells: dict[tuple[tuple[str, ...], str], Cell]
     runs_per_row: dict[tuple[str, ...], list[Run]]
     notes: list[str]
+    costs: list[str] = field(default_factory=list)  # COST_COLUMNS keys present in some run
 
 
 def lower_is_better(metric: str) -> bool:
     return "loss" in metric or "perplexity" in metric or metric.endswith("error")
 
 
-def build_table(runs: list[Run], rows: list[str] | None = None, metrics: list[str] | None = None) -> Table:
+def _aggregate(values: list[float]) -> Cell:
+    if not values:
+        return Cell(None, None, 0)
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return Cell(mean, std, len(values))
+
+
+def _table(factors: list[str], metrics: list[str], groups: dict[tuple[str, ...], list[Run]], notes: list[str]) -> Table:
+    """Aggregate each group's runs (seeds) per metric and cost; footnote unfinished runs and short rows."""
+    runs = [r for members in groups.values() for r in members]
+    costs = [c for c in COST_COLUMNS if any(c in r.cost for r in runs)]
+    cells = {}
+    most = max((len(v) for v in groups.values()), default=0)
+    for key, members in groups.items():
+        for metric in metrics:
+            cells[(key, metric)] = _aggregate([r.metrics[metric] for r in members if metric in r.metrics])
+        for cost in costs:
+            cells[(key, f"cost/{cost}")] = _aggregate([r.cost[cost] for r in members if cost in r.cost])
+        label = ", ".join(f"{f}={v}" for f, v in zip(factors, key)) or "all runs"
+        for run in members:
+            if run.status != "finished":
+                notes.append(f"{label}: run {run.path.name} {run.status}")
+        if not members:
+            notes.append(f"{label}: not run")
+        elif len(members) < most:
+            notes.append(f"{label}: {len(members)} run(s), fewer than the {most} of other rows")
+    return Table(factors, metrics, list(groups), cells, groups, notes, costs)
+
+
+def build_table(
+    runs: list[Run],
+    rows: list[str] | None = None,
+    metrics: list[str] | None = None,
+    order: list[str] | None = None,
+) -> Table:
+    """Rows: the distinct values of the factors (default: the overrides that vary). `order` lists
+    factor values in the wanted order; rows are sorted by it, unlisted values after, alphabetically."""
     factors = rows or varying_factors(runs)
     metrics = metrics or sorted({m for r in runs for m in r.metrics})
     grouped: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
         grouped.setdefault(tuple(run.overrides.get(f, "—") for f in factors), []).append(run)
-    cells, notes = {}, []
-    most = max(len(v) for v in grouped.values())
-    for key, members in sorted(grouped.items()):
-        for metric in metrics:
-            values = [r.metrics[metric] for r in members if metric in r.metrics]
-            mean = sum(values) / len(values) if values else None
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
-            cells[(key, metric)] = Cell(mean, std, len(values))
-        label = ", ".join(f"{f}={v}" for f, v in zip(factors, key)) or "all runs"
-        for run in members:
-            if run.status != "finished":
-                notes.append(f"{label}: run {run.path.name} {run.status}")
-        if len(members) < most:
-            notes.append(f"{label}: {len(members)} run(s), fewer than the {most} of other rows")
-    return Table(factors, metrics, sorted(grouped), cells, grouped, notes)
+    rank = {value: i for i, value in enumerate(order or [])}
+    ordered = sorted(grouped, key=lambda key: [(rank.get(v, len(rank)), v) for v in key])
+    return _table(factors, metrics, {key: grouped[key] for key in ordered}, [])
+
+
+RECIPE = "Recipe"
+
+
+@dataclass
+class RecipeSpec:
+    """The "recipe steps" layout: named rows, each one experiment, in order; chosen columns."""
+
+    rows: list[tuple[str, str]]  # (label, experiment)
+    columns: dict[str, str]  # metric -> header
+    row_header: str = RECIPE
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RecipeSpec":
+        spec = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            rows = [(str(row["label"]), str(row["experiment"])) for row in spec["rows"]]
+        except (KeyError, TypeError) as error:
+            raise SystemExit(f"{path}: a spec needs `rows:` of {{label, experiment}} entries ({error!r})") from None
+        columns = spec.get("columns") or {}
+        if isinstance(columns, list):
+            columns = {c: c for c in columns}
+        return cls(rows, dict(columns), spec.get("row_header", RECIPE))
+
+
+def build_recipe_table(runs: list[Run], spec: RecipeSpec, metrics: list[str] | None = None) -> tuple[Table, dict[str, str]]:
+    """One row per spec row (its runs over seeds, or "not run"); runs outside the spec are footnoted."""
+    by_experiment = {experiment: (label,) for label, experiment in spec.rows}
+    groups: dict[tuple[str, ...], list[Run]] = {(label,): [] for label, _ in spec.rows}
+    outside = []
+    for run in runs:
+        key = by_experiment.get(run.overrides.get("experiment", ""))
+        if key is None:
+            outside.append(f"{run.path.name} (experiment={run.overrides.get('experiment', 'none')})")
+        else:
+            groups[key].append(run)
+    notes = [f"{len(outside)} run(s) not in the spec, left out: {', '.join(sorted(outside))}"] if outside else []
+    metrics = metrics or list(spec.columns) or sorted({m for r in runs for m in r.metrics})
+    return _table([spec.row_header], metrics, groups, notes), dict(spec.columns)
 
 
 def _best(table: Table, metric: str) -> float | None:
@@ -115,45 +199,73 @@ def _best(table: Table, metric: str) -> float | None:
     return min(means) if lower_is_better(metric) else max(means)
 
 
-def _format(cell: Cell, decimals: int) -> str:
+def _format(cell: Cell, decimals: int, plus_minus: str = " ± ") -> str:
     if cell.mean is None:
         return "—"
     text = f"{cell.mean:.{decimals}f}"
-    return text + (f" ± {cell.std:.{decimals}f}" if cell.std is not None else "")
+    return text + (f"{plus_minus}{cell.std:.{decimals}f}" if cell.std is not None else "")
 
 
-def markdown(table: Table, decimals: int = 3, names: dict[str, str] | None = None) -> str:
-    names = names or {}
-    header = [*table.factors, "n", *[names.get(m, m) for m in table.metrics]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(table.factors) + "---:|" + "---:|" * len(table.metrics)]
+def _si(value: float) -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def format_cost(cost: str, cell: Cell) -> str:
+    """Costs are means over seeds, in human units: 20.9M parameters, 1.2B tokens, 3.5 min, 1.2e+15 FLOPs."""
+    if cell.mean is None:
+        return "—"
+    if cost == "train_wall_s":
+        seconds = cell.mean
+        return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    if cost == "flops":
+        return f"{cell.mean:.2e}"
+    return _si(cell.mean)
+
+
+def _rendered_rows(table: Table, decimals: int, bold: tuple[str, str], plus_minus: str, labels: dict[str, str]) -> list[list[str]]:
+    """Each row's cells as text: factor values (relabelled), n, metrics (best in bold), costs."""
+    out = []
     for row in table.rows:
-        n = len(table.runs_per_row[row])
         values = []
         for metric in table.metrics:
             cell, best = table.cells[(row, metric)], _best(table, metric)
-            text = _format(cell, decimals)
-            values.append(f"**{text}**" if cell.mean is not None and best is not None and round(cell.mean, decimals) == round(best, decimals) else text)
-        lines.append("| " + " | ".join([*row, str(n), *values]) + " |")
+            text = _format(cell, decimals, plus_minus)
+            is_best = cell.mean is not None and best is not None and round(cell.mean, decimals) == round(best, decimals)
+            values.append(f"{bold[0]}{text}{bold[1]}" if is_best else text)
+        costs = [format_cost(c, table.cells[(row, f"cost/{c}")]) for c in table.costs]
+        out.append([*(labels.get(v, v) for v in row), str(len(table.runs_per_row[row])), *values, *costs])
+    return out
+
+
+def _header(table: Table, names: dict[str, str]) -> list[str]:
+    return [*table.factors, "n", *[names.get(m, m) for m in table.metrics], *[COST_COLUMNS[c] for c in table.costs]]
+
+
+def markdown(table: Table, decimals: int = 3, names: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> str:
+    header = _header(table, names or {})
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "---|" * len(table.factors) + "---:|" * (1 + len(table.metrics) + len(table.costs))]
+    for cells in _rendered_rows(table, decimals, ("**", "**"), " ± ", labels or {}):
+        lines.append("| " + " | ".join(cells) + " |")
     if table.notes:
         lines += ["", *[f"- {note}" for note in table.notes]]
     lines += ["", "Mean ± sample std over seeds; n = runs per row; best per column in bold; — = no value."]
     return "\n".join(lines) + "\n"
 
 
-def latex(table: Table, decimals: int = 3, names: dict[str, str] | None = None) -> str:
-    names = names or {}
-    escape = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")  # noqa: E731
-    cols = "l" * len(table.factors) + "r" * (1 + len(table.metrics))
-    out = [r"\begin{tabular}{" + cols + "}", r"\toprule",
-           " & ".join(escape(h) for h in [*table.factors, "n", *[names.get(m, m) for m in table.metrics]]) + r" \\", r"\midrule"]
-    for row in table.rows:
-        values = []
-        for metric in table.metrics:
-            cell, best = table.cells[(row, metric)], _best(table, metric)
-            text = "--" if cell.mean is None else f"{cell.mean:.{decimals}f}" + (f" $\\pm$ {cell.std:.{decimals}f}" if cell.std is not None else "")
-            is_best = cell.mean is not None and best is not None and round(cell.mean, decimals) == round(best, decimals)
-            values.append(r"\textbf{" + text + "}" if is_best else text)
-        out.append(" & ".join([*(escape(v) for v in row), str(len(table.runs_per_row[row])), *values]) + r" \\")
+def _tex(text: str) -> str:
+    return str(text).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("—", "--")
+
+
+def latex(table: Table, decimals: int = 3, names: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> str:
+    cols = "l" * len(table.factors) + "r" * (1 + len(table.metrics) + len(table.costs))
+    out = [r"\begin{tabular}{" + cols + "}", r"\toprule", " & ".join(_tex(h) for h in _header(table, names or {})) + r" \\", r"\midrule"]
+    width = len(table.factors) + 1
+    for cells in _rendered_rows(table, decimals, (r"\textbf{", "}"), " $\\pm$ ", labels or {}):
+        out.append(" & ".join([*(_tex(c) for c in cells[:width]), *(c.replace("—", "--") for c in cells[width:])]) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(out) + "\n"
 
@@ -164,29 +276,42 @@ def csv_text(table: Table) -> str:
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow([*table.factors, "n", *[f"{m}{s}" for m in table.metrics for s in ("_mean", "_std", "_n")]])
+    columns = [*table.metrics, *[f"cost/{c}" for c in table.costs]]
+    writer.writerow([*table.factors, "n", *[f"{m}{s}" for m in columns for s in ("_mean", "_std", "_n")]])
+    number = lambda x: "" if x is None else repr(round(x, 6))  # noqa: E731
     for row in table.rows:
-        cells = [table.cells[(row, m)] for m in table.metrics]
-        writer.writerow([*row, len(table.runs_per_row[row]), *[x for c in cells for x in ("" if c.mean is None else repr(round(c.mean, 6)),
-                                                                                        "" if c.std is None else repr(round(c.std, 6)), c.n)]])
+        cells = [table.cells[(row, m)] for m in columns]
+        writer.writerow([*row, len(table.runs_per_row[row]), *[x for c in cells for x in (number(c.mean), number(c.std), c.n)]])
     return buffer.getvalue()
 
 
-def plot(table: Table, metric: str, path: Path) -> None:
+def plot(table: Table, metric: str, path: Path, title: str | None = None, labels: dict[str, str] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [", ".join(row) or "all" for row in table.rows]
+    labels = labels or {}
+    names = [", ".join(labels.get(v, v) for v in row) or "all" for row in table.rows]
     cells = [table.cells[(row, metric)] for row in table.rows]
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels)), 3.2))
-    ax.bar(labels, [c.mean or 0 for c in cells], yerr=[c.std or 0 for c in cells], capsize=4, color="#4c72b0")
-    ax.set_title(metric)
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names)), 3.2))
+    ax.bar(names, [c.mean or 0 for c in cells], yerr=[c.std or 0 for c in cells], capsize=4, color="#4c72b0")
+    for x, cell in enumerate(cells):
+        if cell.mean is None:
+            ax.text(x, 0, "—", ha="center", va="bottom")
+    ax.set_title(title or metric)
+    ax.set_ylabel(f"mean ± std over seeds (n per bar: {', '.join(str(c.n) for c in cells)})", fontsize=7)
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise SystemExit(f"{option} takes old=new pairs; got {bad}")
+    return dict(item.split("=", 1) for item in items)
 
 
 def main(argv: list[str] | None = None) -> Table:
@@ -196,19 +321,28 @@ def main(argv: list[str] | None = None) -> Table:
     parser.add_argument("--metrics", help="comma-separated metric names (default: all)")
     parser.add_argument("--out", help="output directory (default: the first path)")
     parser.add_argument("--decimals", type=int, default=3)
-    parser.add_argument("--rename", nargs="*", default=[], help="metric renames, old=new")
+    parser.add_argument("--rename", nargs="*", default=[], help="metric headers, metric=header")
+    parser.add_argument("--order", nargs="*", default=[], help="factor values in the wanted row order")
+    parser.add_argument("--label", nargs="*", default=[], help="row labels, value=label")
+    parser.add_argument("--spec", help="recipe-steps layout (YAML: rows of {label, experiment}, columns)")
     args = parser.parse_args(argv)
     runs = find_runs(args.paths)
-    table = build_table(runs, args.rows.split(",") if args.rows else None, args.metrics.split(",") if args.metrics else None)
-    names = dict(item.split("=", 1) for item in args.rename)
+    names = _pairs(args.rename, "--rename")
+    labels = _pairs(args.label, "--label")
+    metrics = args.metrics.split(",") if args.metrics else None
+    if args.spec:
+        table, spec_names = build_recipe_table(runs, RecipeSpec.load(args.spec), metrics)
+        names = {**spec_names, **names}
+    else:
+        table = build_table(runs, args.rows.split(",") if args.rows else None, metrics, args.order)
     out = Path(args.out or args.paths[0])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.md").write_text(markdown(table, args.decimals, names))
-    (out / "ablation.tex").write_text(latex(table, args.decimals, names))
+    (out / "ablation.md").write_text(markdown(table, args.decimals, names, labels))
+    (out / "ablation.tex").write_text(latex(table, args.decimals, names, labels))
     (out / "ablation.csv").write_text(csv_text(table))
     for metric in table.metrics:
-        plot(table, metric, out / f"ablation_{metric.replace('/', '_')}.png")
-    print(markdown(table, args.decimals, names))
+        plot(table, metric, out / f"ablation_{metric.replace('/', '_')}.png", names.get(metric), labels)
+    print(markdown(table, args.decimals, names, labels))
     print(f"[lmm] tables and plots written to {out}")
     return table
 

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from lmm.model.lmm import COMPONENTS, LMM
+from lmm.train.throughput import FlopCounter, peak_flops, peak_memory_bytes
 
 MAX_SHOWN_SKIPS = 20  # skipped samples printed one by one; the rest are counted
 
@@ -50,7 +51,11 @@ class LMMModule(L.LightningModule):
         self.max_skip_rate, self.skip_check_after = max_skip_rate, skip_check_after
         self.seen_total = 0
         self.skipped: Counter = Counter()
-        self._last_step_time: float | None = None
+        self.flop_counter = FlopCounter.from_model(model)
+        # Run totals (this rank); kept in checkpoints so a resumed run reports the whole run.
+        self.totals = {"samples": 0, "tokens": 0, "flops": 0.0, "train_wall_s": 0.0}
+        self._step_work: tuple[int, int, float] | None = None  # samples, tokens, FLOPs of the step in flight
+        self._last_step_end: float | None = None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -94,17 +99,66 @@ class LMMModule(L.LightningModule):
         if not batch["input_ids"].shape[0]:
             return None  # every sample of this batch was skipped: no step
         loss = self(batch).loss
-        now = time.perf_counter()
-        tokens = int(batch["attention_mask"].sum())
-        if self._last_step_time is not None:
-            self.log("train/tokens_per_s", tokens / (now - self._last_step_time), batch_size=1)
-        self._last_step_time = now
+        row_lengths = batch["attention_mask"].sum(dim=1).tolist()
+        images = 0 if batch["pixel_values"] is None else batch["pixel_values"].shape[0]
+        self._step_work = (batch["input_ids"].shape[0], sum(row_lengths), self.flop_counter.step_flops(row_lengths, images))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
         self.log("train/skipped_samples", float(self.skipped_total), batch_size=1)
         for kind, count in self.skipped.items():
             self.log(f"data/skipped/{kind}", float(count), batch_size=1)
         return loss
+
+    def on_train_start(self) -> None:
+        self._last_step_end = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        """Account the step that just ended (forward, backward, optimiser): rates per rank × ranks."""
+        now = time.perf_counter()
+        seconds, self._last_step_end = now - self._last_step_end, now
+        if self._step_work is None:
+            return
+        samples, tokens, flops = self._step_work
+        self._step_work = None
+        self.totals["samples"] += samples
+        self.totals["tokens"] += tokens
+        self.totals["flops"] += flops
+        self.totals["train_wall_s"] += seconds
+        ranks = self.trainer.world_size
+        self.log("train/tokens_per_s", ranks * tokens / seconds, batch_size=1)
+        self.log("train/samples_per_s", ranks * samples / seconds, batch_size=1)
+        self.log("train/tflops_per_step", ranks * flops / 1e12, batch_size=1)
+        peak = peak_flops(self.device, self.trainer.precision)
+        if peak:
+            self.log("train/mfu", flops / seconds / peak, batch_size=1)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lmm_totals"] = dict(self.totals)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.totals.update(checkpoint.get("lmm_totals", {}))
+
+    def cost_summary(self) -> dict:
+        """Totals over all ranks (a collective: every rank must call it)."""
+        summed = {key: float(self.trainer.strategy.reduce(torch.tensor(float(value)), reduce_op="sum"))
+                  for key, value in self.totals.items() if key != "train_wall_s"}
+        memory, memory_kind = peak_memory_bytes(self.device)
+        wall = self.totals["train_wall_s"]
+        peak = peak_flops(self.device, self.trainer.precision)
+        return {
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "steps": int(self.trainer.global_step),
+            "samples_seen": int(summed["samples"]),
+            "tokens_seen": int(summed["tokens"]),
+            "flops": summed["flops"],
+            "train_wall_s": round(wall, 3),
+            "tokens_per_s": summed["tokens"] / wall if wall else None,
+            "mfu": summed["flops"] / wall / (peak * self.trainer.world_size) if wall and peak else None,
+            "peak_memory_bytes": memory,
+            "peak_memory_kind": memory_kind,
+            "devices": self.trainer.world_size,
+        }
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._count_skips(batch)

@@ -85,16 +85,23 @@ def command_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def evaluate(cfg: DictConfig, model: LMM, processor: SampleProcessor, run_dir: Path, device: torch.device | str = "cpu") -> dict:
-    """Run every configured benchmark; write results.json and predictions/<benchmark>.jsonl."""
-    results: dict = {"name": cfg.name, "overrides": command_overrides(), "benchmarks": {}, "metrics": {}}
+def write_results(run_dir: Path, results: dict) -> None:
+    (run_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"[lmm] results written to {run_dir / RESULTS}")
+
+
+def evaluate(
+    cfg: DictConfig, model: LMM, processor: SampleProcessor, run_dir: Path, device: torch.device | str = "cpu", cost: dict | None = None
+) -> dict:
+    """Run every configured benchmark; write results.json (with the training `cost`, if any) and
+    predictions/<benchmark>.jsonl."""
+    results: dict = {"name": cfg.name, "overrides": command_overrides(), "cost": cost or {}, "benchmarks": {}, "metrics": {}}
     for name, benchmark_cfg in cfg.eval.benchmarks.items():
         result = instantiate(benchmark_cfg).run(model, processor, device, out_dir=run_dir / "predictions")
         results["benchmarks"][name] = result
         results["metrics"].update({f"{name}/{key}": value for key, value in result["metrics"].items()})
-    (run_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
     print(format_table(results))
-    print(f"[lmm] results written to {run_dir / RESULTS}")
+    write_results(run_dir, results)
     return results
 
 
@@ -136,14 +143,18 @@ def train(cfg: DictConfig) -> dict | None:
     if resume:
         print(f"[lmm] resuming from {last}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    cost = module.cost_summary()  # a collective: every rank takes part
     if trainer.global_rank != 0:
         return None
     save_model(model, str(run_dir / FINAL_WEIGHTS))
     print(f"[lmm] trained {trainer.global_step} steps; weights in {run_dir / FINAL_WEIGHTS}")
     print(f"[lmm] samples seen {module.seen_total}, skipped {module.skipped_total} {dict(module.skipped)}")
+    print(f"[lmm] cost: {cost['tokens_seen']:,d} tokens, {cost['flops']:.3g} FLOPs, {cost['train_wall_s']:.1f} s training")
     if not evaluates:
-        return None
-    return evaluate(cfg, model, processor, run_dir, device=module.device)
+        results = {"name": cfg.name, "overrides": command_overrides(), "cost": cost, "benchmarks": {}, "metrics": {}}
+        write_results(run_dir, results)
+        return results
+    return evaluate(cfg, model, processor, run_dir, device=module.device, cost=cost)
 
 
 def evaluate_run(cfg: DictConfig) -> dict:
@@ -153,4 +164,6 @@ def evaluate_run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.ckpt)
     model, processor = build_run(cfg)
     init_from(model, str(run_dir), ["vision", "connector", "llm"])
-    return evaluate(cfg, model, processor, Path(cfg.run_dir))
+    trained = run_dir / RESULTS  # keep the training cost with the new scores
+    cost = json.loads(trained.read_text()).get("cost") if trained.exists() else None
+    return evaluate(cfg, model, processor, Path(cfg.run_dir), cost=cost)
