@@ -17,7 +17,8 @@ def pretrain_run(data_root, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("pretrain")
     cfg = compose_config(["experiment=demo_pretrain", "trainer.max_steps=6", *FAST], data_root, run_dir)
-    assert train(cfg) is None  # pretraining does not evaluate
+    results = train(cfg)  # pretraining does not evaluate, but reports its cost
+    assert results["benchmarks"] == {} and results["cost"]["steps"] == 6 and results["cost"]["tokens_seen"] > 0
     return run_dir
 
 
@@ -77,7 +78,7 @@ def test_finetune_from_pretrain_then_eval(pretrain_run, make_config, tmp_path, c
 
 def test_init_from_missing_run_is_clear(make_config, tmp_path):
     cfg = make_config("experiment=demo_finetune", f"stage.init_from={tmp_path / 'nope'}", *FAST)
-    with pytest.raises(FileNotFoundError, match="has that run finished"):
+    with pytest.raises(FileNotFoundError, match="run that stage first"):
         train(cfg)
 
 

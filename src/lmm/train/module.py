@@ -16,6 +16,19 @@ MAX_SHOWN_SKIPS = 20  # skipped samples printed one by one; the rest are counted
 
 
 
+def add_lora(llm: torch.nn.Module, r: int, alpha: int, dropout: float = 0.05, target_modules: str | list = "all-linear"):
+    """peft LoRA adapters on the LLM's linear layers (not the LM head); the base stays frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(llm, config)
+
+
+def merge_lora(llm: torch.nn.Module) -> torch.nn.Module:
+    """Fold LoRA adapters into the base weights (a plain transformers model again), if any."""
+    return llm.merge_and_unload() if hasattr(llm, "merge_and_unload") else llm
+
+
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """LR multiplier: linear warmup to 1 over `warmup` steps, then cosine to 0 at `total`."""
     if step < warmup:
@@ -39,15 +52,26 @@ class LMMModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.03,
         betas: tuple[float, float] = (0.9, 0.999),
+        component_lr: dict[str, float] | None = None,
         vision_last_blocks: int | None = None,
+        lora: dict | None = None,
+        activation_checkpointing: bool = False,
         max_skip_rate: float = 0.01,
         skip_check_after: int = 1000,
     ):
         super().__init__()
         model.set_trainable(train, vision_last_blocks)
+        if activation_checkpointing:  # recompute each decoder layer's activations in the backward
+            model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora:
+            model.llm = add_lora(model.llm, **lora)
         self.model = model
         self.trains = {name: any(p.requires_grad for p in getattr(model, name).parameters()) for name in COMPONENTS}
         self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
+        self.component_lr = dict(component_lr or {})
+        unknown = set(self.component_lr) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"stage.optim.component_lr names {sorted(unknown)}; components are {COMPONENTS}")
         self.max_skip_rate, self.skip_check_after = max_skip_rate, skip_check_after
         self.seen_total = 0
         self.skipped: Counter = Counter()
@@ -56,6 +80,13 @@ class LMMModule(L.LightningModule):
         self.totals = {"samples": 0, "tokens": 0, "flops": 0.0, "train_wall_s": 0.0}
         self._step_work: tuple[int, int, float] | None = None  # samples, tokens, FLOPs of the step in flight
         self._last_step_end: float | None = None
+
+    def configure_model(self) -> None:
+        """Under strategy=fsdp, shard the model (Lightning calls this inside the strategy's context)."""
+        shard = getattr(self.trainer.strategy, "shard", None)
+        if shard is not None and not getattr(self, "_sharded", False):
+            shard(self.model, self.device_mesh)
+            self._sharded = True
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -103,7 +134,8 @@ class LMMModule(L.LightningModule):
         images = 0 if batch["pixel_values"] is None else batch["pixel_values"].shape[0]
         self._step_work = (batch["input_ids"].shape[0], sum(row_lengths), self.flop_counter.step_flops(row_lengths, images))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
+        for group in self.optimizers().param_groups:
+            self.log(f"train/lr/{group.get('name', 'all')}", group["lr"], batch_size=1)
         self.log("train/skipped_samples", float(self.skipped_total), batch_size=1)
         for kind, count in self.skipped.items():
             self.log(f"data/skipped/{kind}", float(count), batch_size=1)
@@ -166,8 +198,12 @@ class LMMModule(L.LightningModule):
             self.log("val/loss", self(batch).loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
+        groups = []
+        for name in COMPONENTS:  # one group per component: LLaVA's LoRA recipe gives the connector its own lr
+            params = [p for p in getattr(self.model, name).parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr": self.component_lr.get(name, self.lr), "name": name})
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
         total = int(self.trainer.max_steps)
         if total <= 0:
             raise ValueError("trainer.max_steps must be set: training streams are infinite (resampled shards)")

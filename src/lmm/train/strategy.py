@@ -1,6 +1,73 @@
-"""Distributed strategies for the Trainer (FSDP2/ModelParallel arrives with the scale-out work)."""
+"""Distributed strategies: Lightning's choice, DDP, and FSDP2 (`fully_shard`) per layer.
+
+    strategy=auto   single device, or DDP when trainer.devices > 1
+    strategy=ddp    DistributedDataParallel
+    strategy=fsdp   Lightning's ModelParallelStrategy with FSDP2 applied by `FSDP2Strategy.shard`
+
+FSDP units: each LLM decoder layer, each vision block (the frozen tower in units of its own, so
+its all-gathers never wait on trainable parameters), the connector, and the root (embeddings,
+final norm, LM head). Parameters are kept sharded in their load dtype; `param_dtype` is the
+compute dtype, `reduce_dtype` the gradient reduce-scatter dtype. Checkpoints are written as
+distributed (sharded) checkpoints; `python -m lmm.checkpoint consolidate RUN_DIR` merges one.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def auto() -> str:
     """Let Lightning pick: single device, or DDP when more than one device is configured."""
     return "auto"
+
+
+def _dtype(name: str, option: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"strategy.{option}={name!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """ModelParallelStrategy (data parallel only) whose module is sharded by `shard()`."""
+
+    def __init__(self, param_dtype: str = "bfloat16", reduce_dtype: str = "float32", reshard_after_forward: bool = True, **kwargs):
+        super().__init__(data_parallel_size="auto", tensor_parallel_size="auto", save_distributed_checkpoint=True, **kwargs)
+        self.param_dtype, self.reduce_dtype = _dtype(param_dtype, "param_dtype"), _dtype(reduce_dtype, "reduce_dtype")
+        self.reshard_after_forward = reshard_after_forward
+
+    def setup_environment(self) -> None:
+        # Pure data parallelism over every process (Lightning's "auto" would make the devices of
+        # a node tensor-parallel).
+        self._data_parallel_size, self._tensor_parallel_size = self.num_nodes * self.num_processes, 1
+        super().setup_environment()
+
+    def shard(self, model: nn.Module, device_mesh) -> None:
+        """Apply fully_shard bottom-up: vision blocks, decoder layers, connector, then the root."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = device_mesh["data_parallel"]
+        policy = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype)
+        options = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": self.reshard_after_forward}
+        for block in model.vision.blocks():
+            fully_shard(block, **options)
+        for layer in decoder_layers(model.llm):
+            fully_shard(layer, **options)
+        fully_shard(model.connector, **options)
+        fully_shard(model, **options)
+
+
+def decoder_layers(llm: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a transformers causal LM (`model.layers` in Llama, Mistral, Qwen2, Phi)."""
+    base = getattr(llm, "model", llm)
+    layers = getattr(base, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(llm).__name__}: no decoder layers at .model.layers; FSDP cannot wrap it per layer")
+    return layers
+
+
+def fsdp(**kwargs) -> FSDP2Strategy:
+    return FSDP2Strategy(**kwargs)

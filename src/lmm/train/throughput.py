@@ -87,22 +87,22 @@ class FlopCounter:
         )
 
     @staticmethod
-    def _passes(trainable: int, upstream_trains: bool) -> int:
-        """FLOPs per parameter per token: 2 forward, +2 input gradients, +2 weight gradients."""
-        return 2 + (2 if upstream_trains or trainable else 0) + (2 if trainable else 0)
+    def _component(tokens: int, params: tuple[int, int], upstream_trains: bool) -> int:
+        """2·N forward; 2·N input gradients when anything at or before it trains; 2·N_trainable
+        weight gradients (LoRA: only its adapters). A partly trained vision tower is the exception:
+        its gradients flow only through its trained (last) blocks, see step_flops."""
+        total, trainable = params
+        return tokens * (2 * total + (2 * total if upstream_trains or trainable else 0) + 2 * trainable)
 
     def step_flops(self, row_lengths: list[int], images: int) -> float:
         """Model FLOPs of one training step: `row_lengths` non-pad tokens per row, `images` images."""
         vision_params, vision_trainable = self.vision
-        connector_params, connector_trainable = self.connector
-        llm_params, llm_trainable = self.llm
-        # A partly trained tower backpropagates through its trained blocks only.
-        vision = images * self.patches * (2 * vision_params + 4 * vision_trainable)
+        patch_tokens = images * self.patches
+        vision = patch_tokens * (2 * vision_params + 4 * vision_trainable)
         upstream = vision_trainable > 0
-        connector = images * self.patches * connector_params * self._passes(connector_trainable, upstream)
-        upstream = upstream or connector_trainable > 0
-        llm_passes = self._passes(llm_trainable, upstream)
-        tokens = sum(row_lengths)
+        connector = self._component(patch_tokens, self.connector, upstream)
+        upstream = upstream or self.connector[1] > 0
+        llm = self._component(sum(row_lengths), self.llm, upstream)
+        gradients_flow = upstream or self.llm[1] > 0
         attention = sum(4 * self.llm_layers * self.llm_width * n * n for n in row_lengths)  # forward QKᵀ and AV
-        attention_passes = 3 if llm_passes > 2 else 1  # no weights: forward, plus 2× when gradients flow
-        return float(vision + connector + tokens * llm_params * llm_passes + attention * attention_passes)
+        return float(vision + connector + llm + attention * (3 if gradients_flow else 1))  # no weights: 2× backward

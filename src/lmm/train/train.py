@@ -8,7 +8,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_model
@@ -20,7 +19,10 @@ from lmm.data.tokenizer import load_tokenizer
 from lmm.eval.benchmarks import format_table
 from lmm.model.build import build_model
 from lmm.model.lmm import LMM
-from lmm.train.module import LMMModule
+from lmm.checkpoint import AtomicCheckpoint, latest_checkpoint
+from lmm.train.module import LMMModule, add_lora, merge_lora
+from lmm.train.plan import BatchPlan, batch_plan
+from lmm.train.slurm import cluster_plugins, check_slurm_tasks
 from lmm.weights import resolve_weights
 
 FINAL_WEIGHTS = "final.safetensors"
@@ -32,13 +34,22 @@ def pretrained_ids(cfg: DictConfig) -> dict[str, str | None]:
     return {"vision": cfg.vision.get("pretrained"), "llm": cfg.llm.model.get("pretrained")}
 
 
-def preflight(cfg: DictConfig) -> None:
-    """Fail before any work: unknown template, missing weights."""
+def preflight(cfg: DictConfig) -> BatchPlan:
+    """Fail before any work: unknown template, missing weights or init_from run, a global batch
+    the devices cannot divide, devices that disagree with SLURM's tasks."""
     if cfg.stage.template not in TEMPLATE_NAMES:
         raise ValueError(f"stage.template={cfg.stage.template!r} is not one of {TEMPLATE_NAMES}")
     for component, name in pretrained_ids(cfg).items():
         if name:
             resolve_weights(name, "LLM weights" if component == "llm" else "vision weights")
+    if cfg.stage.init_from:
+        init_weights_path(cfg.stage.init_from)
+    check_slurm_tasks(cfg.trainer)
+    plan = batch_plan(cfg)
+    if plan.max_steps is None:
+        raise ValueError(f"stage.epochs={cfg.stage.epochs} but the size of {cfg.data.root} is unknown (no manifest.json); "
+                         "convert the data first or set trainer.max_steps")
+    return plan
 
 
 def build_run(cfg: DictConfig, load_weights: bool = True) -> tuple[LMM, SampleProcessor]:
@@ -62,12 +73,18 @@ def random_init_components(cfg: DictConfig) -> list[str]:
     return [component for component, name in pretrained_ids(cfg).items() if not name]
 
 
+def init_weights_path(source: str) -> Path:
+    """A finished run's final.safetensors (or a safetensors file), or a one-line error."""
+    path = Path(source)
+    path = path / FINAL_WEIGHTS if path.is_dir() or not path.suffix else path
+    if not path.exists():
+        raise FileNotFoundError(f"stage.init_from: no {FINAL_WEIGHTS} at {path}; run that stage first (has it finished?)")
+    return path
+
+
 def init_from(model: LMM, source: str, components: list[str]) -> None:
     """Load `components` from a finished run (its final.safetensors) or a safetensors file."""
-    path = Path(source)
-    path = path / FINAL_WEIGHTS if path.is_dir() else path
-    if not path.exists():
-        raise FileNotFoundError(f"stage.init_from: no {FINAL_WEIGHTS} at {path}; has that run finished?")
+    path = init_weights_path(source)
     state = load_file(str(path))
     for name in components:
         prefix = f"{name}."
@@ -115,7 +132,7 @@ def train(cfg: DictConfig) -> dict | None:
             print(format_table(results))
             return results
         return None
-    preflight(cfg)
+    plan = preflight(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.ensure_data()
@@ -125,25 +142,32 @@ def train(cfg: DictConfig) -> dict | None:
     datamodule.attach(processor, processor.tokenizer.pad_token_id)
     module = LMMModule(
         model, **OmegaConf.to_container(cfg.stage.optim, resolve=True), train=dict(cfg.stage.train),
-        vision_last_blocks=cfg.stage.get("vision_last_blocks"), max_skip_rate=datamodule.max_skip_rate,
+        vision_last_blocks=cfg.stage.get("vision_last_blocks"), lora=lora_options(cfg),
+        activation_checkpointing=bool(cfg.get("activation_checkpointing")), max_skip_rate=datamodule.max_skip_rate,
         skip_check_after=datamodule.skip_check_after,
     )
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
+    checkpoints = AtomicCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
     no_validation = {"limit_val_batches": 0} if not datamodule.val_split else {}
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         **no_validation,
+        max_steps=plan.max_steps,
+        accumulate_grad_batches=plan.accumulation,
         strategy=instantiate(cfg.strategy),
+        plugins=cluster_plugins(),
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""),
         callbacks=[checkpoints],
         default_root_dir=str(run_dir),
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resume = last.exists() and not cfg.get("force")  # force=true starts over
-    if resume:
+    if trainer.global_rank == 0:
+        print(f"[lmm] global batch {plan.global_batch} = {plan.per_device} per device × {plan.world} device(s) × "
+              f"{plan.accumulation} accumulation; {plan.max_steps} steps")
+    last = None if cfg.get("force") else latest_checkpoint(run_dir / "checkpoints")  # force=true starts over
+    if last is not None:
         print(f"[lmm] resuming from {last}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last else None)
     cost = module.cost_summary()  # a collective: every rank takes part
+    model = unsharded_model(cfg, module, trainer)  # also a collective under FSDP
     if trainer.global_rank != 0:
         return None
     save_model(model, str(run_dir / FINAL_WEIGHTS))
@@ -155,6 +179,32 @@ def train(cfg: DictConfig) -> dict | None:
         write_results(run_dir, results)
         return results
     return evaluate(cfg, model, processor, run_dir, device=module.device, cost=cost)
+
+
+def lora_options(cfg: DictConfig) -> dict | None:
+    lora = cfg.stage.get("lora")
+    return OmegaConf.to_container(lora, resolve=True) if lora else None
+
+
+def unsharded_model(cfg: DictConfig, module: LMMModule, trainer: L.Trainer) -> LMM | None:
+    """The trained model as one plain module on rank 0 (gathered from the FSDP shards, LoRA
+    merged into the base weights); None on the other ranks."""
+    model = module.model
+    if getattr(trainer.strategy, "shard", None) is not None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if trainer.global_rank != 0:
+            return None
+        model, _ = build_run(cfg, load_weights=False)
+        if lora_options(cfg):
+            model.llm = add_lora(model.llm, **lora_options(cfg))
+        model.load_state_dict(state)
+        model.to(module.device)
+    if trainer.global_rank != 0:
+        return None
+    model.llm = merge_lora(model.llm)
+    return model
 
 
 def evaluate_run(cfg: DictConfig) -> dict:

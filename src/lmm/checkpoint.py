@@ -1,0 +1,122 @@
+"""Checkpoints that are complete or absent, and consolidation of sharded (FSDP) checkpoints.
+
+    python -m lmm.checkpoint consolidate RUN_DIR [--out FILE]
+
+writes the model weights of RUN_DIR's latest checkpoint as one safetensors file (LMM parameter
+names, as in final.safetensors). Lightning's own consolidation CLI does not read
+ModelParallelStrategy checkpoints; torch's `dcp_to_torch_save` does, and is used here.
+
+A checkpoint is written under `<name>.partial` and renamed into place only when every rank has
+finished; the previous one is kept as `<name>.old` until then. A run killed at any moment
+therefore leaves at least one complete checkpoint, and `latest_checkpoint` never picks a
+half-written one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+LAST = "last.ckpt"
+DCP_METADATA = ".metadata"  # written by torch.distributed.checkpoint when all shards are saved
+LIGHTNING_METADATA = "meta.pt"  # written by rank 0 after the shards (trainer state)
+
+
+def is_complete(path: Path) -> bool:
+    """A single-file checkpoint is a complete zip archive; a sharded one has both metadata files."""
+    if path.is_dir():
+        return (path / DCP_METADATA).is_file() and (path / LIGHTNING_METADATA).is_file()
+    if path.is_file():
+        import zipfile
+
+        return zipfile.is_zipfile(path)
+    return False
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoint: last.ckpt, or the one it was replacing when a run died."""
+    for candidate in (checkpoint_dir / LAST, checkpoint_dir / f"{LAST}.old"):
+        if is_complete(candidate):
+            return candidate
+    return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def commit(partial: Path, target: Path) -> None:
+    """Move a finished checkpoint into place; the old one is deleted only after the rename."""
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        _remove(old)
+        os.replace(target, old)
+    os.replace(partial, target)
+    _remove(old)
+
+
+class AtomicCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that writes to `<path>.partial` and renames once all ranks are done."""
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        partial = Path(f"{filepath}.partial")
+        if trainer.is_global_zero:
+            _remove(partial)  # left by a run that died while writing
+        trainer.strategy.barrier()
+        super()._save_checkpoint(trainer, str(partial))
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            commit(partial, Path(filepath))
+        trainer.strategy.barrier()
+        self._last_checkpoint_saved = filepath
+
+
+def model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The LMM's weights from a Lightning checkpoint, single-file or sharded."""
+    if checkpoint.is_dir():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            merged = Path(tmp) / "merged.pt"
+            dcp_to_torch_save(checkpoint, merged)
+            state = torch.load(merged, map_location="cpu", weights_only=False)["state_dict"]
+    else:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    prefix = "model."  # LMMModule.model
+    return {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
+
+
+def consolidate(run_dir: Path, out: Path | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        raise SystemExit(f"no complete checkpoint in {run_dir / 'checkpoints'} (looked for {LAST} and {LAST}.old)")
+    out = out or run_dir / "consolidated.safetensors"
+    state = model_state(checkpoint)
+    save_file(state, str(out))
+    print(f"[lmm] {checkpoint} -> {out} ({len(state)} tensors, {sum(t.numel() for t in state.values()):,d} parameters)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser("consolidate", help="write a run's latest checkpoint as one safetensors file")
+    merge.add_argument("run_dir", type=Path)
+    merge.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    consolidate(args.run_dir, args.out)
+
+
+if __name__ == "__main__":
+    main()

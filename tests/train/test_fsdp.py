@@ -1,0 +1,56 @@
+"""FSDP2 on CPU (gloo, 2 processes): the same losses as one process, sharded resume, consolidation."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from safetensors.torch import load_file, save_file
+
+from lmm.checkpoint import consolidate, is_complete
+from lmm.train.train import build_run
+from tests.conftest import compose_config
+from tests.train import fsdp_worker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def workdir(data_root, tmp_path_factory):
+    """Starting weights and 2 × 6 micro-batches of 4 samples from the real training stream."""
+    workdir = tmp_path_factory.mktemp("fsdp")
+    cfg = compose_config([], data_root)
+    torch.manual_seed(0)
+    model, processor = build_run(cfg)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(workdir / "init.safetensors"))
+    data = instantiate(cfg.data, seed=0, batch_size=4, num_workers=0)
+    data.attach(processor, processor.tokenizer.pad_token_id)
+    stream = iter(data.train_dataloader())
+    torch.save([next(stream) for _ in range(2 * fsdp_worker.STEPS)], workdir / "batches.pt")
+    os.environ["LMM_TEST_IMAGE_TOKEN"] = str(model.image_token_id)
+    return workdir
+
+
+@pytest.mark.slow
+def test_fsdp_matches_one_process_resumes_and_consolidates(workdir):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LMM_TEST_IMAGE_TOKEN": os.environ["LMM_TEST_IMAGE_TOKEN"]}
+    done = subprocess.run([sys.executable, "-m", "tests.train.fsdp_worker", str(workdir)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    reference = fsdp_worker.single_process(workdir)
+    ranks = [json.loads((workdir / f"losses_rank{r}.json").read_text()) for r in (0, 1)]
+    sharded = [(a + b) / 2 for a, b in zip(*ranks)]
+    assert len(sharded) == len(reference) == fsdp_worker.STEPS
+    # Steps 1-3 before the sharded checkpoint, 4-6 after resuming from it.
+    assert sharded == pytest.approx(reference, rel=1e-4, abs=1e-5)
+    assert reference[-1] < reference[0]  # it learns
+    last = workdir / "checkpoints" / "last.ckpt"
+    assert last.is_dir() and is_complete(last) and not (workdir / "checkpoints" / "last.ckpt.partial").exists()
+    merged = load_file(str(consolidate(workdir)))
+    final = load_file(str(workdir / "final.safetensors"))
+    assert merged.keys() == final.keys()
+    assert all(torch.equal(merged[k], final[k]) for k in final)
