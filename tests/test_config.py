@@ -121,3 +121,35 @@ def test_sweeps_compose_with_valid_options(sweep):
     for group, values in params.items():
         if group != "seed":
             assert set(values.split(",")) <= set(options(group)), group
+
+
+def test_describe_llava15_recipe_stages(capsys):
+    overrides = ["task=describe", "trainer.devices=8"]
+    table = describe(compose_config(["experiment=llava15_13b", *overrides]), overrides=overrides)
+    pretrain, finetune = table["stages"]["llava15_13b_pretrain"], table["stages"]["llava15_13b"]
+    assert pretrain["trainable"] == {"vision": 0, "connector": 31_467_520, "llm": 0}
+    assert finetune["trainable"] == {"vision": 0, "connector": 31_467_520, "llm": 13_015_864_320}
+    assert (pretrain["global_batch"], pretrain["accumulation"], finetune["global_batch"], finetune["accumulation"]) == (256, 1, 128, 1)
+    memory = finetune["memory_per_gpu_bytes"]
+    # fp32 master shards of 13.35B parameters over 8 GPUs; AdamW moments twice the trainable shard.
+    assert memory["parameters (sharded)"] == pytest.approx(13_350_839_296 * 4 / 8)
+    assert memory["AdamW moments (sharded)"] == pytest.approx(2 * 13_047_331_840 * 4 / 8)
+    assert memory["total"] == pytest.approx(sum(v for k, v in memory.items() if k != "total"))
+    out = capsys.readouterr().out
+    assert "gradient-accumulation" in out and "FSDP memory per GPU" in out
+    one_gpu = describe(compose_config(["experiment=llava15_7b", "task=describe", "trainer.devices=1"]), overrides=["trainer.devices=1"])
+    assert one_gpu["stages"]["llava15_7b_pretrain"]["accumulation"] == 8 and one_gpu["stages"]["llava15_7b"]["accumulation"] == 8
+
+
+def test_describe_refuses_an_indivisible_global_batch():
+    with pytest.raises(ValueError, match="not a multiple of data.batch_size=32 × 3 device"):
+        describe(compose_config(["experiment=llava15_7b", "trainer.devices=3"]), overrides=["trainer.devices=3"])
+
+
+def test_lora_stage_trains_adapters_and_the_connector():
+    table = describe(compose_config(["task=describe", "stage=lora", "llm=vicuna7b", "vision=clip_l14_336"]))
+    llm = table["components"]["llm"]
+    # r=128 adapters on q,k,v,o,gate,up,down of 32 layers: r·(in+out) per linear layer.
+    per_layer = 128 * ((4096 + 4096) * 4 + (4096 + 11008) * 3)
+    assert llm["trainable"] == 32 * per_layer
+    assert table["components"]["connector"]["trainable"] == table["components"]["connector"]["parameters"]

@@ -1,6 +1,10 @@
-"""task=describe: per-component parameter counts and visual tokens, built on the meta device."""
+"""task=describe: per-component parameter counts and visual tokens, built on the meta device;
+for a recipe (`recipe_stages`), every stage's trainable parameters, batch plan and, under
+strategy=fsdp, a per-GPU memory estimate."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -8,20 +12,33 @@ from omegaconf import DictConfig
 from lmm.model.build import build_model
 from lmm.model.lmm import COMPONENTS
 
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def describe(cfg: DictConfig) -> dict:
+def meta_model(cfg: DictConfig):
+    """The configured model with the stage's trainable flags, on the meta device (no memory, no files)."""
+    with torch.device("meta"):
+        model = build_model(cfg, image_token_id=-1, load_weights=False)
+    model.set_trainable(dict(cfg.stage.train), cfg.stage.get("vision_last_blocks"))
+    if cfg.stage.get("lora"):
+        from lmm.train.module import add_lora
+
+        with torch.device("meta"):
+            model.llm = add_lora(model.llm, **cfg.stage.lora)
+    return model
+
+
+def describe(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Build the configured model without weights or memory and print its table.
 
     Trainable counts follow the configured stage (`stage.train`). No file is read and no
     network is touched: real-size models are built from their `arch` on the meta device.
     """
-    with torch.device("meta"):
-        model = build_model(cfg, image_token_id=-1, load_weights=False)
-    model.set_trainable(dict(cfg.stage.train), cfg.stage.get("vision_last_blocks"))
+    model = meta_model(cfg)
     rows = []
     for name in COMPONENTS:
         module = getattr(model, name)
@@ -35,8 +52,53 @@ def describe(cfg: DictConfig) -> dict:
         print(f"{name:10s} {cls:22s} {n:16,d} {t:16,d}")
     print(f"{'total':10s} {'':22s} {total:16,d} {trainable:16,d}")
     print(f"visual tokens per image: {model.num_image_tokens} (from {model.vision.num_patches} patches)")
-    return {
+    summary = {
         "components": {name: {"parameters": n, "trainable": t} for name, _, n, t in rows},
         "visual_tokens": model.num_image_tokens,
         "patches": model.vision.num_patches,
     }
+    stages = cfg.get("recipe_stages") or []
+    summary["stages"] = {name: describe_stage(stage_config(cfg, name, overrides)) for name in stages}
+    if not stages:
+        summary["stages"] = {cfg.name: describe_stage(cfg, model)}
+    return summary
+
+
+def stage_config(cfg: DictConfig, experiment: str, overrides: list[str] | None = None) -> DictConfig:
+    """`experiment` composed with this command's other overrides (the same devices, data, ...)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lmm.train.train import command_overrides
+
+    if experiment == cfg.name:
+        return cfg
+    overrides = command_overrides() if overrides is None else overrides
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith("experiment=")]
+    overrides = [f"experiment={experiment}", *overrides]
+    if GlobalHydra.instance().is_initialized():
+        return compose("config", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def describe_stage(cfg: DictConfig, model=None) -> dict:
+    """One stage: trainable parameters, the batch plan and (under FSDP) memory per GPU."""
+    from lmm.train.memory import GIB, fsdp_memory_estimate
+    from lmm.train.plan import batch_plan
+
+    model = model or meta_model(cfg)
+    trainable = {name: sum(p.numel() for p in getattr(model, name).parameters() if p.requires_grad) for name in COMPONENTS}
+    plan = batch_plan(cfg)
+    steps = plan.max_steps if plan.max_steps is not None else f"{cfg.stage.epochs} epoch(s) of {cfg.data.root} (not converted yet)"
+    print(f"\nstage {cfg.name} ({cfg.stage.name}): trainable " + ", ".join(f"{k} {v:,d}" for k, v in trainable.items()))
+    print(f"  global batch {plan.global_batch} = {plan.per_device} per device × {plan.world} device(s) × "
+          f"{plan.accumulation} gradient-accumulation step(s); steps: {steps}")
+    out = {"trainable": trainable, "global_batch": plan.global_batch, "accumulation": plan.accumulation,
+           "devices": plan.world, "steps": plan.max_steps}
+    if "fsdp" in str(cfg.strategy.get("_target_", "")):
+        memory = fsdp_memory_estimate(model, cfg, plan.world)
+        print(f"  FSDP memory per GPU (estimate, every sequence at data.max_length={cfg.data.max_length}): {memory['total'] / GIB:.1f} GiB = "
+              + " + ".join(f"{kind} {value / GIB:.1f}" for kind, value in memory.items() if kind != "total"))
+        out["memory_per_gpu_bytes"] = memory
+    return out

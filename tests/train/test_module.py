@@ -62,3 +62,33 @@ def test_partial_tower_fine_tuning(model):
     assert not model.vision.model.embeddings.patch_embedding.weight.requires_grad
     with pytest.raises(ValueError, match="vision_last_blocks=9"):
         LMMModule(model, train={"connector": True}, lr=1e-3, vision_last_blocks=9)
+
+
+def test_lora_adapters_merge_into_plain_weights(data_root):
+    import torch
+
+    from lmm.train.module import merge_lora
+
+    cfg = compose_config([], data_root)
+    model = build_model(cfg, image_token_id=4)
+    module = LMMModule(model, train={"connector": True}, lr=2e-4, component_lr={"connector": 2e-5},
+                       lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
+    adapters = [n for n, p in model.llm.named_parameters() if p.requires_grad]
+    assert adapters and all("lora_" in n for n in adapters)  # the base LLM stays frozen
+    for name, p in model.llm.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # B starts at zero: make the adapters do something
+
+    class FakeTrainer:
+        max_steps = 10
+
+    module._trainer = FakeTrainer()
+    groups = {g["name"]: g["lr"] for g in module.configure_optimizers()["optimizer"].param_groups}
+    assert groups == {"connector": 2e-5, "llm": 2e-4}
+    ids = torch.randint(5, 200, (2, 12))
+    with torch.no_grad():
+        adapted = model.llm(input_ids=ids).logits
+        model.llm = merge_lora(model.llm)
+        merged = model.llm(input_ids=ids).logits
+    assert not any("lora" in key for key in model.llm.state_dict())
+    assert torch.allclose(adapted, merged, atol=1e-5)

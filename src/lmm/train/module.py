@@ -61,6 +61,7 @@ class LMMModule(L.LightningModule):
     ):
         super().__init__()
         model.set_trainable(train, vision_last_blocks)
+        self.activation_checkpointing = activation_checkpointing
         if activation_checkpointing:  # recompute each decoder layer's activations in the backward
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora:
@@ -90,7 +91,9 @@ class LMMModule(L.LightningModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for name, trains in self.trains.items():  # frozen parts stay in eval mode (no dropout)
+        for name, trains in self.trains.items():  # frozen parts stay in eval mode (no dropout)...
+            if name == "llm" and self.activation_checkpointing:
+                continue  # ...except a checkpointed LLM: transformers recomputes layers only in train mode
             if not trains:
                 getattr(self.model, name).eval()
         return self

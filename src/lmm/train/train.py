@@ -133,6 +133,8 @@ def train(cfg: DictConfig) -> dict | None:
             return results
         return None
     plan = preflight(cfg)
+    if cfg.get("tf32"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.ensure_data()
