@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file, save_file
 
 from lmm.checkpoint import consolidate, is_complete
-from lmm.train.train import build_run
+from lmm.train.train import build_run, evaluate_run
 from tests.conftest import compose_config
 from tests.train import fsdp_worker
 
@@ -54,3 +54,26 @@ def test_fsdp_matches_one_process_resumes_and_consolidates(workdir):
     final = load_file(str(workdir / "final.safetensors"))
     assert merged.keys() == final.keys()
     assert all(torch.equal(merged[k], final[k]) for k in final)
+
+
+@pytest.mark.slow
+def test_run_py_under_fsdp_end_to_end(data_root, tmp_path):
+    """The real command: data stream, sharded checkpoints, gathered final weights, evaluation on rank 0."""
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "run.py", "strategy=fsdp", "trainer.devices=2", "strategy.param_dtype=float32", "trainer.max_steps=4",
+           "checkpoint_every=2", "stage.global_batch_size=16", "data.batch_size=4", "eval.benchmarks.synthetic.limit=16",
+           f"paths.data={data_root}", f"paths.runs={runs}", "trainer.enable_progress_bar=false"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "global batch 16 = 4 per device × 2 device(s) × 2 accumulation" in done.stdout
+    (run_dir,) = [p for p in (runs / "default").iterdir() if p.is_dir()]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["cost"]["devices"] == 2 and results["cost"]["samples_seen"] == 4 * 16
+    assert "synthetic/vqa/exact_match" in results["metrics"]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_dir()
+    merged, final = load_file(str(consolidate(run_dir))), load_file(str(run_dir / "final.safetensors"))
+    assert merged.keys() == final.keys() and all(torch.equal(merged[k], final[k]) for k in final)
+    # Two ranks split the questions and gathered the answers: the scores equal one process's.
+    cfg = compose_config(["task=eval", f"ckpt='{run_dir}'", "eval.benchmarks.synthetic.limit=16"], data_root, tmp_path / "eval")
+    (tmp_path / "eval").mkdir()
+    assert evaluate_run(cfg)["metrics"] == results["metrics"]

@@ -43,7 +43,8 @@ def expand_shards(urls: Iterable[dict]) -> Iterator[dict]:
             yield {"__key__": f"{url}#error", "__url__": url, ERROR_KEY: f"shard: {type(e).__name__}: {e} ({url})"}
 
 
-def evaluation_stream(shards: list[str]) -> Iterator[dict]:
-    """One ordered pass over `shards`, split across ranks and workers."""
-    urls = wds.shardlists.split_by_worker(wds.split_by_node(iter({"url": url} for url in shards)))
+def evaluation_stream(shards: list[str], split_by_node: bool = True) -> Iterator[dict]:
+    """One ordered pass over `shards`, split across workers and (unless told not to) ranks."""
+    urls = iter({"url": url} for url in shards)
+    urls = wds.shardlists.split_by_worker(wds.split_by_node(urls) if split_by_node else urls)
     return expand_shards(urls)

@@ -40,7 +40,8 @@ class SyntheticBenchmark:
 
     def _items(self, processor: SampleProcessor) -> tuple[list[Example], list[Example], int]:
         questions, descriptions, skipped = [], [], 0
-        for n, sample in enumerate(evaluation_stream(list_shards(self.root / self.split))):
+        # Every rank reads every question (a few hundred); run() splits the generation work.
+        for n, sample in enumerate(evaluation_stream(list_shards(self.root / self.split), split_by_node=False)):
             if self.limit is not None and n >= self.limit:
                 break
             try:
@@ -85,13 +86,14 @@ class SyntheticBenchmark:
         tokenizer = processor.tokenizer
         baselines = json.loads((self.root / "manifest.json").read_text())["baselines"]
         questions, descriptions, skipped = self._items(processor)
-        with evaluating(model):
-            loader = self._loader(questions, tokenizer.pad_token_id, "left")
-            answers = generate_texts(model, loader, tokenizer, processor.template, self.max_new_tokens, device)
-            description_loss = self._description_loss(model, descriptions, tokenizer.pad_token_id, device)
+        rank, world = rank_and_world()
+        with evaluating(model):  # each rank answers every world-th question; answers are gathered
+            loader = self._loader(questions[rank::world], tokenizer.pad_token_id, "left")
+            answers = gather_strided(generate_texts(model, loader, tokenizer, processor.template, self.max_new_tokens, device), world)
+            description_loss = self._description_loss(model, descriptions[rank::world], tokenizer.pad_token_id, device)
         metrics: dict[str, ExactMatch | BoxAccuracy] = {}
         baseline_metrics: dict[str, ExactMatch | BoxAccuracy] = {}
-        per_qtype: dict[str, ExactMatch] = defaultdict(ExactMatch)
+        per_qtype: dict[str, ExactMatch] = defaultdict(lambda: ExactMatch(sync_on_compute=False))
         records = []
         for item, answer in zip(questions, answers, strict=True):
             meta = item.meta
@@ -105,8 +107,9 @@ class SyntheticBenchmark:
                 baseline_answer = baselines["majority_answer"].get(meta["qtype"], "")
                 metric_cls = ExactMatch
                 per_qtype[f"{meta['source']}/{meta['qtype']}"].update([answer], [target])
-            metrics.setdefault(key, metric_cls()).update([answer], [target])
-            baseline_metrics.setdefault(key, metric_cls()).update([baseline_answer], [target])
+            # Every rank holds all answers: no reduction across ranks.
+            metrics.setdefault(key, metric_cls(sync_on_compute=False)).update([answer], [target])
+            baseline_metrics.setdefault(key, metric_cls(sync_on_compute=False)).update([baseline_answer], [target])
             records.append({**meta, "prediction": answer})
         results = {
             "split": self.split,
@@ -116,7 +119,7 @@ class SyntheticBenchmark:
             "counts": {k: int(m.total) for k, m in sorted(metrics.items())},
             "skipped": skipped,
         }
-        if descriptions:
+        if descriptions:  # the same on every rank, so every rank takes part in the reduction
             results["metrics"]["description/loss"] = round(float(description_loss.compute()), 4)
             results["counts"]["description/loss"] = len(descriptions)
         results["n"] = len(records) + len(descriptions)
@@ -126,8 +129,30 @@ class SyntheticBenchmark:
         return results
 
 
+def rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gather_strided(mine: list, world: int) -> list:
+    """Undo a `items[rank::world]` split: every rank gets all results in the original order."""
+    if world == 1:
+        return mine
+    parts: list = [None] * world
+    torch.distributed.all_gather_object(parts, mine)
+    return [parts[i % world][i // world] for i in range(sum(len(p) for p in parts))]
+
+
+def is_main_process() -> bool:
+    """Rank 0, or not distributed: the process that writes files."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
 def write_predictions(out_dir: Path, name: str, records: list[dict]) -> None:
-    """predictions/<benchmark>.jsonl: one JSON line per question."""
+    """predictions/<benchmark>.jsonl: one JSON line per question (written by rank 0 only)."""
+    if not is_main_process():
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / f"{name}.jsonl", "w") as f:
         for record in records:

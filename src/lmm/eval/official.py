@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from lmm.data.collate import Collator
 from lmm.data.sample import Example, SampleProcessor, Skip
 from lmm.data.sources import GROUNDING, MULTIPLE_CHOICE, SHORT_ANSWER
-from lmm.eval.benchmarks import write_predictions
+from lmm.eval.benchmarks import rank_and_world, write_predictions
 from lmm.eval.generate import evaluating, generate_texts
 from lmm.eval.metrics import (
     BoxAccuracy,
@@ -103,7 +103,7 @@ class QuestionBenchmark:
     def run(self, model: LMM, processor: SampleProcessor, device="cpu", out_dir: Path | None = None) -> dict:
         start = time.perf_counter()
         questions = self.questions()[: self.limit]
-        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if torch.distributed.is_initialized() else (0, 1)
+        rank, world = rank_and_world()
         mine = questions[rank::world]  # multi-GPU: each rank answers its share, then all are gathered
         examples = [self._example(processor, q) for q in mine]
         kept = [(q, e) for q, e in zip(mine, examples) if isinstance(e, Example)]
@@ -120,7 +120,7 @@ class QuestionBenchmark:
         by_id = dict(pairs)
         answered = [q for q in questions if q.qid in by_id]
         metrics = self.score(answered, [by_id[q.qid] for q in answered]) if answered else {}
-        if out_dir is not None and rank == 0:
+        if out_dir is not None:  # written by rank 0 only
             records = [{"question_id": q.qid, "prompt": q.prompt, "text": by_id[q.qid], "gold": q.gold, **q.extra} for q in answered]
             write_predictions(out_dir, self.name, records)
         for qid, reason in skipped[:5]:

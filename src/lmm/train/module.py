@@ -135,7 +135,10 @@ class LMMModule(L.LightningModule):
         loss = self(batch).loss
         row_lengths = batch["attention_mask"].sum(dim=1).tolist()
         images = 0 if batch["pixel_values"] is None else batch["pixel_values"].shape[0]
+        # Counted here, not at batch end: a checkpoint written at this step's end must include it.
         self._step_work = (batch["input_ids"].shape[0], sum(row_lengths), self.flop_counter.step_flops(row_lengths, images))
+        for key, value in zip(("samples", "tokens", "flops"), self._step_work):
+            self.totals[key] += value
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         for group in self.optimizers().param_groups:
             self.log(f"train/lr/{group.get('name', 'all')}", group["lr"], batch_size=1)
@@ -155,9 +158,6 @@ class LMMModule(L.LightningModule):
             return
         samples, tokens, flops = self._step_work
         self._step_work = None
-        self.totals["samples"] += samples
-        self.totals["tokens"] += tokens
-        self.totals["flops"] += flops
         self.totals["train_wall_s"] += seconds
         ranks = self.trainer.world_size
         self.log("train/tokens_per_s", ranks * tokens / seconds, batch_size=1)

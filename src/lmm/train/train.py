@@ -16,7 +16,7 @@ from lmm.data.conversation import TEMPLATE_NAMES
 from lmm.data.image import ImageTransform
 from lmm.data.sample import SampleProcessor
 from lmm.data.tokenizer import load_tokenizer
-from lmm.eval.benchmarks import format_table
+from lmm.eval.benchmarks import format_table, is_main_process
 from lmm.model.build import build_model
 from lmm.model.lmm import LMM
 from lmm.checkpoint import AtomicCheckpoint, latest_checkpoint
@@ -103,6 +103,8 @@ def command_overrides() -> list[str]:
 
 
 def write_results(run_dir: Path, results: dict) -> None:
+    if not is_main_process():
+        return
     (run_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
     print(f"[lmm] results written to {run_dir / RESULTS}")
 
@@ -117,7 +119,8 @@ def evaluate(
         result = instantiate(benchmark_cfg).run(model, processor, device, out_dir=run_dir / "predictions")
         results["benchmarks"][name] = result
         results["metrics"].update({f"{name}/{key}": value for key, value in result["metrics"].items()})
-    print(format_table(results))
+    if is_main_process():
+        print(format_table(results))
     write_results(run_dir, results)
     return results
 
@@ -169,18 +172,20 @@ def train(cfg: DictConfig) -> dict | None:
         print(f"[lmm] resuming from {last}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last else None)
     cost = module.cost_summary()  # a collective: every rank takes part
-    model = unsharded_model(cfg, module, trainer)  # also a collective under FSDP
-    if trainer.global_rank != 0:
-        return None
-    save_model(model, str(run_dir / FINAL_WEIGHTS))
-    print(f"[lmm] trained {trainer.global_step} steps; weights in {run_dir / FINAL_WEIGHTS}")
-    print(f"[lmm] samples seen {module.seen_total}, skipped {module.skipped_total} {dict(module.skipped)}")
-    print(f"[lmm] cost: {cost['tokens_seen']:,d} tokens, {cost['flops']:.3g} FLOPs, {cost['train_wall_s']:.1f} s training")
+    model = final_model(cfg, module, trainer, run_dir / FINAL_WEIGHTS)  # also a collective under FSDP
+    main = trainer.global_rank == 0
+    if main:
+        print(f"[lmm] trained {trainer.global_step} steps; weights in {run_dir / FINAL_WEIGHTS}")
+        print(f"[lmm] samples seen {module.seen_total}, skipped {module.skipped_total} {dict(module.skipped)}")
+        print(f"[lmm] cost: {cost['tokens_seen']:,d} tokens, {cost['flops']:.3g} FLOPs, {cost['train_wall_s']:.1f} s training")
     if not evaluates:
         results = {"name": cfg.name, "overrides": command_overrides(), "cost": cost, "benchmarks": {}, "metrics": {}}
-        write_results(run_dir, results)
-        return results
-    return evaluate(cfg, model, processor, run_dir, device=module.device, cost=cost)
+        if main:
+            write_results(run_dir, results)
+        return results if main else None
+    # Every rank evaluates (benchmarks split their questions across ranks); rank 0 writes.
+    results = evaluate(cfg, model, processor, run_dir, device=module.device, cost=cost)
+    return results if main else None
 
 
 def lora_options(cfg: DictConfig) -> dict | None:
@@ -188,25 +193,27 @@ def lora_options(cfg: DictConfig) -> dict | None:
     return OmegaConf.to_container(lora, resolve=True) if lora else None
 
 
-def unsharded_model(cfg: DictConfig, module: LMMModule, trainer: L.Trainer) -> LMM | None:
-    """The trained model as one plain module on rank 0 (gathered from the FSDP shards, LoRA
-    merged into the base weights); None on the other ranks."""
+def final_model(cfg: DictConfig, module: LMMModule, trainer: L.Trainer, path: Path) -> LMM:
+    """Write the trained weights to `path` (rank 0) and return them as one plain module on every
+    rank: gathered from the FSDP shards when sharded, LoRA adapters merged into the base weights."""
     model = module.model
-    if getattr(trainer.strategy, "shard", None) is not None:
+    sharded = getattr(trainer.strategy, "shard", None) is not None
+    if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if trainer.global_rank != 0:
-            return None
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # rank 0 only
         model, _ = build_run(cfg, load_weights=False)
         if lora_options(cfg):
             model.llm = add_lora(model.llm, **lora_options(cfg))
-        model.load_state_dict(state)
-        model.to(module.device)
-    if trainer.global_rank != 0:
-        return None
+        if trainer.global_rank == 0:
+            model.load_state_dict(state)
     model.llm = merge_lora(model.llm)
-    return model
+    if trainer.global_rank == 0:
+        save_model(model, str(path))
+    trainer.strategy.barrier()
+    if sharded and trainer.global_rank != 0:
+        model.load_state_dict(load_file(str(path)))
+    return model.to(module.device)
 
 
 def evaluate_run(cfg: DictConfig) -> dict:

@@ -1,0 +1,62 @@
+"""A run killed with SIGKILL at a random moment and re-run ends exactly like an uninterrupted one."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmm.checkpoint import is_complete
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def command(data_root: Path, runs: Path, name: str) -> list[str]:
+    return [sys.executable, "run.py", f"name={name}", f"paths.data={data_root}", f"paths.runs={runs}",
+            "trainer.max_steps=40", "checkpoint_every=5", "trainer.val_check_interval=20", "eval.benchmarks.synthetic.limit=24",
+            "trainer.enable_progress_bar=false"]
+
+
+def run_dir(runs: Path, name: str) -> Path:
+    (found,) = [p for p in (runs / name).iterdir() if p.is_dir()]
+    return found
+
+
+@pytest.mark.slow
+def test_sigkill_and_rerun_equals_uninterrupted(data_root, tmp_path):
+    runs = tmp_path / "runs"
+    straight = subprocess.run(command(data_root, runs, "straight"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = subprocess.Popen(command(data_root, runs, "killed"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((runs / "killed").glob("*/checkpoints/last.ckpt")):
+        time.sleep(0.05)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))  # somewhere after the first checkpoint
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed; raise max_steps"
+    directory = run_dir(runs, "killed")
+    assert not (directory / "final.safetensors").exists()
+
+    again = subprocess.run(command(data_root, runs, "killed"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout
+    assert is_complete(directory / "checkpoints" / "last.ckpt")
+
+    expected, resumed = (json.loads((d / "results.json").read_text()) for d in (run_dir(runs, "straight"), directory))
+    assert resumed["metrics"] == expected["metrics"]
+    assert resumed["cost"]["tokens_seen"] == expected["cost"]["tokens_seen"]  # totals survive the restart
+    a, b = (load_file(str(d / "final.safetensors")) for d in (run_dir(runs, "straight"), directory))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # A third run of the same command reports the finished run and does nothing.
+    done = subprocess.run(command(data_root, runs, "killed"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "already finished" in done.stdout
