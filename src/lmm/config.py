@@ -25,6 +25,21 @@ def run_id(override_dirname: str) -> str:
     return f"{safe[: MAX_RUN_ID - 11]}-{digest}"
 
 
+def slurm_tasks(devices) -> int:
+    """SLURM tasks per node = trainer.devices (one process per device); "auto" is not a count."""
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.isdigit():
+        return int(devices)
+    raise ValueError(f"hydra/launcher=slurm needs trainer.devices to be the number of devices per node, not {devices!r}")
+
+
+def slurm_gpus(accelerator: str, devices) -> int | None:
+    """GPUs per node to request: the devices when training on GPUs, none on CPU."""
+    return slurm_tasks(devices) if accelerator in ("gpu", "cuda") else None
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("run_id"):
-        OmegaConf.register_new_resolver("run_id", run_id)
+    for name, function in (("run_id", run_id), ("slurm_tasks", slurm_tasks), ("slurm_gpus", slurm_gpus)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)

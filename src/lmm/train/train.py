@@ -19,10 +19,10 @@ from lmm.data.tokenizer import load_tokenizer
 from lmm.eval.benchmarks import format_table, is_main_process
 from lmm.model.build import build_model
 from lmm.model.lmm import LMM
-from lmm.checkpoint import AtomicCheckpoint, latest_checkpoint
+from lmm.checkpoint import LAST, AtomicCheckpoint, latest_checkpoint
 from lmm.train.module import LMMModule, add_lora, merge_lora
 from lmm.train.plan import BatchPlan, batch_plan
-from lmm.train.slurm import cluster_plugins, check_slurm_tasks
+from lmm.train.slurm import CheckpointBeforeRequeue, check_slurm_tasks, cluster_plugins, in_slurm_job, record_job
 from lmm.weights import resolve_weights
 
 FINAL_WEIGHTS = "final.safetensors"
@@ -161,9 +161,10 @@ def train(cfg: DictConfig) -> dict | None:
         strategy=instantiate(cfg.strategy),
         plugins=cluster_plugins(),
         logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""),
-        callbacks=[checkpoints],
+        callbacks=[checkpoints, *([CheckpointBeforeRequeue(run_dir / "checkpoints" / LAST)] if in_slurm_job() else [])],
         default_root_dir=str(run_dir),
     )
+    record_job(run_dir)
     if trainer.global_rank == 0:
         print(f"[lmm] global batch {plan.global_batch} = {plan.per_device} per device × {plan.world} device(s) × "
               f"{plan.accumulation} accumulation; {plan.max_steps} steps")

@@ -1,0 +1,70 @@
+"""Sweeps through a real SLURM: a 2-job sweep via sbatch; a job requeued mid-training resumes."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.slurm import cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    cluster.start()
+    yield
+    cluster.stop()
+
+
+def common(data_root: Path, runs: Path) -> list[str]:
+    return [f"paths.data={data_root}", f"paths.runs={runs}", "trainer.max_steps=60", "checkpoint_every=5",
+            "trainer.val_check_interval=30", "eval.benchmarks.synthetic.limit=24", "data.num_workers=0",
+            "trainer.enable_progress_bar=false"]
+
+
+def final_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())["metrics"]
+
+
+@pytest.mark.slow
+def test_sweep_through_sbatch_with_a_requeued_job(slurm, data_root, tmp_path):
+    runs = tmp_path / "runs"
+    sweep = subprocess.Popen(
+        [sys.executable, "run.py", "-m", "hydra/launcher=slurm", "connector=linear,mlp", *common(data_root, runs)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(runs.glob("default/*connector=mlp*/checkpoints/last.ckpt")):
+        assert sweep.poll() is None, sweep.stdout.read()[-3000:]
+        time.sleep(0.1)
+    (mlp,) = runs.glob("default/*connector=mlp*")
+    assert (mlp / "slurm_jobs.txt").exists(), "no checkpoint from the mlp job within 5 minutes"
+    job_id = (mlp / "slurm_jobs.txt").read_text().split()[0]
+    cluster.sh("scontrol", "requeue", job_id)
+    cluster.release_when_requeued(job_id)
+    output, _ = sweep.communicate(timeout=400)
+    assert sweep.returncode == 0, output[-4000:]
+
+    jobs = (mlp / "slurm_jobs.txt").read_text().splitlines()
+    assert jobs == [f"{job_id} restart=0", f"{job_id} restart=1"]  # the same job, started twice
+    (linear,) = runs.glob("default/*connector=linear*")
+    assert (linear / "results.json").exists() and (linear / "slurm_jobs.txt").read_text().count("restart=0") == 1
+    logs = [p.read_text() for p in (runs / "default" / ".submitit").glob("*/*_log.out")]
+    assert sum(f"resuming from {mlp}" in log for log in logs) == 1
+
+    # The same run without SLURM and without interruption ends with the same metrics.
+    reference = subprocess.run([sys.executable, "run.py", "connector=mlp", *common(data_root, tmp_path / "reference")],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert final_metrics(mlp) == final_metrics(tmp_path / "reference" / "default" / mlp.name)
+
+
+def test_unknown_slurm_option_fails_before_submitting(slurm, data_root, tmp_path):
+    done = subprocess.run([sys.executable, "run.py", "-m", "hydra/launcher=slurm", "hydra.launcher.partitionn=gpu",
+                           *common(data_root, tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "partitionn" in done.stderr
+    assert cluster.sh("squeue", "-h").stdout.strip() == ""
