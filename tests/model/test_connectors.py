@@ -44,7 +44,7 @@ def test_forward_backward_and_token_count(name):
 
 
 EXPECTED_TOKENS = {"identity": 576, "linear": 576, "mlp": 576, "qformer": 32, "qformer_instruct": 32, "resampler": 256,
-                   "perceiver": 64, "c_abstractor": 144, "ldp": 144, "pixel_shuffle": 144}
+                   "perceiver": 64, "c_abstractor": 144, "ldp": 144, "pixel_shuffle": 144, "qformer_tiny": 32, "resampler_tiny": 16}
 
 
 @pytest.mark.parametrize("llm", ["vicuna7b", "vicuna13b"])
