@@ -7,9 +7,10 @@ from omegaconf import DictConfig
 
 def run_task(cfg: DictConfig):
     from lmm.describe import describe
+    from lmm.export import export
     from lmm.train.train import evaluate_run, train
 
-    tasks = {"train": train, "describe": describe, "eval": evaluate_run}
+    tasks = {"train": train, "describe": describe, "eval": evaluate_run, "export": export}
     if cfg.task not in tasks:
         raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
     return tasks[cfg.task](cfg)

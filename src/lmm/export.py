@@ -1,0 +1,226 @@
+"""task=export: a finished run as a directory other tools load.
+
+    python run.py task=export ckpt=RUN_DIR export.format=hf    # transformers' LlavaForConditionalGeneration
+    python run.py task=export ckpt=RUN_DIR export.format=lmm   # lmm's own: lmm.load_pretrained(path)
+
+The run's model config is read from RUN_DIR/.hydra/config.yaml (the command's own config when a
+run has none). HF's Llava format knows one projector, LLaVA-1.5's 2-layer MLP with GELU, and
+Hugging Face vision towers (CLIP, SigLIP); anything else is refused with the reason, and
+`export.format=lmm` (self-describing: config + safetensors + tokenizer) takes every model.
+LoRA runs need nothing special: their final.safetensors is already merged.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_model
+
+from lmm.data.conversation import IMAGE_TOKEN, TEMPLATES, Template
+from lmm.model.lmm import LMM
+
+LMM_CONFIG = "config.yaml"
+LMM_WEIGHTS = "model.safetensors"
+LMM_FORMAT_VERSION = 1
+# What an exported lmm directory keeps of a run's config: enough to rebuild model and processor.
+MODEL_KEYS = ("vision", "connector", "llm")
+
+
+class ExportError(ValueError):
+    """A model that the requested format cannot represent."""
+
+
+def run_config(run_dir: Path, fallback: DictConfig) -> DictConfig:
+    """The config the run was trained with (Hydra saves it), else the command's."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.exists():
+        return fallback
+    cfg = OmegaConf.load(saved)
+    cfg.paths = fallback.paths  # relative data paths resolve as in this command
+    return cfg
+
+
+def load_run(cfg: DictConfig, run_dir: Path):
+    """The trained model and its processor from RUN_DIR/final.safetensors."""
+    from lmm.train.train import FINAL_WEIGHTS, build_run
+
+    weights = run_dir / FINAL_WEIGHTS
+    if not weights.exists():
+        raise FileNotFoundError(f"no {FINAL_WEIGHTS} in {run_dir}: export needs a finished run")
+    model, processor = build_run(cfg, load_weights=False)
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval(), processor
+
+
+# ---------------------------------------------------------------------------------------------
+# lmm's own format
+
+
+def save_lmm(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in MODEL_KEYS}
+    config["llm"]["tokenizer"] = "tokenizer"  # relative to the export directory
+    config["stage"] = {"template": processor.template}
+    config["data"] = {"max_length": processor.max_length}
+    config["format_version"] = LMM_FORMAT_VERSION
+    OmegaConf.save(OmegaConf.create(config), out / LMM_CONFIG)
+    save_model(model, str(out / LMM_WEIGHTS))
+    processor.tokenizer.save_pretrained(str(out / "tokenizer"))
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
+    """(model, processor) from an `export.format=lmm` directory or a finished run directory; no Hydra app needed."""
+    from lmm.config import register_resolvers
+    from lmm.train.train import FINAL_WEIGHTS, build_run
+
+    path = Path(path)
+    if (path / LMM_CONFIG).exists():
+        cfg = OmegaConf.load(path / LMM_CONFIG)
+        cfg.llm.tokenizer = str(path / cfg.llm.tokenizer)
+        weights = path / LMM_WEIGHTS
+    elif (path / ".hydra" / "config.yaml").exists() and (path / FINAL_WEIGHTS).exists():
+        register_resolvers()
+        cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
+        weights = path / FINAL_WEIGHTS
+    else:
+        raise FileNotFoundError(f"{path} is neither an lmm export ({LMM_CONFIG} + {LMM_WEIGHTS}) nor a finished run "
+                                f"(.hydra/config.yaml + {FINAL_WEIGHTS})")
+    model, processor = build_run(cfg, load_weights=False)
+    model.load_state_dict(load_file(str(weights)))
+    return model.to(device).eval(), processor
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face Llava
+
+
+def chat_template(template: Template) -> str:
+    """A Jinja chat template that renders like `template` (images first in a user turn, as LLaVA)."""
+    def literal(text: str) -> str:
+        return "{{ " + repr(text) + " }}"
+
+    user_prefix, user_suffix = template.user_format.split("{content}")
+    reply_prefix, reply_suffix = template.reply_format.split("{content}")
+    content = (
+        "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
+        "{%- for part in message['content'] if part['type'] == 'image' -%}" + literal(IMAGE_TOKEN + "\n") + "{%- endfor -%}"
+        "{%- for part in message['content'] if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}{%- endif -%}"
+    )
+    system = literal(template.system_format.format(system=template.system)) if template.system_format else ""
+    return (
+        system + "{%- for message in messages -%}"
+        "{%- if message['role'] == 'user' -%}" + literal(user_prefix) + content + literal(user_suffix) +
+        "{%- elif message['role'] == 'assistant' -%}" + literal(reply_prefix) + content +
+        literal(reply_suffix + template.end_of_turn + template.after_reply) + "{%- endif -%}{%- endfor -%}"
+    )
+
+
+def _check_hf_compatible(model: LMM, template_name: str) -> Template:
+    from lmm.model.connectors.base import MLPConnector
+    from lmm.model.vision import HFVisionTower
+
+    connector = model.connector
+    is_mlp2x_gelu = isinstance(connector, MLPConnector) and connector.depth == 2 and "GELU" in type(connector.mlp[1]).__name__
+    if not is_mlp2x_gelu:
+        raise ExportError(f"HF's Llava format only knows LLaVA-1.5's 2-layer MLP projector (mlp2x_gelu), not "
+                          f"{type(connector).__name__}; use export.format=lmm")
+    if not isinstance(model.vision, HFVisionTower):
+        raise ExportError(f"HF's Llava format needs a transformers vision tower (CLIP, SigLIP), not {type(model.vision).__name__}; "
+                          "use export.format=lmm")
+    template = TEMPLATES.get(template_name)
+    if template is None or template.first_user_format:
+        raise ExportError(f"the {template_name} template has no HF chat template here (a pretrain-stage run, or Llama-2's "
+                          "system-in-first-turn format); use export.format=lmm")
+    return template
+
+
+def save_hf(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
+    from transformers import CLIPImageProcessor, GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    from lmm.eval.generate import end_of_turn_ids
+
+    template = _check_hf_compatible(model, processor.template)
+    tokenizer = processor.tokenizer
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    llm_state = {k: v.detach().clone() for k, v in model.llm.state_dict().items()}
+    vocab = model.llm.get_input_embeddings().num_embeddings
+    text_config = model.llm.config.to_dict()
+    padded = []
+    if image_token_id >= vocab:  # HF embeds input ids before replacing image positions: give <image> a row
+        new_vocab = (image_token_id // 64 + 1) * 64  # as llava-hf did (32000 -> 32064)
+        padded = list(range(vocab, new_vocab))
+        for key in ("model.embed_tokens.weight", "lm_head.weight"):
+            rows = llm_state[key]
+            llm_state[key] = torch.cat([rows, rows.new_zeros(new_vocab - vocab, rows.shape[1])])
+        text_config["vocab_size"] = new_vocab
+    strategy = "default" if model.vision.select_feature == "patch" else "full"
+    config = LlavaConfig(
+        vision_config=model.vision.model.config.to_dict(),
+        text_config=text_config,
+        image_token_index=image_token_id,
+        vision_feature_layer=model.vision.select_layer,
+        vision_feature_select_strategy=strategy,
+        projector_hidden_act="gelu",
+        image_seq_length=model.num_image_tokens,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=bool(text_config.get("tie_word_embeddings", False)),
+    )
+    state = {f"model.vision_tower.{k}": v for k, v in model.vision.model.state_dict().items()}
+    state |= {f"model.multi_modal_projector.linear_1.{k}": v for k, v in model.connector.mlp[0].state_dict().items()}
+    state |= {f"model.multi_modal_projector.linear_2.{k}": v for k, v in model.connector.mlp[2].state_dict().items()}
+    state |= {f"model.language_model.{k[len('model.'):]}": v for k, v in llm_state.items() if k.startswith("model.")}
+    state["lm_head.weight"] = llm_state["lm_head.weight"]
+    with torch.device("meta"):
+        hf = LlavaForConditionalGeneration(config)
+    hf.load_state_dict(state, strict=True, assign=True)
+    hf.generation_config = GenerationConfig(
+        eos_token_id=end_of_turn_ids(tokenizer, processor.template), pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, suppress_tokens=[image_token_id, *padded] or None,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(out))
+    size = model.vision.image_size
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=list(model.vision.mean),
+        image_std=list(model.vision.std), do_pad=model.vision.image_aspect == "pad",
+    )
+    hf_tokenizer = _copy_tokenizer(tokenizer)
+    hf_tokenizer.chat_template = chat_template(template)
+    hf_processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=hf_tokenizer, patch_size=model.vision.patch_size,
+        vision_feature_select_strategy=strategy, image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1 if _has_cls(model) else 0, chat_template=hf_tokenizer.chat_template,
+    )
+    hf_processor.save_pretrained(str(out))
+
+
+def _has_cls(model: LMM) -> bool:
+    return type(model.vision).__name__.startswith("CLIP")
+
+
+def _copy_tokenizer(tokenizer):
+    import copy
+
+    return copy.deepcopy(tokenizer)
+
+
+def export(cfg: DictConfig) -> Path:
+    if not cfg.get("ckpt"):
+        raise ValueError("task=export needs ckpt=RUN_DIR (a finished run)")
+    run_dir = Path(cfg.ckpt)
+    fmt = cfg.export.format
+    if fmt not in ("hf", "lmm"):
+        raise ValueError(f"export.format={fmt!r} is not one of ['hf', 'lmm']")
+    run_cfg = run_config(run_dir, cfg)
+    model, processor = load_run(run_cfg, run_dir)
+    out = Path(cfg.export.out or run_dir / f"export_{fmt}")
+    if out.exists():
+        shutil.rmtree(out)
+    (save_hf if fmt == "hf" else save_lmm)(model, processor, run_cfg, out)
+    print(f"[lmm] exported {run_dir} as {fmt} to {out}")
+    return out
+
+
