@@ -138,7 +138,7 @@ def _check_hf_compatible(model: LMM, template_name: str) -> Template:
 
 
 def save_hf(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
-    from transformers import CLIPImageProcessor, GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaImageProcessor, LlavaProcessor
 
     from lmm.eval.generate import end_of_turn_ids
 
@@ -183,7 +183,9 @@ def save_hf(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out))
     size = model.vision.image_size
-    image_processor = CLIPImageProcessor(
+    # LLaVA-1.5's pad-to-square (mean colour) when the run used it; otherwise resize + centre crop.
+    # Pixels agree with lmm's transform to ~0.01 mean absolute difference (PIL's bicubic vs torch's).
+    image_processor = LlavaImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=list(model.vision.mean),
         image_std=list(model.vision.std), do_pad=model.vision.image_aspect == "pad",
     )

@@ -73,3 +73,18 @@ def test_lmm_format_round_trip(data_root, tmp_path):
     with torch.no_grad():
         assert torch.equal(model(input_ids, mask, pixels).logits, loaded(input_ids, mask, pixels).logits)
     assert loaded_processor.template == processor.template and OmegaConf.load(tmp_path / "out" / "config.yaml").format_version == 1
+
+
+def test_exported_model_runs_in_the_transformers_pipeline(trained, tmp_path):
+    from PIL import Image
+    from transformers import AutoProcessor, pipeline
+
+    cfg, model, processor = trained
+    save_hf(model, processor, cfg, tmp_path / "hf")
+    pipe = pipeline("image-text-to-text", model=str(tmp_path / "hf"))
+    image = Image.new("RGB", (80, 40), (250, 20, 20))  # not square: padded to square like LLaVA-1.5
+    out = pipe(text=[{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Colour?"}]}],
+               max_new_tokens=4)
+    assert out[0]["generated_text"][-1]["role"] == "assistant"
+    hf_pixels = AutoProcessor.from_pretrained(tmp_path / "hf").image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+    assert (hf_pixels - processor.image_transform(image)).abs().mean() < 0.02

@@ -72,6 +72,18 @@ def options_text(options: list[str]) -> str:
     return "\n".join(f"{chr(ord('A') + i)}. {o}" for i, o in enumerate(options))
 
 
+def question_example(processor: SampleProcessor, q: Question) -> Example | Skip:
+    """A question as a generation-ready example (image first, as LLaVA), or a Skip with the reason."""
+    sample: dict = {"__key__": str(q.qid)}
+    if q.image is not None:
+        try:
+            sample["jpg"] = q.image if isinstance(q.image, bytes) else Path(q.image).read_bytes()
+        except OSError as e:
+            return Skip(str(q.qid), f"image: {e}")
+    prompt = ("<image>\n" if q.image is not None else "") + q.prompt
+    return processor.encode(sample, [{"from": "human", "value": prompt}], generation_prompt=True, meta={"qid": q.qid})
+
+
 class QuestionBenchmark:
     """Shared machinery: questions -> batched greedy answers -> metrics + predictions file."""
 
@@ -89,23 +101,13 @@ class QuestionBenchmark:
     def score(self, questions: list[Question], answers: list[str]) -> dict[str, float]:
         raise NotImplementedError
 
-    def _example(self, processor: SampleProcessor, q: Question) -> Example | Skip:
-        sample: dict = {"__key__": str(q.qid)}
-        if q.image is not None:
-            try:
-                sample["jpg"] = q.image if isinstance(q.image, bytes) else Path(q.image).read_bytes()
-            except OSError as e:
-                return Skip(str(q.qid), f"image: {e}")
-        prompt = ("<image>\n" if q.image is not None else "") + q.prompt
-        return processor.encode(sample, [{"from": "human", "value": prompt}], generation_prompt=True, meta={"qid": q.qid})
-
     @torch.no_grad()
     def run(self, model: LMM, processor: SampleProcessor, device="cpu", out_dir: Path | None = None) -> dict:
         start = time.perf_counter()
         questions = self.questions()[: self.limit]
         rank, world = rank_and_world()
         mine = questions[rank::world]  # multi-GPU: each rank answers its share, then all are gathered
-        examples = [self._example(processor, q) for q in mine]
+        examples = [question_example(processor, q) for q in mine]
         kept = [(q, e) for q, e in zip(mine, examples) if isinstance(e, Example)]
         skipped = [(q.qid, e.reason) for q, e in zip(mine, examples) if isinstance(e, Skip)]
         loader = DataLoader([e for _, e in kept], batch_size=self.batch_size, collate_fn=Collator(processor.tokenizer.pad_token_id, "left"))

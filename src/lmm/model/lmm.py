@@ -110,8 +110,10 @@ class LMM(nn.Module):
         top_p: float = 1.0,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        streamer=None,
     ) -> torch.Tensor:
-        """Batched decoding with a KV cache; inputs must be LEFT-padded. Returns new ids [B, ≤max_new]."""
+        """Batched decoding with a KV cache; inputs must be LEFT-padded. Returns new ids [B, ≤max_new].
+        `streamer`: a transformers streamer (e.g. TextStreamer) that receives tokens as they come."""
         embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask)
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
@@ -121,4 +123,4 @@ class LMM(nn.Module):
             eos_token_id=eos_token_ids,
             pad_token_id=pad_token_id,
         )
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config, streamer=streamer)

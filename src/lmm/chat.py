@@ -1,0 +1,103 @@
+"""Interactive chat with a trained model, tokens streamed as they are generated.
+
+    python -m lmm.chat CKPT [--image PATH] [--max-new-tokens 256] [--temperature 0] [--device cpu]
+
+CKPT is an `export.format=lmm` directory or a finished run directory. Type a message; commands:
+`/image PATH` switches to another image (and starts a new conversation, one image per
+conversation as in LLaVA), `/reset` starts over, `/quit` (or end of input) leaves. An unreadable
+image is reported in one line and the chat goes on with the previous one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from transformers import TextStreamer
+
+from lmm.data.collate import Collator
+from lmm.data.conversation import IMAGE_TOKEN
+from lmm.data.image import ImageError, decode_image
+from lmm.data.sample import Example
+from lmm.eval.generate import end_of_turn_ids
+
+
+class Chat:
+    def __init__(self, model, processor, max_new_tokens: int = 256, temperature: float = 0.0, device: str = "cpu"):
+        self.model, self.processor, self.device = model, processor, device
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
+        self.image: bytes | None = None
+        self.turns: list[dict] = []
+
+    def set_image(self, path: str) -> str:
+        try:
+            data = Path(path).expanduser().read_bytes()
+            decode_image(data)  # refuse it now, not mid-answer
+        except (OSError, ImageError) as e:
+            return f"[lmm] cannot use image {path}: {e}; still using the previous one"
+        self.image, self.turns = data, []
+        return f"[lmm] image {path} loaded; new conversation"
+
+    def reset(self) -> str:
+        self.turns = []
+        return "[lmm] conversation reset"
+
+    def ask(self, text: str, out=sys.stdout) -> str | None:
+        """Stream the answer to `out` and keep it in the conversation; None if it cannot be answered."""
+        first = not self.turns
+        value = f"{IMAGE_TOKEN}\n{text}" if first and self.image is not None else text
+        turns = [*self.turns, {"from": "human", "value": value}]
+        sample = {"__key__": "chat", **({"jpg": self.image} if self.image is not None else {})}
+        item = self.processor.encode(sample, turns, generation_prompt=True)
+        if not isinstance(item, Example):
+            print(f"[lmm] cannot answer: {item.reason} (/reset to start a new conversation)", file=out)
+            return None
+        batch = Collator(self.processor.tokenizer.pad_token_id, "left")([item])
+        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        tokenizer = self.processor.tokenizer
+        streamer = TextStreamer(tokenizer, skip_special_tokens=True)
+        print("ASSISTANT:", end=" ", flush=True, file=out)
+        new_ids = self.model.generate(
+            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=self.max_new_tokens,
+            eos_token_ids=end_of_turn_ids(tokenizer, self.processor.template), pad_token_id=tokenizer.pad_token_id,
+            do_sample=self.temperature > 0, temperature=self.temperature or 1.0,
+            instruction_ids=batch.get("instruction_ids"), instruction_mask=batch.get("instruction_mask"), streamer=streamer,
+        )
+        answer = tokenizer.decode(new_ids[0], skip_special_tokens=True).strip()
+        self.turns = [*turns, {"from": "gpt", "value": answer}]
+        return answer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("ckpt", type=Path)
+    parser.add_argument("--image")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    from lmm.export import load_pretrained
+
+    model, processor = load_pretrained(args.ckpt, args.device)
+    chat = Chat(model, processor, args.max_new_tokens, args.temperature, args.device)
+    if args.image:
+        print(chat.set_image(args.image), flush=True)
+    print("[lmm] type a message; /image PATH, /reset, /quit", flush=True)
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            break
+        if line == "/reset":
+            print(chat.reset(), flush=True)
+        elif line.startswith("/image"):
+            print(chat.set_image(line[len("/image"):].strip()), flush=True)
+        else:
+            chat.ask(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Batch inference with the batched greedy generator.
+
+    python -m lmm.predict CKPT --input questions.jsonl --output answers.jsonl
+        [--image-folder DIR] [--batch-size 16] [--max-new-tokens 128] [--device cpu]
+
+CKPT is an `export.format=lmm` directory or a finished run directory. Input lines follow
+LLaVA's model_vqa format: {"question_id", "text", "image"?} with `image` relative to
+--image-folder (default: the input file's folder). Output lines: {"question_id", "prompt",
+"text", "model_id"}; a question that cannot be answered (unreadable image, too long) gets
+{"question_id", "error"} instead, and is counted: the run never stops on one bad question.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from lmm.data.collate import Collator
+from lmm.data.sample import Example
+from lmm.eval.generate import evaluating, generate_texts
+from lmm.eval.official import Question, question_example
+
+
+def read_questions(path: Path, image_folder: Path) -> tuple[list[Question], list[dict]]:
+    """Questions, and error records for lines that are not usable JSON questions."""
+    questions, errors = [], []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            qid, text = record.get("question_id", n), record["text"]
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            errors.append({"question_id": f"line {n}", "error": f"not a question ({e!r})"})
+            continue
+        image = image_folder / record["image"] if record.get("image") else None
+        questions.append(Question(str(qid), text.replace("<image>", "").strip(), image))
+    return questions, errors
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("ckpt", type=Path)
+    parser.add_argument("--input", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--image-folder", type=Path)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    from lmm.export import load_pretrained
+
+    model, processor = load_pretrained(args.ckpt, args.device)
+    questions, errors = read_questions(args.input, args.image_folder or args.input.parent)
+    examples = [question_example(processor, q) for q in questions]
+    kept = [(q, e) for q, e in zip(questions, examples) if isinstance(e, Example)]
+    errors += [{"question_id": q.qid, "error": e.reason} for q, e in zip(questions, examples) if not isinstance(e, Example)]
+    loader = DataLoader([e for _, e in kept], batch_size=args.batch_size, collate_fn=Collator(processor.tokenizer.pad_token_id, "left"))
+    with evaluating(model):
+        answers = generate_texts(model, loader, processor.tokenizer, processor.template, args.max_new_tokens, args.device)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w") as f:
+        for (q, _), answer in zip(kept, answers):
+            f.write(json.dumps({"question_id": q.qid, "prompt": q.prompt, "text": answer, "model_id": str(args.ckpt)}) + "\n")
+        for error in errors:
+            f.write(json.dumps(error) + "\n")
+    for error in errors[:10]:
+        print(f"[lmm] question {error['question_id']} not answered: {error['error']}", file=sys.stderr)
+    print(f"[lmm] {len(kept)} answers, {len(errors)} unanswerable question(s) -> {args.output}")
+    return {"answered": len(kept), "errors": len(errors)}
+
+
+if __name__ == "__main__":
+    main()

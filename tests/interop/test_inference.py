@@ -1,0 +1,62 @@
+"""lmm.predict answers a JSONL file (bad questions recorded, not fatal); lmm.chat is driven through stdin."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmm.data.shards import evaluation_stream, list_shards
+from lmm.export import save_lmm
+from lmm.predict import main as predict
+from lmm.train.train import build_run
+from tests.conftest import compose_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def exported(data_root, tmp_path_factory):
+    cfg = compose_config([], data_root)
+    torch.manual_seed(0)
+    model, processor = build_run(cfg)
+    out = tmp_path_factory.mktemp("export") / "lmm"
+    save_lmm(model.eval(), processor, cfg, out)
+    folder = tmp_path_factory.mktemp("images")
+    sample = next(iter(evaluation_stream(list_shards(data_root / "synthetic" / "test"))))
+    (folder / "scene.jpg").write_bytes(next(sample[k] for k in ("jpg", "png", "jpeg") if k in sample))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return out, folder
+
+
+def test_predict_answers_and_records_bad_questions(exported, tmp_path):
+    model_dir, images = exported
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join([
+        json.dumps({"question_id": 1, "image": "scene.jpg", "text": "What shape is there?"}),
+        json.dumps({"question_id": 2, "image": "broken.jpg", "text": "And here?"}),
+        json.dumps({"question_id": 3, "text": "No image at all?"}),
+        "{not json",
+    ]) + "\n")
+    out = tmp_path / "answers.jsonl"
+    counts = predict([str(model_dir), "--input", str(questions), "--output", str(out), "--image-folder", str(images),
+                      "--max-new-tokens", "6", "--batch-size", "2"])
+    assert counts == {"answered": 2, "errors": 2}
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["question_id"] for line in lines] == ["1", "3", "line 4", "2"]
+    assert all(isinstance(line["text"], str) for line in lines[:2]) and lines[3]["error"].startswith("image:")
+
+
+def test_chat_through_stdin(exported):
+    model_dir, images = exported
+    script = "\n".join([f"/image {images / 'missing.jpg'}", f"/image {images / 'broken.jpg'}", f"/image {images / 'scene.jpg'}",
+                        "What shape is in the first cell?", "And the colour?", "/reset", "Hello", "/quit", "never read"]) + "\n"
+    done = subprocess.run([sys.executable, "-m", "lmm.chat", str(model_dir), "--max-new-tokens", "5"], input=script,
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert out.count("cannot use image") == 2 and "still using the previous one" in out  # the chat went on
+    assert f"image {images / 'scene.jpg'} loaded" in out
+    assert out.count("ASSISTANT:") == 3 and "conversation reset" in out
