@@ -13,7 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lmm
 from lmm.checkpoint import is_complete
+from lmm.export import export
+from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,3 +63,9 @@ def test_sigkill_and_rerun_equals_uninterrupted(data_root, tmp_path):
     # A third run of the same command reports the finished run and does nothing.
     done = subprocess.run(command(data_root, runs, "killed"), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "already finished" in done.stdout
+
+    # The run directory is usable as it is: loaded without Hydra, and exported (its saved config).
+    model, _ = lmm.load_pretrained(directory)
+    assert all(torch.equal(model.state_dict()[k], b[k]) for k in b)
+    exported = export(compose_config(["task=export", f"ckpt='{directory}'", "export.format=hf"], data_root))
+    assert (exported / "config.json").exists() and (exported / "model.safetensors").exists()

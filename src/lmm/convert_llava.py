@@ -1,0 +1,153 @@
+"""Import an official LLaVA-1.5 checkpoint (haotian-liu/LLaVA's format) as an lmm directory.
+
+    python -m lmm.convert_llava PATH [--out DIR] [--vision-tower DIR_OR_ID] [--base-llm DIR_OR_ID]
+
+PATH holds `config.json` (model_type `llava_llama`: the LLM's Llama fields plus `mm_projector_type`,
+`mm_vision_tower`, `mm_vision_select_layer`, `mm_vision_select_feature`, `mm_hidden_size`,
+`image_aspect_ratio`), the weights (`*.safetensors` or `pytorch_model*.bin`; LLM + `model.mm_projector.*`)
+and the tokenizer. A pretrain-only run has `mm_projector.bin` and no LLM weights: the LLM then
+comes from `--base-llm` (default: the config's `_name_or_path`). The vision tower is never in
+these checkpoints; it is read from `--vision-tower` (default: `mm_vision_tower`), locally — lmm
+never downloads. The result loads with `lmm.load_pretrained(DIR)` and is scored with
+`python run.py task=eval ckpt=DIR eval=llava15`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_model
+
+from lmm.export import LMM_CONFIG, LMM_FORMAT_VERSION, LMM_WEIGHTS
+from lmm.weights import resolve_weights
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+TOWERS = {"clip_vision_model": "lmm.model.vision.CLIPVisionTower", "siglip_vision_model": "lmm.model.vision.SiglipVisionTower"}
+ASPECTS = {"pad": "pad", "square": "resize", "resize": "resize", None: "crop"}  # LLaVA's image_aspect_ratio -> lmm's
+
+
+class ConversionError(ValueError):
+    """A checkpoint this converter does not understand; the message says what it found."""
+
+
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor in the checkpoint's weight files (safetensors preferred)."""
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin")) or sorted(path.glob("mm_projector.bin"))
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state |= load_file(str(file)) if file.suffix == ".safetensors" else torch.load(file, map_location="cpu", weights_only=True)
+    return state
+
+
+def connector_config(config: dict, state: dict, llm_dim: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """lmm's connector config and weights for `mm_projector_type` (linear or mlpNx_gelu)."""
+    kind = config.get("mm_projector_type", "linear")
+    projector = {k.split("mm_projector.", 1)[1]: v for k, v in state.items() if "mm_projector." in k}
+    if not projector:
+        raise ConversionError("no mm_projector weights in the checkpoint (looked for keys containing 'mm_projector.')")
+    if kind == "linear":
+        return {"_target_": "lmm.model.connectors.LinearConnector"}, {f"connector.proj.{k}": v for k, v in projector.items()}
+    match = re.fullmatch(r"mlp(\d+)x_gelu", kind)
+    if not match:
+        raise ConversionError(f"mm_projector_type={kind!r} is not one lmm imports (linear, mlpNx_gelu)")
+    return ({"_target_": "lmm.model.connectors.MLPConnector", "depth": int(match.group(1)), "activation": "gelu"},
+            {f"connector.mlp.{k}": v for k, v in projector.items()})
+
+
+def vision_config(config: dict, tower: Path) -> dict:
+    tower_config = json.loads((tower / "config.json").read_text())
+    tower_config = tower_config.get("vision_config", tower_config) | {"model_type": tower_config.get("model_type", "")}
+    model_type = tower_config["model_type"]
+    model_type = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}.get(model_type, model_type)
+    if model_type not in TOWERS:
+        raise ConversionError(f"vision tower {tower} is a {model_type!r}; lmm imports CLIP and SigLIP towers")
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
+            "projection_dim", "hidden_act", "layer_norm_eps", "num_channels")
+    processor = tower / "preprocessor_config.json"
+    stats = json.loads(processor.read_text()) if processor.exists() else {}
+    return {
+        "_target_": TOWERS[model_type],
+        "arch": {k: tower_config[k] for k in keys if k in tower_config},
+        "pretrained": None,
+        "select_layer": int(config.get("mm_vision_select_layer", -2)),
+        "select_feature": "cls_patch" if config.get("mm_vision_select_feature") == "cls_patch" else "patch",
+        "image_aspect": ASPECTS.get(config.get("image_aspect_ratio"), "pad"),
+        "mean": stats.get("image_mean", CLIP_MEAN),
+        "std": stats.get("image_std", CLIP_STD),
+    }
+
+
+def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: str | None = None) -> Path:
+    from lmm.model.language import build_language_model
+    from lmm.train.train import build_run
+
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ConversionError(f"{path} has no config.json; is it a LLaVA checkpoint directory?")
+    config = json.loads(config_file.read_text())
+    if config.get("model_type") not in ("llava_llama", "llava") or "mm_vision_tower" not in config:
+        raise ConversionError(f"{config_file}: model_type={config.get('model_type')!r} is not an official LLaVA checkpoint "
+                              "(expected llava_llama with mm_vision_tower); for HF's llava-hf format use transformers directly")
+    state = read_state(path)
+    tower = resolve_weights(vision_tower or config["mm_vision_tower"], "vision weights")
+    llm_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta", "tie_word_embeddings")
+    llm_state = {k: v for k, v in state.items() if "mm_projector" not in k and "vision_tower" not in k}
+    pretrain_only = not llm_state
+    if pretrain_only:  # a stage-1 run: the LLM is the base model it was trained on
+        base = resolve_weights(base_llm or config.get("_name_or_path", ""), "LLM weights")
+        llm = build_language_model({"model_type": "llama", **{k: config[k] for k in llm_keys if k in config}}, pretrained=str(base))
+        llm_state = {k: v for k, v in llm.state_dict().items()}
+    connector, connector_state = connector_config(config, state, config["hidden_size"])
+    cfg = OmegaConf.create({
+        "vision": vision_config(config, Path(tower)),
+        "connector": connector,
+        "llm": {
+            "model": {"_target_": "lmm.model.language.build_language_model", "pretrained": None, "dtype": "float32",
+                      "trust_remote_code": False, "arch": {"model_type": "llama", **{k: config[k] for k in llm_keys if k in config}}},
+            "tokenizer": str(path), "template": "vicuna_v1" if not pretrain_only else "plain", "decoder_layer": "LlamaDecoderLayer",
+        },
+        "stage": {"template": "plain" if pretrain_only else "vicuna_v1"},
+        "data": {"max_length": int(config.get("tokenizer_model_max_length", config.get("max_position_embeddings", 2048)))},
+    })
+    model, processor = build_run(cfg, load_weights=False)
+    from lmm.model.vision import HFVisionTower  # noqa: F401  (the tower class builds from arch; weights next)
+
+    tower_model = type(model.vision.model).from_pretrained(str(tower))
+    weights = {f"vision.model.{k}": v for k, v in tower_model.state_dict().items()}
+    weights |= connector_state
+    weights |= {f"llm.{k}": v for k, v in llm_state.items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ConversionError(f"weights do not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.llm.tokenizer = "tokenizer"
+    cfg.format_version = LMM_FORMAT_VERSION
+    OmegaConf.save(cfg, out / LMM_CONFIG)
+    save_model(model, str(out / LMM_WEIGHTS))
+    processor.tokenizer.save_pretrained(str(out / "tokenizer"))
+    print(f"[lmm] {path} ({config.get('mm_projector_type', 'linear')}, {'pretrain only' if pretrain_only else 'full'}) -> {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--vision-tower")
+    parser.add_argument("--base-llm")
+    args = parser.parse_args(argv)
+    try:
+        convert(args.path, args.out or args.path.with_name(args.path.name + "-lmm"), args.vision_tower, args.base_llm)
+    except (ConversionError, FileNotFoundError) as e:
+        raise SystemExit(f"[lmm] cannot convert {args.path}: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

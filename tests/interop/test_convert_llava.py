@@ -1,0 +1,59 @@
+"""Official LLaVA-1.5 checkpoints (schema-exact tiny ones built here) import into lmm exactly."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import lmm
+from lmm.convert_llava import main as convert_main
+from lmm.train.train import build_run
+from tests.conftest import compose_config
+
+
+def llava_checkpoint(model, data_root, root, pretrain_only=False):
+    """The layout haotian-liu/LLaVA writes: config.json (llava_llama), weights, tokenizer; the tower apart."""
+    tower = root / "clip-tower"
+    model.vision.model.save_pretrained(tower)
+    ckpt = root / ("llava-pretrain" if pretrain_only else "llava-v1.5-tiny")
+    ckpt.mkdir()
+    config = model.llm.config.to_dict() | {
+        "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"], "mm_projector_type": "mlp2x_gelu",
+        "mm_vision_tower": str(tower), "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
+        "mm_hidden_size": model.vision.hidden_size, "image_aspect_ratio": "pad", "mm_use_im_start_end": False,
+        "tokenizer_model_max_length": 512,
+    }
+    projector = {f"model.mm_projector.{k}": v.clone() for k, v in model.connector.mlp.state_dict().items()}
+    if pretrain_only:
+        base = root / "vicuna-base"
+        model.llm.save_pretrained(base)
+        config["_name_or_path"] = str(base)
+        torch.save(projector, ckpt / "mm_projector.bin")
+    else:
+        torch.save({**{k: v.clone() for k, v in model.llm.state_dict().items()}, **projector}, ckpt / "pytorch_model.bin")
+    (ckpt / "config.json").write_text(json.dumps(config))
+    for file in (data_root / "synthetic" / "tokenizer").iterdir():
+        shutil.copy(file, ckpt / file.name)
+    return ckpt
+
+
+@pytest.mark.parametrize("pretrain_only", [False, True])
+def test_import_reproduces_the_model(data_root, tmp_path, pretrain_only):
+    cfg = compose_config([], data_root)
+    torch.manual_seed(3)
+    model, processor = build_run(cfg)
+    ckpt = llava_checkpoint(model.eval(), data_root, tmp_path, pretrain_only)
+    convert_main([str(ckpt), "--out", str(tmp_path / "imported")])
+    loaded, loaded_processor = lmm.load_pretrained(tmp_path / "imported")
+    assert loaded_processor.template == ("plain" if pretrain_only else "vicuna_v1")
+    ids = torch.tensor([[1, *[4] * model.num_image_tokens, 20, 21, 22]])
+    pixels = torch.randn(1, 3, model.vision.image_size, model.vision.image_size)
+    with torch.no_grad():
+        assert torch.equal(model(ids, torch.ones_like(ids), pixels).logits, loaded(ids, torch.ones_like(ids), pixels).logits)
+
+
+def test_unknown_architecture_is_refused_in_one_line(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral", "hidden_size": 8}))
+    with pytest.raises(SystemExit, match="model_type='mistral' is not an official LLaVA checkpoint"):
+        convert_main([str(tmp_path)])
