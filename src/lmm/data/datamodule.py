@@ -51,6 +51,7 @@ class LMMDataModule(L.LightningDataModule):
         max_skip_rate: float = 0.01,
         skip_check_after: int = 1000,
         allow_pipe_urls: bool = False,
+        packing: bool = False,
         seed: int = 0,
         generate_if_missing: bool = False,
     ):
@@ -62,6 +63,7 @@ class LMMDataModule(L.LightningDataModule):
         self.shuffle_buffer, self.seed, self.generate_if_missing = shuffle_buffer, seed, generate_if_missing
         self.group_size = length_group_size if group_by_modality_length else 1
         self.max_skip_rate, self.skip_check_after, self.allow_pipe_urls = max_skip_rate, skip_check_after, allow_pipe_urls
+        self.packing = packing
         self.processor: SampleProcessor | None = None
 
     def ensure_data(self) -> None:
@@ -103,7 +105,8 @@ class LMMDataModule(L.LightningDataModule):
         # Batches already trained on (a resumed run) are skipped, not replayed.
         consumed = self.trainer.global_step * self.trainer.accumulate_grad_batches if self.trainer else 0
         stream = TrainingStream(
-            self.mixture(), self._processor(), Collator(self.pad_token_id), self.batch_size, self.seed,
+            self.mixture(), self._processor(), Collator(self.pad_token_id, pack_length=self.max_length if self.packing else None),
+            self.batch_size, self.seed,
             self.shuffle_buffer, self.group_size, resume_batches=consumed,
         )
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)

@@ -94,7 +94,9 @@ class LMM(nn.Module):
     ):
         """Returns the HF CausalLMOutput; `.loss` is the mean over label tokens (−100 ignored)."""
         embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask)
-        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, position_ids=position_ids)
+        # No KV cache in a training forward: transformers then reads packed rows (attention_mask=None,
+        # position ids restarting per sample) as block-diagonal causal attention.
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, position_ids=position_ids, use_cache=False)
 
     @torch.no_grad()
     def generate(

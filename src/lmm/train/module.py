@@ -99,9 +99,11 @@ class LMMModule(L.LightningModule):
         return self
 
     def forward(self, batch: dict):
+        packed = batch.get("position_ids") is not None  # attention follows the restarting position ids
         return self.model(
             input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
+            attention_mask=None if packed else batch["attention_mask"],
+            position_ids=batch.get("position_ids"),
             pixel_values=batch["pixel_values"],
             labels=batch["labels"],
             instruction_ids=batch.get("instruction_ids"),
@@ -133,10 +135,10 @@ class LMMModule(L.LightningModule):
         if not batch["input_ids"].shape[0]:
             return None  # every sample of this batch was skipped: no step
         loss = self(batch).loss
-        row_lengths = batch["attention_mask"].sum(dim=1).tolist()
+        lengths = batch.get("sample_lengths") or batch["attention_mask"].sum(dim=1).tolist()  # attention is per sample
         images = 0 if batch["pixel_values"] is None else batch["pixel_values"].shape[0]
         # Counted here, not at batch end: a checkpoint written at this step's end must include it.
-        self._step_work = (batch["input_ids"].shape[0], sum(row_lengths), self.flop_counter.step_flops(row_lengths, images))
+        self._step_work = (len(lengths), sum(lengths), self.flop_counter.step_flops(lengths, images))
         for key, value in zip(("samples", "tokens", "flops"), self._step_work):
             self.totals[key] += value
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])

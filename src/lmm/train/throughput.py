@@ -94,15 +94,16 @@ class FlopCounter:
         total, trainable = params
         return tokens * (2 * total + (2 * total if upstream_trains or trainable else 0) + 2 * trainable)
 
-    def step_flops(self, row_lengths: list[int], images: int) -> float:
-        """Model FLOPs of one training step: `row_lengths` non-pad tokens per row, `images` images."""
+    def step_flops(self, sample_lengths: list[int], images: int) -> float:
+        """Model FLOPs of one training step: `sample_lengths` tokens per sample (attention is within a
+        sample, packed or not), `images` images."""
         vision_params, vision_trainable = self.vision
         patch_tokens = images * self.patches
         vision = patch_tokens * (2 * vision_params + 4 * vision_trainable)
         upstream = vision_trainable > 0
         connector = self._component(patch_tokens, self.connector, upstream)
         upstream = upstream or self.connector[1] > 0
-        llm = self._component(sum(row_lengths), self.llm, upstream)
+        llm = self._component(sum(sample_lengths), self.llm, upstream)
         gradients_flow = upstream or self.llm[1] > 0
-        attention = sum(4 * self.llm_layers * self.llm_width * n * n for n in row_lengths)  # forward QKᵀ and AV
+        attention = sum(4 * self.llm_layers * self.llm_width * n * n for n in sample_lengths)  # forward QKᵀ and AV
         return float(vision + connector + llm + attention * (3 if gradients_flow else 1))  # no weights: 2× backward
