@@ -34,10 +34,11 @@ def _dtype(name: str, option: str) -> torch.dtype:
 class FSDP2Strategy(ModelParallelStrategy):
     """ModelParallelStrategy (data parallel only) whose module is sharded by `shard()`."""
 
-    def __init__(self, param_dtype: str = "bfloat16", reduce_dtype: str = "float32", reshard_after_forward: bool = True, **kwargs):
+    def __init__(self, param_dtype: str = "bfloat16", reduce_dtype: str = "float32", reshard_after_forward: bool = True,
+                 compile_layers: bool = False, **kwargs):
         super().__init__(data_parallel_size="auto", tensor_parallel_size="auto", save_distributed_checkpoint=True, **kwargs)
         self.param_dtype, self.reduce_dtype = _dtype(param_dtype, "param_dtype"), _dtype(reduce_dtype, "reduce_dtype")
-        self.reshard_after_forward = reshard_after_forward
+        self.reshard_after_forward, self.compile_layers = reshard_after_forward, compile_layers
 
     def setup_environment(self) -> None:
         # Pure data parallelism over every process (Lightning's "auto" would make the devices of
@@ -55,6 +56,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         for block in model.vision.blocks():
             fully_shard(block, **options)
         for layer in decoder_layers(model.llm):
+            if self.compile_layers:  # torch.compile per decoder layer (the layers share one graph)
+                layer.compile()
             fully_shard(layer, **options)
         fully_shard(model.connector, **options)
         fully_shard(model, **options)

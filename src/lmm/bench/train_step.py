@@ -1,0 +1,118 @@
+"""Benchmark: tokens/s of lmm's training step (the LightningModule under a Lightning Trainer)
+against a bare PyTorch loop over transformers' LlavaForConditionalGeneration, with an identical
+model (lmm's exported to HF Llava: same weights), identical batches and the same AdamW.
+
+    python -m lmm.bench.train_step [--steps 30] [--repeats 3]      (also: make bench-train-step)
+
+Model: the tiny CLIP-style tower + mlp2x_gelu + llm=small (3.7M), fp32, finetune stage (connector +
+LLM train, tower frozen), batches of 16 synthetic training samples. The first 5 steps of each
+run are warm-up and not timed. Goal ≥ 1.0×: the framework adds no tax.
+Writes experiments/bench/train_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+
+from lmm.bench import machine, save_result
+from lmm.config import register_resolvers
+from lmm.export import save_hf
+from lmm.train.module import LMMModule
+from lmm.train.train import build_run
+
+CONF = Path(__file__).resolve().parents[3] / "conf"
+WARMUP = 5
+
+
+class StepTimer(L.Callback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, *args):
+        self.times.append(time.perf_counter())
+
+
+def lmm_tokens_per_s(model, batches: list[dict], steps: int) -> float:
+    module = LMMModule(model, train={"connector": True, "llm": True}, lr=1e-4, warmup_ratio=0.0)
+    timer = StepTimer()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0)
+    trainer.fit(module, DataLoader(batches, batch_size=None))
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[WARMUP:steps])
+    return tokens / (timer.times[steps - 1] - timer.times[WARMUP - 1])
+
+
+def bare_tokens_per_s(hf, batches: list[dict], steps: int) -> float:
+    hf.train()
+    hf.model.vision_tower.requires_grad_(False)
+    hf.model.vision_tower.eval()
+    optimizer = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-4)
+    marks = []
+    for batch in batches[:steps]:
+        loss = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
+                  labels=batch["labels"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        marks.append(time.perf_counter())
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[WARMUP:steps])
+    return tokens / (marks[steps - 1] - marks[WARMUP - 1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="experiments/bench/train_step.json")
+    args = parser.parse_args(argv)
+    from transformers import LlavaForConditionalGeneration
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["llm=small", "run_dir=/tmp/lmm-bench-train-step"])
+    data = instantiate(cfg.data, seed=0, num_workers=0)
+    data.ensure_data()
+    torch.manual_seed(0)
+    model, processor = build_run(cfg)
+    data.attach(processor, processor.tokenizer.pad_token_id)
+    stream = iter(data.train_dataloader())
+    batches = [next(stream) for _ in range(args.steps)]
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_hf(model, processor, cfg, Path(tmp) / "hf")
+        hf_path = Path(tmp) / "hf"
+        rates = {"lmm": [], "bare": []}
+        for _ in range(args.repeats):  # interleaved, from the same starting weights each time
+            model.load_state_dict(initial)
+            rates["lmm"].append(lmm_tokens_per_s(model, batches, args.steps))
+            rates["bare"].append(bare_tokens_per_s(LlavaForConditionalGeneration.from_pretrained(hf_path), batches, args.steps))
+    ratios = [a / b for a, b in zip(rates["lmm"], rates["bare"])]
+    result = {
+        "benchmark": "train_step",
+        "lmm_tokens_per_s": round(statistics.median(rates["lmm"]), 1),
+        "bare_llava_tokens_per_s": round(statistics.median(rates["bare"]), 1),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratios_per_repeat": [round(r, 3) for r in ratios],
+        "steps_timed": args.steps - WARMUP,
+        "model": "vision=tiny + connector=mlp + llm=small (random init), fp32, batch 16, AdamW",
+        "machine": machine(),
+        "command": "python -m lmm.bench.train_step " + " ".join(argv or []),
+    }
+    print(f"lmm (Lightning)        {result['lmm_tokens_per_s']:9.1f} tokens/s")
+    print(f"bare loop over HF Llava {result['bare_llava_tokens_per_s']:9.1f} tokens/s")
+    print(f"ratio {result['ratio']:.3f}x (median of {args.repeats}; per repeat {result['ratios_per_repeat']})")
+    return save_result(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
