@@ -68,3 +68,16 @@ def test_unknown_slurm_option_fails_before_submitting(slurm, data_root, tmp_path
                            *common(data_root, tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "partitionn" in done.stderr
     assert cluster.sh("squeue", "-h").stdout.strip() == ""
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_the_same_sweep(data_root, tmp_path):
+    """hydra/launcher=local: the sweep's runs as local submitit processes, side by side, same run directories."""
+    runs = tmp_path / "runs"
+    overrides = [f"paths.data={data_root}", f"paths.runs={runs}", "trainer.max_steps=4", "eval.benchmarks.synthetic.limit=8",
+                 "data.num_workers=0", "trainer.enable_progress_bar=false"]
+    done = subprocess.run([sys.executable, "run.py", "-m", "hydra/launcher=local", "connector=linear,mlp", *overrides],
+                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    finished = sorted(p.parent.name for p in runs.glob("default/*/results.json"))
+    assert len(finished) == 2 and any("connector=linear" in n for n in finished) and any("connector=mlp" in n for n in finished)

@@ -8,7 +8,7 @@ import torch
 
 import lmm
 from lmm.convert_llava import main as convert_main
-from lmm.train.train import build_run
+from lmm.train.train import build_run, evaluate_run
 from tests.conftest import compose_config
 
 
@@ -51,6 +51,11 @@ def test_import_reproduces_the_model(data_root, tmp_path, pretrain_only):
     pixels = torch.randn(1, 3, model.vision.image_size, model.vision.image_size)
     with torch.no_grad():
         assert torch.equal(model(ids, torch.ones_like(ids), pixels).logits, loaded(ids, torch.ones_like(ids), pixels).logits)
+    if not pretrain_only:  # the imported model is scored in lmm's harness as it is
+        eval_cfg = compose_config(["task=eval", f"ckpt={tmp_path / 'imported'}", "eval.benchmarks.synthetic.limit=8"], data_root,
+                                  tmp_path / "scores")
+        (tmp_path / "scores").mkdir()
+        assert "synthetic/vqa/exact_match" in evaluate_run(eval_cfg)["metrics"]
 
 
 def test_unknown_architecture_is_refused_in_one_line(tmp_path, capsys):

@@ -43,3 +43,14 @@ def test_indivisible_global_batch_fails_in_preflight(data_root):
     cfg = compose_config(["stage.global_batch_size=100", "data.batch_size=16"], data_root)
     with pytest.raises(ValueError, match="global_batch_size=100 is not a multiple"):
         preflight(cfg)
+
+
+def test_slurm_tasks_must_match_the_devices(monkeypatch):
+    from lmm.train.slurm import check_slurm_tasks
+
+    for key, value in {"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "n1", "SLURM_PROCID": "0",
+                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS_PER_NODE": "4"}.items():
+        monkeypatch.setenv(key, value)
+    check_slurm_tasks(compose_config(["trainer.devices=4"]).trainer)
+    with pytest.raises(ValueError, match="SLURM started 4 task.* trainer.devices × trainer.num_nodes = 2"):
+        check_slurm_tasks(compose_config(["trainer.devices=2"]).trainer)

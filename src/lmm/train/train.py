@@ -218,12 +218,18 @@ def final_model(cfg: DictConfig, module: LMMModule, trainer: L.Trainer, path: Pa
 
 
 def evaluate_run(cfg: DictConfig) -> dict:
-    """task=eval: score a finished run (`ckpt=RUN_DIR`) with the configured benchmark."""
+    """task=eval: score a finished run (`ckpt=RUN_DIR`), or an lmm directory (export.format=lmm,
+    lmm.convert_llava), with the configured benchmarks."""
+    from lmm.export import LMM_CONFIG, load_pretrained
+
     if not cfg.get("ckpt"):
-        raise ValueError("task=eval needs ckpt=RUN_DIR (a run directory holding final.safetensors)")
+        raise ValueError("task=eval needs ckpt=RUN_DIR (a run directory holding final.safetensors) or an lmm directory")
     run_dir = Path(cfg.ckpt)
-    model, processor = build_run(cfg)
-    init_from(model, str(run_dir), ["vision", "connector", "llm"])
+    if (run_dir / LMM_CONFIG).exists():  # self-describing: its own model config, not this command's
+        model, processor = load_pretrained(run_dir)
+    else:
+        model, processor = build_run(cfg)
+        init_from(model, str(run_dir), ["vision", "connector", "llm"])
     trained = run_dir / RESULTS  # keep the training cost with the new scores
     cost = json.loads(trained.read_text()).get("cost") if trained.exists() else None
     return evaluate(cfg, model, processor, Path(cfg.run_dir), cost=cost)
