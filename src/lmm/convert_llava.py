@@ -45,7 +45,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def connector_config(config: dict, state: dict, llm_dim: int) -> tuple[dict, dict[str, torch.Tensor]]:
+def connector_config(config: dict, state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
     """lmm's connector config and weights for `mm_projector_type` (linear or mlpNx_gelu)."""
     kind = config.get("mm_projector_type", "linear")
     projector = {k.split("mm_projector.", 1)[1]: v for k, v in state.items() if "mm_projector." in k}
@@ -103,8 +103,8 @@ def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: st
     if pretrain_only:  # a stage-1 run: the LLM is the base model it was trained on
         base = resolve_weights(base_llm or config.get("_name_or_path", ""), "LLM weights")
         llm = build_language_model({"model_type": "llama", **{k: config[k] for k in llm_keys if k in config}}, pretrained=str(base))
-        llm_state = {k: v for k, v in llm.state_dict().items()}
-    connector, connector_state = connector_config(config, state, config["hidden_size"])
+        llm_state = llm.state_dict()
+    connector, connector_state = connector_config(config, state)
     cfg = OmegaConf.create({
         "vision": vision_config(config, Path(tower)),
         "connector": connector,
@@ -117,8 +117,6 @@ def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: st
         "data": {"max_length": int(config.get("tokenizer_model_max_length", config.get("max_position_embeddings", 2048)))},
     })
     model, processor = build_run(cfg, load_weights=False)
-    from lmm.model.vision import HFVisionTower  # noqa: F401  (the tower class builds from arch; weights next)
-
     tower_model = type(model.vision.model).from_pretrained(str(tower))
     weights = {f"vision.model.{k}": v for k, v in tower_model.state_dict().items()}
     weights |= connector_state

@@ -43,13 +43,10 @@ def run_config(run_dir: Path, fallback: DictConfig) -> DictConfig:
     return cfg
 
 
-def load_run(cfg: DictConfig, run_dir: Path):
-    """The trained model and its processor from RUN_DIR/final.safetensors."""
-    from lmm.train.train import FINAL_WEIGHTS, build_run
+def build_with_weights(cfg: DictConfig, weights: Path):
+    """The configured model (no pretrained weights read) with `weights` loaded, and its processor."""
+    from lmm.train.train import build_run
 
-    weights = run_dir / FINAL_WEIGHTS
-    if not weights.exists():
-        raise FileNotFoundError(f"no {FINAL_WEIGHTS} in {run_dir}: export needs a finished run")
     model, processor = build_run(cfg, load_weights=False)
     model.load_state_dict(load_file(str(weights)))
     return model.eval(), processor
@@ -74,7 +71,7 @@ def save_lmm(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
     """(model, processor) from an `export.format=lmm` directory or a finished run directory; no Hydra app needed."""
     from lmm.config import register_resolvers
-    from lmm.train.train import FINAL_WEIGHTS, build_run
+    from lmm.train.train import FINAL_WEIGHTS
 
     path = Path(path)
     if (path / LMM_CONFIG).exists():
@@ -88,9 +85,8 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
     else:
         raise FileNotFoundError(f"{path} is neither an lmm export ({LMM_CONFIG} + {LMM_WEIGHTS}) nor a finished run "
                                 f"(.hydra/config.yaml + {FINAL_WEIGHTS})")
-    model, processor = build_run(cfg, load_weights=False)
-    model.load_state_dict(load_file(str(weights)))
-    return model.to(device).eval(), processor
+    model, processor = build_with_weights(cfg, weights)
+    return model.to(device), processor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,8 +212,13 @@ def export(cfg: DictConfig) -> Path:
     fmt = cfg.export.format
     if fmt not in ("hf", "lmm"):
         raise ValueError(f"export.format={fmt!r} is not one of ['hf', 'lmm']")
+    from lmm.train.train import FINAL_WEIGHTS
+
+    weights = run_dir / FINAL_WEIGHTS
+    if not weights.exists():
+        raise FileNotFoundError(f"no {FINAL_WEIGHTS} in {run_dir}: export needs a finished run")
     run_cfg = run_config(run_dir, cfg)
-    model, processor = load_run(run_cfg, run_dir)
+    model, processor = build_with_weights(run_cfg, weights)
     out = Path(cfg.export.out or run_dir / f"export_{fmt}")
     if out.exists():
         shutil.rmtree(out)

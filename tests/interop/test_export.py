@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 
 import lmm
-from lmm.export import ExportError, load_run, save_hf, save_lmm
+from lmm.export import ExportError, save_hf, save_lmm
 from lmm.train.train import build_run
 from tests.conftest import compose_config
 

@@ -26,9 +26,8 @@ class Collator:
 
     def __call__(self, items: list[Example | Skip]) -> dict:
         examples = [x for x in items if isinstance(x, Example)]
-        skipped = Counter(x.kind for x in items if isinstance(x, Skip))
         if self.pack_length:
-            return self._packed(items, examples, skipped)
+            return self._packed(items, examples)
         length = max((len(x.input_ids) for x in examples), default=0)
         ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
@@ -39,14 +38,17 @@ class Collator:
             ids[row, cols] = torch.tensor(x.input_ids)
             labels[row, cols] = torch.tensor(x.labels)
             mask[row, cols] = 1
+        return self._batch(items, examples, input_ids=ids, attention_mask=mask, labels=labels)  # [B, T] each
+
+    def _batch(self, items: list[Example | Skip], examples: list[Example], **tensors: torch.Tensor) -> dict:
+        """The token tensors plus what every batch carries: images in the order of their
+        placeholders, per-sample meta and lengths, and the skip counts."""
         with_image = [x for x in examples if x.pixels is not None]
         batch = {
-            "input_ids": ids,  # [B, T]
-            "attention_mask": mask,  # [B, T]
-            "labels": labels,  # [B, T]
+            **tensors,
             "pixel_values": torch.stack([x.pixels for x in with_image]) if with_image else None,  # [I, 3, S, S]
             "meta": [x.meta for x in examples],
-            "skipped": dict(skipped),
+            "skipped": dict(Counter(x.kind for x in items if isinstance(x, Skip))),
             "skip_details": [f"{x.key}: {x.reason}" for x in items if isinstance(x, Skip)],
             "seen": len(items),
             "truncated": sum(1 for x in examples if x.meta.get("truncated_turns")),
@@ -56,7 +58,7 @@ class Collator:
             batch.update(self._instructions([x.instruction for x in with_image]))
         return batch
 
-    def _packed(self, items: list[Example | Skip], examples: list[Example], skipped: Counter) -> dict:
+    def _packed(self, items: list[Example | Skip], examples: list[Example]) -> dict:
         """Several samples per row (first-fit decreasing into rows of pack_length tokens):
         position ids restart at each sample, whose first label is ignored so no prediction
         crosses a boundary; images follow the order of their placeholders (row-major). The
@@ -89,19 +91,8 @@ class Collator:
                 positions[r, start : start + n] = torch.arange(n)
                 start += n
             positions[r, start:] = torch.arange(length - start)  # padding: a block of its own
-        ordered = [x for row in rows for x in row]
-        with_image = [x for x in ordered if x.pixels is not None]
-        batch = {
-            "input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": positions,
-            "pixel_values": torch.stack([x.pixels for x in with_image]) if with_image else None,
-            "meta": [x.meta for x in ordered], "skipped": dict(skipped),
-            "skip_details": [f"{x.key}: {x.reason}" for x in items if isinstance(x, Skip)],
-            "seen": len(items), "truncated": sum(1 for x in examples if x.meta.get("truncated_turns")),
-            "sample_lengths": [len(x.input_ids) for x in ordered],
-        }
-        if with_image and with_image[0].instruction is not None:
-            batch.update(self._instructions([x.instruction for x in with_image]))
-        return batch
+        ordered = [x for row in rows for x in row]  # row-major: the order of the image placeholders
+        return self._batch(items, ordered, input_ids=ids, attention_mask=mask, labels=labels, position_ids=positions)
 
     def _instructions(self, instructions: list[list[int]]) -> dict:
         """Right-padded question ids per image: instruction_ids, instruction_mask [I, L]."""

@@ -81,6 +81,7 @@ class LMMModule(L.LightningModule):
         self.totals = {"samples": 0, "tokens": 0, "flops": 0.0, "train_wall_s": 0.0}
         self._step_work: tuple[int, int, float] | None = None  # samples, tokens, FLOPs of the step in flight
         self._last_step_end: float | None = None
+        self._peak_flops: float | None = None  # the device's bf16 peak, known once training starts
 
     def configure_model(self) -> None:
         """Under strategy=fsdp, shard the model (Lightning calls this inside the strategy's context)."""
@@ -150,6 +151,7 @@ class LMMModule(L.LightningModule):
         return loss
 
     def on_train_start(self) -> None:
+        self._peak_flops = peak_flops(self.device, self.trainer.precision)
         self._last_step_end = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
@@ -165,9 +167,8 @@ class LMMModule(L.LightningModule):
         self.log("train/tokens_per_s", ranks * tokens / seconds, batch_size=1)
         self.log("train/samples_per_s", ranks * samples / seconds, batch_size=1)
         self.log("train/tflops_per_step", ranks * flops / 1e12, batch_size=1)
-        peak = peak_flops(self.device, self.trainer.precision)
-        if peak:
-            self.log("train/mfu", flops / seconds / peak, batch_size=1)
+        if self._peak_flops:
+            self.log("train/mfu", flops / seconds / self._peak_flops, batch_size=1)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lmm_totals"] = dict(self.totals)
@@ -180,8 +181,7 @@ class LMMModule(L.LightningModule):
         summed = {key: float(self.trainer.strategy.reduce(torch.tensor(float(value)), reduce_op="sum"))
                   for key, value in self.totals.items() if key != "train_wall_s"}
         memory, memory_kind = peak_memory_bytes(self.device)
-        wall = self.totals["train_wall_s"]
-        peak = peak_flops(self.device, self.trainer.precision)
+        wall, peak = self.totals["train_wall_s"], self._peak_flops
         return {
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),

@@ -102,7 +102,13 @@ def command_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def new_results(cfg: DictConfig, cost: dict | None) -> dict:
+    """results.json's layout: the run, its training cost, then per-benchmark and flat metrics."""
+    return {"name": cfg.name, "overrides": command_overrides(), "cost": cost or {}, "benchmarks": {}, "metrics": {}}
+
+
 def write_results(run_dir: Path, results: dict) -> None:
+    """results.json, written by rank 0 only."""
     if not is_main_process():
         return
     (run_dir / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
@@ -114,7 +120,7 @@ def evaluate(
 ) -> dict:
     """Run every configured benchmark; write results.json (with the training `cost`, if any) and
     predictions/<benchmark>.jsonl."""
-    results: dict = {"name": cfg.name, "overrides": command_overrides(), "cost": cost or {}, "benchmarks": {}, "metrics": {}}
+    results = new_results(cfg, cost)
     for name, benchmark_cfg in cfg.eval.benchmarks.items():
         result = instantiate(benchmark_cfg).run(model, processor, device, out_dir=run_dir / "predictions")
         results["benchmarks"][name] = result
@@ -180,9 +186,8 @@ def train(cfg: DictConfig) -> dict | None:
         print(f"[lmm] samples seen {module.seen_total}, skipped {module.skipped_total} {dict(module.skipped)}")
         print(f"[lmm] cost: {cost['tokens_seen']:,d} tokens, {cost['flops']:.3g} FLOPs, {cost['train_wall_s']:.1f} s training")
     if not evaluates:
-        results = {"name": cfg.name, "overrides": command_overrides(), "cost": cost, "benchmarks": {}, "metrics": {}}
-        if main:
-            write_results(run_dir, results)
+        results = new_results(cfg, cost)
+        write_results(run_dir, results)
         return results if main else None
     # Every rank evaluates (benchmarks split their questions across ranks); rank 0 writes.
     results = evaluate(cfg, model, processor, run_dir, device=module.device, cost=cost)
