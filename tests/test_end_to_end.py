@@ -159,3 +159,32 @@ def test_task_eval_scores_a_finished_run(pretrain_run, make_config, tmp_path):
                                    run_dir=tmp_path / "eval"))
     assert (tmp_path / "eval" / RESULTS).exists() and (tmp_path / "eval" / "predictions" / "synthetic.jsonl").exists()
     assert "synthetic/vqa/exact_match" in results["metrics"]
+
+
+@pytest.mark.slow
+def test_packed_training_follows_padded_training(make_config, tmp_path, monkeypatch):
+    """data.packing=true trains on the same samples per step with the same losses as padded
+    batches (up to float rounding), and the packed-trained model still evaluates."""
+    from lmm.train.module import LMMModule
+
+    steps: list[tuple[list[str], float, int]] = []
+    original = LMMModule.training_step
+
+    def recording(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        steps.append(([m["key"] for m in batch["meta"]], float(loss.detach()), batch["input_ids"].numel()))
+        return loss
+
+    monkeypatch.setattr(LMMModule, "training_step", recording)
+    common = ["trainer.max_steps=4", "trainer.val_check_interval=100", "eval.benchmarks.synthetic.limit=4", *FAST]
+    padded_results = train(make_config(*common, run_dir=tmp_path / "padded"))
+    padded, steps[:] = list(steps), []
+    packed_results = train(make_config(*common, "data.packing=true", run_dir=tmp_path / "packed"))
+    assert [keys for keys, _, _ in steps] == [keys for keys, _, _ in padded]
+    assert [loss for _, loss, _ in steps] == pytest.approx([loss for _, loss, _ in padded], rel=1e-4)
+    assert all(packed_cells <= padded_cells for (_, _, packed_cells), (_, _, padded_cells) in zip(steps, padded))
+    assert packed_results["cost"]["tokens_seen"] == padded_results["cost"]["tokens_seen"]
+    assert packed_results["metrics"].keys() == padded_results["metrics"].keys()
+    weights = [load_file(tmp_path / name / FINAL_WEIGHTS) for name in ("padded", "packed")]
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, atol=1e-4, rtol=1e-3)

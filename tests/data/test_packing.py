@@ -1,19 +1,18 @@
-"""Packed rows give exactly the loss and gradients of the same samples run one by one."""
+"""A packed (padding-free) batch gives exactly the loss and gradients of its samples run one by one."""
 
 import pytest
 import torch
 
-from lmm.data.collate import Collator
+from lmm.data.collate import PACKING_KEYS, Collator
 from lmm.data.conversation import IGNORE_INDEX
 from lmm.data.shards import evaluation_stream, list_shards
-from lmm.model.build import build_model
 from lmm.train.train import build_run
 from tests.conftest import compose_config
 
 
 @pytest.fixture(scope="module")
 def setup(data_root):
-    cfg = compose_config(["data.max_length=512"], data_root)
+    cfg = compose_config(["data.max_length=512", "data.packing=true"], data_root)
     torch.manual_seed(0)
     model, processor = build_run(cfg)
     stream = evaluation_stream(list_shards(data_root / "synthetic" / "train"))
@@ -23,45 +22,69 @@ def setup(data_root):
 
 def loss_and_grads(model, batch):
     model.zero_grad()
-    out = model(batch["input_ids"], None if "position_ids" in batch else batch["attention_mask"], batch["pixel_values"],
-                labels=batch["labels"], position_ids=batch.get("position_ids"))
+    packed = "position_ids" in batch
+    out = model(batch["input_ids"], None if packed else batch["attention_mask"], batch["pixel_values"],
+                labels=batch["labels"], position_ids=batch.get("position_ids"),
+                **{key: batch[key] for key in PACKING_KEYS if packed})
     out.loss.backward()
     return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_packed_batch_equals_samples_one_by_one(setup):
-    model, processor, examples = setup
-    pad = processor.tokenizer.pad_token_id
-    packed = Collator(pad, pack_length=512)(examples)
-    assert packed["input_ids"].shape[0] < len(examples)  # several samples share rows
-    assert packed["input_ids"].shape[0] * 512 >= sum(packed["sample_lengths"])
-    loss, grads = loss_and_grads(model, packed)
-    # Reference: each sample alone, weighted by its target tokens (the packed loss is the mean over all of them).
-    total, weighted, reference_grads = 0, 0.0, {}
+def one_by_one(model, pad, examples):
+    """Each sample alone, weighted by its target tokens (the packed loss is the mean over all of them)."""
+    total, weighted, grads = 0, 0.0, {}
     for example in examples:
         single = Collator(pad)([example])
         targets = int((single["labels"][:, 1:] != IGNORE_INDEX).sum())
-        single_loss, single_grads = loss_and_grads(model, single)
-        weighted += float(single_loss) * targets
+        loss, single_grads = loss_and_grads(model, single)
+        weighted += float(loss) * targets
         total += targets
         for name, grad in single_grads.items():
-            reference_grads[name] = reference_grads.get(name, 0) + grad * targets
-    assert float(loss) == pytest.approx(weighted / total, abs=1e-5)
+            grads[name] = grads.get(name, 0) + grad * targets
+    return weighted / total, {name: grad / total for name, grad in grads.items()}
+
+
+@pytest.mark.parametrize("attention", ["lmm_varlen", "sdpa"])  # per-sample SDPA, and transformers' block-diagonal mask
+def test_packed_batch_equals_samples_one_by_one(setup, attention):
+    model, processor, examples = setup
+    assert model.llm.config._attn_implementation == "lmm_varlen"  # data.packing switched it
+    pad = processor.tokenizer.pad_token_id
+    reference_loss, reference_grads = one_by_one(model, pad, examples)
+    packed = Collator(pad, packed=True)(examples)
+    model.llm.set_attn_implementation(attention)
+    try:
+        loss, grads = loss_and_grads(model, packed)
+    finally:
+        model.llm.set_attn_implementation("lmm_varlen")
+    assert float(loss) == pytest.approx(reference_loss, abs=1e-5)
+    assert grads.keys() == reference_grads.keys()
     for name, grad in grads.items():
-        assert torch.allclose(grad, reference_grads[name] / total, atol=1e-5), name
+        assert torch.allclose(grad, reference_grads[name], atol=1e-5), name
+    # The test can fail: attending across samples (a plain all-ones mask) changes the loss.
+    crossing = model(packed["input_ids"], packed["attention_mask"], packed["pixel_values"], labels=packed["labels"]).loss
+    assert abs(float(crossing.detach()) - reference_loss) > 1e-4
 
 
 def test_packing_layout(setup):
     _, processor, examples = setup
-    batch = Collator(processor.tokenizer.pad_token_id, pack_length=512)(examples)
-    for row in range(batch["input_ids"].shape[0]):
-        starts = (batch["position_ids"][row] == 0).nonzero().flatten().tolist()
-        real = int(batch["attention_mask"][row].sum())
-        for start in starts:
-            if start < real:
-                assert batch["labels"][row, start] == IGNORE_INDEX  # nothing predicts across a boundary
-    image_token = processor.image_token_id
-    images_in_order = (batch["input_ids"] == image_token).sum() // processor.image_tokens
-    assert batch["pixel_values"].shape[0] == images_in_order
-    with pytest.raises(ValueError, match="does not fit data.max_length=8"):
-        Collator(processor.tokenizer.pad_token_id, pack_length=8)(examples)
+    batch = Collator(processor.tokenizer.pad_token_id, packed=True)(examples)
+    lengths = [len(x.input_ids) for x in examples]
+    assert batch["input_ids"].shape == (1, sum(lengths))  # one row, not one pad token
+    assert batch["sample_lengths"] == lengths
+    assert batch["cu_seq_lens_q"].tolist() == [sum(lengths[:i]) for i in range(len(lengths) + 1)]
+    assert batch["max_length_q"] == max(lengths)
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert starts == batch["cu_seq_lens_q"][:-1].tolist()
+    assert (batch["labels"][0, starts] == IGNORE_INDEX).all()  # nothing predicts across a boundary
+    for x, a in zip(examples, starts):  # every sample intact, image placeholders included
+        assert batch["input_ids"][0, a : a + len(x.input_ids)].tolist() == x.input_ids
+        assert batch["labels"][0, a + 1 : a + len(x.input_ids)].tolist() == x.labels[1:]
+    images_in_order = (batch["input_ids"] == processor.image_token_id).sum() // processor.image_tokens
+    assert batch["pixel_values"].shape[0] == images_in_order == sum(x.pixels is not None for x in examples)
+
+
+def test_packing_an_all_skipped_batch_is_empty(setup):
+    from lmm.data.sample import Skip
+
+    batch = Collator(0, packed=True)([Skip("k", "image: truncated")])
+    assert batch["input_ids"].shape[0] == 0 and batch["skipped"] == {"image": 1}

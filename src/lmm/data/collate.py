@@ -1,4 +1,4 @@
-"""Collate Examples into a padded batch; Skips are dropped and counted by reason."""
+"""Collate Examples into a padded or a packed (padding-free) batch; Skips are dropped and counted by reason."""
 
 from __future__ import annotations
 
@@ -9,24 +9,27 @@ import torch
 from lmm.data.conversation import IGNORE_INDEX
 from lmm.data.sample import Example, Skip
 
+PACKING_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")  # what a packed batch adds for the attention
+
 
 class Collator:
     """list[Example | Skip] -> {input_ids, attention_mask, labels [B, T], pixel_values [I, 3, S, S], ...}.
 
-    `padding_side="left"` is for generation (new tokens follow the prompt directly).
+    `padding_side="left"` is for generation (new tokens follow the prompt directly); `packed=True`
+    concatenates the samples into one row instead of padding them (data.packing).
     `skipped` maps reason kind -> count and `seen` counts every input, so the training loop can
     log every dropped sample and stop when too many are dropped; `truncated` counts samples
     that lost trailing turns to fit max_length.
     """
 
-    def __init__(self, pad_token_id: int, padding_side: str = "right", pack_length: int | None = None):
+    def __init__(self, pad_token_id: int, padding_side: str = "right", packed: bool = False):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        self.pad_token_id, self.padding_side, self.pack_length = pad_token_id, padding_side, pack_length
+        self.pad_token_id, self.padding_side, self.packed = pad_token_id, padding_side, packed
 
     def __call__(self, items: list[Example | Skip]) -> dict:
         examples = [x for x in items if isinstance(x, Example)]
-        if self.pack_length:
+        if self.packed:
             return self._packed(items, examples)
         length = max((len(x.input_ids) for x in examples), default=0)
         ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
@@ -59,40 +62,25 @@ class Collator:
         return batch
 
     def _packed(self, items: list[Example | Skip], examples: list[Example]) -> dict:
-        """Several samples per row (first-fit decreasing into rows of pack_length tokens):
-        position ids restart at each sample, whose first label is ignored so no prediction
-        crosses a boundary; images follow the order of their placeholders (row-major). The
-        model attends within samples only (block-diagonal causal mask from the position ids)."""
-        rows: list[list[Example]] = []
-        space: list[int] = []
-        for x in sorted(examples, key=lambda x: len(x.input_ids), reverse=True):
-            n = len(x.input_ids)
-            if n > self.pack_length:
-                raise ValueError(f"a {n}-token sample does not fit data.max_length={self.pack_length}")
-            row = next((i for i, free in enumerate(space) if free >= n), None)
-            if row is None:
-                rows.append([]), space.append(self.pack_length)
-                row = len(rows) - 1
-            rows[row].append(x)
-            space[row] -= n
-        length = max((self.pack_length - free for free in space), default=0)
-        ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        positions = torch.zeros((len(rows), length), dtype=torch.long)
-        for r, row in enumerate(rows):
-            start = 0
-            for x in row:
-                n = len(x.input_ids)
-                ids[r, start : start + n] = torch.tensor(x.input_ids)
-                labels[r, start : start + n] = torch.tensor(x.labels)
-                labels[r, start] = IGNORE_INDEX
-                mask[r, start : start + n] = 1
-                positions[r, start : start + n] = torch.arange(n)
-                start += n
-            positions[r, start:] = torch.arange(length - start)  # padding: a block of its own
-        ordered = [x for row in rows for x in row]  # row-major: the order of the image placeholders
-        return self._batch(items, ordered, input_ids=ids, attention_mask=mask, labels=labels, position_ids=positions)
+        """Padding-free: the batch's samples concatenated into one row [1, Σn], no pad token at
+        all and the same samples per step as padded batches. Position ids restart at each
+        sample, whose first label is ignored so no prediction crosses a boundary; `cu_seq_lens`
+        (sample offsets) let the attention stay within samples at the cost of each sample alone
+        (lmm.model.attention, or flash-attention's varlen kernels, which read the same names)."""
+        if not examples:
+            empty = torch.zeros((0, 0), dtype=torch.long)
+            return self._batch(items, examples, input_ids=empty, attention_mask=empty, labels=empty, position_ids=empty)
+        lengths = [len(x.input_ids) for x in examples]
+        labels = [[IGNORE_INDEX, *x.labels[1:]] for x in examples]
+        offsets = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)  # [S + 1]
+        return self._batch(
+            items, examples,
+            input_ids=torch.tensor([t for x in examples for t in x.input_ids])[None],  # [1, Σn]
+            attention_mask=torch.ones((1, offsets[-1]), dtype=torch.long),
+            labels=torch.tensor([t for row in labels for t in row])[None],
+            position_ids=torch.cat([torch.arange(n) for n in lengths])[None],
+            cu_seq_lens_q=offsets, cu_seq_lens_k=offsets,
+        ) | {"max_length_q": max(lengths), "max_length_k": max(lengths)}
 
     def _instructions(self, instructions: list[list[int]]) -> dict:
         """Right-padded question ids per image: instruction_ids, instruction_mask [I, L]."""

@@ -105,7 +105,7 @@ class LMMDataModule(L.LightningDataModule):
         # Batches already trained on (a resumed run) are skipped, not replayed.
         consumed = self.trainer.global_step * self.trainer.accumulate_grad_batches if self.trainer else 0
         stream = TrainingStream(
-            self.mixture(), self._processor(), Collator(self.pad_token_id, pack_length=self.max_length if self.packing else None),
+            self.mixture(), self._processor(), Collator(self.pad_token_id, packed=self.packing),
             self.batch_size, self.seed,
             self.shuffle_buffer, self.group_size, resume_batches=consumed,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lmm.model.attention import use_packed_attention
 from lmm.model.lmm import LMM
 
 
@@ -12,10 +13,13 @@ def build_model(cfg: DictConfig, image_token_id: int, load_weights: bool = True)
     """Vision and LLM first (their widths fix the connector's), then the connector between them.
 
     With `load_weights=False` nothing is read from disk: real-size configs build from their
-    `arch` alone (use under `torch.device("meta")` to inspect them for free).
+    `arch` alone (use under `torch.device("meta")` to inspect them for free). With
+    `data.packing` the LLM attends per sample (lmm.model.attention).
     """
     vision = instantiate(cfg.vision, load_weights=load_weights)
     llm = instantiate(cfg.llm.model, load_weights=load_weights)
+    if cfg.data.get("packing"):
+        use_packed_attention(llm)
     connector = instantiate(cfg.connector, vision_dim=vision.hidden_size, llm_dim=llm.config.hidden_size)
     if load_weights:
         connector.load_pretrained()  # e.g. the Q-Former's BERT initialisation

@@ -91,12 +91,15 @@ class LMM(nn.Module):
         position_ids: torch.Tensor | None = None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        **packing: torch.Tensor | int,
     ):
-        """Returns the HF CausalLMOutput; `.loss` is the mean over label tokens (−100 ignored)."""
+        """Returns the HF CausalLMOutput; `.loss` is the mean over label tokens (−100 ignored).
+        A packed batch comes with attention_mask=None, position ids restarting per sample and
+        `packing` = cu_seq_lens_q/k, max_length_q/k (the sample boundaries, read by the attention)."""
         embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask)
-        # No KV cache in a training forward: transformers then reads packed rows (attention_mask=None,
-        # position ids restarting per sample) as block-diagonal causal attention.
-        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, position_ids=position_ids, use_cache=False)
+        # No KV cache in a training forward: packed attention needs the whole row at once.
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, position_ids=position_ids,
+                        use_cache=False, **packing)
 
     @torch.no_grad()
     def generate(

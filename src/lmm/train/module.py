@@ -9,6 +9,7 @@ from collections import Counter
 import lightning as L
 import torch
 
+from lmm.data.collate import PACKING_KEYS
 from lmm.model.lmm import COMPONENTS, LMM
 from lmm.train.throughput import FlopCounter, peak_flops, peak_memory_bytes
 
@@ -100,7 +101,7 @@ class LMMModule(L.LightningModule):
         return self
 
     def forward(self, batch: dict):
-        packed = batch.get("position_ids") is not None  # attention follows the restarting position ids
+        packed = batch.get("position_ids") is not None  # sample boundaries instead of a padding mask
         return self.model(
             input_ids=batch["input_ids"],
             attention_mask=None if packed else batch["attention_mask"],
@@ -109,6 +110,7 @@ class LMMModule(L.LightningModule):
             labels=batch["labels"],
             instruction_ids=batch.get("instruction_ids"),
             instruction_mask=batch.get("instruction_mask"),
+            **{key: batch[key] for key in PACKING_KEYS if packed},
         )
 
     @property

@@ -1,0 +1,79 @@
+"""Variable-length attention for packed batches: each sample attends only to itself, at the
+cost of its own length (Σ n², not (Σ n)²).
+
+transformers reads a packed row (attention_mask=None, position ids restarting per sample) as a
+block-diagonal causal mask, but SDPA and eager then compute every block of that mask, masked or
+not: a row of 16 samples costs 16× the attention of the samples alone. Flash-attention kernels
+take the sample boundaries (`cu_seq_lens_q/k`) instead; this is the same idea for any device:
+one causal SDPA call per sample, registered with transformers as the attention implementation
+`lmm_varlen`. Everything that is not a packed training forward (padded batches, generation with
+a KV cache) goes to transformers' SDPA unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+VARLEN = "lmm_varlen"
+NATIVE_VARLEN = ("flash_attention_2", "flash_attention_3", "flash_attention_4")  # read cu_seq_lens themselves
+
+
+def sample_bounds(query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs: dict) -> list[int] | None:
+    """Offsets of the samples in the flattened [B·T] tokens ([0, n₁, n₁+n₂, ..., B·T]), or None
+    when this is not a packed forward (a padding mask, a KV cache, or one token)."""
+    length = query.shape[2]
+    if attention_mask is not None or key.shape[2] != length or length == 1:
+        return None
+    if kwargs.get("cu_seq_lens_q") is not None:
+        return kwargs["cu_seq_lens_q"].tolist()
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        return None
+    positions = positions.expand(query.shape[0], -1).reshape(-1)
+    starts = (positions == 0).nonzero().flatten().tolist()
+    return sorted({0, *starts, positions.numel()})
+
+
+def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                     **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function contract: query [B, H, T, d], key/value [B, Hkv, T, d] →
+    ([B, T, H, d], None). Packed: one causal SDPA per sample of the flattened batch."""
+    bounds = sample_bounds(query, key, attention_mask, kwargs)
+    if bounds is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    batch, heads, length, dim = query.shape
+    flat = lambda x: x.transpose(0, 1).reshape(1, x.shape[1], batch * length, dim)  # noqa: E731  [1, H, B·T, d]
+    query, key, value = flat(query), flat(key), flat(value)
+    gqa = key.shape[1] != heads
+    out = torch.cat([
+        F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout,
+                                       is_causal=True, scale=scaling, enable_gqa=gqa)
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ], dim=2)  # [1, H, B·T, d]
+    return out.reshape(heads, batch, length, dim).permute(1, 2, 0, 3).contiguous(), None  # [B, T, H, d]
+
+
+def packed_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
+    """No mask for a forward without padding or cache (packed_attention takes the sample
+    boundaries instead); transformers' SDPA mask otherwise."""
+    if attention_mask is None and q_offset == 0 and kv_offset == 0 and q_length == kv_length:
+        return None
+    return sdpa_mask(batch_size, q_length, kv_length, q_offset, kv_offset, attention_mask=attention_mask, **kwargs)
+
+
+AttentionInterface.register(VARLEN, packed_attention)
+AttentionMaskInterface.register(VARLEN, packed_mask)
+
+
+def use_packed_attention(llm: PreTrainedModel) -> str:
+    """Make `llm` attend per sample in packed batches; flash-attention implementations already do.
+    Returns the implementation in use."""
+    if llm.config._attn_implementation not in NATIVE_VARLEN:
+        llm.set_attn_implementation(VARLEN)
+    return llm.config._attn_implementation
