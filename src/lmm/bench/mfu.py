@@ -3,6 +3,7 @@ architecture) + CLIP-L/14-336 + mlp2x_gelu under FSDP2 with bf16 on one GPU, wit
 activation checkpointing and torch.compile.
 
     python -m lmm.bench.mfu [--steps 20] [--batch-size 8]      (also: make bench-mfu)
+    python -m lmm.bench.mfu --smoke      # the same four runs on CPU with tiny models: checks the path, no MFU
 
 Batches: every sample one 336-px image (576 visual tokens) + 1472 text tokens = 2048 tokens.
 MFU = model FLOPs per step (lmm.train.throughput: parameters + attention, no recomputation) /
@@ -52,29 +53,32 @@ class Timer(L.Callback):
         self.marks: list[float] = []
 
     def on_train_batch_end(self, *args):
-        torch.cuda.synchronize()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         self.marks.append(time.perf_counter())
 
 
-def measure(cfg, batch_size: int, steps: int, checkpointing: bool, compiled: bool) -> dict:
+def measure(cfg, batch_size: int, steps: int, checkpointing: bool, compiled: bool, sequence: int, accelerator: str) -> dict:
     torch.manual_seed(0)
     model = build_model(cfg, image_token_id=cfg.llm.model.arch.vocab_size - 1, load_weights=False)
     module = LMMModule(model, train={"connector": True, "llm": True}, lr=1e-5, activation_checkpointing=checkpointing)
     timer = Timer()
-    trainer = L.Trainer(accelerator="gpu", devices=1, strategy=FSDP2Strategy(compile_layers=compiled), precision="32-true",
+    trainer = L.Trainer(accelerator=accelerator, devices=1, strategy=FSDP2Strategy(compile_layers=compiled), precision="32-true",
                         max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[timer])
-    data = FakeBatches(batch_size, model.num_image_tokens, 2048 - model.num_image_tokens, model.vision.image_size,
+    data = FakeBatches(batch_size, model.num_image_tokens, sequence - model.num_image_tokens, model.vision.image_size,
                        cfg.llm.model.arch.vocab_size, model.image_token_id)
-    torch.cuda.reset_peak_memory_stats()
+    gpu = accelerator == "gpu"
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
     trainer.fit(module, DataLoader(data, batch_size=None))
     seconds = (timer.marks[-1] - timer.marks[WARMUP - 1]) / (steps - WARMUP)
-    flops = module.flop_counter.step_flops([2048] * batch_size, batch_size)
-    peak = peak_flops(torch.device("cuda"), "bf16-mixed")
+    flops = module.flop_counter.step_flops([sequence] * batch_size, batch_size)
+    peak = peak_flops(torch.device("cuda"), "bf16-mixed") if gpu else None
     return {"activation_checkpointing": checkpointing, "compile": compiled, "step_s": round(seconds, 4),
-            "tokens_per_s": round(batch_size * 2048 / seconds, 1), "tflops_per_s": round(flops / seconds / 1e12, 1),
+            "tokens_per_s": round(batch_size * sequence / seconds, 1), "tflops_per_s": round(flops / seconds / 1e12, 4),
             "mfu": round(flops / seconds / peak, 4) if peak else None,
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,20 +87,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--llm", default="tinyllama")
     parser.add_argument("--out", default="experiments/bench/mfu.json")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, short sequences: checks the benchmark runs")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench-mfu needs a CUDA GPU (it measures MFU against the GPU's bf16 peak)")
+    if not (args.smoke or torch.cuda.is_available()):
+        raise SystemExit("bench-mfu needs a CUDA GPU (it measures MFU against the GPU's bf16 peak); --smoke checks it on CPU")
+    vision, sequence = ("tiny", 2 * 64) if args.smoke else ("clip_l14_336", 2048)
+    llm = "tiny" if args.smoke else args.llm
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["vision=clip_l14_336", "vision.pretrained=null", f"llm={args.llm}",
+        cfg = compose("config", overrides=[f"vision={vision}", "vision.pretrained=null", f"llm={llm}",
                                            "llm.model.pretrained=null", "llm.model.dtype=float32", "run_dir=/tmp/lmm-bench-mfu"])
-    runs = [measure(cfg, args.batch_size, args.steps, checkpointing, compiled)
+    accelerator = "cpu" if args.smoke else "gpu"
+    runs = [measure(cfg, args.batch_size, args.steps, checkpointing, compiled, sequence, accelerator)
             for checkpointing, compiled in ((False, False), (True, False), (False, True), (True, True))]
     for run in runs:
         print(f"checkpointing={run['activation_checkpointing']!s:5} compile={run['compile']!s:5} "
               f"{run['tokens_per_s']:10.1f} tokens/s  {run['tflops_per_s']:6.1f} TFLOP/s  MFU {run['mfu']}  peak {run['peak_memory_gib']} GiB")
-    result = {"benchmark": "mfu", "runs": runs, "gpu": torch.cuda.get_device_name(), "batch": args.batch_size,
-              "sequence": 2048, "llm": args.llm, "machine": machine(), "command": "python -m lmm.bench.mfu " + " ".join(argv or [])}
+    result = {"benchmark": "mfu", "runs": runs, "gpu": torch.cuda.get_device_name() if accelerator == "gpu" else None,
+              "batch": args.batch_size, "sequence": sequence, "llm": llm, "smoke": args.smoke, "machine": machine(), "command": "python -m lmm.bench.mfu " + " ".join(argv or [])}
     return save_result(result, args.out)
 
 

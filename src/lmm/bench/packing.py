@@ -1,15 +1,19 @@
-"""Benchmark: real (non-pad) tokens/s of packed rows against LLaVA's modality-and-length-grouped
-padded batches, on a length distribution shaped like mix665k, same samples, same model.
+"""Benchmark: real (non-pad) tokens/s of packed (padding-free) batches against LLaVA's
+modality-and-length-grouped padded batches, on a length distribution shaped like mix665k, same
+samples per step, same model.
 
-    python -m lmm.bench.packing [--samples 192] [--repeats 3]      (also: make bench-packing)
+    python -m lmm.bench.packing [--samples 192] [--repeats 3] [--shapes narrow,wide]   (make bench-packing)
 
 Lengths: 94% image conversations, 576 image tokens + text drawn log-normally (median 120 tokens),
 6% ShareGPT-like text-only conversations (median 600), everything capped at 2048 — the shape of
 llava_v1_5_mix665k (40K of its 665K samples are ShareGPT). Batches of 16 samples are formed as
-LLaVA's `group_by_modality_length` does (pools of 16 × 8 samples of one modality, sorted by length,
-cut into batches), then collated by lmm's Collator padded, or packed (data.packing=true) into rows
-of 2048. Timed: forward + backward of a small random Llama (image tokens stand in as tokens:
-the vision work per image is the same in both). Writes experiments/bench/packing.json.
+LLaVA's `group_by_modality_length` does on 8 GPUs (pools of 16 × 8 samples of one modality,
+sorted by length, cut into batches), then collated by lmm's Collator padded (SDPA with the padding
+mask, as LLaVA's code runs without flash-attn), or packed (data.packing=true: one row, attention per
+sample). Timed: forward + backward of a random Llama (image tokens stand in as tokens: the vision
+work per image is the same in both) of two shapes, because the gain depends on attention's share of
+the work: at most 1 / (1 − padding waste) on the token-wise layers, more on attention (per-sample
+causal attention instead of the padded square). Writes experiments/bench/packing.json.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lmm.bench import machine, save_result
-from lmm.data.collate import Collator
+from lmm.data.collate import PACKING_KEYS, Collator
 from lmm.data.sample import Example
+from lmm.model.attention import use_packed_attention
 
 MAX_LENGTH, IMAGE_TOKENS, BATCH, GROUP = 2048, 576, 16, 8
 
@@ -70,49 +75,73 @@ def run(model, batches: list[dict]) -> float:
     for batch in batches:
         packed = "position_ids" in batch
         out = model(input_ids=batch["input_ids"], attention_mask=None if packed else batch["attention_mask"],
-                    position_ids=batch.get("position_ids"), labels=batch["labels"], use_cache=False)
+                    position_ids=batch.get("position_ids"), labels=batch["labels"], use_cache=False,
+                    **{key: batch[key] for key in PACKING_KEYS if packed})
         out.loss.backward()
         model.zero_grad(set_to_none=True)
     return time.perf_counter() - start
+
+
+SHAPES = {  # name: (hidden, intermediate, heads); 2 layers, vocab 1024
+    "narrow": (128, 344, 4),  # attention is most of the work per token
+    "wide": (512, 1376, 8),  # attention about a quarter of each layer's work
+}
+
+
+def measure(shape: str, items: list[Example], plan: list[list[Example]], repeats: int) -> dict:
+    """Padded vs packed forward + backward of one model shape, interleaved, median of `repeats`."""
+    hidden, intermediate, heads = SHAPES[shape]
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2, num_attention_heads=heads,
+                         vocab_size=1024, max_position_embeddings=MAX_LENGTH, attn_implementation="sdpa")
+    model = LlamaForCausalLM(config)
+    use_packed_attention(model)  # padded batches (with their mask) still run transformers' SDPA
+    batches = {"padded": [Collator(0)(b) for b in plan], "packed": [Collator(0, packed=True)(b) for b in plan]}
+    run(model, batches["padded"][:2])  # warm-up
+    times = {"padded": [], "packed": []}
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit both
+        for mode in times:
+            times[mode].append(run(model, batches[mode]))
+    real = sum(len(x.input_ids) for x in items)
+    rate = {mode: real / statistics.median(seconds) for mode, seconds in times.items()}
+    ratios = [round(padded / packed, 3) for padded, packed in zip(times["padded"], times["packed"])]
+    print(f"{shape:6s} 2 × {hidden}: padded {rate['padded']:9.1f}  packed {rate['packed']:9.1f} real tokens/s  "
+          f"ratio {statistics.median(ratios):.2f}x (median of {repeats}: {ratios})")
+    return {
+        "model": f"Llama 2 layers × {hidden} ({heads} heads, random init), fp32",
+        "real_tokens_per_s": {mode: round(value, 1) for mode, value in rate.items()},  # median time of each
+        "ratio": statistics.median(ratios),  # packed/padded speed, median over the interleaved repeats
+        "ratios_per_repeat": ratios,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=192)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shapes", default="narrow,wide", help=f"comma-separated, of {sorted(SHAPES)}")
     parser.add_argument("--out", default="experiments/bench/packing.json")
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=128, intermediate_size=344, num_hidden_layers=2, num_attention_heads=4,
-                         vocab_size=1024, max_position_embeddings=MAX_LENGTH, attn_implementation="sdpa")
-    model = LlamaForCausalLM(config)
-    items = examples(draw_lengths(args.samples), config.vocab_size)
+    items = examples(draw_lengths(args.samples), vocab=1024)
     plan = grouped_batches(items)
-    padded = [Collator(0)(b) for b in plan]
-    packed = [Collator(0, pack_length=MAX_LENGTH)(b) for b in plan]
     real = sum(len(x.input_ids) for x in items)
-    waste = {name: 1 - real / sum(b["input_ids"].numel() for b in batches) for name, batches in (("padded", padded), ("packed", packed))}
-    run(model, padded[:2])  # warm-up
-    times = {"padded": [], "packed": []}
-    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit both
-        times["padded"].append(run(model, padded))
-        times["packed"].append(run(model, packed))
-    rate = {k: real / statistics.median(v) for k, v in times.items()}
+    cells = {
+        "padded": sum(len(b) * max(len(x.input_ids) for x in b) for b in plan),
+        "packed": sum(len(x.input_ids) for b in plan for x in b),  # one row per batch: no pad token
+    }
+    waste = {mode: 1 - real / count for mode, count in cells.items()}
+    print(f"padding waste: LLaVA grouping {waste['padded']:.1%}, packed {waste['packed']:.1%} "
+          f"({args.samples} samples, {len(plan)} batches of up to {BATCH})")
     result = {
         "benchmark": "packing",
         "samples": args.samples, "real_tokens": real, "batches": len(plan),
-        "rows": {"padded": sum(b["input_ids"].shape[0] for b in padded), "packed": sum(b["input_ids"].shape[0] for b in packed)},
-        "padding_waste": {k: round(v, 4) for k, v in waste.items()},
-        "real_tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
-        "ratio": round(rate["packed"] / rate["padded"], 3),
-        "ratios_per_repeat": [round(a / b, 3) for a, b in zip(times["padded"], times["packed"])],
-        "model": "Llama 2 layers × 128 (random init), fp32, SDPA; batches of 16 samples, rows of 2048",
+        "padding_waste": {mode: round(value, 4) for mode, value in waste.items()},
+        "shapes": {shape: measure(shape, items, plan, args.repeats) for shape in args.shapes.split(",")},
+        "setup": "batches of 16 samples grouped as LLaVA on 8 GPUs; padded: SDPA with the padding mask; "
+                 "packed: one row per batch, per-sample causal SDPA (lmm_varlen)",
         "machine": machine(),
         "command": "python -m lmm.bench.packing " + " ".join(argv or []),
     }
-    print(f"padded (LLaVA grouping) waste {waste['padded']:.1%}  {rate['padded']:9.1f} real tokens/s")
-    print(f"packed                  waste {waste['packed']:.1%}  {rate['packed']:9.1f} real tokens/s")
-    print(f"ratio {result['ratio']:.2f}x (median of {args.repeats}; per repeat {result['ratios_per_repeat']})")
     return save_result(result, args.out)
 
 

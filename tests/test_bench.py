@@ -1,0 +1,27 @@
+"""The benchmarks run and report what they claim (their speed is measured by `make bench`, not here)."""
+
+import json
+
+import pytest
+
+
+def test_packing_benchmark_reports_waste_and_ratio(tmp_path):
+    from lmm.bench.packing import main
+
+    result = main(["--samples", "48", "--repeats", "1", "--shapes", "narrow", "--out", str(tmp_path / "packing.json")])
+    assert json.loads((tmp_path / "packing.json").read_text()) == result
+    assert result["padding_waste"]["packed"] == 0.0 and result["padding_waste"]["padded"] > 0.05
+    narrow = result["shapes"]["narrow"]
+    assert narrow["ratio"] == narrow["ratios_per_repeat"][0] > 0
+    assert set(narrow["real_tokens_per_s"]) == {"padded", "packed"}
+
+
+@pytest.mark.slow
+def test_mfu_benchmark_smoke_runs_all_four_variants_on_cpu(tmp_path):
+    from lmm.bench.mfu import main
+
+    result = main(["--smoke", "--steps", "6", "--batch-size", "2", "--out", str(tmp_path / "mfu.json")])
+    variants = [(run["activation_checkpointing"], run["compile"]) for run in result["runs"]]
+    assert variants == [(False, False), (True, False), (False, True), (True, True)]
+    assert all(run["tokens_per_s"] > 0 and run["mfu"] is None for run in result["runs"])  # no GPU peak on CPU
+    assert result["smoke"] and result["gpu"] is None
