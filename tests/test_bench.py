@@ -1,8 +1,10 @@
 """The benchmarks run and report what they claim (their speed is measured by `make bench`, not here)."""
 
 import json
+import os
 
 import pytest
+import torch
 
 
 def test_packing_benchmark_reports_waste_and_ratio(tmp_path):
@@ -16,8 +18,20 @@ def test_packing_benchmark_reports_waste_and_ratio(tmp_path):
     assert set(narrow["real_tokens_per_s"]) == {"padded", "packed"}
 
 
+@pytest.fixture
+def isolated_process_group():
+    """The FSDP2 strategy starts a one-process group and sets MASTER_PORT & co. in this process;
+    later tests that spawn their own groups must not inherit either."""
+    environment = dict(os.environ)
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(environment)
+
+
 @pytest.mark.slow
-def test_mfu_benchmark_smoke_runs_all_four_variants_on_cpu(tmp_path):
+def test_mfu_benchmark_smoke_runs_all_four_variants_on_cpu(tmp_path, isolated_process_group):
     from lmm.bench.mfu import main
 
     result = main(["--smoke", "--steps", "6", "--batch-size", "2", "--out", str(tmp_path / "mfu.json")])
