@@ -65,3 +65,14 @@ def test_flash_attention_models_keep_their_own_varlen(llama_pair):
         assert use_packed_attention(reference) == "flash_attention_2"
     finally:
         reference.config._attn_implementation_internal = "sdpa"
+
+
+def test_sliding_window_models_are_refused_with_the_alternatives():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           num_key_value_heads=1, vocab_size=50, sliding_window=16, attn_implementation="sdpa")
+    with pytest.raises(ValueError, match="sliding window of 16 tokens.*flash_attention_2 or data.packing=false"):
+        use_packed_attention(MistralForCausalLM(config))
+    config.sliding_window = None
+    assert use_packed_attention(MistralForCausalLM(config)) == "lmm_varlen"

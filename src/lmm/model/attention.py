@@ -75,5 +75,9 @@ def use_packed_attention(llm: PreTrainedModel) -> str:
     """Make `llm` attend per sample in packed batches; flash-attention implementations already do.
     Returns the implementation in use."""
     if llm.config._attn_implementation not in NATIVE_VARLEN:
+        window = getattr(llm.config, "sliding_window", None) if getattr(llm.config, "use_sliding_window", True) else None
+        if window:  # per-sample SDPA attends to the whole sample
+            raise ValueError(f"data.packing: this LLM attends within a sliding window of {window} tokens, which {VARLEN} "
+                             "does not implement; use llm.model.attn_implementation=flash_attention_2 or data.packing=false")
         llm.set_attn_implementation(VARLEN)
     return llm.config._attn_implementation
