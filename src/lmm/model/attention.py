@@ -50,10 +50,11 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     flat = lambda x: x.transpose(0, 1).reshape(1, x.shape[1], batch * length, dim)  # noqa: E731  [1, H, B·T, d]
     query, key, value = flat(query), flat(key), flat(value)
     gqa = key.shape[1] != heads
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    # split, not slices: the backward of split is one concatenation, that of each slice a full-size copy
     out = torch.cat([
-        F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout,
-                                       is_causal=True, scale=scaling, enable_gqa=gqa)
-        for a, b in zip(bounds[:-1], bounds[1:])
+        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
+        for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
     ], dim=2)  # [1, H, B·T, d]
     return out.reshape(heads, batch, length, dim).permute(1, 2, 0, 3).contiguous(), None  # [B, T, H, d]
 
