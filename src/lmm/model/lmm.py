@@ -91,15 +91,19 @@ class LMM(nn.Module):
         position_ids: torch.Tensor | None = None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
-        **packing: torch.Tensor | int,
+        cu_seq_lens_q: torch.Tensor | None = None,
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
     ):
         """Returns the HF CausalLMOutput; `.loss` is the mean over label tokens (−100 ignored).
-        A packed batch comes with attention_mask=None, position ids restarting per sample and
-        `packing` = cu_seq_lens_q/k, max_length_q/k (the sample boundaries, read by the attention)."""
+        A packed batch comes with attention_mask=None, position ids restarting per sample and the
+        sample boundaries (`cu_seq_lens_q/k` offsets, `max_length_q/k`), read by the attention."""
         embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask)
         # No KV cache in a training forward: packed attention needs the whole row at once.
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, position_ids=position_ids,
-                        use_cache=False, **packing)
+                        use_cache=False, cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k,
+                        max_length_q=max_length_q, max_length_k=max_length_k)
 
     @torch.no_grad()
     def generate(
