@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lmm.data.collate import PACKING_KEYS, Collator
+from lmm.data.collate import Collator, attention_inputs
 from lmm.data.conversation import IGNORE_INDEX
 from lmm.data.shards import evaluation_stream, list_shards
 from lmm.train.train import build_run
@@ -22,10 +22,7 @@ def setup(data_root):
 
 def loss_and_grads(model, batch):
     model.zero_grad()
-    packed = "position_ids" in batch
-    out = model(batch["input_ids"], None if packed else batch["attention_mask"], batch["pixel_values"],
-                labels=batch["labels"], position_ids=batch.get("position_ids"),
-                **{key: batch[key] for key in PACKING_KEYS if packed})
+    out = model(batch["input_ids"], pixel_values=batch["pixel_values"], labels=batch["labels"], **attention_inputs(batch))
     out.loss.backward()
     return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -88,3 +85,4 @@ def test_packing_an_all_skipped_batch_is_empty(setup):
 
     batch = Collator(0, packed=True)([Skip("k", "image: truncated")])
     assert batch["input_ids"].shape[0] == 0 and batch["skipped"] == {"image": 1}
+

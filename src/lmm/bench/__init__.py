@@ -13,8 +13,10 @@ def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), {platform.processor() or 'cpu'}"
 
 
-def save_result(result: dict, out: str | Path) -> dict:
-    """Write one benchmark's result as JSON (experiments/bench/<name>.json) and return it."""
+def save_result(result: dict, out: str | Path, argv: list[str] | None) -> dict:
+    """Add the machine and the command that reproduces the run, write one benchmark's result as
+    JSON (experiments/bench/<name>.json) and return it."""
+    result = {**result, "machine": machine(), "command": f"python -m lmm.bench.{result['benchmark']} " + " ".join(argv or [])}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     return result

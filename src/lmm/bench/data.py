@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from lmm.bench import machine, save_result
+from lmm.bench import save_result
 from lmm.data.collate import Collator
 from lmm.data.conversation import encode
 from lmm.data.convert import convert
@@ -131,13 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
         "workers": args.workers,
         "batch_size": args.batch_size,
         "image_size": SIZE,
-        "machine": machine(),
-        "command": "python -m lmm.bench.data " + " ".join(argv or []),
     }
     print(f"lmm streaming      {ours:8.1f} samples/s  ({result['lmm_samples_per_s_per_worker']} per worker, {args.workers} workers)")
     print(f"LLaVA map-style    {baseline:8.1f} samples/s")
     print(f"ratio              {result['ratio']:8.3f}x")
-    return save_result(result, args.out)
+    return save_result(result, args.out, argv)
 
 
 if __name__ == "__main__":

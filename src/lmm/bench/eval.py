@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 
 from torch.utils.data import DataLoader
 
-from lmm.bench import machine, save_result
+from lmm.bench import save_result
 from lmm.config import register_resolvers
 from lmm.data.collate import Collator
 from lmm.eval.generate import generate_texts
@@ -57,13 +57,11 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio": round(timings[1] / timings[args.batch_size], 2),
         "same_answers": answers[1] == answers[args.batch_size],
         "model": "llm=small (3.7M, random init) + vision=tiny + connector=mlp, fp32",
-        "machine": machine(),
-        "command": "python -m lmm.bench.eval " + " ".join(argv or []),
     }
     print(f"batch 1   {result['batch_1_answers_per_s']:8.2f} answers/s")
     print(f"batch {args.batch_size:<3d} {result[f'batch_{args.batch_size}_answers_per_s']:8.2f} answers/s")
     print(f"ratio     {result['ratio']:8.2f}x   (same answers: {result['same_answers']})")
-    return save_result(result, args.out)
+    return save_result(result, args.out, argv)
 
 
 if __name__ == "__main__":

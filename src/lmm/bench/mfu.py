@@ -24,7 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader, IterableDataset
 
-from lmm.bench import machine, save_result
+from lmm.bench import save_result
 from lmm.config import register_resolvers
 from lmm.model.build import build_model
 from lmm.train.module import LMMModule
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"checkpointing={run['activation_checkpointing']!s:5} compile={run['compile']!s:5} "
               f"{run['tokens_per_s']:10.1f} tokens/s  {run['tflops_per_s']:6.1f} TFLOP/s  MFU {run['mfu']}  peak {run['peak_memory_gib']} GiB")
     result = {"benchmark": "mfu", "runs": runs, "gpu": torch.cuda.get_device_name() if accelerator == "gpu" else None,
-              "batch": args.batch_size, "sequence": sequence, "llm": llm, "smoke": args.smoke, "machine": machine(), "command": "python -m lmm.bench.mfu " + " ".join(argv or [])}
-    return save_result(result, args.out)
+              "batch": args.batch_size, "sequence": sequence, "llm": llm, "smoke": args.smoke}
+    return save_result(result, args.out, argv)
 
 
 if __name__ == "__main__":

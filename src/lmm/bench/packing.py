@@ -26,8 +26,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lmm.bench import machine, save_result
-from lmm.data.collate import PACKING_KEYS, Collator
+from lmm.bench import save_result
+from lmm.data.collate import Collator, attention_inputs
 from lmm.data.sample import Example
 from lmm.model.attention import use_packed_attention
 
@@ -73,10 +73,7 @@ def run(model, batches: list[dict]) -> float:
     """Seconds for forward + backward over every batch."""
     start = time.perf_counter()
     for batch in batches:
-        packed = "position_ids" in batch
-        out = model(input_ids=batch["input_ids"], attention_mask=None if packed else batch["attention_mask"],
-                    position_ids=batch.get("position_ids"), labels=batch["labels"], use_cache=False,
-                    **{key: batch[key] for key in PACKING_KEYS if packed})
+        out = model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False, **attention_inputs(batch))
         out.loss.backward()
         model.zero_grad(set_to_none=True)
     return time.perf_counter() - start
@@ -139,10 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
         "shapes": {shape: measure(shape, items, plan, args.repeats) for shape in args.shapes.split(",")},
         "setup": "batches of 16 samples grouped as LLaVA on 8 GPUs; padded: SDPA with the padding mask; "
                  "packed: one row per batch, per-sample causal SDPA (lmm_varlen)",
-        "machine": machine(),
-        "command": "python -m lmm.bench.packing " + " ".join(argv or []),
     }
-    return save_result(result, args.out)
+    return save_result(result, args.out, argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from lmm.bench import machine, save_result
+from lmm.bench import save_result
 from lmm.config import register_resolvers
 from lmm.export import save_hf
 from lmm.train.module import LMMModule
@@ -105,13 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
         "ratios_per_repeat": [round(r, 3) for r in ratios],
         "steps_timed": args.steps - WARMUP,
         "model": "vision=tiny + connector=mlp + llm=small (random init), fp32, batch 16, AdamW",
-        "machine": machine(),
-        "command": "python -m lmm.bench.train_step " + " ".join(argv or []),
     }
     print(f"lmm (Lightning)        {result['lmm_tokens_per_s']:9.1f} tokens/s")
     print(f"bare loop over HF Llava {result['bare_llava_tokens_per_s']:9.1f} tokens/s")
     print(f"ratio {result['ratio']:.3f}x (median of {args.repeats}; per repeat {result['ratios_per_repeat']})")
-    return save_result(result, args.out)
+    return save_result(result, args.out, argv)
 
 
 if __name__ == "__main__":

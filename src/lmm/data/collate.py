@@ -12,6 +12,14 @@ from lmm.data.sample import Example, Skip
 PACKING_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")  # what a packed batch adds for the attention
 
 
+def attention_inputs(batch: dict) -> dict:
+    """What the LLM needs to attend within samples: a padded batch's mask, or for a packed batch
+    no mask but the position ids restarting per sample and the sample offsets."""
+    if batch.get("position_ids") is None:
+        return {"attention_mask": batch["attention_mask"]}
+    return {"attention_mask": None, "position_ids": batch["position_ids"], **{key: batch[key] for key in PACKING_KEYS}}
+
+
 class Collator:
     """list[Example | Skip] -> {input_ids, attention_mask, labels [B, T], pixel_values [I, 3, S, S], ...}.
 

@@ -9,7 +9,7 @@ from collections import Counter
 import lightning as L
 import torch
 
-from lmm.data.collate import PACKING_KEYS
+from lmm.data.collate import attention_inputs
 from lmm.model.lmm import COMPONENTS, LMM
 from lmm.train.throughput import FlopCounter, peak_flops, peak_memory_bytes
 
@@ -101,16 +101,13 @@ class LMMModule(L.LightningModule):
         return self
 
     def forward(self, batch: dict):
-        packed = batch.get("position_ids") is not None  # sample boundaries instead of a padding mask
         return self.model(
             input_ids=batch["input_ids"],
-            attention_mask=None if packed else batch["attention_mask"],
-            position_ids=batch.get("position_ids"),
             pixel_values=batch["pixel_values"],
             labels=batch["labels"],
             instruction_ids=batch.get("instruction_ids"),
             instruction_mask=batch.get("instruction_mask"),
-            **{key: batch[key] for key in PACKING_KEYS if packed},
+            **attention_inputs(batch),
         )
 
     @property
