@@ -86,3 +86,11 @@ def test_packing_an_all_skipped_batch_is_empty(setup):
     batch = Collator(0, packed=True)([Skip("k", "image: truncated")])
     assert batch["input_ids"].shape[0] == 0 and batch["skipped"] == {"image": 1}
 
+
+def test_a_mistyped_switch_is_refused_before_any_work(data_root):
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    cfg = compose_config(["data.packing=ture"], data_root)
+    with pytest.raises(InstantiationException, match="data.packing must be true or false, got 'ture'"):
+        instantiate(cfg.data, seed=0)

@@ -56,6 +56,11 @@ class LMMDataModule(L.LightningDataModule):
         generate_if_missing: bool = False,
     ):
         super().__init__()
+        switches = {"strip_format_prompts": strip_format_prompts, "group_by_modality_length": group_by_modality_length,
+                    "allow_pipe_urls": allow_pipe_urls, "packing": packing, "generate_if_missing": generate_if_missing}
+        for name, value in switches.items():  # a typo ("packing=ture") must not read as true
+            if not isinstance(value, bool):
+                raise ValueError(f"data.{name} must be true or false, got {value!r}")
         self.root, self.train_split, self.val_split = Path(root), train_split, val_split
         self.sources = {name: dict(spec or {}) for name, spec in (sources or {}).items()}
         self.strip_format_prompts = strip_format_prompts
