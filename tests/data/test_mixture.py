@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from lmm.data.collate import Collator
 from lmm.data.image import ImageTransform
-from lmm.data.mixture import Source, TrainingStream, batches_before, plan_batches
+from lmm.data.mixture import Source, TrainingStream, World, approximate_length, plan_steps
 from lmm.data.sample import SampleProcessor
 from lmm.data.shards import list_shards
 
@@ -18,11 +18,11 @@ def processor(tokenizer):
     return SampleProcessor(tokenizer, "vicuna_v1", ImageTransform(16, (0.5,) * 3, (0.5,) * 3), image_tokens=4, max_length=512)
 
 
-def stream(data_root, tokenizer, sources, resume=0, batch_size=4):
+def stream(data_root, tokenizer, sources, resume=0, batch_size=4, world=World()):
     shards = {name: list_shards(data_root / "synthetic" / name) for name, _ in sources}
     mixture = [Source(name, shards[name], weight) for name, weight in sources]
     return TrainingStream(mixture, processor(tokenizer), Collator(tokenizer.pad_token_id), batch_size, seed=7,
-                          shuffle_buffer=20, group_size=2, resume_batches=resume)
+                          shuffle_buffer=20, group_size=2, resume_batches=resume, world=world)
 
 
 def keys(batches):
@@ -50,7 +50,8 @@ def test_resume_skips_exactly_the_consumed_batches(data_root, tokenizer):
         full = keys(take(DataLoader(stream(data_root, tokenizer, sources), batch_size=None, num_workers=workers), 7))
         resumed = keys(take(DataLoader(stream(data_root, tokenizer, sources, resume=3), batch_size=None, num_workers=workers), 4))
         assert resumed == full[3:], workers
-    assert [batches_before(5, w, 2) for w in (0, 1)] == [3, 2]
+    one_worker = keys(take(stream(data_root, tokenizer, sources), 7))
+    assert one_worker == full  # the plan does not depend on the number of workers
 
 
 def test_same_seed_same_stream(data_root, tokenizer):
@@ -59,14 +60,35 @@ def test_same_seed_same_stream(data_root, tokenizer):
     assert a == b
 
 
-def test_modality_grouping():
-    samples = [{"__key__": str(i), "json": b"x" * (i * 10), **({"png": b""} if i % 3 else {})} for i in range(60)]
-    batches = list(plan_batches(iter(samples), batch_size=4, group_size=3, rng=random.Random(0), image_tokens=64))
-    for batch in batches:
-        assert len({("png" in s) for s in batch}) == 1  # never mixes text-only and image samples
-    text = [b for b in batches if "png" not in b[0]]
-    pool = sorted((s for b in text[:3] for s in b), key=lambda s: len(s["json"]))  # one pool of 12
-    assert sorted(len(s["json"]) for s in text[0]) in [[len(s["json"]) for s in pool[i : i + 4]] for i in (0, 4, 8)]
+def fake_samples(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"__key__": str(i), "json": b"x" * rng.randint(10, 800), **({"png": b""} if rng.random() > 0.2 else {})} for i in range(n)]
+
+
+def test_global_steps_one_modality_balanced_ranks():
+    world = World(rank=0, size=4, accumulation=2)
+    steps = list(plan_steps(iter(fake_samples(2000)), per_device=4, world=world, group_size=3, rng=random.Random(0), image_tokens=64))
+    assert steps and all(len(step) == 2 and all(len(slot) == 4 for slot in step) for step in steps)
+    length = lambda s: approximate_length(s, 64)  # noqa: E731
+    for step in steps:
+        samples = [s for slot in step for share in slot for s in share]
+        assert len(samples) == 32 and len({("png" in s) for s in samples}) == 1  # all-image or all-text, on every rank
+        for slot in step:
+            assert all(len(share) == 4 for share in slot)
+            tokens = [sum(map(length, share)) for share in slot]
+            assert max(tokens) / (sum(tokens) / len(tokens)) < 1.1  # lengths balanced across ranks
+    keys_seen = [s["__key__"] for step in steps for slot in step for share in slot for s in share]
+    assert len(keys_seen) == len(set(keys_seen))  # every sample once
+
+
+def test_ranks_take_disjoint_shares_of_one_plan(data_root, tokenizer):
+    sources = [("train", 3.0), ("pretrain", 1.0)]
+    ranks = [keys(take(stream(data_root, tokenizer, sources, world=World(r, 2, 1)), 6)) for r in (0, 1)]
+    for a, b in zip(*ranks):
+        assert not set(a) & set(b) and len(a) == len(b) == 4
+    # One rank with 2 accumulation slots trains the same micro-batches, in the same steps.
+    single = keys(take(stream(data_root, tokenizer, sources, world=World(0, 1, 2)), 12))
+    assert [k for pair in zip(*ranks) for k in pair] == single
 
 
 def test_refuses_pipe_urls(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from pathlib import Path
 
@@ -10,19 +11,33 @@ import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from lmm.data.collate import Collator
-from lmm.data.mixture import Source, TrainingStream
+from lmm.data.mixture import Source, TrainingStream, World, worker_slot
 from lmm.data.sample import SampleProcessor
-from lmm.data.shards import evaluation_stream, list_shards
+from lmm.data.shards import expand_shards, list_shards
 
 
-class _Mapped(IterableDataset):
-    """An evaluation stream with the processor applied (in the worker)."""
+class ValidationBatches(IterableDataset):
+    """The validation split as collated batches, the same number on every rank: every worker
+    reads the whole split in order and cuts it into batches; batch b goes to rank b % ranks
+    (and, of that rank's batches, the i-th to worker i % workers). A rank left one short gets an
+    empty batch, which runs a zero-weight forward (lmm.train.module): under FSDP and DDP every
+    validation forward is a collective, so no rank may finish early."""
 
-    def __init__(self, shards: list[str], processor: SampleProcessor):
-        self.shards, self.processor = shards, processor
+    def __init__(self, shards: list[str], processor: SampleProcessor, collator: Collator, batch_size: int, world: World):
+        self.shards, self.processor, self.collator, self.batch_size, self.world = shards, processor, collator, batch_size, world
 
     def __iter__(self):
-        return (self.processor(sample) for sample in evaluation_stream(self.shards))
+        worker, workers = worker_slot()
+        rank, ranks = self.world.rank, self.world.size
+        samples = expand_shards({"url": url} for url in self.shards)
+        served, b = 0, -1  # this rank's batches so far; the last batch index of the split
+        for b, raw in enumerate(iter(lambda: list(itertools.islice(samples, self.batch_size)), [])):
+            if b % ranks == rank:
+                if served % workers == worker:
+                    yield self.collator([self.processor(sample) for sample in raw])
+                served += 1
+        if served < -(-(b + 1) // ranks) and served % workers == worker:
+            yield self.collator([])
 
 
 class LMMDataModule(L.LightningDataModule):
@@ -107,18 +122,23 @@ class LMMDataModule(L.LightningDataModule):
         return self.processor
 
     def train_dataloader(self) -> DataLoader:
-        # Batches already trained on (a resumed run) are skipped, not replayed.
-        consumed = self.trainer.global_step * self.trainer.accumulate_grad_batches if self.trainer else 0
+        # Batches already trained on (a resumed run) are skipped, not replayed. Every rank plans
+        # the same global batches (lmm.data.mixture) and takes its share.
+        trainer, world = self.trainer, self._world()
         stream = TrainingStream(
             self.mixture(), self._processor(), Collator(self.pad_token_id, packed=self.packing),
-            self.batch_size, self.seed,
-            self.shuffle_buffer, self.group_size, resume_batches=consumed,
+            self.batch_size, self.seed, self.shuffle_buffer, self.group_size,
+            resume_batches=trainer.global_step * world.accumulation if trainer else 0, world=world,
         )
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_split:
             return []
-        stream = _Mapped(list_shards(self.root / self.val_split, self.allow_pipe_urls), self._processor())
-        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
-                          collate_fn=Collator(self.pad_token_id), persistent_workers=self.num_workers > 0)
+        stream = ValidationBatches(list_shards(self.root / self.val_split, self.allow_pipe_urls), self._processor(),
+                                   Collator(self.pad_token_id), self.batch_size, self._world())
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def _world(self) -> World:
+        trainer = self.trainer
+        return World(trainer.global_rank, trainer.world_size, trainer.accumulate_grad_batches) if trainer else World()

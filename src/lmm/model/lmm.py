@@ -65,8 +65,14 @@ class LMM(nn.Module):
         pixels: torch.Tensor | None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        always_encode: bool = False,
     ) -> torch.Tensor:
-        """input_ids [B, T] (+ pixels [I, 3, H, W]) -> input embeddings [B, T, D]."""
+        """input_ids [B, T] (+ pixels [I, 3, H, W]) -> input embeddings [B, T, D].
+
+        `always_encode`: a batch without images still runs the tower and connector, on one zero
+        image whose tokens are added with weight 0 (LLaVA's dummy image for text-only samples).
+        Training needs it: under DDP and FSDP the connector's gradient reduction and the tower's
+        all-gathers are collectives, so every rank must run the same modules every step."""
         image_mask = input_ids == self.image_token_id  # [B, T]
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))  # [B, T, D]
         num_images = 0 if pixels is None else pixels.shape[0]
@@ -80,6 +86,12 @@ class LMM(nn.Module):
         if num_images:
             visual = self.encode_images(pixels, instruction_ids, instruction_mask).to(embeds.dtype)  # [I, N, D]
             embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), visual.reshape(-1, visual.shape[-1]))
+        elif always_encode:
+            size = self.vision.image_size
+            dummy = torch.zeros((1, 3, size, size), device=embeds.device)  # [1, 3, S, S]
+            ids = torch.zeros((1, 1), dtype=torch.long, device=embeds.device) if self.connector.uses_instruction else None
+            visual = self.encode_images(dummy, ids, None if ids is None else torch.ones_like(ids))  # [1, N, D]
+            embeds = embeds + 0.0 * visual.sum().to(embeds.dtype)
         return embeds
 
     def forward(
@@ -95,11 +107,13 @@ class LMM(nn.Module):
         cu_seq_lens_k: torch.Tensor | None = None,
         max_length_q: int | None = None,
         max_length_k: int | None = None,
+        always_encode: bool = False,
     ):
         """Returns the HF CausalLMOutput; `.loss` is the mean over label tokens (−100 ignored).
         A packed batch comes with attention_mask=None, position ids restarting per sample and the
-        sample boundaries (`cu_seq_lens_q/k` offsets, `max_length_q/k`), read by the attention."""
-        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask)
+        sample boundaries (`cu_seq_lens_q/k` offsets, `max_length_q/k`), read by the attention.
+        `always_encode`: see `embed` (the training module sets it)."""
+        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, always_encode)
         # No KV cache in a training forward: packed attention needs the whole row at once.
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, position_ids=position_ids,
                         use_cache=False, cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k,

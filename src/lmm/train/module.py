@@ -11,6 +11,7 @@ import torch
 
 from lmm.data.collate import attention_inputs
 from lmm.model.lmm import COMPONENTS, LMM
+from lmm.train.agree import AgreedStop, gather_objects, gather_rows, ranks_where
 from lmm.train.throughput import FlopCounter, peak_flops, peak_memory_bytes
 
 MAX_SHOWN_SKIPS = 20  # skipped samples printed one by one; the rest are counted
@@ -75,8 +76,8 @@ class LMMModule(L.LightningModule):
         if unknown:
             raise ValueError(f"stage.optim.component_lr names {sorted(unknown)}; components are {COMPONENTS}")
         self.max_skip_rate, self.skip_check_after = max_skip_rate, skip_check_after
-        self.seen_total = 0
-        self.skipped: Counter = Counter()
+        self.seen_total = self.skipped_total = 0  # over all ranks (agreed every step)
+        self.skipped: Counter = Counter()  # this rank's skips by kind
         self.flop_counter = FlopCounter.from_model(model)
         # Run totals (this rank); kept in checkpoints so a resumed run reports the whole run.
         self.totals = {"samples": 0, "tokens": 0, "flops": 0.0, "train_wall_s": 0.0}
@@ -107,34 +108,65 @@ class LMMModule(L.LightningModule):
             labels=batch["labels"],
             instruction_ids=batch.get("instruction_ids"),
             instruction_mask=batch.get("instruction_mask"),
+            always_encode=True,  # every rank runs tower + connector every step (lmm.model.lmm.LMM.embed)
             **attention_inputs(batch),
         )
 
-    @property
-    def skipped_total(self) -> int:
-        return sum(self.skipped.values())
-
-    def _count_skips(self, batch: dict) -> None:
-        """Count (and show the first few) skipped samples; stop when the skip rate is too high:
-        silently training on a fraction of the data is worse than a crash."""
-        self.seen_total += batch.get("seen", batch["input_ids"].shape[0])
+    def _agree_on_batch(self, batch: dict) -> None:
+        """Gather every rank's facts about its batch (one all_gather): skips are counted over
+        the world, and a placeholder mismatch or a skip-rate breach on any rank stops every
+        rank at this step with the same message."""
+        ids = batch["input_ids"]
+        images = 0 if batch["pixel_values"] is None else batch["pixel_values"].shape[0]
+        local = [batch.get("seen", ids.shape[0]), sum(batch.get("skipped", {}).values()),
+                 int((ids == self.model.image_token_id).sum()), images * self.model.num_image_tokens]
+        facts = gather_rows(self.trainer.strategy, local, self.device)  # [world, 4]
         for detail in batch.get("skip_details", []):
-            if self.skipped_total < MAX_SHOWN_SKIPS:
+            if sum(self.skipped.values()) < MAX_SHOWN_SKIPS:
                 print(f"[lmm] skipped {detail}")
         self.skipped.update(batch.get("skipped", {}))
+        self.seen_total += int(facts[:, 0].sum())
+        self.skipped_total += int(facts[:, 1].sum())
+        mismatched = ranks_where(facts[:, 2] != facts[:, 3])
+        if mismatched:
+            details = "; ".join(f"rank {r}: {int(facts[r, 2])} placeholder ids, {int(facts[r, 3])} image tokens" for r in mismatched)
+            raise AgreedStop(f"image placeholders do not match the images ({details}): the tokenizer's image_tokens "
+                             "must equal connector.num_tokens(vision.num_patches)")
         rate = self.skipped_total / max(1, self.seen_total)
         if self.seen_total >= self.skip_check_after and rate > self.max_skip_rate:
-            raise RuntimeError(
-                f"{self.skipped_total} of {self.seen_total} samples skipped ({rate:.1%} > data.max_skip_rate="
-                f"{self.max_skip_rate:.1%}): {dict(self.skipped)}. Fix the data (see the skipped lines above) "
-                "or raise data.max_skip_rate."
+            kinds = sum((Counter(part) for part in gather_objects(dict(self.skipped))), Counter())
+            raise AgreedStop(
+                f"{self.skipped_total} of {self.seen_total} samples skipped on {self.trainer.world_size} rank(s) "
+                f"({rate:.1%} > data.max_skip_rate={self.max_skip_rate:.1%}): {dict(sorted(kinds.items()))}. Fix the data "
+                "(see the skipped lines above) or raise data.max_skip_rate."
             )
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        self._count_skips(batch)
+    def _agree_on_loss(self, loss: torch.Tensor) -> None:
+        """A non-finite loss on any rank stops every rank before the backward."""
+        finite = self.trainer.strategy.all_gather(torch.isfinite(loss.detach()).long().reshape(1)).reshape(-1)  # [world]
+        bad = ranks_where(finite == 0)
+        if bad:
+            raise AgreedStop(f"non-finite loss on rank(s) {bad} at step {self.trainer.global_step}: lower the learning "
+                             "rate, check the data, or train in bf16 instead of fp16")
+
+    def _placeholder_batch(self, batch: dict) -> dict:
+        """A rank whose samples were all skipped still runs a forward (and backward) through
+        the same modules as the others, on two pad tokens weighted 0 (see training_step)."""
+        pad = torch.zeros((1, 2), dtype=torch.long, device=self.device)
+        return {**batch, "input_ids": pad, "labels": torch.tensor([[-100, 0]], device=self.device),
+                "attention_mask": torch.ones_like(pad), "pixel_values": None, "position_ids": None}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self._agree_on_batch(batch)
         if not batch["input_ids"].shape[0]:
-            return None  # every sample of this batch was skipped: no step
+            # Every sample of this rank's share was skipped. The step is not skipped: the other
+            # ranks' samples train and this rank adds a zero gradient (skipping would leave DDP's
+            # accumulated gradients unsynchronised and FSDP's collectives unmatched).
+            loss = self(self._placeholder_batch(batch)).loss * 0.0
+            self._agree_on_loss(loss)
+            return loss
         loss = self(batch).loss
+        self._agree_on_loss(loss)
         lengths = batch.get("sample_lengths") or batch["attention_mask"].sum(dim=1).tolist()  # attention is per sample
         images = 0 if batch["pixel_values"] is None else batch["pixel_values"].shape[0]
         # Counted here, not at batch end: a checkpoint written at this step's end must include it.
@@ -171,14 +203,18 @@ class LMMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lmm_totals"] = dict(self.totals)
+        checkpoint["lmm_skips"] = {"seen": self.seen_total, "skipped": self.skipped_total}  # world totals, equal on every rank
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.totals.update(checkpoint.get("lmm_totals", {}))
+        skips = checkpoint.get("lmm_skips", {})
+        self.seen_total, self.skipped_total = skips.get("seen", 0), skips.get("skipped", 0)
 
     def cost_summary(self) -> dict:
         """Totals over all ranks (a collective: every rank must call it)."""
-        summed = {key: float(self.trainer.strategy.reduce(torch.tensor(float(value)), reduce_op="sum"))
-                  for key, value in self.totals.items() if key != "train_wall_s"}
+        keys = [key for key in self.totals if key != "train_wall_s"]
+        rows = gather_rows(self.trainer.strategy, [float(self.totals[key]) for key in keys], self.device, torch.float64)
+        summed = dict(zip(keys, rows.sum(dim=0).tolist()))
         memory, memory_kind = peak_memory_bytes(self.device)
         wall, peak = self.totals["train_wall_s"], self._peak_flops
         return {
@@ -197,9 +233,11 @@ class LMMModule(L.LightningModule):
         }
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._count_skips(batch)
-        if batch["input_ids"].shape[0]:
-            self.log("val/loss", self(batch).loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self._agree_on_batch(batch)
+        if not batch["input_ids"].shape[0]:  # the same forward as the other ranks (FSDP all-gathers), not logged
+            self(self._placeholder_batch(batch))
+            return
+        self.log("val/loss", self(batch).loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
 
     def configure_optimizers(self):
         groups = []

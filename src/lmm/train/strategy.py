@@ -64,7 +64,10 @@ class FSDP2Strategy(ModelParallelStrategy):
 
 
 def decoder_layers(llm: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a transformers causal LM (`model.layers` in Llama, Mistral, Qwen2, Phi)."""
+    """The decoder layers of a transformers causal LM (`model.layers` in Llama, Mistral, Qwen2, Phi),
+    also inside a peft (LoRA) wrapper."""
+    if hasattr(llm, "get_base_model"):  # PeftModel -> the transformers model it adapts
+        llm = llm.get_base_model()
     base = getattr(llm, "model", llm)
     layers = getattr(base, "layers", None)
     if not isinstance(layers, nn.ModuleList):
