@@ -26,6 +26,20 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mix665k_root(data_root) -> Path:
+    """`data_root` plus the converted mix665k miniature (text-only ShareGPT entries, multi-turn
+    conversations) at shards/llava_mix665k, where data=llava_mix665k looks for it."""
+    from lmm.data.convert import convert
+    from tests.data.llava_miniature import build_mix665k
+
+    out = data_root / "shards" / "llava_mix665k"
+    if not (out / "manifest.json").exists():
+        json_path, images, _, _ = build_mix665k(data_root / "mix665k_source")
+        convert(json_path, images, out, workers=1, shard_size=2, progress=False)
+    return data_root
+
+
+@pytest.fixture(scope="session")
 def tokenizer(data_root):
     from lmm.data.tokenizer import load_tokenizer
 

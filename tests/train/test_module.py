@@ -57,8 +57,9 @@ def test_stage_that_trains_nothing_is_rejected(model):
 def test_partial_tower_fine_tuning(model):
     LMMModule(model, train={"connector": True}, lr=1e-3, vision_last_blocks=1)
     blocks = model.vision.blocks()
-    assert all(p.requires_grad for p in blocks[-1].parameters())
-    assert not any(p.requires_grad for b in blocks[:-1] for p in b.parameters())
+    # select_layer=-2 (LLaVA): the last block feeds nothing, so the last *used* block trains.
+    assert all(p.requires_grad for p in blocks[-2].parameters())
+    assert not any(p.requires_grad for b in [*blocks[:-2], blocks[-1]] for p in b.parameters())
     assert not model.vision.model.embeddings.patch_embedding.weight.requires_grad
     with pytest.raises(ValueError, match="vision_last_blocks=9"):
         LMMModule(model, train={"connector": True}, lr=1e-3, vision_last_blocks=9)

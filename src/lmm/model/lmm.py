@@ -37,10 +37,15 @@ class LMM(nn.Module):
             raise ValueError(f"stage.train has unknown components {sorted(unknown)}; known: {COMPONENTS}")
         for name in COMPONENTS:
             getattr(self, name).requires_grad_(bool(train.get(name, False)))
+        used = set(map(id, self.vision.used_blocks()))
+        for block in self.vision.blocks():  # blocks after the selected layer never get a gradient
+            if id(block) not in used:
+                block.requires_grad_(False)
         if vision_last_blocks:
-            blocks = self.vision.blocks()
+            blocks = self.vision.used_blocks()
             if not 0 < vision_last_blocks <= len(blocks):
-                raise ValueError(f"stage.vision_last_blocks={vision_last_blocks} but the tower has {len(blocks)} blocks")
+                raise ValueError(f"stage.vision_last_blocks={vision_last_blocks} but the tower has {len(blocks)} blocks up to "
+                                 f"its selected layer (vision.select_layer={self.vision.select_layer})")
             for block in blocks[-vision_last_blocks:]:
                 block.requires_grad_(True)
         if not any(p.requires_grad for p in self.parameters()):

@@ -54,6 +54,11 @@ class VisionTower(nn.Module):
     def blocks(self) -> nn.ModuleList:
         raise NotImplementedError
 
+    def used_blocks(self) -> nn.ModuleList:
+        """The blocks that feed the selected layer (`select_layer=-2` leaves the last one out):
+        only these can learn, and a trainable block that gets no gradient breaks DDP."""
+        raise NotImplementedError
+
     def _select(self, tokens: torch.Tensor) -> torch.Tensor:
         # tokens: [B, prefix + P, Dv] -> [B, P, Dv] (or unchanged for cls_patch)
         return tokens if self.select_feature == "cls_patch" else tokens[:, self.num_prefix_tokens :]
@@ -88,6 +93,10 @@ class HFVisionTower(VisionTower):
 
     def blocks(self) -> nn.ModuleList:
         return self.model.encoder.layers
+
+    def used_blocks(self) -> nn.ModuleList:
+        # hidden_states[0] is the embedding output, hidden_states[k] the output of block k - 1.
+        return self.blocks()[: self.select_layer % (len(self.blocks()) + 1)]
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=pixels.to(self.model.dtype), output_hidden_states=True)
@@ -146,6 +155,9 @@ class TimmVisionTower(VisionTower):
     def blocks(self) -> nn.ModuleList:
         return self.model.blocks
 
+    def used_blocks(self) -> nn.ModuleList:
+        return self.blocks()[: self.select_layer % len(self.blocks()) + 1]  # timm's index k: block k's output
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         (layer,) = self.model.forward_intermediates(
             pixels, indices=[self.select_layer], norm=False, output_fmt="NLC",
@@ -180,6 +192,9 @@ class FusedVisionTower(VisionTower):
 
     def blocks(self) -> nn.ModuleList:
         return nn.ModuleList(b for t in self.towers for b in t.blocks())
+
+    def used_blocks(self) -> nn.ModuleList:
+        return nn.ModuleList(b for t in self.towers for b in t.used_blocks())
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         features = [

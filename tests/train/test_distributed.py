@@ -1,0 +1,64 @@
+"""2 gloo processes on the mix665k miniature: every stage under FSDP and DDP trains through
+text-only steps, resumes, and takes the same steps as one process; a stop seen by one rank
+stops both, with the same message, at once."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lmm.train.train import build_run
+from tests.train import distributed_worker as worker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def workdir(mix665k_root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("distributed")
+    (workdir / "data_root").write_text(str(mix665k_root))
+    for name, (_, overrides) in worker.SCENARIOS.items():
+        torch.manual_seed(0)
+        model, _ = build_run(worker.config(mix665k_root, overrides))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(workdir / f"init_{name}.safetensors"))
+    return workdir
+
+
+def launch(workdir: Path, mode: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tests.train.distributed_worker", str(workdir), mode], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_every_stage_under_fsdp_and_ddp_equals_one_process(workdir):
+    done = launch(workdir, "train")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    for name in worker.SCENARIOS:
+        ranks = [json.loads((workdir / f"{name}_rank{r}.json").read_text()) for r in (0, 1)]
+        assert ranks[0]["images"] == ranks[1]["images"], name  # both ranks: an image step or a text-only step, together
+        assert not all(ranks[0]["images"]), f"{name}: no text-only step; the test would not provoke divergence"
+        sharded = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"])]
+        expected, images = worker.reference(workdir, name)
+        assert images == ranks[0]["images"]
+        assert len(sharded) == len(expected) == worker.STEPS
+        # Steps 1-3 before the checkpoint, 4-6 after resuming from it.
+        assert sharded == pytest.approx(expected, rel=1e-4, abs=1e-5), name
+
+
+@pytest.mark.slow
+def test_a_stop_on_one_rank_stops_both_with_one_message(workdir):
+    done = launch(workdir, "stops")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    expected = {"skip_rate": "samples skipped on 2 rank(s)", "placeholders": "rank 1: ", "non_finite": "non-finite loss on rank(s) [1]"}
+    for stop, words in expected.items():
+        ranks = [json.loads((workdir / f"stop_{stop}_rank{r}.json").read_text()) for r in (0, 1)]
+        assert ranks[0]["message"] and ranks[0]["message"] == ranks[1]["message"], stop
+        assert words in ranks[0]["message"], ranks[0]["message"]
+        triggered = ranks[1]["triggered_at"]
+        assert all(rank["time"] - triggered < 30 for rank in ranks)
