@@ -93,3 +93,36 @@ def test_lora_adapters_merge_into_plain_weights(data_root):
         merged = model.llm(input_ids=ids).logits
     assert not any("lora" in key for key in model.llm.state_dict())
     assert torch.allclose(adapted, merged, atol=1e-5)
+
+
+def test_every_collective_gets_tensors_on_the_module_device(model):
+    """NCCL has no CPU path: a tensor handed to a collective must live on the module's device.
+    The default device is set to meta here, so any tensor made without `device=` lands elsewhere."""
+    import torch
+
+    class RecordingStrategy:
+        def __init__(self):
+            self.devices = []
+
+        def all_gather(self, tensor):
+            self.devices.append(tensor.device)
+            return tensor[None]
+
+        def reduce(self, tensor, reduce_op=None):
+            self.devices.append(tensor.device)
+            return tensor
+
+    class FakeTrainer:
+        strategy, world_size, global_step, precision = RecordingStrategy(), 1, 0, "32-true"
+
+    module = LMMModule(model, train={"connector": True}, lr=1e-3)
+    module._trainer = FakeTrainer()
+    batch = {"input_ids": torch.tensor([[1, 2, 3]]), "pixel_values": None, "seen": 2, "skipped": {"image": 1}}
+    loss = torch.tensor(1.5)
+    with torch.device("meta"):
+        module._agree_on_batch(batch)
+        module._agree_on_loss(loss)
+        module.cost_summary()
+    assert len(FakeTrainer.strategy.devices) == 3
+    assert set(FakeTrainer.strategy.devices) == {module.device}
+    assert (module.seen_total, module.skipped_total) == (2, 1)
