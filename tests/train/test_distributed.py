@@ -49,6 +49,20 @@ def test_every_stage_under_fsdp_and_ddp_equals_one_process(workdir):
         assert len(sharded) == len(expected) == worker.STEPS
         # Steps 1-3 before the checkpoint, 4-6 after resuming from it.
         assert sharded == pytest.approx(expected, rel=1e-4, abs=1e-5), name
+        # The checkpoint holds what trains: fp32 parameters + 2 Adam moments = 12 B per trainable parameter.
+        ratio = checkpoint_bytes(workdir / name / "last.ckpt") / (12 * trainable_parameters(workdir, name))
+        # Sharded checkpoints add ~2 KB per tensor shard: at this scale that matters only for the tiny LoRA
+        # adapters and the partial tower (many small tensors); at 7B it is below 0.1%.
+        assert ratio <= (1.1 if name in ("fsdp_finetune", "ddp_finetune", "ddp_lora") else 2.0), (name, ratio)
+
+
+def checkpoint_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def trainable_parameters(workdir: Path, name: str) -> int:
+    lit, _ = worker.module(Path((workdir / "data_root").read_text()), worker.SCENARIOS[name][1], workdir / f"init_{name}.safetensors")
+    return sum(p.numel() for p in lit.parameters() if p.requires_grad)
 
 
 @pytest.mark.slow

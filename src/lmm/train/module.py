@@ -62,6 +62,7 @@ class LMMModule(L.LightningModule):
         skip_check_after: int = 1000,
     ):
         super().__init__()
+        self.strict_loading = False  # checkpoints hold the trainable parameters only (on_load_checkpoint checks them)
         model.set_trainable(train, vision_last_blocks)
         self.activation_checkpointing = activation_checkpointing
         if activation_checkpointing:  # recompute each decoder layer's activations in the backward
@@ -201,11 +202,26 @@ class LMMModule(L.LightningModule):
         if self._peak_flops:
             self.log("train/mfu", flops / seconds / self._peak_flops, batch_size=1)
 
+    def trainable_keys(self) -> set[str]:
+        """State-dict keys of the parameters this stage trains: all a checkpoint holds of the model."""
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Frozen weights are not saved: a resumed run rebuilds them from their source (pretrained
+        # weights, stage.init_from, or the seeded random init), as the run did when it started.
+        if "state_dict" in checkpoint:  # absent on ranks that write no file
+            trainable = self.trainable_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["lmm_totals"] = dict(self.totals)
         checkpoint["lmm_skips"] = {"seen": self.seen_total, "skipped": self.skipped_total}  # world totals, equal on every rank
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "state_dict" in checkpoint:  # a single-file checkpoint: exactly the trainable parameters
+            saved, trainable = set(checkpoint["state_dict"]), self.trainable_keys()
+            if saved != trainable:
+                raise ValueError(f"the checkpoint does not hold this stage's trainable parameters (missing "
+                                 f"{sorted(trainable - saved)[:3]}, unexpected {sorted(saved - trainable)[:3]}): "
+                                 "was it written by another stage or model? force=true starts the run over")
         self.totals.update(checkpoint.get("lmm_totals", {}))
         skips = checkpoint.get("lmm_skips", {})
         self.seen_total, self.skipped_total = skips.get("seen", 0), skips.get("skipped", 0)

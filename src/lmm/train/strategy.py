@@ -63,6 +63,31 @@ class FSDP2Strategy(ModelParallelStrategy):
         fully_shard(model, **options)
 
 
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        """Load a sharded checkpoint that holds only the trainable parameters (and their optimizer
+        state); frozen weights stay as built. Returns the trainer state (meta.pt)."""
+        from pathlib import Path
+
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        path = Path(self.broadcast(str(checkpoint_path)))
+        if not path.is_dir():  # a full single-file checkpoint: Lightning's own loader
+            return super().load_checkpoint(path, weights_only=weights_only)
+        trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
+        model_state = {k: v for k, v in get_model_state_dict(self.model).items() if k in trainable}
+        dcp.load({"state_dict": model_state}, checkpoint_id=path)  # raises if a trainable tensor is missing
+        set_model_state_dict(self.model, model_state, options=StateDictOptions(strict=False))
+        for index, optimizer in enumerate(self.optimizers):
+            state = {f"optimizer_{index}": get_optimizer_state_dict(self.model, optimizer)}
+            dcp.load(state, checkpoint_id=path)
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[f"optimizer_{index}"],
+                                     options=StateDictOptions(cpu_offload=True))
+        return torch.load(path / "meta.pt", weights_only=weights_only)
+
+
 def decoder_layers(llm: nn.Module) -> nn.ModuleList:
     """The decoder layers of a transformers causal LM (`model.layers` in Llama, Mistral, Qwen2, Phi),
     also inside a peft (LoRA) wrapper."""
