@@ -3,7 +3,8 @@
     python -m lmm.checkpoint consolidate RUN_DIR [--out FILE]
 
 writes the model weights of RUN_DIR's latest checkpoint as one safetensors file (LMM parameter
-names, as in final.safetensors). Lightning's own consolidation CLI does not read
+names, as in final.safetensors). Checkpoints hold only what training changes; the frozen
+weights are rebuilt from the run's saved config, as a resumed run rebuilds them. Lightning's own consolidation CLI does not read
 ModelParallelStrategy checkpoints; torch's `dcp_to_torch_save` does, and is used here.
 
 A checkpoint is written under `<name>.partial` and renamed into place only when every rank has
@@ -95,17 +96,56 @@ def model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
 
 
+def full_model_state(run_dir: Path, trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's trained parameters on top of the model its run starts from (rebuilt from
+    RUN_DIR/.hydra/config.yaml: pretrained weights, stage.init_from, seeded random init), LoRA
+    adapters merged: the tensors final.safetensors would hold. Without a saved config, the
+    trained parameters alone."""
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.exists():
+        print(f"[lmm] no {saved}: writing the checkpoint's trained parameters only (frozen weights are not in checkpoints)")
+        return trained
+    from omegaconf import OmegaConf
+
+    from lmm.config import register_resolvers
+    from lmm.train.module import add_lora, merge_lora
+    from lmm.train.train import build_for_stage, lora_options
+
+    register_resolvers()
+    cfg = OmegaConf.load(saved)
+    model, _, _ = build_for_stage(cfg, sharded=False, rank=0)
+    if lora_options(cfg):
+        model.llm = add_lora(model.llm, **lora_options(cfg))
+    unknown = set(trained) - set(model.state_dict())
+    if unknown:
+        raise ValueError(f"the checkpoint has tensors the run's model does not: {sorted(unknown)[:3]}")
+    model.load_state_dict(trained, strict=False)
+    model.llm = merge_lora(model.llm)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
 def consolidate(run_dir: Path, out: Path | None = None) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise SystemExit(f"no complete checkpoint in {run_dir / 'checkpoints'} (looked for {LAST} and {LAST}.old)")
     out = out or run_dir / "consolidated.safetensors"
-    state = model_state(checkpoint)
-    save_file(state, str(out))
+    state = full_model_state(run_dir, model_state(checkpoint))
+    save_model(_Tensors(state), str(out))
     print(f"[lmm] {checkpoint} -> {out} ({len(state)} tensors, {sum(t.numel() for t in state.values()):,d} parameters)")
     return out
+
+
+class _Tensors(torch.nn.Module):
+    """A state dict as a module, so safetensors' save_model handles tied (shared) tensors."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        super().__init__()
+        self.state = state
+
+    def state_dict(self, *args, **kwargs):
+        return self.state
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,10 +50,10 @@ def test_fsdp_matches_one_process_resumes_and_consolidates(workdir):
     assert reference[-1] < reference[0]  # it learns
     last = workdir / "checkpoints" / "last.ckpt"
     assert last.is_dir() and is_complete(last) and not (workdir / "checkpoints" / "last.ckpt.partial").exists()
-    merged = load_file(str(consolidate(workdir)))
+    merged = load_file(str(consolidate(workdir)))  # no run config here: the trained parameters alone
     final = load_file(str(workdir / "final.safetensors"))
-    assert merged.keys() == final.keys()
-    assert all(torch.equal(merged[k], final[k]) for k in final)
+    assert merged.keys() == {k for k in final if not k.startswith("vision.")}  # the stage trains connector + llm
+    assert all(torch.equal(merged[k], final[k]) for k in merged)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import torch
 from lmm.data.collate import attention_inputs
 from lmm.model.lmm import COMPONENTS, LMM
 from lmm.train.agree import AgreedStop, gather_objects, gather_rows, ranks_where
+from lmm.train.materialize import host_memory, materialize, on_meta
 from lmm.train.throughput import FlopCounter, peak_flops, peak_memory_bytes
 
 MAX_SHOWN_SKIPS = 20  # skipped samples printed one by one; the rest are counted
@@ -77,6 +78,11 @@ class LMMModule(L.LightningModule):
         if unknown:
             raise ValueError(f"stage.optim.component_lr names {sorted(unknown)}; components are {COMPONENTS}")
         self.max_skip_rate, self.skip_check_after = max_skip_rate, skip_check_after
+        # A model built on the meta device (strategy=fsdp) is filled after sharding from this
+        # full state, which only rank 0 holds (lmm.train.materialize); None elsewhere.
+        self.initial_state: dict | None = None
+        self.host_bytes_at_build: int | None = None  # resident bytes before the model was built (train.py)
+        self.model_load_host_bytes = 0  # peak host memory added by building + loading the model
         self.seen_total = self.skipped_total = 0  # over all ranks (agreed every step)
         self.skipped: Counter = Counter()  # this rank's skips by kind
         self.flop_counter = FlopCounter.from_model(model)
@@ -87,11 +93,15 @@ class LMMModule(L.LightningModule):
         self._peak_flops: float | None = None  # the device's bf16 peak, known once training starts
 
     def configure_model(self) -> None:
-        """Under strategy=fsdp, shard the model (Lightning calls this inside the strategy's context)."""
+        """Under strategy=fsdp, shard the model (Lightning calls this inside the strategy's
+        context); a model built on the meta device is then filled from rank 0's `initial_state`."""
         shard = getattr(self.trainer.strategy, "shard", None)
         if shard is not None and not getattr(self, "_sharded", False):
             shard(self.model, self.device_mesh)
             self._sharded = True
+        if on_meta(self.model):
+            materialize(self.model, self.device, self.initial_state)
+            self.initial_state = None
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -183,6 +193,8 @@ class LMMModule(L.LightningModule):
         return loss
 
     def on_train_start(self) -> None:
+        if self.host_bytes_at_build is not None:  # the model is loaded; no optimizer state exists yet
+            self.model_load_host_bytes = max(0, host_memory()[1] - self.host_bytes_at_build)
         self._peak_flops = peak_flops(self.device, self.trainer.precision)
         self._last_step_end = time.perf_counter()
 
@@ -232,6 +244,7 @@ class LMMModule(L.LightningModule):
         rows = gather_rows(self.trainer.strategy, [float(self.totals[key]) for key in keys], self.device, torch.float64)
         summed = dict(zip(keys, rows.sum(dim=0).tolist()))
         memory, memory_kind = peak_memory_bytes(self.device)
+        loads = gather_rows(self.trainer.strategy, [self.model_load_host_bytes], self.device).flatten().tolist()
         wall, peak = self.totals["train_wall_s"], self._peak_flops
         return {
             "parameters": sum(p.numel() for p in self.model.parameters()),
@@ -246,6 +259,7 @@ class LMMModule(L.LightningModule):
             "peak_memory_bytes": memory,
             "peak_memory_kind": memory_kind,
             "devices": self.trainer.world_size,
+            "model_load_host_bytes": [int(x) for x in loads],  # per rank: peak host memory added by building the model
         }
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

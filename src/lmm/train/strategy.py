@@ -6,8 +6,10 @@
 
 FSDP units: each LLM decoder layer, each vision block (the frozen tower in units of its own, so
 its all-gathers never wait on trainable parameters), the connector, and the root (embeddings,
-final norm, LM head). Parameters are kept sharded in their load dtype; `param_dtype` is the
-compute dtype, `reduce_dtype` the gradient reduce-scatter dtype. Checkpoints are written as
+final norm, LM head). Trainable parameters are kept sharded in their load dtype (fp32 master
+weights), frozen ones in the compute dtype `param_dtype`; `reduce_dtype` is the gradient
+reduce-scatter dtype. The model is built on the meta device and filled from rank 0 after
+sharding (lmm.train.materialize). Checkpoints are written as
 distributed (sharded) checkpoints; `python -m lmm.checkpoint consolidate RUN_DIR` merges one.
 """
 
@@ -50,6 +52,9 @@ class FSDP2Strategy(ModelParallelStrategy):
         """Apply fully_shard bottom-up: vision blocks, decoder layers, connector, then the root."""
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        for p in model.parameters():  # frozen parts are held in the compute dtype; trained ones keep their master dtype
+            if not p.requires_grad and p.is_floating_point():
+                p.data = p.data.to(self.param_dtype)
         mesh = device_mesh["data_parallel"]
         policy = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype)
         options = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": self.reshard_after_forward}

@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
 from safetensors.torch import load_file, save_model
 
 from lmm.data.conversation import TEMPLATE_NAMES
@@ -22,6 +23,8 @@ from lmm.model.lmm import LMM
 from lmm.checkpoint import LAST, AtomicCheckpoint, latest_checkpoint
 from lmm.train.module import LMMModule, add_lora, merge_lora
 from lmm.train.plan import BatchPlan, batch_plan
+from lmm.train.materialize import host_memory, parameters_on_meta, reset_peak_host_memory
+from lmm.train.strategy import FSDP2Strategy
 from lmm.train.slurm import CheckpointBeforeRequeue, check_slurm_tasks, cluster_plugins, in_slurm_job, record_job
 from lmm.weights import resolve_weights
 
@@ -83,16 +86,22 @@ def init_weights_path(source: str) -> Path:
 
 
 def init_from(model: LMM, source: str, components: list[str]) -> None:
-    """Load `components` from a finished run (its final.safetensors) or a safetensors file."""
+    """Load `components` from a finished run (its final.safetensors) or a safetensors file,
+    reading only their tensors."""
     path = init_weights_path(source)
-    state = load_file(str(path))
-    for name in components:
-        prefix = f"{name}."
-        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        missing, unexpected = getattr(model, name).load_state_dict(part, strict=False)
-        if unexpected or (missing and name == "connector"):
-            raise ValueError(f"stage.init_from {path}: {name} does not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    with safe_open(str(path), framework="pt") as weights:
+        keys = list(weights.keys())
+        for name in components:
+            prefix = f"{name}."
+            part = {k[len(prefix):]: weights.get_tensor(k) for k in keys if k.startswith(prefix)}
+            _load_component(model, name, part, path)
     print(f"[lmm] initialised {', '.join(components)} from {path}")
+
+
+def _load_component(model: LMM, name: str, part: dict, path: Path) -> None:
+    missing, unexpected = getattr(model, name).load_state_dict(part, strict=False)
+    if unexpected or (missing and name == "connector"):
+            raise ValueError(f"stage.init_from {path}: {name} does not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def command_overrides() -> list[str]:
@@ -147,9 +156,23 @@ def train(cfg: DictConfig) -> dict | None:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.ensure_data()
-    model, processor = build_run(cfg)
-    if cfg.stage.init_from:
-        init_from(model, cfg.stage.init_from, ["connector", *random_init_components(cfg)])
+    strategy = instantiate(cfg.strategy)
+    checkpoints = AtomicCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
+    no_validation = {"limit_val_batches": 0} if not datamodule.val_split else {}
+    trainer: L.Trainer = instantiate(  # before the model: under FSDP only rank 0 reads the weights
+        cfg.trainer,
+        **no_validation,
+        max_steps=plan.max_steps,
+        accumulate_grad_batches=plan.accumulation,
+        strategy=strategy,
+        plugins=cluster_plugins(),
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""),
+        callbacks=[checkpoints, *([CheckpointBeforeRequeue(run_dir / "checkpoints" / LAST)] if in_slurm_job() else [])],
+        default_root_dir=str(run_dir),
+    )
+    host_bytes = host_memory()[0]
+    reset_peak_host_memory()
+    model, processor, initial_state = build_for_stage(cfg, isinstance(strategy, FSDP2Strategy), process_rank(trainer))
     datamodule.attach(processor, processor.tokenizer.pad_token_id)
     module = LMMModule(
         model, **OmegaConf.to_container(cfg.stage.optim, resolve=True), train=dict(cfg.stage.train),
@@ -157,21 +180,10 @@ def train(cfg: DictConfig) -> dict | None:
         activation_checkpointing=bool(cfg.get("activation_checkpointing")), max_skip_rate=datamodule.max_skip_rate,
         skip_check_after=datamodule.skip_check_after,
     )
-    checkpoints = AtomicCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
-    no_validation = {"limit_val_batches": 0} if not datamodule.val_split else {}
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        **no_validation,
-        max_steps=plan.max_steps,
-        accumulate_grad_batches=plan.accumulation,
-        strategy=instantiate(cfg.strategy),
-        plugins=cluster_plugins(),
-        logger=TensorBoardLogger(save_dir=str(run_dir), name="tb", version=""),
-        callbacks=[checkpoints, *([CheckpointBeforeRequeue(run_dir / "checkpoints" / LAST)] if in_slurm_job() else [])],
-        default_root_dir=str(run_dir),
-    )
+    module.initial_state, module.host_bytes_at_build = initial_state, host_bytes
+    del initial_state
     record_job(run_dir)
-    if trainer.global_rank == 0:
+    if process_rank(trainer) == 0:
         print(f"[lmm] global batch {plan.global_batch} = {plan.per_device} per device × {plan.world} device(s) × "
               f"{plan.accumulation} accumulation; {plan.max_steps} steps")
     last = None if cfg.get("force") else latest_checkpoint(run_dir / "checkpoints")  # force=true starts over
@@ -199,27 +211,75 @@ def lora_options(cfg: DictConfig) -> dict | None:
     return OmegaConf.to_container(lora, resolve=True) if lora else None
 
 
-def final_model(cfg: DictConfig, module: LMMModule, trainer: L.Trainer, path: Path) -> LMM:
-    """Write the trained weights to `path` (rank 0) and return them as one plain module on every
-    rank: gathered from the FSDP shards when sharded, LoRA adapters merged into the base weights."""
-    model = module.model
-    sharded = getattr(trainer.strategy, "shard", None) is not None
-    if sharded:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def process_rank(trainer: L.Trainer) -> int:
+    """This process's global rank, already before fit (Lightning sets trainer.global_rank in fit)."""
+    env = trainer.strategy.cluster_environment
+    return env.node_rank() * trainer.num_devices + env.local_rank() if env is not None else 0
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # rank 0 only
-        model, _ = build_run(cfg, load_weights=False)
+
+def build_for_stage(cfg: DictConfig, sharded: bool, rank: int) -> tuple[LMM, SampleProcessor, dict | None]:
+    """The model a stage starts from: pretrained weights, `stage.init_from` (the connector and
+    random-init parts) and the seeded random init of the rest.
+
+    Sharded (FSDP): every rank builds on the meta device, and rank 0 alone builds the real model
+    and returns its full state (LoRA adapters included), which LMMModule broadcasts after
+    sharding. Otherwise the returned model holds its weights and the state is None. Seeded
+    here, so every rebuild (a resumed run, `lmm.checkpoint consolidate`) has the same init."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if not sharded:
+        model, processor = build_run(cfg)
+        if cfg.stage.init_from:
+            init_from(model, cfg.stage.init_from, ["connector", *random_init_components(cfg)])
+        return model, processor, None
+    state = None
+    if rank == 0:
+        full, _, _ = build_for_stage(cfg, sharded=False, rank=0)
+        if lora_options(cfg):
+            full.llm = add_lora(full.llm, **lora_options(cfg))
+        state = full.state_dict()
+        del full
+    with parameters_on_meta():
+        model, processor = build_run(cfg, load_weights=False)
+    return model, processor, state
+
+
+def final_model(cfg: DictConfig, module: LMMModule, trainer: L.Trainer, path: Path) -> LMM:
+    """Write the trained weights to `path` (rank 0; LoRA adapters merged into the base weights,
+    each part in its training dtype) and return the model to evaluate on every rank.
+
+    Sharded (FSDP): the full state is gathered to rank 0's host memory only; the optimizer state
+    is freed; then every rank reads the file into a model in the compute dtype."""
+    rank = trainer.global_rank
+    if not isinstance(trainer.strategy, FSDP2Strategy):
+        model = module.model
+        model.llm = merge_lora(model.llm)
+        if rank == 0:
+            save_model(model, str(path))
+        trainer.strategy.barrier()
+        return model.to(module.device)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # rank 0 only
+    for optimizer in trainer.optimizers:
+        optimizer.state.clear()
+    if rank == 0:
+        with parameters_on_meta():
+            model, _ = build_run(cfg, load_weights=False)
         if lora_options(cfg):
             model.llm = add_lora(model.llm, **lora_options(cfg))
-        if trainer.global_rank == 0:
-            model.load_state_dict(state)
-    model.llm = merge_lora(model.llm)
-    if trainer.global_rank == 0:
+        # Gathered tensors may be views into a larger buffer, which safetensors refuses to save.
+        own = {k: v if v.untyped_storage().nbytes() == v.nbytes else v.clone() for k, v in state.items()}
+        model.load_state_dict(own, assign=True)
+        del own
+        model.llm = merge_lora(model.llm)
         save_model(model, str(path))
+        del model
+    del state
     trainer.strategy.barrier()
-    if sharded and trainer.global_rank != 0:
-        model.load_state_dict(load_file(str(path)))
-    return model.to(module.device)
+    with parameters_on_meta():
+        model, _ = build_run(cfg, load_weights=False)
+    model.load_state_dict(load_file(str(path), device=str(module.device)), assign=True)
+    return model.to(module.device, dtype=trainer.strategy.param_dtype)
 
 
 def evaluate_run(cfg: DictConfig) -> dict:
