@@ -12,14 +12,13 @@ import os
 from contextlib import contextmanager
 
 import torch
+from accelerate import init_empty_weights
 from torch import nn
 
 
 @contextmanager
 def parameters_on_meta():
     """Create parameters on the meta device (no memory, no init work); buffers stay real."""
-    from accelerate import init_empty_weights
-
     with init_empty_weights(include_buffers=False):
         yield
 
