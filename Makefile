@@ -15,7 +15,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install data demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-mfu bench ablate table
+.PHONY: install data demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-mfu bench ablate table
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
@@ -27,6 +27,7 @@ help:
 	@echo "make bench-eval   batched generation vs the batch-1 loop (answers/s)"
 	@echo "make bench-train-step  lmm's training step vs a bare loop over HF Llava (tokens/s)"
 	@echo "make bench-packing     packed rows vs LLaVA's grouped padded batches (real tokens/s, waste)"
+	@echo "make bench-straggler   slowest rank / mean tokens per step: per-rank batch plans vs the global plan (8 ranks)"
 	@echo "make bench-mfu    (GPU) MFU under FSDP2 bf16, with/without checkpointing and compile"
 	@echo "make table SWEEP=experiments/runs/NAME   ablation table (md/tex/csv/png) of a sweep"
 	@echo "make lock      rewrite requirements.lock from the current environment"
@@ -65,12 +66,15 @@ bench-train-step: install
 bench-packing: install
 	$(PY) -m lmm.bench.packing
 
+bench-straggler: install
+	$(PY) -m lmm.bench.straggler
+
 # GPU only: MFU under FSDP2 + bf16, with/without activation checkpointing and torch.compile.
 bench-mfu: install
 	$(PY) -m lmm.bench.mfu
 
 # Every CPU benchmark; each prints ratios measured side by side and writes experiments/bench/<name>.json.
-bench: bench-data bench-eval bench-train-step bench-packing
+bench: bench-data bench-eval bench-train-step bench-packing bench-straggler
 
 # Ablation table of a sweep: Markdown, LaTeX, CSV and PNG next to it.
 # The connector ablation (4 connectors × 3 seeds on the embedded default), then its table and

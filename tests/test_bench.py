@@ -18,6 +18,15 @@ def test_packing_benchmark_reports_waste_and_ratio(tmp_path):
     assert set(narrow["real_tokens_per_s"]) == {"padded", "packed"}
 
 
+def test_straggler_benchmark_global_plan_balances_ranks(tmp_path):
+    from lmm.bench.straggler import main
+
+    result = main(["--steps", "60", "--out", str(tmp_path / "straggler.json")])
+    factors = result["straggler_factor"]
+    assert factors["global_plan"] <= 1.05 < factors["per_rank_plans"]
+    assert result["mixed_modality_steps"]["global_plan"] == 0 < result["mixed_modality_steps"]["per_rank_plans"]
+
+
 @pytest.fixture
 def isolated_process_group():
     """The FSDP2 strategy starts a one-process group and sets MASTER_PORT & co. in this process;
