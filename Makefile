@@ -15,7 +15,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install data demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-mfu bench ablate table
+.PHONY: install data demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-mfu bench ablate table gpu-check
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench-packing     packed rows vs LLaVA's grouped padded batches (real tokens/s, waste)"
 	@echo "make bench-straggler   slowest rank / mean tokens per step: per-rank batch plans vs the global plan (8 ranks)"
 	@echo "make bench-mfu    (GPU) MFU under FSDP2 bf16, with/without checkpointing and compile"
+	@echo "make gpu-check    (GPU) FSDP recipe with text-only steps, LoRA under FSDP, packing, MFU: one PASS/FAIL line each"
 	@echo "make table SWEEP=experiments/runs/NAME   ablation table (md/tex/csv/png) of a sweep"
 	@echo "make lock      rewrite requirements.lock from the current environment"
 
@@ -72,6 +73,10 @@ bench-straggler: install
 # GPU only: MFU under FSDP2 + bf16, with/without activation checkpointing and torch.compile.
 bench-mfu: install
 	$(PY) -m lmm.bench.mfu
+
+# GPU only: the FSDP recipe, LoRA under FSDP, packing with the varlen kernel, and bench-mfu (a few minutes on one H100).
+gpu-check: install
+	$(PY) -m lmm.gpu_check
 
 # Every CPU benchmark; each prints ratios measured side by side and writes experiments/bench/<name>.json.
 bench: bench-data bench-eval bench-train-step bench-packing bench-straggler

@@ -30,7 +30,7 @@ def mix665k_root(data_root) -> Path:
     """`data_root` plus the converted mix665k miniature (text-only ShareGPT entries, multi-turn
     conversations) at shards/llava_mix665k, where data=llava_mix665k looks for it."""
     from lmm.data.convert import convert
-    from tests.data.llava_miniature import build_mix665k
+    from lmm.data.miniature import build_mix665k
 
     out = data_root / "shards" / "llava_mix665k"
     if not (out / "manifest.json").exists():

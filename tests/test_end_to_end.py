@@ -98,7 +98,7 @@ def converted_llava(tmp_path_factory):
 
     from lmm.data.convert import convert
     from tests.data.broken_samples import catalogue
-    from tests.data.llava_miniature import build_mix665k
+    from lmm.data.miniature import build_mix665k
 
     root = tmp_path_factory.mktemp("llava")
     json_path, images, _, _ = build_mix665k(root)

@@ -8,7 +8,7 @@ import pytest
 
 from lmm.data.convert import convert
 from lmm.data.sources import classify, strip_format_prompts
-from tests.data.llava_miniature import build_mix665k, build_pretrain558k
+from lmm.data.miniature import build_mix665k, build_pretrain558k
 
 
 @pytest.fixture(scope="module")

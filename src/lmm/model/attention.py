@@ -5,8 +5,9 @@ transformers reads a packed row (attention_mask=None, position ids restarting pe
 block-diagonal causal mask, but SDPA and eager then compute every block of that mask, masked or
 not: a row of 16 samples costs 16× the attention of the samples alone. Flash-attention kernels
 take the sample boundaries (`cu_seq_lens_q/k`) instead; this is the same idea for any device:
-one causal SDPA call per sample, registered with transformers as the attention implementation
-`lmm_varlen`. Everything that is not a packed training forward (padded batches, generation with
+one causal SDPA call per sample (on CUDA in 16-bit: torch's varlen flash kernel,
+`torch.nn.attention.varlen.varlen_attn`, one launch for the whole row and no host sync),
+registered with transformers as the attention implementation `lmm_varlen`. Everything that is not a packed training forward (padded batches, generation with
 a KV cache) goes to transformers' SDPA unchanged.
 """
 
@@ -42,7 +43,10 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' attention-function contract: query [B, H, T, d], key/value [B, Hkv, T, d] →
-    ([B, T, H, d], None). Packed: one causal SDPA per sample of the flattened batch."""
+    ([B, T, H, d], None). Packed: on CUDA in 16-bit one varlen flash kernel over the whole row,
+    without a host sync; elsewhere one causal SDPA per sample of the flattened batch."""
+    if varlen_kernel_applies(query, key, attention_mask, kwargs):
+        return varlen_kernel(query, key, value, kwargs, scaling), None
     bounds = sample_bounds(query, key, attention_mask, kwargs)
     if bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
@@ -57,6 +61,25 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
     ], dim=2)  # [1, H, B·T, d]
     return out.reshape(heads, batch, length, dim).permute(1, 2, 0, 3).contiguous(), None  # [B, T, H, d]
+
+
+def varlen_kernel_applies(query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs: dict) -> bool:
+    """A packed training forward on CUDA in fp16/bf16, with the sample offsets already on the GPU."""
+    offsets = kwargs.get("cu_seq_lens_q")
+    return (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and attention_mask is None
+            and query.shape[0] == 1 and key.shape[2] == query.shape[2] and offsets is not None and offsets.is_cuda
+            and kwargs.get("max_length_q") is not None and hasattr(torch.nn.attention, "varlen"))
+
+
+def varlen_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kwargs: dict, scaling: float | None) -> torch.Tensor:
+    """torch's varlen flash attention over one packed row: [1, H, T, d] -> [1, T, H, d]."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    rows = lambda x: x[0].transpose(0, 1)  # noqa: E731  [T, H, d]
+    offsets = kwargs["cu_seq_lens_q"].to(torch.int32)
+    out = varlen_attn(rows(query), rows(key), rows(value), offsets, offsets, int(kwargs["max_length_q"]), int(kwargs["max_length_q"]),
+                      scale=scaling, window_size=(-1, 0), enable_gqa=key.shape[1] != query.shape[1])  # causal
+    return out[None]  # [1, T, H, d]
 
 
 def packed_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,

@@ -1,6 +1,7 @@
 """A per-GPU memory estimate for training under FSDP (what `task=describe` prints).
 
-Sharded over the data-parallel ranks: parameters (in their load dtype), gradients and AdamW's
+Sharded over the data-parallel ranks: parameters (trainable ones in their load dtype, frozen ones
+in the compute dtype, as lmm.train.strategy holds them), gradients and AdamW's
 two moments for the trainable ones. Not sharded: the all-gathered parameters of the largest
 FSDP unit in compute dtype (×2: the next unit is prefetched), and the activations. Activations
 follow Korthikanti et al. (2022) for a decoder layer, 34·s·b·h bytes in 16-bit,
@@ -41,7 +42,8 @@ def fsdp_memory_estimate(model: LMM, cfg: DictConfig, world: int) -> dict[str, f
     else:
         activations = n_layers * full_layer
     estimate = {
-        "parameters (sharded)": sum(p.numel() * p.element_size() for p in params) / world,
+        # trainable parameters in their load dtype (fp32 master weights), frozen ones in the compute dtype
+        "parameters (sharded)": sum(p.numel() * (p.element_size() if p.requires_grad else compute_bytes) for p in params) / world,
         "gradients (sharded)": sum(p.numel() * p.element_size() for p in trainable) / world,
         "AdamW moments (sharded)": 2 * sum(p.numel() * p.element_size() for p in trainable) / world,
         "gathered units (×2 prefetch)": 2 * largest_unit * compute_bytes,

@@ -1,5 +1,7 @@
 """Schema-exact miniatures of llava_v1_5_mix665k.json and blip_laion_cc_sbu_558k.json, with
-generated images in the official folder layout, plus a catalogue of broken entries."""
+generated images in the official folder layout, plus a catalogue of broken entries: what the
+tests and `make gpu-check` train on when the real files are not at hand. Like the real mixture
+they hold text-only ShareGPT conversations and multi-turn conversations."""
 
 from __future__ import annotations
 

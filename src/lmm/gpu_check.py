@@ -1,0 +1,141 @@
+"""Check the GPU path end to end on whatever CUDA GPUs this machine has: one pass/fail line per part.
+
+    python -m lmm.gpu_check [--devices N] [--out experiments/bench/gpu_check.json]   (make gpu-check)
+
+Parts (each a real `python run.py ...` command on generated data, under NCCL and bf16):
+  fsdp_recipe   pretrain then finetune (init_from the pretrain run) on the mix665k miniature, whose
+                text-only ShareGPT steps make ranks diverge if anything is planned per rank; evaluation
+  lora_fsdp     stage=lora under FSDP: trains, merges, evaluates
+  packing       data.packing=true under FSDP (torch's varlen flash kernel), after checking that
+                kernel against one SDPA per sample, forward and backward
+  mfu           python -m lmm.bench.mfu (its table is printed)
+Takes a few minutes on one H100; CPU-only machines are told so and nothing runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def prepare_data(root: Path) -> None:
+    """The synthetic mixture (tokenizer, evaluation split) and the converted mix665k miniature."""
+    from lmm.data.convert import convert
+    from lmm.data.miniature import build_mix665k
+    from lmm.data.synthetic import GenerationConfig, generate
+
+    generate(root / "synthetic", GenerationConfig(seed=0, pretrain=96, train=240, val=24, test=48, shard_size=60))
+    json_path, images, _, _ = build_mix665k(root / "mix665k_source")
+    convert(json_path, images, root / "shards" / "llava_mix665k", workers=1, shard_size=2, progress=False)
+
+
+def run_py(root: Path, name: str, overrides: list[str], devices: int, timeout: int = 300) -> Path:
+    """Run one training command; returns its run directory (raises with the output's tail on failure)."""
+    cmd = [sys.executable, "run.py", f"name={name}", "trainer=gpu", f"trainer.devices={devices}", "strategy=fsdp",
+           "data=llava_mix665k", "data.num_workers=1", "data.batch_size=4", "data.length_group_size=1",
+           "data.sources.sharegpt.weight=3", "eval.benchmarks.synthetic.limit=32", f"paths.data={root}",
+           f"paths.runs={root / 'runs'}", "trainer.enable_progress_bar=false", *overrides]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd[2:])} failed:\n{done.stdout[-1500:]}\n{done.stderr[-2500:]}")
+    (run_dir,) = [p for p in (root / "runs" / name).iterdir() if p.is_dir()]
+    for required in ("final.safetensors", "results.json"):
+        if not (run_dir / required).exists():
+            raise RuntimeError(f"{run_dir} has no {required}")
+    return run_dir
+
+
+def fsdp_recipe(root: Path, devices: int) -> str:
+    pretrain = run_py(root, "gpu_pretrain", ["stage=pretrain", "trainer.max_steps=20", "eval=none"], devices)
+    finetune = run_py(root, "gpu_finetune", ["stage=finetune", f"stage.init_from={pretrain}", "trainer.max_steps=20"], devices)
+    metrics = json.loads((finetune / "results.json").read_text())["metrics"]
+    return f"{len(metrics)} metrics, e.g. vqa/exact_match={metrics.get('synthetic/vqa/exact_match')}"
+
+
+def lora_fsdp(root: Path, devices: int) -> str:
+    run_dir = run_py(root, "gpu_lora", ["stage=lora", "trainer.max_steps=10"], devices)
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "final.safetensors"), framework="pt") as weights:
+        if any("lora_" in key for key in weights.keys()):
+            raise RuntimeError("final.safetensors still holds LoRA adapters (not merged)")
+    return "merged, evaluated"
+
+
+def varlen_matches_per_sample_sdpa() -> float:
+    """Max |difference| of outputs and query gradients, varlen kernel vs one SDPA per sample (bf16)."""
+    from lmm.model.attention import packed_attention
+
+    lengths = [37, 512, 5, 200]
+    offsets = torch.tensor([0, *lengths], device="cuda").cumsum(0).to(torch.int32)
+    q, k, v = (torch.randn(1, 8, sum(lengths), 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    packed = {"cu_seq_lens_q": offsets, "cu_seq_lens_k": offsets, "max_length_q": max(lengths), "max_length_k": max(lengths)}
+    fast, _ = packed_attention(None, q, k, v, None, **packed)
+    (grad_fast,) = torch.autograd.grad(fast.float().sum(), q)
+    reference, _ = packed_attention(None, q, k, v, None, cu_seq_lens_q=offsets.cpu())  # CPU offsets: the per-sample loop
+    (grad_reference,) = torch.autograd.grad(reference.float().sum(), q)
+    return max(float((fast - reference).abs().max()), float((grad_fast - grad_reference).abs().max()))
+
+
+def packing(root: Path, devices: int) -> str:
+    difference = varlen_matches_per_sample_sdpa()
+    if difference > 0.05:
+        raise RuntimeError(f"varlen kernel differs from per-sample SDPA by {difference:.3g}")
+    run_py(root, "gpu_packing", ["data.packing=true", "trainer.max_steps=10", "eval=none"], devices)
+    return f"varlen vs per-sample SDPA: max |Δ| {difference:.2g} (bf16)"
+
+
+def mfu(root: Path, devices: int) -> str:
+    out = root / "mfu.json"
+    done = subprocess.run([sys.executable, "-m", "lmm.bench.mfu", "--steps", "12", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=420)
+    print(done.stdout[-3000:])
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2500:])
+    runs = json.loads(out.read_text())["runs"]
+    return "; ".join(f"ckpt={r['activation_checkpointing']} compile={r['compile']}: MFU {r['mfu']:.1%}" for r in runs if r.get("mfu"))
+
+
+PARTS = {"fsdp_recipe": fsdp_recipe, "lora_fsdp": lora_fsdp, "packing": packing, "mfu": mfu}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", type=int, default=None, help="GPUs to use (default: all)")
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--out", default="experiments/bench/gpu_check.json")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu-check: no CUDA GPU on this machine; nothing to check (the CPU paths are covered by make test)")
+        return 2
+    devices = args.devices or torch.cuda.device_count()
+    print(f"gpu-check on {devices} × {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        prepare_data(root)
+        for name in args.parts.split(","):
+            start = time.perf_counter()
+            try:
+                detail, ok = PARTS[name](root, devices), True
+            except Exception as e:  # one failing part must not hide the others
+                detail, ok = f"{type(e).__name__}: {e}", False
+            seconds = time.perf_counter() - start
+            results[name] = {"passed": ok, "seconds": round(seconds, 1), "detail": detail}
+            print(f"{'PASS' if ok else 'FAIL'} {name} ({seconds:.0f} s): {detail}", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"gpu": torch.cuda.get_device_name(0), "devices": devices, "parts": results}, indent=2) + "\n")
+    return 0 if all(r["passed"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
