@@ -69,3 +69,42 @@ def test_sigkill_and_rerun_equals_uninterrupted(data_root, tmp_path):
     assert all(torch.equal(model.state_dict()[k], b[k]) for k in b)
     exported = export(compose_config(["task=export", f"ckpt='{directory}'", "export.format=hf"], data_root))
     assert (exported / "config.json").exists() and (exported / "model.safetensors").exists()
+
+
+def test_resume_restores_every_random_state(data_root, tmp_path):
+    """With dropout (LoRA's), a run stopped at a checkpoint and resumed takes exactly the steps of
+    an uninterrupted run: checkpoints carry each rank's RNG state, applied at the first batch."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from lmm.checkpoint import AtomicCheckpoint
+    from lmm.train.module import LMMModule
+    from lmm.train.train import build_for_stage, lora_options
+
+    cfg = compose_config(["stage=lora", "stage.lora.r=4", "stage.lora.alpha=8", "stage.lora.dropout=0.3"], data_root)
+
+    class Record(L.Callback):
+        def __init__(self, stop_at=None):
+            self.losses, self.stop_at = [], stop_at
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+            if trainer.global_step == self.stop_at:
+                trainer.should_stop = True
+
+    def fit(record, checkpoint_dir=None, resume=None):
+        model, processor, _ = build_for_stage(cfg, sharded=False, rank=0)
+        module = LMMModule(model, train=dict(cfg.stage.train), lr=1e-3, lora=lora_options(cfg))
+        data = instantiate(cfg.data, seed=0, num_workers=0, batch_size=4)
+        data.attach(processor, processor.tokenizer.pad_token_id)
+        callbacks = [record] + ([AtomicCheckpoint(dirpath=checkpoint_dir, save_last=True, every_n_train_steps=3, save_top_k=0)]
+                                if checkpoint_dir else [])
+        trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            limit_val_batches=0, callbacks=callbacks, enable_checkpointing=bool(checkpoint_dir))
+        trainer.fit(module, datamodule=data, ckpt_path=resume)
+
+    straight, first, second = Record(), Record(stop_at=3), Record()
+    fit(straight)
+    fit(first, tmp_path / "ckpt")
+    fit(second, resume=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert len(straight.losses) == 6 and first.losses + second.losses == straight.losses

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections import Counter
 
@@ -30,6 +31,21 @@ def add_lora(llm: torch.nn.Module, r: int, alpha: int, dropout: float = 0.05, ta
 def merge_lora(llm: torch.nn.Module) -> torch.nn.Module:
     """Fold LoRA adapters into the base weights (a plain transformers model again), if any."""
     return llm.merge_and_unload() if hasattr(llm, "merge_and_unload") else llm
+
+
+def rng_state() -> dict:
+    """This process's random state: Python, torch CPU and (if any) CUDA generators."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -192,6 +208,11 @@ class LMMModule(L.LightningModule):
             self.log(f"data/skipped/{kind}", float(count), batch_size=1)
         return loss
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if getattr(self, "_resumed_rng", None) is not None:
+            set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
+
     def on_train_start(self) -> None:
         if self.host_bytes_at_build is not None:  # the model is loaded; no optimizer state exists yet
             self.model_load_host_bytes = max(0, host_memory()[1] - self.host_bytes_at_build)
@@ -225,6 +246,7 @@ class LMMModule(L.LightningModule):
             trainable = self.trainable_keys()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["lmm_totals"] = dict(self.totals)
+        checkpoint["lmm_rng"] = gather_objects(rng_state())  # every rank's (dropout, LoRA dropout): one file holds them all
         checkpoint["lmm_skips"] = {"seen": self.seen_total, "skipped": self.skipped_total}  # world totals, equal on every rank
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -235,6 +257,10 @@ class LMMModule(L.LightningModule):
                                  f"{sorted(trainable - saved)[:3]}, unexpected {sorted(saved - trainable)[:3]}): "
                                  "was it written by another stage or model? force=true starts the run over")
         self.totals.update(checkpoint.get("lmm_totals", {}))
+        states = checkpoint.get("lmm_rng") or []
+        # Applied at the first training batch: the DataLoader draws its seed from the RNG when it
+        # starts, which an uninterrupted run did before step 1, not at this step.
+        self._resumed_rng = states[self.global_rank] if len(states) == self.trainer.world_size else None
         skips = checkpoint.get("lmm_skips", {})
         self.seen_total, self.skipped_total = skips.get("seen", 0), skips.get("skipped", 0)
 
