@@ -21,7 +21,7 @@ def test_packing_benchmark_reports_waste_and_ratio(tmp_path):
 def test_straggler_benchmark_global_plan_balances_ranks(tmp_path):
     from lmm.bench.straggler import main
 
-    result = main(["--steps", "60", "--out", str(tmp_path / "straggler.json")])
+    result = main(["--steps", "200", "--out", str(tmp_path / "straggler.json")])
     factors = result["straggler_factor"]
     assert factors["global_plan"] <= 1.05 < factors["per_rank_plans"]
     assert result["mixed_modality_steps"]["global_plan"] == 0 < result["mixed_modality_steps"]["per_rank_plans"]

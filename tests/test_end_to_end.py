@@ -116,7 +116,7 @@ def converted_llava(tmp_path_factory):
 @pytest.mark.slow
 def test_training_on_converted_llava_data_survives_broken_samples(converted_llava, make_config, tmp_path, capsys):
     overrides = ["data=llava_mix665k", f"data.root={converted_llava}", "+data.sources.broken.weight=0.5",
-                 "eval_after_train=false", "trainer.max_steps=6", "data.length_group_size=1", *FAST]
+                 "eval_after_train=false", "trainer.max_steps=12", "data.length_group_size=1", *FAST]
     train(make_config(*overrides, "data.max_skip_rate=1.0", run_dir=tmp_path / "run"))
     out = capsys.readouterr().out
     assert (tmp_path / "run" / FINAL_WEIGHTS).exists()

@@ -26,6 +26,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from safetensors.torch import load_file
 
 from lmm.checkpoint import AtomicCheckpoint
+from lmm.data.collate import Collator
+from lmm.data.sample import Skip
 from lmm.train.agree import AgreedStop
 from lmm.train.module import LMMModule
 from lmm.train.strategy import FSDP2Strategy
@@ -40,7 +42,7 @@ SCENARIOS = {  # name -> (strategy, config overrides)
     "ddp_lora": ("ddp", ["stage=lora", "stage.lora.r=4", "stage.lora.alpha=8", "stage.lora.dropout=0.0"]),
     "fsdp_pretrain_vision_block": ("fsdp", ["stage=pretrain", "stage.vision_last_blocks=1"]),
 }
-STOPS = ("skip_rate", "placeholders", "non_finite")
+STOPS = ("skip_rate", "placeholders", "non_finite", "all_skipped")  # all_skipped must not stop: rank 1 trains on nothing
 
 
 def config(data_root: Path, overrides: list[str]):
@@ -63,6 +65,8 @@ class RecordingModule(LMMModule):
             self.triggered_at = time.time()
             if self.stop == "skip_rate":  # rank 1 alone saw a corrupt sample
                 batch = {**batch, "seen": batch["seen"] + 1, "skipped": {"image": 1}, "skip_details": ["bad.jpg: image: truncated"]}
+            elif self.stop == "all_skipped":  # every sample of rank 1's share was unusable
+                batch = Collator(0)([Skip(f"bad{i}", "image: truncated") for i in range(batch["seen"])])
             elif self.stop == "placeholders":
                 ids = batch["input_ids"].clone()
                 ids[0, -1] = self.model.image_token_id
@@ -136,14 +140,14 @@ def stops(workdir: Path) -> None:
     rank = int(os.environ.get("LOCAL_RANK", "0"))
     for stop in STOPS:
         lit, data = module(data_root, ["stage=finetune"], workdir / "init_fsdp_finetune.safetensors", stop=stop,
-                           max_skip_rate=0.0, skip_check_after=1)
+                           max_skip_rate=1.0 if stop == "all_skipped" else 0.0, skip_check_after=1)
         message = None
         try:
             trainer("fsdp").fit(lit, datamodule=data)
         except AgreedStop as e:
             message = str(e)
         (workdir / f"stop_{stop}_rank{rank}.json").write_text(json.dumps({"message": message, "time": time.time(),
-                                                                           "triggered_at": lit.triggered_at}))
+                                                                           "triggered_at": lit.triggered_at, "losses": lit.losses}))
         torch.distributed.barrier()
 
 

@@ -76,3 +76,8 @@ def test_a_stop_on_one_rank_stops_both_with_one_message(workdir):
         assert words in ranks[0]["message"], ranks[0]["message"]
         triggered = ranks[1]["triggered_at"]
         assert all(rank["time"] - triggered < 30 for rank in ranks)
+    # A rank whose whole share was skipped is not a stop: it adds a zero-weight step and both ranks go on.
+    ranks = [json.loads((workdir / f"stop_all_skipped_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["message"] is None and ranks[1]["message"] is None
+    assert len(ranks[0]["losses"]) == len(ranks[1]["losses"]) == worker.STEPS
+    assert ranks[1]["losses"][worker.STOP_AT] == 0.0 and ranks[0]["losses"][worker.STOP_AT] > 0

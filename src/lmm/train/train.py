@@ -213,7 +213,7 @@ def lora_options(cfg: DictConfig) -> dict | None:
 
 def process_rank(trainer: L.Trainer) -> int:
     """This process's global rank, already before fit (Lightning sets trainer.global_rank in fit)."""
-    env = trainer.strategy.cluster_environment
+    env = getattr(trainer.strategy, "cluster_environment", None)  # a single-device strategy has none
     return env.node_rank() * trainer.num_devices + env.local_rank() if env is not None else 0
 
 
