@@ -9,7 +9,8 @@ Parts (each a real `python run.py ...` command on generated data, under NCCL and
   packing       data.packing=true under FSDP (torch's varlen flash kernel), after checking that
                 kernel against one SDPA per sample, forward and backward
   mfu           python -m lmm.bench.mfu (its table is printed)
-Takes a few minutes on one H100; CPU-only machines are told so and nothing runs.
+Takes a few minutes on one H100; CPU-only machines are told so and nothing runs, unless `--cpu`
+asks for the training parts on 2 CPU processes (how the suite checks this script's commands).
 """
 
 from __future__ import annotations
@@ -38,11 +39,15 @@ def prepare_data(root: Path) -> None:
     convert(json_path, images, root / "shards" / "llava_mix665k", workers=1, shard_size=2, progress=False)
 
 
+EVAL = "eval.benchmarks.synthetic.limit=32"  # the synthetic test split, shortened
+MACHINE = ["trainer=gpu"]  # --cpu: 2 gloo processes in fp32, to check the commands themselves without a GPU
+
+
 def run_py(root: Path, name: str, overrides: list[str], devices: int, timeout: int = 300) -> Path:
     """Run one training command; returns its run directory (raises with the output's tail on failure)."""
-    cmd = [sys.executable, "run.py", f"name={name}", "trainer=gpu", f"trainer.devices={devices}", "strategy=fsdp",
+    cmd = [sys.executable, "run.py", f"name={name}", *MACHINE, f"trainer.devices={devices}", "strategy=fsdp",
            "data=llava_mix665k", "data.num_workers=1", "data.batch_size=4", "data.length_group_size=1",
-           "data.sources.sharegpt.weight=3", "eval.benchmarks.synthetic.limit=32", f"paths.data={root}",
+           "data.sources.sharegpt.weight=3", f"paths.data={root}",
            f"paths.runs={root / 'runs'}", "trainer.enable_progress_bar=false", *overrides]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if done.returncode:
@@ -56,13 +61,13 @@ def run_py(root: Path, name: str, overrides: list[str], devices: int, timeout: i
 
 def fsdp_recipe(root: Path, devices: int) -> str:
     pretrain = run_py(root, "gpu_pretrain", ["stage=pretrain", "trainer.max_steps=20", "eval=none"], devices)
-    finetune = run_py(root, "gpu_finetune", ["stage=finetune", f"stage.init_from={pretrain}", "trainer.max_steps=20"], devices)
+    finetune = run_py(root, "gpu_finetune", ["stage=finetune", f"stage.init_from='{pretrain}'", "trainer.max_steps=20", EVAL], devices)
     metrics = json.loads((finetune / "results.json").read_text())["metrics"]
     return f"{len(metrics)} metrics, e.g. vqa/exact_match={metrics.get('synthetic/vqa/exact_match')}"
 
 
 def lora_fsdp(root: Path, devices: int) -> str:
-    run_dir = run_py(root, "gpu_lora", ["stage=lora", "trainer.max_steps=10"], devices)
+    run_dir = run_py(root, "gpu_lora", ["stage=lora", "trainer.max_steps=10", EVAL], devices)
     from safetensors import safe_open
 
     with safe_open(str(run_dir / "final.safetensors"), framework="pt") as weights:
@@ -106,6 +111,7 @@ def mfu(root: Path, devices: int) -> str:
 
 
 PARTS = {"fsdp_recipe": fsdp_recipe, "lora_fsdp": lora_fsdp, "packing": packing, "mfu": mfu}
+CPU_PARTS = ("fsdp_recipe", "lora_fsdp")  # the others need CUDA (the varlen kernel, a GPU's peak FLOPs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,17 +119,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=None, help="GPUs to use (default: all)")
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--out", default="experiments/bench/gpu_check.json")
+    parser.add_argument("--cpu", action="store_true", help="run the training parts on 2 CPU processes (gloo, fp32): a smoke test")
     args = parser.parse_args(argv)
+    if args.cpu:
+        MACHINE[:] = ["trainer=cpu", "strategy.param_dtype=float32"]
+        return check(2, [p for p in args.parts.split(",") if p in CPU_PARTS], args.out, "2 CPU processes (gloo)")
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA GPU on this machine; nothing to check (the CPU paths are covered by make test)")
         return 2
     devices = args.devices or torch.cuda.device_count()
-    print(f"gpu-check on {devices} × {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    return check(devices, args.parts.split(","), args.out, f"{devices} × {torch.cuda.get_device_name(0)}")
+
+
+def check(devices: int, parts: list[str], out: str, machine: str) -> int:
+    """Run `parts`, print one PASS/FAIL line each, write them to `out`; 0 when all pass."""
+    print(f"gpu-check on {machine}, torch {torch.__version__}")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         prepare_data(root)
-        for name in args.parts.split(","):
+        for name in parts:
             start = time.perf_counter()
             try:
                 detail, ok = PARTS[name](root, devices), True
@@ -132,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - start
             results[name] = {"passed": ok, "seconds": round(seconds, 1), "detail": detail}
             print(f"{'PASS' if ok else 'FAIL'} {name} ({seconds:.0f} s): {detail}", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"gpu": torch.cuda.get_device_name(0), "devices": devices, "parts": results}, indent=2) + "\n")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"machine": machine, "devices": devices, "parts": results}, indent=2) + "\n")
     return 0 if all(r["passed"] for r in results.values()) else 1
 
 

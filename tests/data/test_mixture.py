@@ -108,3 +108,20 @@ def test_format_prompt_stripping_stays_in_training(tokenizer, data_root):
     sample = {"__key__": "k", "json": b'{"conversations": [{"from": "human", "value": "Q?\\nAnswer the question using a single word or phrase."}, {"from": "gpt", "value": "A"}]}'}
     trained = tokenizer.decode(module.processor(sample).input_ids)
     assert "Answer the question" not in trained and "Answer the question" in tokenizer.decode(evaluation(sample).input_ids)
+
+
+def test_validation_batches_are_as_many_on_every_rank(data_root, tokenizer):
+    """Every validation forward is a collective under FSDP: each rank gets the same number of
+    batches (a rank left one short gets an empty one), and together they cover the split once."""
+    from lmm.data.datamodule import ValidationBatches
+
+    shards = list_shards(data_root / "synthetic" / "val")  # 24 samples: 5 batches of 5 (the last of 4)
+    for workers in (0, 2):
+        per_rank = []
+        for rank in (0, 1):
+            stream = ValidationBatches(shards, processor(tokenizer), Collator(tokenizer.pad_token_id), 5, World(rank, 2, 1))
+            per_rank.append(list(DataLoader(stream, batch_size=None, num_workers=workers)))
+        assert len(per_rank[0]) == len(per_rank[1]) == 3, workers
+        assert [len(b["meta"]) for b in per_rank[1]][-1] == 0  # rank 1's third batch is the empty one
+        seen = [m["key"] for batches in per_rank for b in batches for m in b["meta"]]
+        assert len(seen) == len(set(seen)) == 24

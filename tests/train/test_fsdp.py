@@ -61,6 +61,7 @@ def test_run_py_under_fsdp_end_to_end(data_root, tmp_path):
     """The real command: data stream, sharded checkpoints, gathered final weights, evaluation on rank 0."""
     runs = tmp_path / "runs"
     cmd = [sys.executable, "run.py", "strategy=fsdp", "trainer.devices=2", "strategy.param_dtype=float32", "trainer.max_steps=4",
+           "trainer.val_check_interval=2",  # validation on both ranks: as many batches each (FSDP all-gathers)
            "checkpoint_every=2", "stage.global_batch_size=16", "data.batch_size=4", "eval.benchmarks.synthetic.limit=16",
            f"paths.data={data_root}", f"paths.runs={runs}", "trainer.enable_progress_bar=false"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
