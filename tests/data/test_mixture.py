@@ -89,6 +89,9 @@ def test_ranks_take_disjoint_shares_of_one_plan(data_root, tokenizer):
     # One rank with 2 accumulation slots trains the same micro-batches, in the same steps.
     single = keys(take(stream(data_root, tokenizer, sources, world=World(0, 1, 2)), 12))
     assert [k for pair in zip(*ranks) for k in pair] == single
+    # So a run checkpointed on 1 rank (2 slots) resumes on 2 ranks exactly where it was: after 3 steps.
+    resumed = [keys(take(stream(data_root, tokenizer, sources, resume=3, world=World(r, 2, 1)), 1))[0] for r in (0, 1)]
+    assert resumed == single[6:8]
 
 
 def test_refuses_pipe_urls(tmp_path):
