@@ -12,6 +12,7 @@ Parallel over shards, deterministic (same input -> byte-identical shards), resum
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from lmm.data.conversation import IMAGE_TOKEN
 from lmm.data.image import ImageError, decode_image
+from lmm.data.shards import local_directory
 from lmm.data.sources import SOURCES, classify
 
 EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".gif": "gif", ".bmp": "bmp"}
@@ -52,8 +54,20 @@ def check_conversation(entry: dict) -> None:
         raise Rejected("conversation: <image> tag but no image")
 
 
-def read_image(root: Path, relative: str, resize: int | None, verify: bool) -> tuple[str, bytes]:
-    path = root / relative
+def image_path(root: Path, relative: str, follow_symlinks: bool = False) -> Path:
+    """The file an entry names, which must stay under the image root: no `..` or absolute path
+    out of it, and no symlink to outside it unless `follow_symlinks` (datasets linked in from
+    elsewhere). The refusal says nothing about the outside file (not even whether it exists)."""
+    root = root.resolve()
+    lexical = Path(os.path.normpath(root / relative))
+    path = lexical if follow_symlinks else lexical.resolve()
+    if not path.is_relative_to(root):
+        raise Rejected("image: path leaves the image root" + ("" if follow_symlinks else " (or is a symlink out of it; see --follow-symlinks)"))
+    return path
+
+
+def read_image(root: Path, relative: str, resize: int | None, verify: bool, follow_symlinks: bool = False) -> tuple[str, bytes]:
+    path = image_path(root, relative, follow_symlinks)
     extension = EXTENSIONS.get(path.suffix.lower())
     if extension is None:
         raise Rejected(f"image: unsupported file type {path.suffix!r}")
@@ -79,17 +93,17 @@ def read_image(root: Path, relative: str, resize: int | None, verify: bool) -> t
 
 def _write_shard(task: tuple) -> dict:
     """Worker: write one shard (tmp file, then rename) and its sidecar; return its stats."""
-    shard_path, entries, images_root, resize, verify = task
+    shard_path, entries, images_root, resize, verify, follow_symlinks = task
     shard_path = Path(shard_path)
     written, size, rejected = 0, 0, []
     tmp = shard_path.with_suffix(".tar.tmp")
-    with wds.TarWriter(str(tmp), mtime=0.0) as writer:
+    with open(tmp, "wb") as stream, wds.TarWriter(stream, mtime=0.0) as writer:  # a file, never a URL or pipe:
         for index, source, entry in entries:
             try:
                 check_conversation(entry)
                 sample = {"__key__": f"{source}-{index:09d}", "json": {**entry, "source": source}}
                 if entry.get("image"):
-                    extension, data = read_image(images_root, entry["image"], resize, verify)
+                    extension, data = read_image(images_root, entry["image"], resize, verify, follow_symlinks)
                     sample[extension] = data
                     size += len(data)
                 writer.write(sample)
@@ -102,13 +116,47 @@ def _write_shard(task: tuple) -> dict:
     return stats
 
 
+def malformed(entry) -> str | None:
+    """Why an entry's fields have the wrong types (one entry must never abort a conversion), or None."""
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    if "image" in entry and entry["image"] is not None and not isinstance(entry["image"], str):
+        return f"'image' must be one path (a string), got {type(entry['image']).__name__}"
+    turns = entry.get("conversations")
+    if not isinstance(turns, list) or not all(isinstance(turn, dict) for turn in turns):
+        return "'conversations' must be a list of turn objects"
+    return None  # roles and values are checked (and rejected with reasons) by check_conversation
+
+
+def input_fingerprint(json_path: Path, shard_size: int, resize: int | None, verify: bool) -> str:
+    """What the shards depend on: the JSON's bytes and the options that change them."""
+    digest = hashlib.sha256()
+    with open(json_path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    digest.update(json.dumps([shard_size, resize, verify]).encode())
+    return digest.hexdigest()
+
+
+def claim_output(out: Path, fingerprint: str) -> None:
+    """Refuse to mix shards of different inputs in one folder: a re-run resumes only the same conversion."""
+    marker = out / "input.sha256"
+    if marker.exists() and marker.read_text().strip() != fingerprint:
+        raise SystemExit(f"{out} holds shards converted from a different JSON or with other options; "
+                         "convert into a new --out, or delete this one")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint + "\n")
+
+
 def plan(entries: list, out: Path, shard_size: int) -> tuple[list[tuple[Path, list]], list[dict]]:
     """Assign valid-looking entries to (source, shard) in input order; reject the unclassifiable."""
     by_source: dict[str, list] = defaultdict(list)
     rejected = []
     for index, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            rejected.append({"index": index, "id": None, "source": None, "reason": "entry: not a JSON object"})
+        problem = malformed(entry)
+        if problem:
+            rejected.append({"index": index, "id": entry.get("id") if isinstance(entry, dict) else None, "source": None,
+                             "reason": f"entry: {problem}"})
             continue
         try:
             by_source[classify(entry)].append((index, entry))
@@ -132,19 +180,27 @@ def convert(
     resize: int | None = None,
     verify_images: bool = True,
     progress: bool = True,
+    follow_symlinks: bool = False,
 ) -> dict:
-    out, images = Path(out), Path(images)
+    out, images = local_directory(out, "--out").resolve(), Path(images)
+    if not images.is_dir():
+        raise SystemExit(f"--images {images} is not a directory (it should hold coco/, gqa/, ... or the pretraining folders)")
     try:
         entries = json.loads(Path(json_path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise SystemExit(f"{json_path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"{json_path} is not UTF-8 text (byte {e.start}: {e.reason}); is it the LLaVA JSON file?") from None
+    except OSError as e:
+        raise SystemExit(f"cannot read {json_path}: {e.strerror}") from None
     if not isinstance(entries, list):
         raise SystemExit(f"{json_path} must hold a JSON list of LLaVA entries, got {type(entries).__name__}")
+    claim_output(out, input_fingerprint(Path(json_path), shard_size, resize, verify_images))
     shards, rejected = plan(entries, out, shard_size)
     todo = [s for s in shards if not (s[0].exists() and s[0].with_suffix(".json").exists())]
     for path, _ in todo:
         path.parent.mkdir(parents=True, exist_ok=True)
-    tasks = [(str(path), chunk, images, resize, verify_images) for path, chunk in todo]
+    tasks = [(str(path), chunk, images, resize, verify_images, follow_symlinks) for path, chunk in todo]
     print(f"[lmm] {len(entries)} entries -> {len(shards)} shards ({len(shards) - len(todo)} already done)")
     workers = workers or os.cpu_count() or 1
     if tasks:
@@ -187,8 +243,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--resize", type=int, default=None, help="re-encode images whose longer side exceeds this")
     parser.add_argument("--no-verify-images", action="store_true", help="skip decoding each image (faster, less safe)")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="read images through symlinks that point outside --images (e.g. a linked-in coco/)")
     args = parser.parse_args(argv)
-    manifest = convert(args.json, args.images, args.out, args.workers, args.shard_size, args.resize, not args.no_verify_images)
+    manifest = convert(args.json, args.images, args.out, args.workers, args.shard_size, args.resize, not args.no_verify_images,
+                       follow_symlinks=args.follow_symlinks)
     print(json.dumps({k: manifest[k] for k in ("entries", "counts", "rejected")}, indent=2))
     print(f"[lmm] manifest: {Path(args.out) / 'manifest.json'}; rejected entries: {Path(args.out) / 'rejected.jsonl'}")
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from lmm.data.collate import Collator
 from lmm.data.mixture import Source, TrainingStream, World, worker_slot
 from lmm.data.sample import SampleProcessor
-from lmm.data.shards import expand_shards, list_shards
+from lmm.data.shards import expand_shards, list_shards, local_directory
 
 
 class ValidationBatches(IterableDataset):
@@ -88,7 +88,7 @@ class LMMDataModule(L.LightningDataModule):
 
     def ensure_data(self) -> None:
         """Generate the synthetic mixture when asked to and absent (under a minute)."""
-        if self.generate_if_missing and not (self.root / "manifest.json").exists():
+        if self.generate_if_missing and not (local_directory(self.root, "data.root (generate_if_missing)") / "manifest.json").exists():
             from lmm.data.synthetic import generate
 
             print(f"[lmm] generating the synthetic mixture in {self.root}")

@@ -11,19 +11,44 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 ERROR_KEY = "__error__"
 
 
+REMOTE_SCHEMES = ("http://", "https://")  # read by webdataset through curl
+URL_UNSAFE = set("'\"`$;&|<>\\ \t\n")  # a remote URL reaches a shell command line (curl): none of these
+
+
+def check_url(url: str, allow_pipe: bool = False) -> str:
+    """One shard URL, after brace expansion: a local path, an http(s) URL without shell
+    metacharacters, or (only when allowed) a `pipe:` command."""
+    if url.startswith("pipe:"):
+        if not allow_pipe:
+            raise ValueError(f"refusing shard URL {url!r}: pipe: runs a shell command; set data.allow_pipe_urls=true to allow it")
+        return url
+    if "://" in url:
+        if not url.startswith(REMOTE_SCHEMES):
+            raise ValueError(f"refusing shard URL {url!r}: only local paths and http(s):// URLs are read")
+        if URL_UNSAFE & set(url):
+            raise ValueError(f"refusing shard URL {url!r}: it contains characters a shell would interpret")
+    return url
+
+
+def local_directory(path: str | Path, what: str) -> Path:
+    """`path` as a local directory to write into; a URL or `pipe:` command is refused."""
+    text = str(path)
+    if text.startswith("pipe:") or "://" in text:
+        raise ValueError(f"{what} must be a local directory, got {text!r}")
+    return Path(text)
+
+
 def list_shards(spec: str | Path, allow_pipe: bool = False) -> list[str]:
     """A directory (its *.tar), or a brace-expanded URL pattern (`data/x/shard-{000000..000009}.tar`).
 
-    `pipe:` URLs run a shell command per shard and are refused unless `allow_pipe` is set;
-    remote shards are read through URLs the user configures (http(s)://...), never by executing data.
-    """
+    Every expanded URL is checked (`check_url`): `pipe:` URLs run a shell command per shard and
+    are refused unless `allow_pipe` is set, wherever they appear in a pattern."""
     spec = str(spec)
-    if spec.startswith("pipe:") and not allow_pipe:
-        raise ValueError(f"refusing shard URL {spec!r}: pipe: runs a shell command; set data.allow_pipe_urls=true to allow it")
+    check_url(spec, allow_pipe)
     if Path(spec).is_dir():
         shards = sorted(str(p) for p in Path(spec).glob("*.tar"))
     elif "{" in spec or "://" in spec or spec.startswith("pipe:"):
-        shards = wds.shardlists.expand_urls(spec)
+        shards = [check_url(url, allow_pipe) for url in wds.shardlists.expand_urls(spec)]
     else:
         shards = [spec] if Path(spec).exists() else []
     if not shards:

@@ -26,6 +26,8 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image, ImageDraw, ImageFont
 
+from lmm.data.shards import local_directory
+
 GENERATOR_VERSION = 3
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 GROUNDING_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
@@ -254,7 +256,7 @@ def _baselines(train_records: list[dict]) -> dict:
 
 def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), train_tokenizer: bool = True) -> dict:
     """Write all splits, the manifest and the tokenizer; skip if `out` already holds this config."""
-    out = Path(out)
+    out = local_directory(out, "the synthetic mixture's output").resolve()  # absolute: never read as a pipe: or URL
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
