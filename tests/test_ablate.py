@@ -43,14 +43,15 @@ def test_markdown_exact(tmp_path):
     assert markdown(table, decimals=2) == (
         "| connector | n | acc | loss |\n"
         "|---|---:|---:|---:|\n"
-        "| linear | 3 | 0.60 ± 0.10 | 1.80 ± 0.20 |\n"
-        "| mlp | 3 | **0.85 ± 0.07** | **1.50** |\n"
+        "| linear | 3 | 0.60 ± 0.10 | **1.80 ± 0.20** |\n"
+        "| mlp | 3 | **0.85 ± 0.07** | 1.50 (n=1) |\n"  # one of its 2 finished seeds has a loss: shown with n, not bold
         "| qformer | 2 | 0.43 ± 0.04 | 2.45 ± 0.07 |\n"
         "\n"
         "- connector=mlp: run 5 failed\n"
         "- connector=qformer: 2 run(s), fewer than the 3 of other rows\n"
         "\n"
-        "Mean ± sample std over seeds; n = runs per row; best per column in bold; — = no value.\n"
+        "Mean ± sample std over seeds; n = runs per row (a cell's own n when fewer of them have the metric; "
+        "such cells are never bold); best per column in bold; — = no value.\n"
     )
 
 
@@ -134,7 +135,8 @@ def test_recipe_layout_exact(tmp_path):
         "- Recipe=LLaVA: 1 run(s), fewer than the 2 of other rows\n"
         "- Recipe=+MLP: not run\n"
         "\n"
-        "Mean ± sample std over seeds; n = runs per row; best per column in bold; — = no value.\n"
+        "Mean ± sample std over seeds; n = runs per row (a cell's own n when fewer of them have the metric; "
+        "such cells are never bold); best per column in bold; — = no value.\n"
     )
     assert "+MLP & 0 & -- & -- & -- & -- & -- & -- \\\\" in (tmp_path / "out" / "ablation.tex").read_text()
 
@@ -144,3 +146,19 @@ def test_row_order_and_labels(tmp_path):
     assert [row for row, in table.rows] == ["qformer", "linear", "mlp"]
     text = markdown(table, decimals=2, labels={"qformer": "Q-Former (32 queries)"})
     assert text.splitlines()[2] == "| Q-Former (32 queries) | 2 | 0.43 ± 0.04 |"
+
+
+def test_status_files_decide_and_eval_directories_are_not_rows(tmp_path):
+    """A run's status.json (written last by the run) says finished or failed, even when run.log
+    shows nothing; task=eval / task=export directories are not runs of the sweep."""
+    root = fake_sweep(tmp_path / "sweep", [
+        (["connector=linear", "seed=0"], {"acc": 0.5}, "finished"),
+        (["connector=mlp", "seed=0"], {"acc": 0.8}, "finished"),
+        (["task=eval", "ckpt=x"], {"acc": 0.9}, "finished"),
+    ])
+    runs = find_runs([str(root)])
+    assert len(runs) == 2 and all("task" not in r.overrides for r in runs)
+    mlp = next(r for r in runs if r.overrides["connector"] == "mlp")
+    (mlp.path / "status.json").write_text(json.dumps({"status": "failed", "task": "train", "error": "AgreedStop: ..."}))
+    statuses = {r.overrides["connector"]: r.status for r in find_runs([str(root)])}
+    assert statuses == {"linear": "finished", "mlp": "failed"}  # results.json alone no longer means finished

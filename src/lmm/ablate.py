@@ -35,10 +35,12 @@ from pathlib import Path
 
 import yaml
 
+from lmm.rundir import read_status
+
 SEED_KEYS = {"seed"}
 # results.json "cost" entries shown as columns (when any run has them), with their headers.
 COST_COLUMNS = {"trainable_parameters": "trainable params", "tokens_seen": "tokens", "train_wall_s": "train time", "flops": "FLOPs"}
-IGNORED_KEYS = {"paths.runs", "paths.data", "trainer.enable_progress_bar", "data.num_workers", "force", "name", "sweep"}
+IGNORED_KEYS = {"paths.runs", "paths.data", "trainer.enable_progress_bar", "data.num_workers", "force", "name", "sweep", "run_lock_wait_s"}
 
 
 @dataclass
@@ -51,6 +53,11 @@ class Run:
 
 
 def _status(path: Path) -> str:
+    """The run's own status.json (lmm.rundir: "finished" is written last); runs from before it
+    existed: results.json, or a traceback in run.log."""
+    recorded = read_status(path).get("status")
+    if recorded:
+        return recorded if recorded in ("finished", "failed") else "incomplete"
     if (path / "results.json").exists():
         return "finished"
     log = path / "run.log"
@@ -68,6 +75,8 @@ def find_runs(paths: list[str]) -> list[Run]:
                 run_dir = overrides_file.parent.parent
                 items = yaml.safe_load(overrides_file.read_text()) or []
                 overrides = dict(item.lstrip("+~").split("=", 1) for item in items if "=" in item)
+                if overrides.get("task", "train") != "train" or read_status(run_dir).get("task", "train") != "train":
+                    continue  # task=eval / task=export directories score or copy a run; they are not runs
                 status = _status(run_dir)
                 results = json.loads((run_dir / "results.json").read_text()) if status == "finished" else {}
                 cost = {k: v for k, v in (results.get("cost") or {}).items() if k in COST_COLUMNS and v is not None}
@@ -87,6 +96,7 @@ class Cell:
     mean: float | None
     std: float | None
     n: int
+    partial: bool = False  # fewer values than the row's finished runs: shown with its n, never bold
 
 
 @dataclass
@@ -119,8 +129,11 @@ def _table(factors: list[str], metrics: list[str], groups: dict[tuple[str, ...],
     cells = {}
     most = max((len(v) for v in groups.values()), default=0)
     for key, members in groups.items():
+        done = sum(1 for r in members if r.status == "finished")
         for metric in metrics:
-            cells[(key, metric)] = _aggregate([r.metrics[metric] for r in members if metric in r.metrics])
+            cell = _aggregate([r.metrics[metric] for r in members if metric in r.metrics])
+            cell.partial = 0 < cell.n < done
+            cells[(key, metric)] = cell
         for cost in costs:
             cells[(key, f"cost/{cost}")] = _aggregate([r.cost[cost] for r in members if cost in r.cost])
         label = ", ".join(f"{f}={v}" for f, v in zip(factors, key)) or "all runs"
@@ -193,7 +206,8 @@ def build_recipe_table(runs: list[Run], spec: RecipeSpec, metrics: list[str] | N
 
 
 def _best(table: Table, metric: str) -> float | None:
-    means = [table.cells[(row, metric)].mean for row in table.rows if table.cells[(row, metric)].mean is not None]
+    cells = [table.cells[(row, metric)] for row in table.rows]
+    means = [cell.mean for cell in cells if cell.mean is not None and not cell.partial]
     if not means:
         return None
     return min(means) if lower_is_better(metric) else max(means)
@@ -203,7 +217,8 @@ def _format(cell: Cell, decimals: int, plus_minus: str = " ± ") -> str:
     if cell.mean is None:
         return "—"
     text = f"{cell.mean:.{decimals}f}"
-    return text + (f"{plus_minus}{cell.std:.{decimals}f}" if cell.std is not None else "")
+    text += f"{plus_minus}{cell.std:.{decimals}f}" if cell.std is not None else ""
+    return text + (f" (n={cell.n})" if cell.partial else "")
 
 
 def _si(value: float) -> str:
@@ -233,7 +248,7 @@ def _rendered_rows(table: Table, decimals: int, bold: tuple[str, str], plus_minu
         for metric in table.metrics:
             cell, best = table.cells[(row, metric)], _best(table, metric)
             text = _format(cell, decimals, plus_minus)
-            is_best = cell.mean is not None and best is not None and round(cell.mean, decimals) == round(best, decimals)
+            is_best = cell.mean is not None and not cell.partial and best is not None and round(cell.mean, decimals) == round(best, decimals)
             values.append(f"{bold[0]}{text}{bold[1]}" if is_best else text)
         costs = [format_cost(c, table.cells[(row, f"cost/{c}")]) for c in table.costs]
         out.append([*(labels.get(v, v) for v in row), str(len(table.runs_per_row[row])), *values, *costs])
@@ -252,7 +267,8 @@ def markdown(table: Table, decimals: int = 3, names: dict[str, str] | None = Non
         lines.append("| " + " | ".join(cells) + " |")
     if table.notes:
         lines += ["", *[f"- {note}" for note in table.notes]]
-    lines += ["", "Mean ± sample std over seeds; n = runs per row; best per column in bold; — = no value."]
+    lines += ["", "Mean ± sample std over seeds; n = runs per row (a cell's own n when fewer of them have the metric; "
+              "such cells are never bold); best per column in bold; — = no value."]
     return "\n".join(lines) + "\n"
 
 

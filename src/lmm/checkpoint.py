@@ -89,9 +89,9 @@ def model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
         with tempfile.TemporaryDirectory() as tmp:
             merged = Path(tmp) / "merged.pt"
             dcp_to_torch_save(checkpoint, merged)
-            state = torch.load(merged, map_location="cpu", weights_only=False)["state_dict"]
+            state = torch.load(merged, map_location="cpu", weights_only=True)["state_dict"]
     else:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     prefix = "model."  # LMMModule.model
     return {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
 
@@ -125,14 +125,14 @@ def full_model_state(run_dir: Path, trained: dict[str, torch.Tensor]) -> dict[st
 
 
 def consolidate(run_dir: Path, out: Path | None = None) -> Path:
-    from safetensors.torch import save_model
+    from lmm.save import save_weights
 
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise SystemExit(f"no complete checkpoint in {run_dir / 'checkpoints'} (looked for {LAST} and {LAST}.old)")
     out = out or run_dir / "consolidated.safetensors"
     state = full_model_state(run_dir, model_state(checkpoint))
-    save_model(_Tensors(state), str(out))
+    save_weights(_Tensors(state), out)
     print(f"[lmm] {checkpoint} -> {out} ({len(state)} tensors, {sum(t.numel() for t in state.values()):,d} parameters)")
     return out
 

@@ -14,11 +14,15 @@ def run_id(override_dirname: str) -> str:
     """A filesystem-safe, stable directory name for a run's overrides.
 
     Runs are idempotent: the same overrides give the same directory, so re-running a command
-    resumes it. Slashes become '_'; over-long ids keep a readable prefix plus a hash.
+    resumes it. Other characters (slashes, spaces) become '_' and the id gets a hash of the
+    original, so `my data` and `my_data` never share a directory; over-long ids keep a readable
+    prefix plus a hash.
     """
     if not override_dirname:
         return "default"
     safe = re.sub(r"[^A-Za-z0-9=,._+\-]", "_", override_dirname)
+    if safe != override_dirname:
+        safe = f"{safe}-{hashlib.sha1(override_dirname.encode()).hexdigest()[:10]}"
     if len(safe) <= MAX_RUN_ID:
         return safe
     digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:10]

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
 
+from lmm.save import save_weights
 from lmm.export import LMM_CONFIG, LMM_FORMAT_VERSION, LMM_WEIGHTS
 from lmm.weights import resolve_weights
 
@@ -128,7 +129,7 @@ def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: st
     cfg.llm.tokenizer = "tokenizer"
     cfg.format_version = LMM_FORMAT_VERSION
     OmegaConf.save(cfg, out / LMM_CONFIG)
-    save_model(model, str(out / LMM_WEIGHTS))
+    save_weights(model, out / LMM_WEIGHTS)
     processor.tokenizer.save_pretrained(str(out / "tokenizer"))
     print(f"[lmm] {path} ({config.get('mm_projector_type', 'linear')}, {'pretrain only' if pretrain_only else 'full'}) -> {out}")
     return out

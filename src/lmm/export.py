@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
 
+from lmm.save import save_weights
 from lmm.data.conversation import IMAGE_TOKEN, TEMPLATES, Template
 from lmm.model.lmm import LMM
 
@@ -64,7 +65,7 @@ def save_lmm(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
     config["data"] = {"max_length": processor.max_length}
     config["format_version"] = LMM_FORMAT_VERSION
     OmegaConf.save(OmegaConf.create(config), out / LMM_CONFIG)
-    save_model(model, str(out / LMM_WEIGHTS))
+    save_weights(model, out / LMM_WEIGHTS)
     processor.tokenizer.save_pretrained(str(out / "tokenizer"))
 
 

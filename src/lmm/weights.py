@@ -42,6 +42,6 @@ def resolve_weights(name_or_path: str, what: str = "weights") -> Path:
         f"no local {what} for '{name_or_path}'. lmm does not download at run time; it looked in "
         + "; ".join(looked)
         + f". Provide them with `hf download {name_or_path}` on a machine with network access "
-        "(then copy the HF cache here), or point the config at a local directory, "
-        "e.g. llm.pretrained=/path/to/dir."
+        "(then copy the HF cache here), or point the config at a local directory: "
+        "llm.model.pretrained=/path/to/dir for the LLM, vision.pretrained=/path/to/dir for the vision tower."
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -11,8 +13,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
 
+from lmm.rundir import IDENTITY, STATUS, RunLock, claim_identity, read_status, set_status
+from lmm.save import save_weights
 from lmm.data.conversation import TEMPLATE_NAMES
 from lmm.data.image import ImageTransform
 from lmm.data.sample import SampleProcessor
@@ -140,16 +144,53 @@ def evaluate(
     return results
 
 
+def launch_rank() -> int:
+    """This process's global rank from the launcher's environment (torchrun, SLURM, Lightning's
+    own children), before any process group exists."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def finished(run_dir: Path) -> bool:
+    """One definition: status.json says so (written last); runs from before it existed count when
+    both final.safetensors and results.json are there."""
+    status = read_status(run_dir)
+    return status.get("status") == "finished" if status else (run_dir / FINAL_WEIGHTS).exists() and (run_dir / RESULTS).exists()
+
+
 def train(cfg: DictConfig) -> dict | None:
+    """Train one stage in `cfg.run_dir`, which rank 0 holds (a lock) for the whole run; the run
+    directory's recorded config must be this one (lmm.rundir)."""
     run_dir = Path(cfg.run_dir)
+    with contextlib.ExitStack() as held:
+        if launch_rank() == 0:
+            requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # the old job may still be checkpointing
+            held.enter_context(RunLock(run_dir, wait_s=float(cfg.get("run_lock_wait_s") or (600 if requeued else 0))))
+            if cfg.get("force"):
+                for stale in (IDENTITY, STATUS):
+                    (run_dir / stale).unlink(missing_ok=True)
+            claim_identity(run_dir, cfg)
+            if finished(run_dir):
+                print(f"[lmm] {run_dir} has already finished; not re-running it (force=true, or delete the directory, to redo it).")
+                results = json.loads((run_dir / RESULTS).read_text())
+                print(format_table(results))
+                return results
+            set_status(run_dir, "running")
+        try:
+            results = _train(cfg, run_dir)
+        except BaseException as e:
+            if launch_rank() == 0:
+                set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500])
+            raise
+        if launch_rank() == 0:
+            set_status(run_dir, "finished")  # last: final.safetensors and results.json exist
+        return results
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     evaluates = bool(cfg.eval_after_train and cfg.eval.benchmarks)
-    if (run_dir / FINAL_WEIGHTS).exists() and ((run_dir / RESULTS).exists() or not evaluates) and not cfg.get("force"):
-        print(f"[lmm] {run_dir} has already finished; not re-running it (force=true, or delete the directory, to redo it).")
-        if (run_dir / RESULTS).exists():
-            results = json.loads((run_dir / RESULTS).read_text())
-            print(format_table(results))
-            return results
-        return None
     plan = preflight(cfg)
     if cfg.get("tf32"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -254,7 +295,7 @@ def final_model(cfg: DictConfig, module: LMMModule, trainer: L.Trainer, path: Pa
         model = module.model
         model.llm = merge_lora(model.llm)
         if rank == 0:
-            save_model(model, str(path))
+            save_weights(model, path)
         trainer.strategy.barrier()
         return model.to(module.device)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -272,7 +313,7 @@ def final_model(cfg: DictConfig, module: LMMModule, trainer: L.Trainer, path: Pa
         model.load_state_dict(own, assign=True)
         del own
         model.llm = merge_lora(model.llm)
-        save_model(model, str(path))
+        save_weights(model, path)
         del model
     del state
     trainer.strategy.barrier()

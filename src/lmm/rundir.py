@@ -1,0 +1,140 @@
+"""A run directory is exactly its run: who holds it (a lock), what it is (the fingerprint of
+its resolved config), and whether it finished (one status file, written last and atomically).
+
+    RUN_DIR/run.lock      held (flock) by the process training it; says pid, host, SLURM job
+    RUN_DIR/run.json      the resolved config and its fingerprint, written when the run starts
+    RUN_DIR/status.json   {"status": "running" | "finished" | "failed", ...}: "finished" is written
+                          after final.safetensors and results.json, so it means both exist
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+LOCK, IDENTITY, STATUS = "run.lock", "run.json", "status.json"
+# Keys that cannot change what a run trains or scores: where things are written, how it is shown.
+NOT_IDENTITY = ("run_dir", "paths.runs", "force", "run_lock_wait_s", "trainer.enable_progress_bar", "data.num_workers", "name")
+
+
+class RunDirectoryInUse(RuntimeError):
+    """Another process holds the run directory."""
+
+
+class RunMismatch(RuntimeError):
+    """The run directory belongs to a run with another config."""
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Write under a temporary name, then rename: readers see the old file or the new one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def holder() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the life of this process (released by the OS if
+    it dies, so a lock is never stale). A second process is told who holds it; with
+    `wait_s` > 0 it waits that long first (a requeued SLURM job while the old one checkpoints)."""
+
+    def __init__(self, run_dir: Path, wait_s: float = 0.0):
+        self.path, self.wait_s, self.file = Path(run_dir) / LOCK, wait_s, None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self.file.seek(0)
+                    owner = self.file.read().strip() or "another process"
+                    self.file.close()
+                    raise RunDirectoryInUse(f"{self.path.parent} is being trained by {owner}; wait for it to end "
+                                            "(or stop it), or set run_lock_wait_s=SECONDS to wait") from None
+                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(json.dumps(holder()) + "\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def identity_config(cfg: DictConfig) -> dict:
+    """The resolved config without the keys that cannot change the result."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in NOT_IDENTITY:
+        *parents, leaf = dotted.split(".")
+        node = resolved
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return resolved
+
+
+def fingerprint(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every leaf that differs."""
+    lines = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b, name = old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += differences(a, b, f"{name}.")
+        elif a != b:
+            lines.append(f"{name}: {a!r} -> {b!r}")
+    return lines
+
+
+def claim_identity(run_dir: Path, cfg: DictConfig) -> None:
+    """Record this run's config in a new run directory, or check it against the one recorded:
+    a directory is never resumed, or reported finished, for a different config."""
+    config = identity_config(cfg)
+    path = Path(run_dir) / IDENTITY
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded["fingerprint"] != fingerprint(config):
+            diff = differences(recorded["config"], config)
+            raise RunMismatch(f"{run_dir} holds a run with a different config ({'; '.join(diff[:8])}"
+                              f"{'; ...' if len(diff) > 8 else ''}); use another name=, or force=true to replace that run")
+        return
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_json(path, {"fingerprint": fingerprint(config), "config": config})
+
+
+def read_status(run_dir: Path) -> dict:
+    path = Path(run_dir) / STATUS
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def set_status(run_dir: Path, status: str, **details) -> None:
+    write_json(Path(run_dir) / STATUS, {"status": status, "task": "train", **holder(), **details})
+
+
+def is_finished(run_dir: Path) -> bool:
+    return read_status(run_dir).get("status") == "finished"

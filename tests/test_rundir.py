@@ -1,0 +1,71 @@
+"""A run directory is exactly its run: one process holds it, its recorded config must match,
+and "finished" is one status written last."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from lmm.config import run_id
+from lmm.rundir import RunDirectoryInUse, RunLock, RunMismatch, read_status
+from lmm.train.train import FINAL_WEIGHTS, RESULTS, finished, train
+
+QUICK = ["trainer.max_steps=2", "eval_after_train=false", "data.batch_size=4", "trainer.limit_val_batches=0",
+         "data.num_workers=0", "trainer.enable_progress_bar=false"]
+
+
+def test_a_held_run_directory_says_who_holds_it(tmp_path, make_config):
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(RunDirectoryInUse, match=r'"pid": \d+, "host"'):
+            train(make_config(*QUICK, run_dir=tmp_path / "run"))
+    assert not (tmp_path / "run" / FINAL_WEIGHTS).exists()
+
+
+def test_a_second_process_can_wait_for_the_lock(tmp_path):
+    first = RunLock(tmp_path).__enter__()
+    threading.Timer(0.5, first.__exit__).start()
+    start = time.monotonic()
+    with RunLock(tmp_path, wait_s=10):
+        assert 0.3 < time.monotonic() - start < 10
+
+
+def test_same_directory_other_config_is_refused_not_reported_finished(tmp_path, make_config, data_root, capsys):
+    run = tmp_path / "run"
+    results = train(make_config(*QUICK, run_dir=run))
+    assert finished(run) and read_status(run)["status"] == "finished"
+    assert (run / RESULTS).exists() and (run / FINAL_WEIGHTS).exists()
+    assert train(make_config(*QUICK, run_dir=run)) == results  # the same command: reported, not redone
+    assert "already finished" in capsys.readouterr().out
+    # paths.data is not in the directory name (-m paths.data=A,B lands in one directory): B must not get A's results.
+    other = tmp_path / "other_data"
+    other.symlink_to(data_root)
+    with pytest.raises(RunMismatch, match=r"data.root: .* -> .*other_data"):
+        train(make_config(*QUICK, f"data.root={other}/synthetic", run_dir=run))
+    with pytest.raises(RunMismatch, match=r"stage.optim.lr: 2e-05 -> 0.001"):
+        train(make_config(*QUICK, "stage.optim.lr=1e-3", run_dir=run))
+    train(make_config(*QUICK, "stage.optim.lr=1e-3", "force=true", run_dir=run))  # force replaces the run
+    assert json.loads((run / "run.json").read_text())["config"]["stage"]["optim"]["lr"] == 1e-3
+
+
+def test_weights_without_the_finished_status_are_not_finished(tmp_path, make_config):
+    run = tmp_path / "run"
+    train(make_config(*QUICK, run_dir=run))
+    (run / "status.json").write_text(json.dumps({"status": "running"}))  # killed after final.safetensors, before the end
+    assert not finished(run)
+    from lmm.ablate import _status
+
+    assert _status(run) == "incomplete"
+
+
+def test_a_failed_run_says_so(tmp_path, make_config):
+    run = tmp_path / "run"
+    with pytest.raises(Exception):
+        train(make_config(*QUICK, "stage.template=nonsense", run_dir=run))
+    status = read_status(run)
+    assert status["status"] == "failed" and "stage.template='nonsense'" in status["error"]
+
+
+def test_run_ids_never_merge_two_overrides():
+    assert run_id("data.root=my data") != run_id("data.root=my_data")
+    assert run_id("connector=mlp,seed=1") == "connector=mlp,seed=1"
