@@ -69,3 +69,30 @@ def test_a_failed_run_says_so(tmp_path, make_config):
 def test_run_ids_never_merge_two_overrides():
     assert run_id("data.root=my data") != run_id("data.root=my_data")
     assert run_id("connector=mlp,seed=1") == "connector=mlp,seed=1"
+
+
+@pytest.mark.parametrize("override,words", [
+    ("data.batch_size=0", "data.batch_size=0: must be a number >= 1"),
+    ("data.max_skip_rate=5", "data.max_skip_rate=5: must be a fraction"),
+    ("trainer.max_steps=0", "trainer.max_steps=0: must be a number >= 1"),
+    ("stage.optim.lr=0", "stage.optim.lr=0: must be a number > 0"),
+])
+def test_numbers_out_of_range_stop_before_any_work(tmp_path, make_config, override, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(")):
+        train(make_config(*QUICK, override, run_dir=tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_benchmark_files_stop_before_training(tmp_path, make_config):
+    with pytest.raises(FileNotFoundError, match=r"eval.benchmarks.vqav2: missing benchmark file .*visualqa.org"):
+        train(make_config("trainer.max_steps=2", "eval=llava15", "data.num_workers=0", run_dir=tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_that_trained_on_nothing_fails(tmp_path, make_config):
+    run = tmp_path / "run"
+    # 16 tokens cannot hold an image's tokens: every sample is skipped, and 2 steps × 4 stay below skip_check_after.
+    with pytest.raises(RuntimeError, match="trained on no tokens"):
+        train(make_config(*QUICK, "data.max_length=16", run_dir=run))
+    assert not (run / FINAL_WEIGHTS).exists() and not (run / RESULTS).exists()
+    assert read_status(run)["status"] == "failed"

@@ -128,3 +128,17 @@ def test_validation_batches_are_as_many_on_every_rank(data_root, tokenizer):
         assert [len(b["meta"]) for b in per_rank[1]][-1] == 0  # rank 1's third batch is the empty one
         seen = [m["key"] for batches in per_rank for b in batches for m in b["meta"]]
         assert len(seen) == len(set(seen)) == 24
+
+
+def test_unreadable_shards_are_counted_in_the_next_step():
+    """A shard that breaks off yields an error marker; it must reach a batch (and be counted as a
+    skip) at once, not wait in a modality pool that may never fill."""
+    from lmm.data.shards import ERROR_KEY
+
+    samples = fake_samples(600)
+    for i in (5, 250, 251):
+        samples.insert(i, {"__key__": f"bad{i}", ERROR_KEY: "shard: ReadError"})
+    steps = list(plan_steps(iter(samples), per_device=4, world=World(0, 2, 1), group_size=2, rng=random.Random(0), image_tokens=64))
+    markers = [s["__key__"] for step in steps for slot in step for share in slot for s in share if ERROR_KEY in s]
+    assert markers == ["bad5", "bad250", "bad251"]
+    assert [s["__key__"] for s in steps[0][0][0][4:]] == ["bad5"]  # carried by rank 0, after its own samples

@@ -27,7 +27,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from lmm.data.collate import Collator
 from lmm.data.sample import IMAGE_KEYS, SampleProcessor
-from lmm.data.shards import expand_shards
+from lmm.data.shards import ERROR_KEY, expand_shards
 
 
 @dataclass
@@ -88,7 +88,11 @@ def plan_steps(
     units = world.size * world.accumulation  # micro-batches per step
     step_size = per_device * units
     pools: dict[bool, list[dict]] = {True: [], False: []}
+    unreadable: list[dict] = []  # shard-error markers: counted as skips in the next step (rank 0), not pooled
     for sample in samples:
+        if ERROR_KEY in sample:
+            unreadable.append(sample)
+            continue
         pool = pools[has_image(sample)]
         pool.append(sample)
         if len(pool) == step_size * group_size:
@@ -96,6 +100,8 @@ def plan_steps(
             steps = [deal(pool[i : i + step_size], units, per_device, length) for i in range(0, len(pool), step_size)]
             rng.shuffle(steps)
             for micro_batches in steps:  # slot a holds micro-batches a·ranks … a·ranks + ranks − 1
+                micro_batches[0] += unreadable
+                unreadable = []
                 yield [micro_batches[a * world.size : (a + 1) * world.size] for a in range(world.accumulation)]
             pool.clear()
 

@@ -38,6 +38,12 @@ class SyntheticBenchmark:
         self.root, self.split = Path(root), split
         self.batch_size, self.max_new_tokens, self.limit = batch_size, max_new_tokens, limit
 
+    def check(self) -> None:
+        """Raise if the split cannot be read (called before training)."""
+        list_shards(self.root / self.split)
+        if not (self.root / "manifest.json").exists():
+            raise FileNotFoundError(f"no manifest.json in {self.root} (the synthetic mixture's baselines)")
+
     def _items(self, processor: SampleProcessor) -> tuple[list[Example], list[Example], int]:
         questions, descriptions, skipped = [], [], 0
         # Every rank reads every question (a few hundred); run() splits the generation work.

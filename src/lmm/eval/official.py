@@ -98,6 +98,11 @@ class QuestionBenchmark:
     def questions(self) -> list[Question]:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Raise if the benchmark's files are missing (called before training): its questions are read."""
+        if not self.questions():
+            raise ValueError(f"{self.name}: no questions under {self.root}")
+
     def score(self, questions: list[Question], answers: list[str]) -> dict[str, float]:
         raise NotImplementedError
 

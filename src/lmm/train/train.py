@@ -41,9 +41,43 @@ def pretrained_ids(cfg: DictConfig) -> dict[str, str | None]:
     return {"vision": cfg.vision.get("pretrained"), "llm": cfg.llm.model.get("pretrained")}
 
 
+# Numeric settings and their smallest sensible value: 0 batch size used to hang, memory growing.
+AT_LEAST = {"data.batch_size": 1, "data.max_length": 8, "data.num_workers": 0, "data.shuffle_buffer": 1,
+            "data.length_group_size": 1, "data.skip_check_after": 0, "trainer.max_steps": 1, "checkpoint_every": 1,
+            "stage.global_batch_size": 1, "stage.epochs": 0, "stage.optim.lr": 0, "stage.optim.weight_decay": 0}
+POSITIVE = ("stage.optim.lr", "stage.epochs")  # strictly above their bound
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """Every numeric setting is a number in its range (a clear error instead of a hang or a crash mid-run)."""
+    for key, low in AT_LEAST.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None and key in ("stage.global_batch_size", "stage.epochs"):
+            continue  # optional
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low or (key in POSITIVE and value <= low):
+            bound = f"> {low}" if key in POSITIVE else f">= {low}"
+            raise ValueError(f"{key}={value!r}: must be a number {bound}")
+    rate = OmegaConf.select(cfg, "data.max_skip_rate")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise ValueError(f"data.max_skip_rate={rate!r}: must be a fraction between 0 and 1 (0.01 = 1%)")
+
+
+def check_benchmarks(cfg: DictConfig) -> None:
+    """Every configured benchmark's files are there (before training, not after it)."""
+    for name, benchmark_cfg in cfg.eval.benchmarks.items():
+        try:
+            instantiate(benchmark_cfg).check()
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"eval.benchmarks.{name}: {e} (eval=none, or ~eval.benchmarks.{name}, to train without it)") from None
+
+
 def preflight(cfg: DictConfig) -> BatchPlan:
-    """Fail before any work: unknown template, missing weights or init_from run, a global batch
-    the devices cannot divide, devices that disagree with SLURM's tasks."""
+    """Fail before any work: a setting out of range, unknown template, missing weights or
+    init_from run, missing benchmark files, a global batch the devices cannot divide, devices
+    that disagree with SLURM's tasks."""
+    check_numbers(cfg)
+    if cfg.eval_after_train and cfg.eval.benchmarks:
+        check_benchmarks(cfg)
     if cfg.stage.template not in TEMPLATE_NAMES:
         raise ValueError(f"stage.template={cfg.stage.template!r} is not one of {TEMPLATE_NAMES}")
     for component, name in pretrained_ids(cfg).items():
@@ -232,6 +266,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
         print(f"[lmm] resuming from {last}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last else None)
     cost = module.cost_summary()  # a collective: every rank takes part
+    check_trained(module, cost)  # world totals: every rank decides alike
     model = final_model(cfg, module, trainer, run_dir / FINAL_WEIGHTS)  # also a collective under FSDP
     main = trainer.global_rank == 0
     if main:
@@ -250,6 +285,19 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
 def lora_options(cfg: DictConfig) -> dict | None:
     lora = cfg.stage.get("lora")
     return OmegaConf.to_container(lora, resolve=True) if lora else None
+
+
+def check_trained(module: LMMModule, cost: dict) -> None:
+    """A run that trained on no tokens, or skipped more than data.max_skip_rate of its samples
+    (checked during training only after data.skip_check_after samples), did not happen: it fails
+    before any weights or results are written."""
+    seen, skipped = module.seen_total, module.skipped_total
+    if not cost["tokens_seen"]:
+        raise RuntimeError(f"trained on no tokens: {skipped} of {seen} samples were skipped (see the skipped lines above; "
+                           "e.g. data.max_length too small for the image tokens, or unreadable data)")
+    if seen and skipped / seen > module.max_skip_rate:
+        raise RuntimeError(f"{skipped} of {seen} samples skipped ({skipped / seen:.1%} > data.max_skip_rate="
+                           f"{module.max_skip_rate:.1%}) over the whole run; fix the data or raise data.max_skip_rate")
 
 
 def process_rank(trainer: L.Trainer) -> int:
