@@ -25,20 +25,37 @@ from lmm.eval.generate import evaluating, generate_texts
 from lmm.eval.official import Question, question_example
 
 
+def parse_question(raw: bytes, n: int, image_folder: Path) -> Question:
+    """One input line as a question; ValueError says what is wrong with it."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 (byte {e.start}: {e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON ({e.msg} at {e.pos})") from None
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    text, image, qid = record.get("text"), record.get("image"), record.get("question_id", n)
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("'text' must be a non-empty string")
+    if image is not None and not isinstance(image, str):
+        raise ValueError(f"'image' must be a path (a string), got {type(image).__name__}")
+    if not isinstance(qid, (str, int)) or isinstance(qid, bool):
+        raise ValueError(f"'question_id' must be a string or an integer, got {type(qid).__name__}")
+    return Question(str(qid), text.replace("<image>", "").strip(), image_folder / image if image else None)
+
+
 def read_questions(path: Path, image_folder: Path) -> tuple[list[Question], list[dict]]:
-    """Questions, and error records for lines that are not usable JSON questions."""
+    """Questions, and error records for the lines that are not usable questions (checked before
+    any model is loaded; one bad line never stops the others)."""
     questions, errors = [], []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
+    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
             continue
         try:
-            record = json.loads(line)
-            qid, text = record.get("question_id", n), record["text"]
-        except (json.JSONDecodeError, KeyError, AttributeError) as e:
-            errors.append({"question_id": f"line {n}", "error": f"not a question ({e!r})"})
-            continue
-        image = image_folder / record["image"] if record.get("image") else None
-        questions.append(Question(str(qid), text.replace("<image>", "").strip(), image))
+            questions.append(parse_question(raw, n, image_folder))
+        except ValueError as e:
+            errors.append({"question_id": f"line {n}", "error": f"not a question: {e}"})
     return questions, errors
 
 
@@ -54,8 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     from lmm.export import load_pretrained
 
+    questions, errors = read_questions(args.input, args.image_folder or args.input.parent)  # before the model loads
     model, processor = load_pretrained(args.ckpt, args.device)
-    questions, errors = read_questions(args.input, args.image_folder or args.input.parent)
     examples = [question_example(processor, q) for q in questions]
     kept = [(q, e) for q, e in zip(questions, examples) if isinstance(e, Example)]
     errors += [{"question_id": q.qid, "error": e.reason} for q, e in zip(questions, examples) if not isinstance(e, Example)]

@@ -60,3 +60,21 @@ def test_chat_through_stdin(exported):
     assert out.count("cannot use image") == 2 and "still using the previous one" in out  # the chat went on
     assert f"image {images / 'scene.jpg'} loaded" in out
     assert out.count("ASSISTANT:") == 3 and "conversation reset" in out
+
+
+def test_predict_records_every_malformed_line(tmp_path):
+    """Wrong types and stray bytes are recorded per line (checked before the model loads)."""
+    from lmm.predict import read_questions
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_bytes(b"\n".join([
+        json.dumps({"question_id": 1, "text": "fine?"}).encode(),
+        json.dumps({"question_id": 2, "text": 123}).encode(),
+        json.dumps({"question_id": 3, "text": "x", "image": 5}).encode(),
+        b'{"question_id": 4, "text": "bad \xff byte"}',
+        json.dumps([1, 2]).encode(),
+    ]) + b"\n")
+    good, bad = read_questions(questions, tmp_path)
+    assert [q.qid for q in good] == ["1"]
+    assert [(e["question_id"], e["error"].split(":")[1].strip()[:12]) for e in bad] == [
+        ("line 2", "'text' must "), ("line 3", "'image' must"), ("line 4", "not UTF-8 (b"), ("line 5", "not a JSON o")]
