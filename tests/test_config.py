@@ -154,3 +154,14 @@ def test_lora_stage_trains_adapters_and_the_connector():
     per_layer = 128 * ((4096 + 4096) * 4 + (4096 + 11008) * 3)
     assert llm["trainable"] == 32 * per_layer
     assert table["components"]["connector"]["trainable"] == table["components"]["connector"]["parameters"]
+
+
+def test_unknown_top_level_keys_are_refused_with_a_hint():
+    """`+conector=mlp` (what Hydra suggests for a misspelt group) must not train the default connector."""
+    from lmm.config import check_top_level_keys
+
+    with pytest.raises(ValueError, match=r"'conector' \(did you mean 'connector'\?\)"):
+        check_top_level_keys(compose_config(["+conector=mlp"]))
+    for experiment in sorted(p.relative_to(CONF / "experiment").with_suffix("").as_posix()
+                             for p in (CONF / "experiment").rglob("*.yaml")):
+        check_top_level_keys(compose_config([f"experiment={experiment}"]))  # every shipped experiment passes

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
+from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 MAX_RUN_ID = 120
@@ -41,6 +44,28 @@ def slurm_tasks(devices) -> int:
 def slurm_gpus(accelerator: str, devices) -> int | None:
     """GPUs per node to request: the devices when training on GPUs, none on CPU."""
     return slurm_tasks(devices) if accelerator in ("gpu", "cuda") else None
+
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def known_top_level_keys() -> set[str]:
+    """What conf/config.yaml defines: its own keys and its config groups (the defaults list)."""
+    primary = yaml.safe_load((CONF / "config.yaml").read_text())
+    groups = {next(iter(item)) for item in primary.get("defaults", []) if isinstance(item, dict)}
+    return (set(primary) - {"defaults"}) | {g.split("@")[0].lstrip("/") for g in groups} | {"hydra"}
+
+
+def check_top_level_keys(cfg) -> None:
+    """Refuse keys no part of lmm reads: `+conector=mlp` (Hydra's own hint for a typo) would
+    otherwise add a key that is silently ignored, and the run trains the default connector."""
+    known = known_top_level_keys()
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, n=1)) else repr(key)
+                 for key in unknown]
+        raise ValueError(f"unknown config key(s) {', '.join(hints)}: nothing reads them; known top-level keys and groups are "
+                         f"{', '.join(sorted(known - {'hydra'}))}")
 
 
 def register_resolvers() -> None:
