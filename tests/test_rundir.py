@@ -2,6 +2,7 @@
 and "finished" is one status written last."""
 
 import json
+import os
 import threading
 import time
 
@@ -96,3 +97,18 @@ def test_a_run_that_trained_on_nothing_fails(tmp_path, make_config):
         train(make_config(*QUICK, "data.max_length=16", run_dir=run))
     assert not (run / FINAL_WEIGHTS).exists() and not (run / RESULTS).exists()
     assert read_status(run)["status"] == "failed"
+
+
+def test_a_user_error_ends_in_one_line(data_root, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "run.py", "data.batch_size=0", f"paths.data={data_root}", f"paths.runs={tmp_path}"]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "[lmm] ValueError: data.batch_size=0: must be a number >= 1" in done.stderr
+    assert "Traceback" not in done.stderr
+    full = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert "Traceback" in full.stderr and "data.batch_size=0" in full.stderr

@@ -1,8 +1,23 @@
-"""Map `cfg.task` to the function that runs it."""
+"""Map `cfg.task` to the function that runs it; a user's mistake ends in one line, not a traceback."""
 
 from __future__ import annotations
 
+import os
+
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
+
+
+class UserError(CompactHydraException):
+    """Printed by Hydra as its message alone (the traceback with HYDRA_FULL_ERROR=1)."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe a bad config, input or run directory, each with its fix in the message."""
+    from lmm.rundir import RunDirectoryInUse, RunMismatch
+    from lmm.train.agree import AgreedStop
+
+    return ValueError, FileNotFoundError, AgreedStop, RunMismatch, RunDirectoryInUse
 
 
 def run_task(cfg: DictConfig):
@@ -11,8 +26,13 @@ def run_task(cfg: DictConfig):
     from lmm.export import export
     from lmm.train.train import evaluate_run, train
 
-    check_top_level_keys(cfg)
     tasks = {"train": train, "describe": describe, "eval": evaluate_run, "export": export}
-    if cfg.task not in tasks:
-        raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
-    return tasks[cfg.task](cfg)
+    try:
+        check_top_level_keys(cfg)
+        if cfg.task not in tasks:
+            raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
+        return tasks[cfg.task](cfg)
+    except user_errors() as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise UserError(f"[lmm] {type(e).__name__}: {e}") from e

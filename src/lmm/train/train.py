@@ -25,6 +25,7 @@ from lmm.eval.benchmarks import format_table, is_main_process
 from lmm.model.build import build_model
 from lmm.model.lmm import LMM
 from lmm.checkpoint import LAST, AtomicCheckpoint, latest_checkpoint
+from lmm.train.agree import AgreedStop
 from lmm.train.module import LMMModule, add_lora, merge_lora
 from lmm.train.plan import BatchPlan, batch_plan
 from lmm.train.materialize import host_memory, parameters_on_meta, reset_peak_host_memory
@@ -293,10 +294,10 @@ def check_trained(module: LMMModule, cost: dict) -> None:
     before any weights or results are written."""
     seen, skipped = module.seen_total, module.skipped_total
     if not cost["tokens_seen"]:
-        raise RuntimeError(f"trained on no tokens: {skipped} of {seen} samples were skipped (see the skipped lines above; "
+        raise AgreedStop(f"trained on no tokens: {skipped} of {seen} samples were skipped (see the skipped lines above; "
                            "e.g. data.max_length too small for the image tokens, or unreadable data)")
     if seen and skipped / seen > module.max_skip_rate:
-        raise RuntimeError(f"{skipped} of {seen} samples skipped ({skipped / seen:.1%} > data.max_skip_rate="
+        raise AgreedStop(f"{skipped} of {seen} samples skipped ({skipped / seen:.1%} > data.max_skip_rate="
                            f"{module.max_skip_rate:.1%}) over the whole run; fix the data or raise data.max_skip_rate")
 
 
