@@ -1,6 +1,7 @@
 """A few-step pretrain -> finetune (init_from) -> eval of the default, in one process."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -146,7 +147,11 @@ def test_resumed_training_sees_the_same_batches(make_config, tmp_path, monkeypat
     straight, seen[:] = list(seen), []
     train(make_config(*common, "trainer.max_steps=3", run_dir=tmp_path / "stopped"))
     first, seen[:] = list(seen), []
-    (tmp_path / "stopped" / FINAL_WEIGHTS).unlink()  # as if it had been interrupted after step 3
+    # As if the 6-step run had been interrupted after step 3: no final weights, not finished, and
+    # the 6-step config recorded (the straight run's record: run_dir is not part of a run's identity).
+    (tmp_path / "stopped" / FINAL_WEIGHTS).unlink()
+    (tmp_path / "stopped" / "status.json").unlink()
+    shutil.copy(tmp_path / "straight" / "run.json", tmp_path / "stopped" / "run.json")
     train(make_config(*common, "trainer.max_steps=6", run_dir=tmp_path / "stopped"))
     assert first + seen == straight
 

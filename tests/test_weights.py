@@ -1,5 +1,6 @@
 """Real model ids with no local weights fail fast, saying where lmm looked; nothing is downloaded."""
 
+import json
 import time
 
 import pytest
@@ -32,4 +33,5 @@ def test_train_with_real_llm_fails_before_any_work(make_config, tmp_path, monkey
     cfg = make_config("llm=vicuna7b", "vision=clip_l14_336")
     with pytest.raises(WeightsNotFoundError, match="openai/clip-vit-large-patch14-336"):
         train(cfg)
-    assert not (tmp_path / "run").exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.json", "run.lock", "status.json"]  # no work, only the record
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"

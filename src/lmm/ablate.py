@@ -56,8 +56,10 @@ def _status(path: Path) -> str:
     """The run's own status.json (lmm.rundir: "finished" is written last); runs from before it
     existed: results.json, or a traceback in run.log."""
     recorded = read_status(path).get("status")
+    if recorded == "finished":
+        return "finished" if (path / "results.json").exists() else "incomplete"
     if recorded:
-        return recorded if recorded in ("finished", "failed") else "incomplete"
+        return "failed" if recorded == "failed" else "incomplete"
     if (path / "results.json").exists():
         return "finished"
     log = path / "run.log"

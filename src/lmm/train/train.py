@@ -189,10 +189,10 @@ def launch_rank() -> int:
 
 
 def finished(run_dir: Path) -> bool:
-    """One definition: status.json says so (written last); runs from before it existed count when
-    both final.safetensors and results.json are there."""
-    status = read_status(run_dir)
-    return status.get("status") == "finished" if status else (run_dir / FINAL_WEIGHTS).exists() and (run_dir / RESULTS).exists()
+    """One definition: status.json says so (written last, after final.safetensors and
+    results.json, which must still be there); runs from before status.json count when both are."""
+    status = read_status(run_dir).get("status", "finished")
+    return status == "finished" and (run_dir / FINAL_WEIGHTS).exists() and (run_dir / RESULTS).exists()
 
 
 def train(cfg: DictConfig) -> dict | None:
@@ -207,7 +207,7 @@ def train(cfg: DictConfig) -> dict | None:
                 for stale in (IDENTITY, STATUS):
                     (run_dir / stale).unlink(missing_ok=True)
             claim_identity(run_dir, cfg)
-            if finished(run_dir):
+            if finished(run_dir) and not cfg.get("force"):
                 print(f"[lmm] {run_dir} has already finished; not re-running it (force=true, or delete the directory, to redo it).")
                 results = json.loads((run_dir / RESULTS).read_text())
                 print(format_table(results))
