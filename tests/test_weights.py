@@ -19,6 +19,7 @@ def test_missing_weights_message(tmp_path, monkeypatch):
     message = str(error.value)
     assert "lmsys/vicuna-13b-v1.5" in message and "LMM_WEIGHTS" in message and "Hugging Face cache" in message
     assert "hf download" in message
+    assert "llm.model.pretrained=" in message and "vision.pretrained=" in message  # keys that exist (not llm.pretrained)
 
 
 def test_local_directory_wins(tmp_path, monkeypatch):
