@@ -3,8 +3,9 @@
     python -m lmm.gpu_check [--devices N] [--out experiments/bench/gpu_check.json]   (make gpu-check)
 
 Parts (each a real `python run.py ...` command on generated data, under NCCL and bf16):
-  fsdp_recipe   pretrain then finetune (init_from the pretrain run) on the mix665k miniature, whose
-                text-only ShareGPT steps make ranks diverge if anything is planned per rank; evaluation
+  fsdp_recipe   pretrain on the LCS-558K miniature, then finetune (init_from the pretrain run) on the
+                mix665k miniature, whose text-only ShareGPT steps make ranks diverge if anything is
+                planned per rank; evaluation
   lora_fsdp     stage=lora under FSDP: trains, merges, evaluates
   packing       data.packing=true under FSDP (torch's varlen flash kernel), after checking that
                 kernel against one SDPA per sample, forward and backward
@@ -31,23 +32,26 @@ ROOT = Path(__file__).resolve().parents[2]
 def prepare_data(root: Path) -> None:
     """The synthetic mixture (tokenizer, evaluation split) and the converted mix665k miniature."""
     from lmm.data.convert import convert
-    from lmm.data.miniature import build_mix665k
+    from lmm.data.miniature import build_mix665k, build_pretrain558k
     from lmm.data.synthetic import GenerationConfig, generate
 
     generate(root / "synthetic", GenerationConfig(seed=0, pretrain=96, train=240, val=24, test=48, shard_size=60))
     json_path, images, _, _ = build_mix665k(root / "mix665k_source")
     convert(json_path, images, root / "shards" / "llava_mix665k", workers=1, shard_size=2, progress=False)
+    json_path, images = build_pretrain558k(root / "pretrain_source", n=24)
+    convert(json_path, images, root / "shards" / "llava_pretrain", workers=1, shard_size=4, progress=False)
 
 
 EVAL = "eval.benchmarks.synthetic.limit=32"  # the synthetic test split, shortened
+MIX = ["data=llava_mix665k", "data.sources.sharegpt.weight=3"]  # instruction data, text-only steps frequent
 MACHINE = ["trainer=gpu"]  # --cpu: 2 gloo processes in fp32, to check the commands themselves without a GPU
 
 
 def run_py(root: Path, name: str, overrides: list[str], devices: int, timeout: int = 300) -> Path:
     """Run one training command; returns its run directory (raises with the output's tail on failure)."""
     cmd = [sys.executable, "run.py", f"name={name}", *MACHINE, f"trainer.devices={devices}", "strategy=fsdp",
-           "data=llava_mix665k", "data.num_workers=1", "data.batch_size=4", "data.length_group_size=1",
-           "data.sources.sharegpt.weight=3", f"paths.data={root}",
+           *([] if any(o.startswith("data=") for o in overrides) else MIX), "data.num_workers=1", "data.batch_size=4",
+           "data.length_group_size=1", f"paths.data={root}",
            f"paths.runs={root / 'runs'}", "trainer.enable_progress_bar=false", *overrides]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if done.returncode:
@@ -60,7 +64,7 @@ def run_py(root: Path, name: str, overrides: list[str], devices: int, timeout: i
 
 
 def fsdp_recipe(root: Path, devices: int) -> str:
-    pretrain = run_py(root, "gpu_pretrain", ["stage=pretrain", "trainer.max_steps=20", "eval=none"], devices)
+    pretrain = run_py(root, "gpu_pretrain", ["data=llava_pretrain", "stage=pretrain", "trainer.max_steps=20", "eval=none"], devices)
     finetune = run_py(root, "gpu_finetune", ["stage=finetune", f"stage.init_from='{pretrain}'", "trainer.max_steps=20", EVAL], devices)
     metrics = json.loads((finetune / "results.json").read_text())["metrics"]
     return f"{len(metrics)} metrics, e.g. vqa/exact_match={metrics.get('synthetic/vqa/exact_match')}"

@@ -34,7 +34,7 @@ def test_epochs_become_steps(data_root):
 
 
 def test_epochs_without_a_manifest_fail_before_work(tmp_path):
-    cfg = compose_config(["stage.epochs=1", f"paths.data={tmp_path}"])
+    cfg = compose_config(["stage.epochs=1", "eval=none", f"paths.data={tmp_path}"])
     with pytest.raises(ValueError, match="size of .* is unknown"):
         preflight(cfg)
 
