@@ -111,3 +111,14 @@ def test_converter_input_errors_end_at_once(tmp_path):
     json_path.write_text(json.dumps(entries[1:]))
     with pytest.raises(SystemExit, match="different JSON"):
         convert(json_path, images, tmp_path / "c", workers=1, progress=False)
+
+
+def test_a_pipe_in_the_data_root_stops_the_run_before_any_work(data_root, tmp_path, marker):
+    from tests.conftest import compose_config
+    from lmm.train.train import preflight
+
+    root = f"{{pipe:touch {marker}; echo ,{data_root}/synthetic}}"
+    cfg = compose_config([f"data.root='{root}'", "data.generate_if_missing=false", "eval=none"], data_root)
+    with pytest.raises(ValueError, match="refusing shard URL 'pipe:touch"):
+        preflight(cfg)
+    assert not marker.exists()

@@ -20,6 +20,7 @@ from lmm.save import save_weights
 from lmm.data.conversation import TEMPLATE_NAMES
 from lmm.data.image import ImageTransform
 from lmm.data.sample import SampleProcessor
+from lmm.data.shards import list_shards, local_directory
 from lmm.data.tokenizer import load_tokenizer
 from lmm.eval.benchmarks import format_table, is_main_process
 from lmm.model.build import build_model
@@ -63,6 +64,18 @@ def check_numbers(cfg: DictConfig) -> None:
         raise ValueError(f"data.max_skip_rate={rate!r}: must be a fraction between 0 and 1 (0.01 = 1%)")
 
 
+def check_data(cfg: DictConfig) -> None:
+    """The training (and validation) shards can be listed and every URL checked, unless the
+    synthetic mixture will be generated first."""
+    data = instantiate(cfg.data, seed=cfg.seed)
+    if data.generate_if_missing and not (data.root / "manifest.json").exists():
+        local_directory(data.root, "data.root (generate_if_missing)")
+        return
+    data.mixture()
+    if data.val_split:
+        list_shards(data.root / data.val_split, data.allow_pipe_urls)
+
+
 def check_benchmarks(cfg: DictConfig) -> None:
     """Every configured benchmark's files are there (before training, not after it)."""
     for name, benchmark_cfg in cfg.eval.benchmarks.items():
@@ -73,10 +86,11 @@ def check_benchmarks(cfg: DictConfig) -> None:
 
 
 def preflight(cfg: DictConfig) -> BatchPlan:
-    """Fail before any work: a setting out of range, unknown template, missing weights or
-    init_from run, missing benchmark files, a global batch the devices cannot divide, devices
-    that disagree with SLURM's tasks."""
+    """Fail before any work: a setting out of range, data that cannot be listed, missing
+    benchmark files, unknown template, missing weights, tokenizer or init_from run, a global
+    batch the devices cannot divide, devices that disagree with SLURM's tasks."""
     check_numbers(cfg)
+    check_data(cfg)
     if cfg.eval_after_train and cfg.eval.benchmarks:
         check_benchmarks(cfg)
     if cfg.stage.template not in TEMPLATE_NAMES:
@@ -86,6 +100,8 @@ def preflight(cfg: DictConfig) -> BatchPlan:
             resolve_weights(name, "LLM weights" if component == "llm" else "vision weights")
     if cfg.stage.init_from:
         init_weights_path(cfg.stage.init_from)
+    if not (cfg.data.get("generate_if_missing") and not (Path(cfg.data.root) / "manifest.json").exists()):
+        resolve_weights(cfg.llm.tokenizer, "tokenizer")  # (the synthetic mixture, once generated, brings its own)
     check_slurm_tasks(cfg.trainer)
     plan = batch_plan(cfg)
     if plan.max_steps is None:
