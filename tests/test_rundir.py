@@ -110,5 +110,7 @@ def test_a_user_error_ends_in_one_line(data_root, tmp_path):
     assert done.returncode == 1
     assert "[lmm] ValueError: data.batch_size=0: must be a number >= 1" in done.stderr
     assert "Traceback" not in done.stderr
+    log = (tmp_path / "default" / "data.batch_size=0" / "run.log").read_text()
+    assert "[lmm] ValueError: data.batch_size=0: must be a number >= 1" in log  # the run directory explains itself
     full = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert "Traceback" in full.stderr and "data.batch_size=0" in full.stderr

@@ -22,17 +22,24 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def run_task(cfg: DictConfig):
     from lmm.config import check_top_level_keys
+    from lmm.runlog import copied_to, log_path, record
     from lmm.describe import describe
     from lmm.export import export
     from lmm.train.train import evaluate_run, train
 
     tasks = {"train": train, "describe": describe, "eval": evaluate_run, "export": export}
-    try:
-        check_top_level_keys(cfg)
-        if cfg.task not in tasks:
-            raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
-        return tasks[cfg.task](cfg)
-    except user_errors() as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    with copied_to(log_path(cfg)):  # the [lmm] lines, errors included, also go to RUN_DIR/run.log
+        try:
+            check_top_level_keys(cfg)
+            if cfg.task not in tasks:
+                raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
+            return tasks[cfg.task](cfg)
+        except user_errors() as e:
+            message = f"[lmm] {type(e).__name__}: {e}"
+            record(message)  # Hydra prints it on the terminal
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            raise UserError(message) from e
+        except Exception as e:
+            record(f"[lmm] failed: {type(e).__name__}: {e}")  # the traceback follows on the terminal
             raise
-        raise UserError(f"[lmm] {type(e).__name__}: {e}") from e
