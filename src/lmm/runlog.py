@@ -31,6 +31,7 @@ class _Tee:
     def write(self, text: str) -> int:
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
+        self.pending = self.pending.rsplit("\r", 1)[-1]  # a progress bar redraws with \r: keep only the last draw
         for line in lines:
             if MARK in line:
                 self.log.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n")
