@@ -20,19 +20,14 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from lmm.data.collate import Collator
-from lmm.data.sample import Example
+from lmm.data.sample import Example, decode_json
 from lmm.eval.generate import evaluating, generate_texts
 from lmm.eval.official import Question, question_example
 
 
 def parse_question(raw: bytes, n: int, image_folder: Path) -> Question:
     """One input line as a question; ValueError says what is wrong with it."""
-    try:
-        record = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not UTF-8 (byte {e.start}: {e.reason})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not JSON ({e.msg} at {e.pos})") from None
+    record = decode_json(raw)
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
     text, image, qid = record.get("text"), record.get("image"), record.get("question_id", n)

@@ -77,4 +77,4 @@ def test_predict_records_every_malformed_line(tmp_path):
     good, bad = read_questions(questions, tmp_path)
     assert [q.qid for q in good] == ["1"]
     assert [(e["question_id"], e["error"].split(":")[1].strip()[:12]) for e in bad] == [
-        ("line 2", "'text' must "), ("line 3", "'image' must"), ("line 4", "not UTF-8 (b"), ("line 5", "not a JSON o")]
+        ("line 2", "'text' must "), ("line 3", "'image' must"), ("line 4", "not UTF-8 (i"), ("line 5", "not a JSON o")]

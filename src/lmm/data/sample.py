@@ -37,15 +37,23 @@ class Example:
     instruction: list[int] | None = None  # the image's question, for instruction-aware connectors
 
 
+def decode_json(raw: bytes | bytearray):
+    """UTF-8 JSON bytes as a value; ValueError says what is wrong, and where."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed ({e.msg} at {e.pos})") from None
+
+
 def parse_record(value) -> dict:
     """The sample's JSON (bytes from a shard, or an already-decoded dict)."""
     if isinstance(value, (bytes, bytearray)):
         try:
-            value = json.loads(value.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"json: not UTF-8 ({e.reason} at byte {e.start})") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"json: malformed ({e.msg} at {e.pos})") from None
+            value = decode_json(value)
+        except ValueError as e:
+            raise ValueError(f"json: {e}") from None
     if not isinstance(value, dict) or not isinstance(value.get("conversations"), list):
         raise ValueError("json: missing, or without a 'conversations' list")
     return value
