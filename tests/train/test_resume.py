@@ -89,6 +89,7 @@ def test_resume_restores_every_random_state(data_root, tmp_path):
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.losses.append(float(outputs["loss"]))
+            self.seen = module.seen_total
             if trainer.global_step == self.stop_at:
                 trainer.should_stop = True
 
@@ -108,3 +109,4 @@ def test_resume_restores_every_random_state(data_root, tmp_path):
     fit(first, tmp_path / "ckpt")
     fit(second, resume=str(tmp_path / "ckpt" / "last.ckpt"))
     assert len(straight.losses) == 6 and first.losses + second.losses == straight.losses
+    assert second.seen == straight.seen == 6 * 4  # "samples seen" is the whole run's, across the resume
