@@ -197,11 +197,10 @@ def evaluate(
 
 def launch_rank() -> int:
     """This process's global rank from the launcher's environment (torchrun, SLURM, Lightning's
-    own children), before any process group exists."""
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    return 0
+    own children), before any process group exists. The largest of them: a child Lightning
+    starts inside an interactive SLURM shell inherits SLURM_PROCID=0 but has LOCAL_RANK=1."""
+    return max((int(os.environ[key]) for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK") if os.environ.get(key, "").isdigit()),
+               default=0)
 
 
 def finished(run_dir: Path) -> bool:
