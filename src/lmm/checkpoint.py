@@ -113,7 +113,7 @@ def full_model_state(run_dir: Path, trained: dict[str, torch.Tensor]) -> dict[st
 
     register_resolvers()
     cfg = OmegaConf.load(saved)
-    model, _, _ = build_for_stage(cfg, sharded=False, rank=0)
+    model, _, _ = build_for_stage(cfg, sharded=False, main=True)
     if lora_options(cfg):
         model.llm = add_lora(model.llm, **lora_options(cfg))
     unknown = set(trained) - set(model.state_dict())

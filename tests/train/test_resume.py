@@ -94,7 +94,7 @@ def test_resume_restores_every_random_state(data_root, tmp_path):
                 trainer.should_stop = True
 
     def fit(record, checkpoint_dir=None, resume=None):
-        model, processor, _ = build_for_stage(cfg, sharded=False, rank=0)
+        model, processor, _ = build_for_stage(cfg, sharded=False, main=True)
         module = LMMModule(model, train=dict(cfg.stage.train), lr=1e-3, lora=lora_options(cfg))
         data = instantiate(cfg.data, seed=0, num_workers=0, batch_size=4)
         data.attach(processor, processor.tokenizer.pad_token_id)

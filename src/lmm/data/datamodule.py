@@ -88,11 +88,16 @@ class LMMDataModule(L.LightningDataModule):
 
     def ensure_data(self) -> None:
         """Generate the synthetic mixture when asked to and absent (under a minute)."""
-        if self.generate_if_missing and not (local_directory(self.root, "data.root (generate_if_missing)") / "manifest.json").exists():
+        if self.needs_generation():
             from lmm.data.synthetic import generate
 
             print(f"[lmm] generating the synthetic mixture in {self.root}")
             generate(self.root)
+
+    def needs_generation(self) -> bool:
+        """Whether ensure_data will generate the synthetic mixture (asked to, and absent); the root
+        must then be a local directory, never a URL or pipe: command."""
+        return self.generate_if_missing and not (local_directory(self.root, "data.root (generate_if_missing)") / "manifest.json").exists()
 
     def attach(self, processor: SampleProcessor, pad_token_id: int) -> None:
         # A copy, so the training-data options (format-prompt stripping) never reach evaluation prompts.

@@ -74,6 +74,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         from pathlib import Path
 
         import torch.distributed.checkpoint as dcp
+
+        from lmm.checkpoint import LIGHTNING_METADATA
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict, set_model_state_dict,
                                                              set_optimizer_state_dict)
@@ -81,7 +83,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         path = Path(self.broadcast(str(checkpoint_path)))
         if not path.is_dir():  # a full single-file checkpoint: Lightning's own loader
             return super().load_checkpoint(path, weights_only=weights_only)
-        trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
+        trainable = self.lightning_module.trainable_keys()
         model_state = {k: v for k, v in get_model_state_dict(self.model).items() if k in trainable}
         dcp.load({"state_dict": model_state}, checkpoint_id=path)  # raises if a trainable tensor is missing
         set_model_state_dict(self.model, model_state, options=StateDictOptions(strict=False))
@@ -90,7 +92,7 @@ class FSDP2Strategy(ModelParallelStrategy):
             dcp.load(state, checkpoint_id=path)
             set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[f"optimizer_{index}"],
                                      options=StateDictOptions(cpu_offload=True))
-        return torch.load(path / "meta.pt", weights_only=weights_only)
+        return torch.load(path / LIGHTNING_METADATA, weights_only=weights_only)
 
 
 def decoder_layers(llm: nn.Module) -> nn.ModuleList:

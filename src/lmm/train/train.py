@@ -20,7 +20,7 @@ from lmm.save import save_weights
 from lmm.data.conversation import TEMPLATE_NAMES
 from lmm.data.image import ImageTransform
 from lmm.data.sample import SampleProcessor
-from lmm.data.shards import list_shards, local_directory
+from lmm.data.shards import list_shards
 from lmm.data.tokenizer import load_tokenizer
 from lmm.eval.benchmarks import format_table, is_main_process
 from lmm.model.build import build_model
@@ -64,16 +64,16 @@ def check_numbers(cfg: DictConfig) -> None:
         raise ValueError(f"data.max_skip_rate={rate!r}: must be a fraction between 0 and 1 (0.01 = 1%)")
 
 
-def check_data(cfg: DictConfig) -> None:
+def check_data(cfg: DictConfig) -> bool:
     """The training (and validation) shards can be listed and every URL checked, unless the
-    synthetic mixture will be generated first."""
+    synthetic mixture will be generated first. Returns whether it will be."""
     data = instantiate(cfg.data, seed=cfg.seed)
-    if data.generate_if_missing and not (data.root / "manifest.json").exists():
-        local_directory(data.root, "data.root (generate_if_missing)")
-        return
+    if data.needs_generation():
+        return True
     data.mixture()
     if data.val_split:
         list_shards(data.root / data.val_split, data.allow_pipe_urls)
+    return False
 
 
 def check_benchmarks(cfg: DictConfig) -> None:
@@ -90,7 +90,7 @@ def preflight(cfg: DictConfig) -> BatchPlan:
     benchmark files, unknown template, missing weights, tokenizer or init_from run, a global
     batch the devices cannot divide, devices that disagree with SLURM's tasks."""
     check_numbers(cfg)
-    check_data(cfg)
+    generates_data = check_data(cfg)
     if cfg.eval_after_train and cfg.eval.benchmarks:
         check_benchmarks(cfg)
     if cfg.stage.template not in TEMPLATE_NAMES:
@@ -100,8 +100,8 @@ def preflight(cfg: DictConfig) -> BatchPlan:
             resolve_weights(name, "LLM weights" if component == "llm" else "vision weights")
     if cfg.stage.init_from:
         init_weights_path(cfg.stage.init_from)
-    if not (cfg.data.get("generate_if_missing") and not (Path(cfg.data.root) / "manifest.json").exists()):
-        resolve_weights(cfg.llm.tokenizer, "tokenizer")  # (the synthetic mixture, once generated, brings its own)
+    if not generates_data:  # a generated synthetic mixture brings its own tokenizer
+        resolve_weights(cfg.llm.tokenizer, "tokenizer")
     check_slurm_tasks(cfg.trainer)
     plan = batch_plan(cfg)
     if plan.max_steps is None:
@@ -156,7 +156,7 @@ def init_from(model: LMM, source: str, components: list[str]) -> None:
 def _load_component(model: LMM, name: str, part: dict, path: Path) -> None:
     missing, unexpected = getattr(model, name).load_state_dict(part, strict=False)
     if unexpected or (missing and name == "connector"):
-            raise ValueError(f"stage.init_from {path}: {name} does not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ValueError(f"stage.init_from {path}: {name} does not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def command_overrides() -> list[str]:
@@ -195,12 +195,13 @@ def evaluate(
     return results
 
 
-def launch_rank() -> int:
-    """This process's global rank from the launcher's environment (torchrun, SLURM, Lightning's
-    own children), before any process group exists. The largest of them: a child Lightning
-    starts inside an interactive SLURM shell inherits SLURM_PROCID=0 but has LOCAL_RANK=1."""
-    return max((int(os.environ[key]) for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK") if os.environ.get(key, "").isdigit()),
-               default=0)
+def first_process() -> bool:
+    """Whether this process is global rank 0, from the launcher's environment (torchrun, SLURM,
+    Lightning's own children, a node of a multi-node launch), before any process group exists:
+    only when every rank the environment names is 0 (a child Lightning starts inside an
+    interactive SLURM shell inherits SLURM_PROCID=0 but has LOCAL_RANK=1)."""
+    ranks = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+    return all(int(os.environ[key]) == 0 for key in ranks if os.environ.get(key, "").isdigit())
 
 
 def finished(run_dir: Path) -> bool:
@@ -214,8 +215,9 @@ def train(cfg: DictConfig) -> dict | None:
     """Train one stage in `cfg.run_dir`, which rank 0 holds (a lock) for the whole run; the run
     directory's recorded config must be this one (lmm.rundir)."""
     run_dir = Path(cfg.run_dir)
+    main = first_process()
     with contextlib.ExitStack() as held:
-        if launch_rank() == 0:
+        if main:
             requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # the old job may still be checkpointing
             held.enter_context(RunLock(run_dir, wait_s=float(cfg.get("run_lock_wait_s") or (600 if requeued else 0))))
             if cfg.get("force"):
@@ -231,10 +233,10 @@ def train(cfg: DictConfig) -> dict | None:
         try:
             results = _train(cfg, run_dir)
         except BaseException as e:
-            if launch_rank() == 0:
+            if main:
                 set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500])
             raise
-        if launch_rank() == 0:
+        if main:
             set_status(run_dir, "finished")  # last: final.safetensors and results.json exist
         return results
 
@@ -263,7 +265,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     )
     host_bytes = host_memory()[0]
     reset_peak_host_memory()
-    model, processor, initial_state = build_for_stage(cfg, isinstance(strategy, FSDP2Strategy), process_rank(trainer))
+    model, processor, initial_state = build_for_stage(cfg, isinstance(strategy, FSDP2Strategy), first_process())
     datamodule.attach(processor, processor.tokenizer.pad_token_id)
     module = LMMModule(
         model, **OmegaConf.to_container(cfg.stage.optim, resolve=True), train=dict(cfg.stage.train),
@@ -274,7 +276,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     module.initial_state, module.host_bytes_at_build = initial_state, host_bytes
     del initial_state
     record_job(run_dir)
-    if process_rank(trainer) == 0:
+    if first_process():
         print(f"[lmm] global batch {plan.global_batch} = {plan.per_device} per device × {plan.world} device(s) × "
               f"{plan.accumulation} accumulation; {plan.max_steps} steps")
     last = None if cfg.get("force") else latest_checkpoint(run_dir / "checkpoints")  # force=true starts over
@@ -310,23 +312,17 @@ def check_trained(module: LMMModule, cost: dict) -> None:
     seen, skipped = module.seen_total, module.skipped_total
     if not cost["tokens_seen"]:
         raise AgreedStop(f"trained on no tokens: {skipped} of {seen} samples were skipped (see the skipped lines above; "
-                           "e.g. data.max_length too small for the image tokens, or unreadable data)")
+                         "e.g. data.max_length too small for the image tokens, or unreadable data)")
     if seen and skipped / seen > module.max_skip_rate:
         raise AgreedStop(f"{skipped} of {seen} samples skipped ({skipped / seen:.1%} > data.max_skip_rate="
-                           f"{module.max_skip_rate:.1%}) over the whole run; fix the data or raise data.max_skip_rate")
+                         f"{module.max_skip_rate:.1%}) over the whole run; fix the data or raise data.max_skip_rate")
 
 
-def process_rank(trainer: L.Trainer) -> int:
-    """This process's global rank, already before fit (Lightning sets trainer.global_rank in fit)."""
-    env = getattr(trainer.strategy, "cluster_environment", None)  # a single-device strategy has none
-    return env.node_rank() * trainer.num_devices + env.local_rank() if env is not None else 0
-
-
-def build_for_stage(cfg: DictConfig, sharded: bool, rank: int) -> tuple[LMM, SampleProcessor, dict | None]:
+def build_for_stage(cfg: DictConfig, sharded: bool, main: bool) -> tuple[LMM, SampleProcessor, dict | None]:
     """The model a stage starts from: pretrained weights, `stage.init_from` (the connector and
     random-init parts) and the seeded random init of the rest.
 
-    Sharded (FSDP): every rank builds on the meta device, and rank 0 alone builds the real model
+    Sharded (FSDP): every rank builds on the meta device, and rank 0 (`main`) alone builds the real model
     and returns its full state (LoRA adapters included), which LMMModule broadcasts after
     sharding. Otherwise the returned model holds its weights and the state is None. Seeded
     here, so every rebuild (a resumed run, `lmm.checkpoint consolidate`) has the same init."""
@@ -337,8 +333,8 @@ def build_for_stage(cfg: DictConfig, sharded: bool, rank: int) -> tuple[LMM, Sam
             init_from(model, cfg.stage.init_from, ["connector", *random_init_components(cfg)])
         return model, processor, None
     state = None
-    if rank == 0:
-        full, _, _ = build_for_stage(cfg, sharded=False, rank=0)
+    if main:
+        full, _, _ = build_for_stage(cfg, sharded=False, main=True)
         if lora_options(cfg):
             full.llm = add_lora(full.llm, **lora_options(cfg))
         state = full.state_dict()
