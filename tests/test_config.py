@@ -7,24 +7,80 @@ import functools
 import torch
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from lmm.describe import describe
+from lmm.train.stage import stage_of
 from tests.conftest import CONF, compose_config
 
 GROUPS = ["vision", "connector", "llm", "data", "stage", "trainer", "strategy", "eval", "experiment"]
 
 
 def options(group: str) -> list[str]:
-    """Every option of a group, nested ones as `sub/name` (e.g. data=table2/3_format_prompt)."""
-    return sorted(p.relative_to(CONF / group).with_suffix("").as_posix() for p in (CONF / group).rglob("*.yaml"))
+    """Every option of a group, nested ones as `sub/name` (e.g. data=table2/3_format_prompt);
+    `_base` files hold what a group's options share and are not options themselves."""
+    paths = (CONF / group).rglob("*.yaml")
+    return sorted(p.relative_to(CONF / group).with_suffix("").as_posix() for p in paths if not p.name.startswith("_"))
+
+
+def targets(node, path: str = "") -> dict[str, object]:
+    """The outermost `_target_` nodes of a config, by their dotted path."""
+    if OmegaConf.is_dict(node):
+        if "_target_" in node:
+            return {path: node}
+        return {k: v for key in node for k, v in targets(node._get_node(key), f"{path}.{key}".lstrip(".")).items()}
+    return {}
+
+
+def instantiate_target(cfg, path: str, node):
+    """Build one configured object as lmm does: towers and LLMs on the meta device without
+    weights, the connector between the configured widths, the trainer on this machine's CPU."""
+    if path in ("vision", "llm.model"):
+        return meta_node(path, OmegaConf.to_yaml(node, resolve=True))
+    if path == "connector":
+        vision = meta_node("vision", OmegaConf.to_yaml(cfg.vision, resolve=True))
+        llm = meta_node("llm.model", OmegaConf.to_yaml(cfg.llm.model, resolve=True))
+        with torch.device("meta"):
+            return instantiate(node, vision_dim=vision.hidden_size, llm_dim=llm.config.hidden_size)
+    if path == "data":
+        return instantiate(node, seed=0)
+    if path == "stage":
+        return stage_of(cfg)
+    if path == "trainer":
+        return instantiate(node, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    return instantiate(node)
+
+
+@functools.cache
+def meta_node(path: str, yaml_text: str):
+    with torch.device("meta"):
+        return instantiate(OmegaConf.create(yaml_text), load_weights=False)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_composes(group, option):
+def test_every_option_instantiates(group, option):
+    """Every `_target_` the option's composed config holds is built (a misspelled class path or
+    keyword anywhere fails here, not hours into a job)."""
     cfg = compose_config([f"{group}={option}"])
-    assert cfg.task == "train"
     if group == "experiment":
         assert cfg.name == option  # every experiment names its runs
+    found = targets(cfg)
+    assert {"vision", "llm.model", "connector", "data", "stage", "trainer", "strategy"} <= set(found)
+    for path, node in found.items():
+        assert instantiate_target(cfg, path, node) is not None, path
+
+
+def test_a_misspelled_target_fails_the_instantiation_check():
+    cfg = compose_config(["eval=llava15"])
+    cfg.eval.benchmarks.gqa._target_ = "lmm.eval.official.GQAA"
+    with pytest.raises(Exception, match="GQAA"):
+        instantiate_target(cfg, "eval.benchmarks.gqa", cfg.eval.benchmarks.gqa)
+    cfg = compose_config(["strategy=ddp", "strategy._target_=lightning.pytorch.strategies.DDPStrategi"])
+    with pytest.raises(Exception, match="DDPStrategi"):
+        instantiate_target(cfg, "strategy", cfg.strategy)
+    cfg = compose_config(["+data.shuffle_bufer=10"])  # a misspelled keyword
+    with pytest.raises(Exception, match="shuffle_bufer"):
+        instantiate_target(cfg, "data", cfg.data)
 
 
 def test_every_group_has_options():

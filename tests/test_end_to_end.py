@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmm.train.train import FINAL_WEIGHTS, RESULTS, train
+from lmm.rundir import FINAL_WEIGHTS, RESULTS
+from lmm.train.train import train
 
 FAST = ["data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2", "data.num_workers=0"]
 
@@ -138,7 +139,7 @@ def test_resumed_training_sees_the_same_batches(make_config, tmp_path, monkeypat
     original = LMMModule.training_step
 
     def recording(self, batch, batch_idx):
-        seen.append([m["key"] for m in batch["meta"]])
+        seen.append([m["key"] for m in batch.meta])
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(LMMModule, "training_step", recording)
@@ -157,13 +158,23 @@ def test_resumed_training_sees_the_same_batches(make_config, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_task_eval_scores_a_finished_run(pretrain_run, make_config, tmp_path):
+def test_task_eval_scores_a_finished_run(pretrain_run, make_config, tmp_path, monkeypatch):
+    """task=eval scores the run's trained weights (every tensor of final.safetensors), not the
+    configured model's fresh init."""
+    from lmm.eval import evaluate as evaluation
     from lmm.tasks import run_task
 
+    scored = []
+    original = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", lambda cfg, model, *args, **kw: scored.append(model) or original(cfg, model, *args, **kw))
     results = run_task(make_config("task=eval", f"ckpt={pretrain_run}", "stage=pretrain", "eval.benchmarks.synthetic.limit=4",
                                    run_dir=tmp_path / "eval"))
     assert (tmp_path / "eval" / RESULTS).exists() and (tmp_path / "eval" / "predictions" / "synthetic.jsonl").exists()
     assert "synthetic/vqa/exact_match" in results["metrics"]
+    (model,) = scored
+    trained = load_file(str(pretrain_run / FINAL_WEIGHTS))
+    state = model.state_dict()
+    assert set(state) == set(trained) and all(torch.equal(state[k], trained[k]) for k in trained)
 
 
 @pytest.mark.slow
@@ -177,7 +188,7 @@ def test_packed_training_follows_padded_training(make_config, tmp_path, monkeypa
 
     def recording(self, batch, batch_idx):
         loss = original(self, batch, batch_idx)
-        steps.append(([m["key"] for m in batch["meta"]], float(loss.detach()), batch["input_ids"].numel()))
+        steps.append(([m["key"] for m in batch.meta], float(loss.detach()), batch.input_ids.numel()))
         return loss
 
     monkeypatch.setattr(LMMModule, "training_step", recording)

@@ -10,7 +10,8 @@ import pytest
 
 from lmm.config import run_id
 from lmm.rundir import RunDirectoryInUse, RunLock, RunMismatch, read_status
-from lmm.train.train import FINAL_WEIGHTS, RESULTS, finished, train
+from lmm.rundir import FINAL_WEIGHTS, RESULTS, finished
+from lmm.train.train import train
 
 QUICK = ["trainer.max_steps=2", "eval_after_train=false", "data.batch_size=4", "trainer.limit_val_batches=0",
          "data.num_workers=0", "trainer.enable_progress_bar=false"]

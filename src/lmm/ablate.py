@@ -28,19 +28,22 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
-from lmm.rundir import read_status
+from lmm.config import run_name_excluded_keys
+from lmm.rundir import HYDRA_DIR, RESULTS, RUN_LOG, read_results, read_status, saved_hydra_config, saved_overrides
 
 SEED_KEYS = {"seed"}
 # results.json "cost" entries shown as columns (when any run has them), with their headers.
 COST_COLUMNS = {"trainable_parameters": "trainable params", "tokens_seen": "tokens", "train_wall_s": "train time", "flops": "FLOPs"}
-IGNORED_KEYS = {"paths.runs", "paths.data", "trainer.enable_progress_bar", "data.num_workers", "force", "name", "sweep", "run_lock_wait_s"}
+# Keys a run directory's name leaves out (hydra.job.config.override_dirname.exclude_keys) are not
+# factors, except these: `experiment` names the runs' parent directory (name=) instead.
+FACTOR_KEYS = {"experiment"}
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Run:
     status: str  # finished | failed | incomplete
     metrics: dict[str, float] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
+    not_factors: set[str] = field(default_factory=set)  # overrides that do not make it another run (not_factors)
 
 
 def _status(path: Path) -> str:
@@ -57,12 +61,12 @@ def _status(path: Path) -> str:
     existed: results.json, or a traceback in run.log."""
     recorded = read_status(path).get("status")
     if recorded == "finished":
-        return "finished" if (path / "results.json").exists() else "incomplete"
+        return "finished" if (path / RESULTS).exists() else "incomplete"
     if recorded:
         return "failed" if recorded == "failed" else "incomplete"
-    if (path / "results.json").exists():
+    if (path / RESULTS).exists():
         return "finished"
-    log = path / "run.log"
+    log = path / RUN_LOG
     if log.exists() and ("Traceback" in log.read_text(errors="replace") or "Error executing job" in log.read_text(errors="replace")):
         return "failed"
     return "incomplete"
@@ -73,23 +77,34 @@ def find_runs(paths: list[str]) -> list[Run]:
     found: dict[Path, Run] = {}
     for pattern in paths:
         for root in [Path(p) for p in sorted(glob.glob(pattern))] or [Path(pattern)]:
-            for overrides_file in sorted(root.glob("**/.hydra/overrides.yaml")):
+            for overrides_file in sorted(root.glob(f"**/{HYDRA_DIR}/overrides.yaml")):
                 run_dir = overrides_file.parent.parent
-                items = yaml.safe_load(overrides_file.read_text()) or []
-                overrides = dict(item.lstrip("+~").split("=", 1) for item in items if "=" in item)
+                overrides = dict(item.lstrip("+~").split("=", 1) for item in saved_overrides(run_dir) if "=" in item)
                 if overrides.get("task", "train") != "train" or read_status(run_dir).get("task", "train") != "train":
                     continue  # task=eval / task=export directories score or copy a run; they are not runs
                 status = _status(run_dir)
-                results = json.loads((run_dir / "results.json").read_text()) if status == "finished" else {}
+                results = (read_results(run_dir) or {}) if status == "finished" else {}
                 cost = {k: v for k, v in (results.get("cost") or {}).items() if k in COST_COLUMNS and v is not None}
-                found[run_dir] = Run(run_dir, overrides, status, results.get("metrics", {}), cost)
+                found[run_dir] = Run(run_dir, overrides, status, results.get("metrics", {}), cost, not_factors(run_dir))
     if not found:
         raise SystemExit(f"no runs (directories with .hydra/overrides.yaml) under {', '.join(paths)}")
     return list(found.values())
 
 
+def not_factors(run_dir: Path) -> set[str]:
+    """The keys the run's own Hydra config left out of its directory name (where things are
+    written, how progress is shown), from its .hydra/hydra.yaml, or conf/config.yaml's list for
+    runs without one."""
+    hydra = saved_hydra_config(run_dir)
+    if hydra is not None:
+        excluded = OmegaConf.select(hydra, "job.config.override_dirname.exclude_keys", default=[])
+    else:
+        excluded = run_name_excluded_keys()
+    return set(excluded) - FACTOR_KEYS
+
+
 def varying_factors(runs: list[Run]) -> list[str]:
-    keys = sorted({k for r in runs for k in r.overrides} - SEED_KEYS - IGNORED_KEYS)
+    keys = sorted({k for r in runs for k in r.overrides} - SEED_KEYS - set().union(*(r.not_factors for r in runs)))
     return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
 
 

@@ -14,7 +14,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from transformers import TextStreamer
 
 from lmm.data.collate import Collator
@@ -54,16 +53,14 @@ class Chat:
         if not isinstance(item, Example):
             print(f"[lmm] cannot answer: {item.reason} (/reset to start a new conversation)", file=out)
             return None
-        batch = Collator(self.processor.tokenizer.pad_token_id, "left")([item])
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = Collator(self.processor.tokenizer.pad_token_id, "left")([item]).to(self.device)
         tokenizer = self.processor.tokenizer
         streamer = TextStreamer(tokenizer, skip_special_tokens=True)
         print("ASSISTANT:", end=" ", flush=True, file=out)
         new_ids = self.model.generate(
-            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=self.max_new_tokens,
+            **batch.model_inputs(labels=False), max_new_tokens=self.max_new_tokens,
             eos_token_ids=end_of_turn_ids(tokenizer, self.processor.template), pad_token_id=tokenizer.pad_token_id,
-            do_sample=self.temperature > 0, temperature=self.temperature or 1.0,
-            instruction_ids=batch.get("instruction_ids"), instruction_mask=batch.get("instruction_mask"), streamer=streamer,
+            do_sample=self.temperature > 0, temperature=self.temperature or 1.0, streamer=streamer,
         )
         answer = tokenizer.decode(new_ids[0], skip_special_tokens=True).strip()
         self.turns = [*turns, {"from": "gpt", "value": answer}]
@@ -78,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    from lmm.export import load_pretrained
+    from lmm.factory import load_pretrained
 
     model, processor = load_pretrained(args.ckpt, args.device)
     chat = Chat(model, processor, args.max_new_tokens, args.temperature, args.device)

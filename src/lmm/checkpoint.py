@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lmm.rundir import CHECKPOINTS, CONSOLIDATED, load_saved_config, saved_config_path
+
 LAST = "last.ckpt"
 DCP_METADATA = ".metadata"  # written by torch.distributed.checkpoint when all shards are saved
 LIGHTNING_METADATA = "meta.pt"  # written by rank 0 after the shards (trainer state)
@@ -101,36 +103,26 @@ def full_model_state(run_dir: Path, trained: dict[str, torch.Tensor]) -> dict[st
     RUN_DIR/.hydra/config.yaml: pretrained weights, stage.init_from, seeded random init), LoRA
     adapters merged: the tensors final.safetensors would hold. Without a saved config, the
     trained parameters alone."""
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.exists():
-        print(f"[lmm] no {saved}: writing the checkpoint's trained parameters only (frozen weights are not in checkpoints)")
+    cfg = load_saved_config(run_dir)
+    if cfg is None:
+        print(f"[lmm] no {saved_config_path(run_dir)}: writing the checkpoint's trained parameters only "
+              "(frozen weights are not in checkpoints)")
         return trained
-    from omegaconf import OmegaConf
+    from lmm.factory import build_for_stage
+    from lmm.train.stage import stage_of
 
-    from lmm.config import register_resolvers
-    from lmm.train.module import add_lora, merge_lora
-    from lmm.train.train import build_for_stage, lora_options
-
-    register_resolvers()
-    cfg = OmegaConf.load(saved)
     model, _, _ = build_for_stage(cfg, sharded=False, main=True)
-    if lora_options(cfg):
-        model.llm = add_lora(model.llm, **lora_options(cfg))
-    unknown = set(trained) - set(model.state_dict())
-    if unknown:
-        raise ValueError(f"the checkpoint has tensors the run's model does not: {sorted(unknown)[:3]}")
-    model.load_state_dict(trained, strict=False)
-    model.llm = merge_lora(model.llm)
+    model = stage_of(cfg).load_trained(model, trained, strict=False)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
 def consolidate(run_dir: Path, out: Path | None = None) -> Path:
     from lmm.save import save_weights
 
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    checkpoint = latest_checkpoint(run_dir / CHECKPOINTS)
     if checkpoint is None:
-        raise SystemExit(f"no complete checkpoint in {run_dir / 'checkpoints'} (looked for {LAST} and {LAST}.old)")
-    out = out or run_dir / "consolidated.safetensors"
+        raise SystemExit(f"no complete checkpoint in {run_dir / CHECKPOINTS} (looked for {LAST} and {LAST}.old)")
+    out = out or run_dir / CONSOLIDATED
     state = full_model_state(run_dir, model_state(checkpoint))
     save_weights(_Tensors(state), out)
     print(f"[lmm] {checkpoint} -> {out} ({len(state)} tensors, {sum(t.numel() for t in state.values()):,d} parameters)")

@@ -56,6 +56,12 @@ def known_top_level_keys() -> set[str]:
     return (set(primary) - {"defaults"}) | {g.split("@")[0].lstrip("/") for g in groups} | {"hydra"}
 
 
+def run_name_excluded_keys() -> list[str]:
+    """The overrides conf/config.yaml leaves out of a run directory's name (hydra.job.config.override_dirname)."""
+    primary = yaml.safe_load((CONF / "config.yaml").read_text())
+    return list(primary["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"])
+
+
 def check_top_level_keys(cfg) -> None:
     """Refuse keys no part of lmm reads: `+conector=mlp` (Hydra's own hint for a typo) would
     otherwise add a key that is silently ignored, and the run trains the default connector."""
@@ -66,6 +72,13 @@ def check_top_level_keys(cfg) -> None:
                  for key in unknown]
         raise ValueError(f"unknown config key(s) {', '.join(hints)}: nothing reads them; known top-level keys and groups are "
                          f"{', '.join(sorted(known - {'hydra'}))}")
+
+
+def command_overrides() -> list[str]:
+    """The command-line overrides of this run (what an ablation table groups by), if under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def register_resolvers() -> None:

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from lmm.save import save_weights
-from lmm.export import LMM_CONFIG, LMM_FORMAT_VERSION, LMM_WEIGHTS
+from lmm.factory import LMM_CONFIG, LMM_FORMAT_VERSION, LMM_WEIGHTS
 from lmm.weights import resolve_weights
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -86,7 +86,7 @@ def vision_config(config: dict, tower: Path) -> dict:
 
 def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: str | None = None) -> Path:
     from lmm.model.language import build_language_model
-    from lmm.train.train import build_run
+    from lmm.factory import build_run
 
     config_file = path / "config.json"
     if not config_file.exists():
@@ -112,7 +112,7 @@ def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: st
         "llm": {
             "model": {"_target_": "lmm.model.language.build_language_model", "pretrained": None, "dtype": "float32",
                       "trust_remote_code": False, "arch": {"model_type": "llama", **{k: config[k] for k in llm_keys if k in config}}},
-            "tokenizer": str(path), "template": "vicuna_v1" if not pretrain_only else "plain", "decoder_layer": "LlamaDecoderLayer",
+            "tokenizer": str(path), "template": "vicuna_v1" if not pretrain_only else "plain",
         },
         "stage": {"template": "plain" if pretrain_only else "vicuna_v1"},
         "data": {"max_length": int(config.get("tokenizer_model_max_length", config.get("max_position_embeddings", 2048)))},

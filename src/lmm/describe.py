@@ -7,10 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lmm.config import command_overrides
 from lmm.model.build import build_model
 from lmm.model.lmm import COMPONENTS
+from lmm.train.stage import stage_of
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -20,16 +23,10 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def meta_model(cfg: DictConfig):
-    """The configured model with the stage's trainable flags, on the meta device (no memory, no files)."""
+    """The configured model with its stage applied (trainable flags, LoRA), on the meta device
+    (no memory, no files)."""
     with torch.device("meta"):
-        model = build_model(cfg, image_token_id=-1, load_weights=False)
-    model.set_trainable(dict(cfg.stage.train), cfg.stage.get("vision_last_blocks"))
-    if cfg.stage.get("lora"):
-        from lmm.train.module import add_lora
-
-        with torch.device("meta"):
-            model.llm = add_lora(model.llm, **cfg.stage.lora)
-    return model
+        return stage_of(cfg).apply(build_model(cfg, image_token_id=-1, load_weights=False))
 
 
 def describe(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
@@ -69,8 +66,6 @@ def stage_config(cfg: DictConfig, experiment: str, overrides: list[str] | None =
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from lmm.train.train import command_overrides
-
     if experiment == cfg.name:
         return cfg
     overrides = command_overrides() if overrides is None else overrides
@@ -86,6 +81,7 @@ def describe_stage(cfg: DictConfig, model=None) -> dict:
     """One stage: trainable parameters, the batch plan and (under FSDP) memory per GPU."""
     from lmm.train.memory import GIB, fsdp_memory_estimate
     from lmm.train.plan import batch_plan
+    from lmm.train.strategy import FSDP2Strategy
 
     model = model or meta_model(cfg)
     trainable = {name: sum(p.numel() for p in getattr(model, name).parameters() if p.requires_grad) for name in COMPONENTS}
@@ -96,7 +92,7 @@ def describe_stage(cfg: DictConfig, model=None) -> dict:
           f"{plan.accumulation} gradient-accumulation step(s); steps: {steps}")
     out = {"trainable": trainable, "global_batch": plan.global_batch, "accumulation": plan.accumulation,
            "devices": plan.world, "steps": plan.max_steps}
-    if "fsdp" in str(cfg.strategy.get("_target_", "")):
+    if isinstance(instantiate(cfg.strategy), FSDP2Strategy):
         memory = fsdp_memory_estimate(model, cfg, plan.world)
         print(f"  FSDP memory per GPU (estimate, every sequence at data.max_length={cfg.data.max_length}): {memory['total'] / GIB:.1f} GiB = "
               + " + ".join(f"{kind} {value / GIB:.1f}" for kind, value in memory.items() if kind != "total"))

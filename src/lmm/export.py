@@ -17,40 +17,16 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file
 
-from lmm.save import save_weights
 from lmm.data.conversation import IMAGE_TOKEN, TEMPLATES, Template
+from lmm.factory import LMM_CONFIG, LMM_FORMAT_VERSION, LMM_TOKENIZER, LMM_WEIGHTS, MODEL_KEYS, build_trained, run_config
 from lmm.model.lmm import LMM
-
-LMM_CONFIG = "config.yaml"
-LMM_WEIGHTS = "model.safetensors"
-LMM_FORMAT_VERSION = 1
-# What an exported lmm directory keeps of a run's config: enough to rebuild model and processor.
-MODEL_KEYS = ("vision", "connector", "llm")
+from lmm.rundir import FINAL_WEIGHTS, export_dir
+from lmm.save import save_weights
 
 
 class ExportError(ValueError):
     """A model that the requested format cannot represent."""
-
-
-def run_config(run_dir: Path, fallback: DictConfig) -> DictConfig:
-    """The config the run was trained with (Hydra saves it), else the command's."""
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.exists():
-        return fallback
-    cfg = OmegaConf.load(saved)
-    cfg.paths = fallback.paths  # relative data paths resolve as in this command
-    return cfg
-
-
-def build_with_weights(cfg: DictConfig, weights: Path):
-    """The configured model (no pretrained weights read) with `weights` loaded, and its processor."""
-    from lmm.train.train import build_run
-
-    model, processor = build_run(cfg, load_weights=False)
-    model.load_state_dict(load_file(str(weights)))
-    return model.eval(), processor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,34 +36,13 @@ def build_with_weights(cfg: DictConfig, weights: Path):
 def save_lmm(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in MODEL_KEYS}
-    config["llm"]["tokenizer"] = "tokenizer"  # relative to the export directory
+    config["llm"]["tokenizer"] = LMM_TOKENIZER  # relative to the export directory
     config["stage"] = {"template": processor.template}
     config["data"] = {"max_length": processor.max_length}
     config["format_version"] = LMM_FORMAT_VERSION
     OmegaConf.save(OmegaConf.create(config), out / LMM_CONFIG)
     save_weights(model, out / LMM_WEIGHTS)
-    processor.tokenizer.save_pretrained(str(out / "tokenizer"))
-
-
-def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
-    """(model, processor) from an `export.format=lmm` directory or a finished run directory; no Hydra app needed."""
-    from lmm.config import register_resolvers
-    from lmm.train.train import FINAL_WEIGHTS
-
-    path = Path(path)
-    if (path / LMM_CONFIG).exists():
-        cfg = OmegaConf.load(path / LMM_CONFIG)
-        cfg.llm.tokenizer = str(path / cfg.llm.tokenizer)
-        weights = path / LMM_WEIGHTS
-    elif (path / ".hydra" / "config.yaml").exists() and (path / FINAL_WEIGHTS).exists():
-        register_resolvers()
-        cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
-        weights = path / FINAL_WEIGHTS
-    else:
-        raise FileNotFoundError(f"{path} is neither an lmm export ({LMM_CONFIG} + {LMM_WEIGHTS}) nor a finished run "
-                                f"(.hydra/config.yaml + {FINAL_WEIGHTS})")
-    model, processor = build_with_weights(cfg, weights)
-    return model.to(device), processor
+    processor.tokenizer.save_pretrained(str(out / LMM_TOKENIZER))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +75,7 @@ def _check_hf_compatible(model: LMM, template_name: str) -> Template:
     from lmm.model.vision import HFVisionTower
 
     connector = model.connector
-    is_mlp2x_gelu = isinstance(connector, MLPConnector) and connector.depth == 2 and "GELU" in type(connector.mlp[1]).__name__
+    is_mlp2x_gelu = isinstance(connector, MLPConnector) and connector.depth == 2 and connector.activation == "gelu"
     if not is_mlp2x_gelu:
         raise ExportError(f"HF's Llava format only knows LLaVA-1.5's 2-layer MLP projector (mlp2x_gelu), not "
                           f"{type(connector).__name__}; use export.format=lmm")
@@ -197,7 +152,9 @@ def save_hf(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
 
 
 def _has_cls(model: LMM) -> bool:
-    return type(model.vision).__name__.startswith("CLIP")
+    from lmm.model.vision import CLIPVisionTower
+
+    return isinstance(model.vision, CLIPVisionTower)
 
 
 def _copy_tokenizer(tokenizer):
@@ -206,25 +163,24 @@ def _copy_tokenizer(tokenizer):
     return copy.deepcopy(tokenizer)
 
 
+FORMATS = {"hf": save_hf, "lmm": save_lmm}  # export.format -> its writer
+
+
 def export(cfg: DictConfig) -> Path:
     if not cfg.get("ckpt"):
         raise ValueError("task=export needs ckpt=RUN_DIR (a finished run)")
     run_dir = Path(cfg.ckpt)
     fmt = cfg.export.format
-    if fmt not in ("hf", "lmm"):
-        raise ValueError(f"export.format={fmt!r} is not one of ['hf', 'lmm']")
-    from lmm.train.train import FINAL_WEIGHTS
-
+    if fmt not in FORMATS:
+        raise ValueError(f"export.format={fmt!r} is not one of {sorted(FORMATS)}")
     weights = run_dir / FINAL_WEIGHTS
     if not weights.exists():
         raise FileNotFoundError(f"no {FINAL_WEIGHTS} in {run_dir}: export needs a finished run")
     run_cfg = run_config(run_dir, cfg)
-    model, processor = build_with_weights(run_cfg, weights)
-    out = Path(cfg.export.out or run_dir / f"export_{fmt}")
+    model, processor = build_trained(run_cfg, weights)
+    out = Path(cfg.export.out or export_dir(run_dir, fmt))
     if out.exists():
         shutil.rmtree(out)
-    (save_hf if fmt == "hf" else save_lmm)(model, processor, run_cfg, out)
+    FORMATS[fmt](model, processor, run_cfg, out)
     print(f"[lmm] exported {run_dir} as {fmt} to {out}")
     return out
-
-

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from lmm.rundir import FINAL_WEIGHTS, RESULTS, read_results
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -57,7 +59,7 @@ def run_py(root: Path, name: str, overrides: list[str], devices: int, timeout: i
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd[2:])} failed:\n{done.stdout[-1500:]}\n{done.stderr[-2500:]}")
     (run_dir,) = [p for p in (root / "runs" / name).iterdir() if p.is_dir()]
-    for required in ("final.safetensors", "results.json"):
+    for required in (FINAL_WEIGHTS, RESULTS):
         if not (run_dir / required).exists():
             raise RuntimeError(f"{run_dir} has no {required}")
     return run_dir
@@ -66,7 +68,7 @@ def run_py(root: Path, name: str, overrides: list[str], devices: int, timeout: i
 def fsdp_recipe(root: Path, devices: int) -> str:
     pretrain = run_py(root, "gpu_pretrain", ["data=llava_pretrain", "stage=pretrain", "trainer.max_steps=20", "eval=none"], devices)
     finetune = run_py(root, "gpu_finetune", ["stage=finetune", f"stage.init_from='{pretrain}'", "trainer.max_steps=20", EVAL], devices)
-    metrics = json.loads((finetune / "results.json").read_text())["metrics"]
+    metrics = read_results(finetune)["metrics"]
     return f"{len(metrics)} metrics, e.g. vqa/exact_match={metrics.get('synthetic/vqa/exact_match')}"
 
 
@@ -74,7 +76,7 @@ def lora_fsdp(root: Path, devices: int) -> str:
     run_dir = run_py(root, "gpu_lora", ["stage=lora", "trainer.max_steps=10", EVAL], devices)
     from safetensors import safe_open
 
-    with safe_open(str(run_dir / "final.safetensors"), framework="pt") as weights:
+    with safe_open(str(run_dir / FINAL_WEIGHTS), framework="pt") as weights:
         if any("lora_" in key for key in weights.keys()):
             raise RuntimeError("final.safetensors still holds LoRA adapters (not merged)")
     return "merged, evaluated"

@@ -13,15 +13,11 @@ LLaVA's model_vqa format: {"question_id", "text", "image"?} with `image` relativ
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
-from lmm.data.collate import Collator
-from lmm.data.sample import Example, decode_json
-from lmm.eval.generate import evaluating, generate_texts
+from lmm.data.sample import Skip, decode_json
+from lmm.eval.answer import answer_questions, write_jsonl
 from lmm.eval.official import Question, question_example
 
 
@@ -64,26 +60,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    from lmm.export import load_pretrained
+    from lmm.factory import load_pretrained
 
     questions, errors = read_questions(args.input, args.image_folder or args.input.parent)  # before the model loads
     model, processor = load_pretrained(args.ckpt, args.device)
-    examples = [question_example(processor, q) for q in questions]
-    kept = [(q, e) for q, e in zip(questions, examples) if isinstance(e, Example)]
-    errors += [{"question_id": q.qid, "error": e.reason} for q, e in zip(questions, examples) if not isinstance(e, Example)]
-    loader = DataLoader([e for _, e in kept], batch_size=args.batch_size, collate_fn=Collator(processor.tokenizer.pad_token_id, "left"))
-    with evaluating(model):
-        answers = generate_texts(model, loader, processor.tokenizer, processor.template, args.max_new_tokens, args.device)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w") as f:
-        for (q, _), answer in zip(kept, answers):
-            f.write(json.dumps({"question_id": q.qid, "prompt": q.prompt, "text": answer, "model_id": str(args.ckpt)}) + "\n")
-        for error in errors:
-            f.write(json.dumps(error) + "\n")
+    answers = answer_questions(model, processor, questions, lambda q: question_example(processor, q),
+                               args.batch_size, args.max_new_tokens, args.device)
+    answered = [{"question_id": q.qid, "prompt": q.prompt, "text": a, "model_id": str(args.ckpt)}
+                for q, a in zip(questions, answers) if not isinstance(a, Skip)]
+    errors += [{"question_id": q.qid, "error": a.reason} for q, a in zip(questions, answers) if isinstance(a, Skip)]
+    write_jsonl(args.output, answered + errors)
     for error in errors[:10]:
         print(f"[lmm] question {error['question_id']} not answered: {error['error']}", file=sys.stderr)
-    print(f"[lmm] {len(kept)} answers, {len(errors)} unanswerable question(s) -> {args.output}")
-    return {"answered": len(kept), "errors": len(errors)}
+    print(f"[lmm] {len(answered)} answers, {len(errors)} unanswerable question(s) -> {args.output}")
+    return {"answered": len(answered), "errors": len(errors)}
 
 
 if __name__ == "__main__":

@@ -1,10 +1,20 @@
-"""A run directory is exactly its run: who holds it (a lock), what it is (the fingerprint of
-its resolved config), and whether it finished (one status file, written last and atomically).
+"""The run directory: its layout (every module names its files through here), who holds it (a
+lock), what it is (the fingerprint of its resolved config), and whether it finished (one status
+file, written last and atomically).
 
-    RUN_DIR/run.lock      held (flock) by the process training it; says pid, host, SLURM job
-    RUN_DIR/run.json      the resolved config and its fingerprint, written when the run starts
-    RUN_DIR/status.json   {"status": "running" | "finished" | "failed", ...}: "finished" is written
-                          after final.safetensors and results.json, so it means both exist
+    RUN_DIR/.hydra/               config.yaml (the composed config), overrides.yaml, hydra.yaml (Hydra)
+    RUN_DIR/run.lock              held (flock) by the process training it; says pid, host, SLURM job
+    RUN_DIR/run.json              the resolved config and its fingerprint, written when the run starts
+    RUN_DIR/run.log               the [lmm] lines and errors of every command run in it (lmm.runlog)
+    RUN_DIR/checkpoints/          last.ckpt (and last.ckpt.old while a new one is committed)
+    RUN_DIR/tb/                   TensorBoard logs
+    RUN_DIR/final.safetensors     the trained model (LoRA merged), written when training ends
+    RUN_DIR/results.json          the run, its training cost, per-benchmark and flat metrics
+    RUN_DIR/predictions/          <benchmark>.jsonl: one line per question answered
+    RUN_DIR/status.json           {"status": "running" | "finished" | "failed", ...}: "finished" is written
+                                  after final.safetensors and results.json, so it means both exist
+    RUN_DIR/export_<format>/      task=export's default output
+    RUN_DIR/consolidated.safetensors   `python -m lmm.checkpoint consolidate RUN_DIR`'s default output
 """
 
 from __future__ import annotations
@@ -19,7 +29,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-LOCK, IDENTITY, STATUS = "run.lock", "run.json", "status.json"
+LOCK, IDENTITY, STATUS, RUN_LOG = "run.lock", "run.json", "status.json", "run.log"
+FINAL_WEIGHTS, RESULTS, CONSOLIDATED = "final.safetensors", "results.json", "consolidated.safetensors"
+CHECKPOINTS, PREDICTIONS, TENSORBOARD = "checkpoints", "predictions", "tb"
+HYDRA_DIR = ".hydra"
 # Keys that cannot change what a run trains or scores: where things are written, how it is shown.
 NOT_IDENTITY = ("run_dir", "paths.runs", "force", "run_lock_wait_s", "trainer.enable_progress_bar", "data.num_workers", "name")
 
@@ -79,6 +92,16 @@ class RunLock:
         self.file.close()
 
 
+def first_process() -> bool:
+    """Whether this process is global rank 0 (the one that holds and writes the run directory),
+    from the launcher's environment (torchrun, SLURM, Lightning's own children, a node of a
+    multi-node launch), before any process group exists: only when every rank the environment
+    names is 0 (a child Lightning starts inside an interactive SLURM shell inherits
+    SLURM_PROCID=0 but has LOCAL_RANK=1)."""
+    ranks = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+    return all(int(os.environ[key]) == 0 for key in ranks if os.environ.get(key, "").isdigit())
+
+
 def identity_config(cfg: DictConfig) -> dict:
     """The resolved config without the keys that cannot change the result."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -136,5 +159,52 @@ def set_status(run_dir: Path, status: str, **details) -> None:
     write_json(Path(run_dir) / STATUS, {"status": status, "task": "train", **holder(), **details})
 
 
-def is_finished(run_dir: Path) -> bool:
-    return read_status(run_dir).get("status") == "finished"
+def finished(run_dir: Path) -> bool:
+    """One definition: status.json says so (written last, after final.safetensors and
+    results.json, which must still be there); runs from before status.json count when both are."""
+    status = read_status(run_dir).get("status", "finished")
+    return status == "finished" and (Path(run_dir) / FINAL_WEIGHTS).exists() and (Path(run_dir) / RESULTS).exists()
+
+
+def saved_config_path(run_dir: Path) -> Path:
+    """The composed config Hydra saved when the run started."""
+    return Path(run_dir) / HYDRA_DIR / "config.yaml"
+
+
+def load_saved_config(run_dir: Path) -> DictConfig | None:
+    """The config the run was trained with (its resolvers registered), or None if Hydra saved none."""
+    from lmm.config import register_resolvers
+
+    path = saved_config_path(run_dir)
+    if not path.exists():
+        return None
+    register_resolvers()
+    return OmegaConf.load(path)
+
+
+def saved_overrides(run_dir: Path) -> list[str] | None:
+    """The command-line overrides the run was launched with, or None if it has no .hydra/."""
+    path = Path(run_dir) / HYDRA_DIR / "overrides.yaml"
+    return list(OmegaConf.load(path) or []) if path.exists() else None
+
+
+def saved_hydra_config(run_dir: Path) -> DictConfig | None:
+    """Hydra's own settings for the run (.hydra/hydra.yaml), or None."""
+    path = Path(run_dir) / HYDRA_DIR / "hydra.yaml"
+    return OmegaConf.load(path).hydra if path.exists() else None
+
+
+def read_results(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / RESULTS
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_results(run_dir: Path, results: dict) -> Path:
+    path = Path(run_dir) / RESULTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path
+
+
+def export_dir(run_dir: Path, fmt: str) -> Path:
+    return Path(run_dir) / f"export_{fmt}"

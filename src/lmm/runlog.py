@@ -64,8 +64,8 @@ def log_path(cfg) -> Path | None:
     """RUN_DIR/run.log under Hydra on the process that writes the run (rank 0), else None."""
     from hydra.core.hydra_config import HydraConfig
 
-    from lmm.train.train import first_process
+    from lmm.rundir import RUN_LOG, first_process
 
     if not HydraConfig.initialized() or not first_process():
         return None
-    return Path(cfg.run_dir) / "run.log"
+    return Path(cfg.run_dir) / RUN_LOG

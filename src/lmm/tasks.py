@@ -25,7 +25,8 @@ def run_task(cfg: DictConfig):
     from lmm.runlog import copied_to, log_path, record
     from lmm.describe import describe
     from lmm.export import export
-    from lmm.train.train import evaluate_run, train
+    from lmm.eval.evaluate import evaluate_run
+    from lmm.train.train import train
 
     tasks = {"train": train, "describe": describe, "eval": evaluate_run, "export": export}
     with copied_to(log_path(cfg)):  # the [lmm] lines, errors included, also go to RUN_DIR/run.log

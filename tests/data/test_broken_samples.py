@@ -43,9 +43,9 @@ def test_collate_counts_every_kind(process):
     for _, kind in catalogue().values():
         if kind:
             expected[kind] = expected.get(kind, 0) + 1
-    assert batch["skipped"] == expected and batch["seen"] == len(items)
-    assert batch["input_ids"].shape[0] == len(items) - sum(expected.values())
-    assert batch["truncated"] == 1
+    assert batch.skipped == expected and batch.seen == len(items)
+    assert batch.input_ids.shape[0] == len(items) - sum(expected.values())
+    assert batch.truncated == 1
 
 
 def test_shard_cut_mid_file(tmp_path, process):

@@ -26,7 +26,7 @@ def stream(data_root, tokenizer, sources, resume=0, batch_size=4, world=World())
 
 
 def keys(batches):
-    return [[m["key"] for m in b["meta"]] for b in batches]
+    return [[m["key"] for m in b.meta] for b in batches]
 
 
 def take(loader, n):
@@ -39,7 +39,7 @@ def take(loader, n):
 
 def test_weights_set_the_mixture(data_root, tokenizer):
     mixed = take(stream(data_root, tokenizer, [("train", 3.0), ("pretrain", 1.0)]), 40)
-    sources = Counter(m["source"] for b in mixed for m in b["meta"])
+    sources = Counter(m["source"] for b in mixed for m in b.meta)
     caption_share = sources["caption"] / sum(sources.values())
     assert 0.15 < caption_share < 0.35  # expected 1/4
 
@@ -125,8 +125,8 @@ def test_validation_batches_are_as_many_on_every_rank(data_root, tokenizer):
             stream = ValidationBatches(shards, processor(tokenizer), Collator(tokenizer.pad_token_id), 5, World(rank, 2, 1))
             per_rank.append(list(DataLoader(stream, batch_size=None, num_workers=workers)))
         assert len(per_rank[0]) == len(per_rank[1]) == 3, workers
-        assert [len(b["meta"]) for b in per_rank[1]][-1] == 0  # rank 1's third batch is the empty one
-        seen = [m["key"] for batches in per_rank for b in batches for m in b["meta"]]
+        assert [len(b.meta) for b in per_rank[1]][-1] == 0  # rank 1's third batch is the empty one
+        seen = [m["key"] for batches in per_rank for b in batches for m in b.meta]
         assert len(seen) == len(set(seen)) == 24
 
 

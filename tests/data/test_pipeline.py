@@ -40,8 +40,8 @@ def test_bad_samples_are_counted_skips(tokenizer):
     assert isinstance(bad_json, Skip) and bad_json.reason.startswith("json:")
     assert isinstance(too_long, Skip) and "max_length" in too_long.reason
     batch = Collator(pad_token_id=tokenizer.pad_token_id)([good, corrupt, no_image, bad_json, too_long])
-    assert batch["input_ids"].shape[0] == 1
-    assert batch["skipped"] == {"image": 1, "json": 1, "conversation": 2}
+    assert batch.input_ids.shape[0] == 1
+    assert batch.skipped == {"image": 1, "json": 1, "conversation": 2}
 
 
 def test_text_only_sample_has_no_pixels(tokenizer):
@@ -49,17 +49,17 @@ def test_text_only_sample_has_no_pixels(tokenizer):
     example = processor(tokenizer)(sample("text", None, turns))
     assert isinstance(example, Example) and example.pixels is None
     batch = Collator(tokenizer.pad_token_id)([example])
-    assert batch["pixel_values"] is None
+    assert batch.pixel_values is None
 
 
 def test_padding_sides():
     a = Example([1, 2, 3], [IGNORE_INDEX, 2, 3], torch.zeros(3, 4, 4))
     b = Example([1, 5], [IGNORE_INDEX, 5], torch.ones(3, 4, 4))
     right = Collator(pad_token_id=0)([a, b])
-    assert right["input_ids"].tolist() == [[1, 2, 3], [1, 5, 0]]
-    assert right["labels"].tolist() == [[IGNORE_INDEX, 2, 3], [IGNORE_INDEX, 5, IGNORE_INDEX]]
-    assert right["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert right.input_ids.tolist() == [[1, 2, 3], [1, 5, 0]]
+    assert right.labels.tolist() == [[IGNORE_INDEX, 2, 3], [IGNORE_INDEX, 5, IGNORE_INDEX]]
+    assert right.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
     left = Collator(pad_token_id=0, padding_side="left")([a, b])
-    assert left["input_ids"].tolist() == [[1, 2, 3], [0, 1, 5]]
-    assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
-    assert left["pixel_values"].shape == (2, 3, 4, 4)
+    assert left.input_ids.tolist() == [[1, 2, 3], [0, 1, 5]]
+    assert left.attention_mask.tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert left.pixel_values.shape == (2, 3, 4, 4)

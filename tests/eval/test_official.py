@@ -11,7 +11,7 @@ from PIL import Image
 
 from lmm.data.image import ImageTransform
 from lmm.data.sample import SampleProcessor
-from lmm.eval import official
+from lmm.eval import answer, official
 from lmm.eval.official import GQA, MME, POPE, VQAv2, MMBench, RefCOCO, ScienceQAImg, SEEDBench, TextVQA, VizWiz
 
 
@@ -30,10 +30,10 @@ def scripted(monkeypatch, tokenizer):
         def fake_generate(model, loader, tokenizer, template, max_new_tokens, device):
             out = []
             for batch in loader:
-                out += [answers[m["qid"]] for m in batch["meta"]]
+                out += [answers[m["qid"]] for m in batch.meta]
             return out
 
-        monkeypatch.setattr(official, "generate_texts", fake_generate)
+        monkeypatch.setattr(answer, "generate_texts", fake_generate)
         for q in benchmark.questions():
             prompts[q.qid] = q.prompt
         return benchmark.run(torch.nn.Module(), processor, out_dir=out_dir)

@@ -8,7 +8,8 @@ import torch
 
 import lmm
 from lmm.convert_llava import main as convert_main
-from lmm.train.train import build_run, evaluate_run
+from lmm.eval.evaluate import evaluate_run
+from lmm.factory import build_run
 from tests.conftest import compose_config
 
 

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 import lmm
 from lmm.export import ExportError, save_hf, save_lmm
-from lmm.train.train import build_run
+from lmm.factory import build_run
 from tests.conftest import compose_config
 
 
@@ -76,8 +76,15 @@ def test_lmm_format_round_trip(data_root, tmp_path):
 
 
 def test_exported_model_runs_in_the_transformers_pipeline(trained, tmp_path):
+    """transformers' pipeline (chat template, image processor, Llava) answers what lmm answers
+    for the same question, given the same pixels; the pixels agree to bicubic rounding."""
+    import io
+
     from PIL import Image
     from transformers import AutoProcessor, pipeline
+
+    from lmm.data.collate import Collator
+    from lmm.eval.generate import end_of_turn_ids
 
     cfg, model, processor = trained
     save_hf(model, processor, cfg, tmp_path / "hf")
@@ -88,3 +95,15 @@ def test_exported_model_runs_in_the_transformers_pipeline(trained, tmp_path):
     assert out[0]["generated_text"][-1]["role"] == "assistant"
     hf_pixels = AutoProcessor.from_pretrained(tmp_path / "hf").image_processor(images=image, return_tensors="pt")["pixel_values"][0]
     assert (hf_pixels - processor.image_transform(image)).abs().mean() < 0.02
+
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    item = processor.encode({"__key__": "q", "png": png.getvalue()}, [{"from": "human", "value": "<image>\nColour?"}],
+                            generation_prompt=True)
+    batch = Collator(processor.tokenizer.pad_token_id, "left")([item]).replace(pixel_values=hf_pixels[None])
+    tokenizer = processor.tokenizer
+    with torch.no_grad():
+        ids = model.generate(**batch.model_inputs(labels=False), max_new_tokens=4, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_ids=end_of_turn_ids(tokenizer, processor.template))
+    ours = tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+    assert ours and out[0]["generated_text"][-1]["content"].strip() == ours

@@ -11,7 +11,7 @@ import torch
 from lmm.data.shards import evaluation_stream, list_shards
 from lmm.export import save_lmm
 from lmm.predict import main as predict
-from lmm.train.train import build_run
+from lmm.factory import build_run
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[2]

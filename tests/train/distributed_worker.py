@@ -13,6 +13,7 @@ stopped with and how long after the trigger it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -31,7 +32,8 @@ from lmm.data.sample import Skip
 from lmm.train.agree import AgreedStop
 from lmm.train.module import LMMModule
 from lmm.train.strategy import FSDP2Strategy
-from lmm.train.train import build_run, lora_options
+from lmm.factory import build_run
+from lmm.train.stage import Optim, stage_of
 from tests.conftest import compose_config
 
 STEPS, STOP_AT = 6, 3
@@ -64,16 +66,16 @@ class RecordingModule(LMMModule):
         if self._trigger():
             self.triggered_at = time.time()
             if self.stop == "skip_rate":  # rank 1 alone saw a corrupt sample
-                batch = {**batch, "seen": batch["seen"] + 1, "skipped": {"image": 1}, "skip_details": ["bad.jpg: image: truncated"]}
+                batch = batch.replace(seen=batch.seen + 1, skipped={"image": 1}, skip_details=["bad.jpg: image: truncated"])
             elif self.stop == "all_skipped":  # every sample of rank 1's share was unusable
-                batch = Collator(0)([Skip(f"bad{i}", "image: truncated") for i in range(batch["seen"])])
+                batch = Collator(0)([Skip(f"bad{i}", "image: truncated") for i in range(batch.seen)])
             elif self.stop == "placeholders":
-                ids = batch["input_ids"].clone()
+                ids = batch.input_ids.clone()
                 ids[0, -1] = self.model.image_token_id
-                batch = {**batch, "input_ids": ids}
+                batch = batch.replace(input_ids=ids)
         loss = super().training_step(batch, batch_idx)
         self.losses.append(float(loss.detach()))
-        self.images.append(batch["pixel_values"] is not None)
+        self.images.append(batch.pixel_values is not None)
         return loss
 
     def forward(self, batch):
@@ -88,8 +90,8 @@ def module(data_root: Path, overrides: list[str], init: Path, stop: str | None =
     model, processor = build_run(cfg)
     model.load_state_dict(load_file(str(init)))
     torch.manual_seed(0)  # LoRA's initialisation: the same on every rank, as seed_everything makes it in run.py
-    lit = RecordingModule(model, train=dict(cfg.stage.train), lr=1e-3, warmup_ratio=0.2, lora=lora_options(cfg),
-                          vision_last_blocks=cfg.stage.get("vision_last_blocks"), stop=stop, **options)
+    stage = dataclasses.replace(stage_of(cfg), optim=Optim(lr=1e-3, warmup_ratio=0.2))
+    lit = RecordingModule(model, stage, stop=stop, **options)
     data = instantiate(cfg.data, seed=0)
     data.attach(processor, processor.tokenizer.pad_token_id)
     return lit, data

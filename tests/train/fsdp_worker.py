@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from lmm.checkpoint import AtomicCheckpoint
 from lmm.model.build import build_model
 from lmm.train.module import LMMModule
+from lmm.train.stage import Stage
 from lmm.train.strategy import FSDP2Strategy
 from tests.conftest import compose_config
 
@@ -57,7 +58,7 @@ class StepBatches(IterableDataset):
 def module(workdir: Path) -> RecordingModule:
     model = build_model(compose_config([]), image_token_id=int(os.environ.get("LMM_TEST_IMAGE_TOKEN", "4")))
     model.load_state_dict(load_file(str(workdir / "init.safetensors")))
-    return RecordingModule(model, train={"connector": True, "llm": True}, lr=1e-3, warmup_ratio=0.2)
+    return RecordingModule(model, Stage(train={"connector": True, "llm": True}, optim={"lr": 1e-3, "warmup_ratio": 0.2}))
 
 
 def trainer(strategy, callbacks=(), accumulate: int = 1, devices: int = 1) -> L.Trainer:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lmm.train.train import build_run
+from lmm.factory import build_run
 from tests.train import distributed_worker as worker
 
 ROOT = Path(__file__).resolve().parents[2]

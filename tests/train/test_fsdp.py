@@ -12,7 +12,8 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file, save_file
 
 from lmm.checkpoint import consolidate, is_complete
-from lmm.train.train import build_run, evaluate_run
+from lmm.eval.evaluate import evaluate_run
+from lmm.factory import build_run
 from tests.conftest import compose_config
 from tests.train import fsdp_worker
 

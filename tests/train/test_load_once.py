@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
-from lmm.train.train import build_run
+from lmm.factory import build_run
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,9 +2,15 @@
 
 import pytest
 
+from lmm.data.collate import Batch
 from lmm.model.build import build_model
 from lmm.train.module import LMMModule, warmup_cosine
+from lmm.train.stage import Stage, stage_of
 from tests.conftest import compose_config
+
+
+def stage(train: dict, lr: float = 1e-3, **options) -> Stage:
+    return Stage(train=train, optim={"lr": lr}, **options)
 
 
 def test_warmup_cosine():
@@ -26,7 +32,7 @@ def model():
 )
 def test_stage_freezes(model, stage, trainable):
     cfg = compose_config([f"stage={stage}"])
-    module = LMMModule(model, train=dict(cfg.stage.train), lr=1e-3)
+    module = LMMModule(model, stage_of(cfg))
     for name in ("vision", "connector", "llm"):
         flags = {p.requires_grad for p in getattr(model, name).parameters()}
         assert flags == {name in trainable}, name
@@ -36,7 +42,7 @@ def test_stage_freezes(model, stage, trainable):
 
 
 def test_optimizer_gets_only_trainable(model):
-    module = LMMModule(model, train={"connector": True}, lr=1e-3)
+    module = LMMModule(model, stage({"connector": True}))
 
     class FakeTrainer:
         max_steps = 10
@@ -49,31 +55,30 @@ def test_optimizer_gets_only_trainable(model):
 
 def test_stage_that_trains_nothing_is_rejected(model):
     with pytest.raises(ValueError, match="trains nothing"):
-        LMMModule(model, train={"connector": False}, lr=1e-3)
+        LMMModule(model, stage({"connector": False}))
     with pytest.raises(ValueError, match="unknown components"):
-        LMMModule(model, train={"projector": True}, lr=1e-3)
+        LMMModule(model, stage({"projector": True}))
 
 
 def test_partial_tower_fine_tuning(model):
-    LMMModule(model, train={"connector": True}, lr=1e-3, vision_last_blocks=1)
+    LMMModule(model, stage({"connector": True}, vision_last_blocks=1))
     blocks = model.vision.blocks()
     # select_layer=-2 (LLaVA): the last block feeds nothing, so the last *used* block trains.
     assert all(p.requires_grad for p in blocks[-2].parameters())
     assert not any(p.requires_grad for b in [*blocks[:-2], blocks[-1]] for p in b.parameters())
     assert not model.vision.model.embeddings.patch_embedding.weight.requires_grad
     with pytest.raises(ValueError, match="vision_last_blocks=9"):
-        LMMModule(model, train={"connector": True}, lr=1e-3, vision_last_blocks=9)
+        LMMModule(model, stage({"connector": True}, vision_last_blocks=9))
 
 
 def test_lora_adapters_merge_into_plain_weights(data_root):
     import torch
 
-    from lmm.train.module import merge_lora
-
     cfg = compose_config([], data_root)
     model = build_model(cfg, image_token_id=4)
-    module = LMMModule(model, train={"connector": True}, lr=2e-4, component_lr={"connector": 2e-5},
-                       lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
+    lora = Stage(train={"connector": True}, optim={"lr": 2e-4, "component_lr": {"connector": 2e-5}},
+                 lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
+    module = LMMModule(model, lora)
     adapters = [n for n, p in model.llm.named_parameters() if p.requires_grad]
     assert adapters and all("lora_" in n for n in adapters)  # the base LLM stays frozen
     for name, p in model.llm.named_parameters():
@@ -89,7 +94,7 @@ def test_lora_adapters_merge_into_plain_weights(data_root):
     ids = torch.randint(5, 200, (2, 12))
     with torch.no_grad():
         adapted = model.llm(input_ids=ids).logits
-        model.llm = merge_lora(model.llm)
+        Stage.merge(model)
         merged = model.llm(input_ids=ids).logits
     assert not any("lora" in key for key in model.llm.state_dict())
     assert torch.allclose(adapted, merged, atol=1e-5)
@@ -115,9 +120,9 @@ def test_every_collective_gets_tensors_on_the_module_device(model):
     class FakeTrainer:
         strategy, world_size, global_step, precision = RecordingStrategy(), 1, 0, "32-true"
 
-    module = LMMModule(model, train={"connector": True}, lr=1e-3)
+    module = LMMModule(model, stage({"connector": True}))
     module._trainer = FakeTrainer()
-    batch = {"input_ids": torch.tensor([[1, 2, 3]]), "pixel_values": None, "seen": 2, "skipped": {"image": 1}}
+    batch = Batch(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]]), seen=2, skipped={"image": 1})
     loss = torch.tensor(1.5)
     with torch.device("meta"):
         module._agree_on_batch(batch)

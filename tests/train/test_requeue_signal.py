@@ -11,8 +11,9 @@ from torch.utils.data import DataLoader
 
 from lmm.checkpoint import AtomicCheckpoint, is_complete
 from lmm.train.module import LMMModule
+from lmm.train.stage import Stage
 from lmm.train.slurm import CheckpointBeforeRequeue
-from lmm.train.train import build_run
+from lmm.factory import build_run
 from tests.conftest import compose_config
 
 
@@ -46,7 +47,7 @@ def test_checkpoint_then_requeue(data_root, tmp_path):
                             callbacks=[AtomicCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, every_n_train_steps=100,
                                                         save_top_k=0), CheckpointBeforeRequeue(last), SignalAt()])
         with pytest.raises(Requeued):
-            trainer.fit(LMMModule(model, train={"connector": True, "llm": True}, lr=1e-3), DataLoader(batches, batch_size=None))
+            trainer.fit(LMMModule(model, Stage(train={"connector": True, "llm": True}, optim={"lr": 1e-3})), DataLoader(batches, batch_size=None))
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert calls == [signal.SIGUSR2]

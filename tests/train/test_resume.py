@@ -1,5 +1,6 @@
 """A run killed with SIGKILL at a random moment and re-run ends exactly like an uninterrupted one."""
 
+import dataclasses
 import json
 import os
 import random
@@ -79,7 +80,8 @@ def test_resume_restores_every_random_state(data_root, tmp_path):
 
     from lmm.checkpoint import AtomicCheckpoint
     from lmm.train.module import LMMModule
-    from lmm.train.train import build_for_stage, lora_options
+    from lmm.factory import build_for_stage
+    from lmm.train.stage import Optim, stage_of
 
     cfg = compose_config(["stage=lora", "stage.lora.r=4", "stage.lora.alpha=8", "stage.lora.dropout=0.3"], data_root)
 
@@ -95,7 +97,7 @@ def test_resume_restores_every_random_state(data_root, tmp_path):
 
     def fit(record, checkpoint_dir=None, resume=None):
         model, processor, _ = build_for_stage(cfg, sharded=False, main=True)
-        module = LMMModule(model, train=dict(cfg.stage.train), lr=1e-3, lora=lora_options(cfg))
+        module = LMMModule(model, dataclasses.replace(stage_of(cfg), optim=Optim(lr=1e-3)))
         data = instantiate(cfg.data, seed=0, num_workers=0, batch_size=4)
         data.attach(processor, processor.tokenizer.pad_token_id)
         callbacks = [record] + ([AtomicCheckpoint(dirpath=checkpoint_dir, save_last=True, every_n_train_steps=3, save_top_k=0)]

@@ -22,7 +22,7 @@ from lmm.bench import save_result
 from lmm.config import register_resolvers
 from lmm.data.collate import Collator
 from lmm.eval.generate import generate_texts
-from lmm.train.train import build_run
+from lmm.factory import build_run
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 

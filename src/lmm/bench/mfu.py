@@ -27,7 +27,9 @@ from torch.utils.data import DataLoader, IterableDataset
 from lmm.bench import save_result
 from lmm.config import register_resolvers
 from lmm.model.build import build_model
+from lmm.data.collate import Batch
 from lmm.train.module import LMMModule
+from lmm.train.stage import Stage
 from lmm.train.strategy import FSDP2Strategy
 from lmm.train.throughput import peak_flops
 
@@ -41,8 +43,9 @@ class FakeBatches(IterableDataset):
         ids[:, 1 : 1 + image_tokens] = image_token_id
         labels = ids.clone()
         labels[:, : 1 + image_tokens] = -100
-        self.batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-                      "pixel_values": torch.randn(batch, 3, image_size, image_size)}
+        self.batch = Batch(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels,
+                           pixel_values=torch.randn(batch, 3, image_size, image_size), seen=batch,
+                           sample_lengths=[ids.shape[1]] * batch)
 
     def __iter__(self):
         return itertools.repeat(self.batch)
@@ -61,7 +64,7 @@ class Timer(L.Callback):
 def measure(cfg, batch_size: int, steps: int, checkpointing: bool, compiled: bool, sequence: int, accelerator: str) -> dict:
     torch.manual_seed(0)
     model = build_model(cfg, image_token_id=cfg.llm.model.arch.vocab_size - 1, load_weights=False)
-    module = LMMModule(model, train={"connector": True, "llm": True}, lr=1e-5, activation_checkpointing=checkpointing)
+    module = LMMModule(model, Stage(train={"connector": True, "llm": True}, optim={"lr": 1e-5}), activation_checkpointing=checkpointing)
     timer = Timer()
     trainer = L.Trainer(accelerator=accelerator, devices=1, strategy=FSDP2Strategy(compile_layers=compiled), precision="32-true",
                         max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,

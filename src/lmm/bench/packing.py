@@ -27,7 +27,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lmm.bench import save_result
-from lmm.data.collate import Collator, attention_inputs
+from lmm.data.collate import Batch, Collator
 from lmm.data.sample import Example
 from lmm.model.attention import use_packed_attention
 
@@ -69,11 +69,11 @@ def grouped_batches(items: list[Example], seed: int = 0) -> list[list[Example]]:
     return batches
 
 
-def run(model, batches: list[dict]) -> float:
+def run(model, batches: list[Batch]) -> float:
     """Seconds for forward + backward over every batch."""
     start = time.perf_counter()
     for batch in batches:
-        out = model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False, **attention_inputs(batch))
+        out = model(input_ids=batch.input_ids, labels=batch.labels, use_cache=False, **batch.attention_inputs())
         out.loss.backward()
         model.zero_grad(set_to_none=True)
     return time.perf_counter() - start

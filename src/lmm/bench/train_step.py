@@ -28,7 +28,9 @@ from lmm.bench import save_result
 from lmm.config import register_resolvers
 from lmm.export import save_hf
 from lmm.train.module import LMMModule
-from lmm.train.train import build_run
+from lmm.train.stage import Stage
+from lmm.data.collate import Batch
+from lmm.factory import build_run
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 WARMUP = 5
@@ -42,30 +44,30 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter())
 
 
-def lmm_tokens_per_s(model, batches: list[dict], steps: int) -> float:
-    module = LMMModule(model, train={"connector": True, "llm": True}, lr=1e-4, warmup_ratio=0.0)
+def lmm_tokens_per_s(model, batches: list[Batch], steps: int) -> float:
+    module = LMMModule(model, Stage(train={"connector": True, "llm": True}, optim={"lr": 1e-4, "warmup_ratio": 0.0}))
     timer = StepTimer()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0)
     trainer.fit(module, DataLoader(batches, batch_size=None))
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches[WARMUP:steps])
+    tokens = sum(int(b.attention_mask.sum()) for b in batches[WARMUP:steps])
     return tokens / (timer.times[steps - 1] - timer.times[WARMUP - 1])
 
 
-def bare_tokens_per_s(hf, batches: list[dict], steps: int) -> float:
+def bare_tokens_per_s(hf, batches: list[Batch], steps: int) -> float:
     hf.train()
     hf.model.vision_tower.requires_grad_(False)
     hf.model.vision_tower.eval()
     optimizer = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-4)
     marks = []
     for batch in batches[:steps]:
-        loss = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
-                  labels=batch["labels"]).loss
+        loss = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
+                  labels=batch.labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches[WARMUP:steps])
+    tokens = sum(int(b.attention_mask.sum()) for b in batches[WARMUP:steps])
     return tokens / (marks[steps - 1] - marks[WARMUP - 1])
 
 

@@ -1,8 +1,10 @@
-"""Collate Examples into a padded or a packed (padding-free) batch; Skips are dropped and counted by reason."""
+"""Collate Examples into a padded or a packed (padding-free) Batch; Skips are dropped and counted by reason."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
 
@@ -12,16 +14,67 @@ from lmm.data.sample import Example, Skip
 PACKING_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")  # what a packed batch adds for the attention
 
 
-def attention_inputs(batch: dict) -> dict:
-    """What the LLM needs to attend within samples: a padded batch's mask, or for a packed batch
-    no mask but the position ids restarting per sample and the sample offsets."""
-    if batch.get("position_ids") is None:
-        return {"attention_mask": batch["attention_mask"]}
-    return {"attention_mask": None, "position_ids": batch["position_ids"], **{key: batch[key] for key in PACKING_KEYS}}
+@dataclass
+class Batch:
+    """What the Collator makes and the model consumes. Tensors: input_ids, labels [B, T],
+    attention_mask [B, T] (or None when packed), pixel_values [I, 3, S, S] in the order of the
+    image placeholders (None without images), instruction ids/mask [I, L] for instruction-aware
+    connectors; packed batches (B = 1) add position ids restarting per sample and the sample
+    offsets. The rest is bookkeeping: per-sample meta and lengths, and the inputs skipped."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    pixel_values: torch.Tensor | None = None
+    instruction_ids: torch.Tensor | None = None
+    instruction_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    cu_seq_lens_q: torch.Tensor | None = None
+    cu_seq_lens_k: torch.Tensor | None = None
+    max_length_q: int | None = None
+    max_length_k: int | None = None
+    meta: list[dict] = field(default_factory=list)
+    sample_lengths: list[int] = field(default_factory=list)
+    seen: int = 0  # inputs, skipped ones included
+    skipped: dict[str, int] = field(default_factory=dict)  # reason kind -> count
+    skip_details: list[str] = field(default_factory=list)  # "key: reason" per skipped input
+    truncated: int = 0  # samples that lost trailing turns to fit max_length
+
+    @property
+    def rows(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def images(self) -> int:
+        return 0 if self.pixel_values is None else self.pixel_values.shape[0]
+
+    @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
+
+    def attention_inputs(self) -> dict:
+        """What the LLM needs to attend within samples: a padded batch's mask, or for a packed
+        batch no mask but the position ids restarting per sample and the sample offsets."""
+        if not self.packed:
+            return {"attention_mask": self.attention_mask}
+        return {"attention_mask": None, "position_ids": self.position_ids, **{key: getattr(self, key) for key in PACKING_KEYS}}
+
+    def model_inputs(self, labels: bool = True) -> dict:
+        """Keyword arguments for LMM.forward (LMM.generate with `labels=False`, padded batches only)."""
+        inputs = {"input_ids": self.input_ids, "pixel_values": self.pixel_values, "instruction_ids": self.instruction_ids,
+                  "instruction_mask": self.instruction_mask, **self.attention_inputs()}
+        return inputs | {"labels": self.labels} if labels else inputs
+
+    def to(self, device: torch.device | str) -> "Batch":
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **moved)
+
+    def replace(self, **changes) -> "Batch":
+        return dataclasses.replace(self, **changes)
 
 
 class Collator:
-    """list[Example | Skip] -> {input_ids, attention_mask, labels [B, T], pixel_values [I, 3, S, S], ...}.
+    """list[Example | Skip] -> Batch.
 
     `padding_side="left"` is for generation (new tokens follow the prompt directly); `packed=True`
     concatenates the samples into one row instead of padding them (data.packing).
@@ -35,7 +88,7 @@ class Collator:
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.pad_token_id, self.padding_side, self.packed = pad_token_id, padding_side, packed
 
-    def __call__(self, items: list[Example | Skip]) -> dict:
+    def __call__(self, items: list[Example | Skip]) -> Batch:
         examples = [x for x in items if isinstance(x, Example)]
         if self.packed:
             return self._packed(items, examples)
@@ -51,25 +104,24 @@ class Collator:
             mask[row, cols] = 1
         return self._batch(items, examples, input_ids=ids, attention_mask=mask, labels=labels)  # [B, T] each
 
-    def _batch(self, items: list[Example | Skip], examples: list[Example], **tensors: torch.Tensor) -> dict:
+    def _batch(self, items: list[Example | Skip], examples: list[Example], **tensors) -> Batch:
         """The token tensors plus what every batch carries: images in the order of their
         placeholders, per-sample meta and lengths, and the skip counts."""
         with_image = [x for x in examples if x.pixels is not None]
-        batch = {
-            **tensors,
-            "pixel_values": torch.stack([x.pixels for x in with_image]) if with_image else None,  # [I, 3, S, S]
-            "meta": [x.meta for x in examples],
-            "skipped": dict(Counter(x.kind for x in items if isinstance(x, Skip))),
-            "skip_details": [f"{x.key}: {x.reason}" for x in items if isinstance(x, Skip)],
-            "seen": len(items),
-            "truncated": sum(1 for x in examples if x.meta.get("truncated_turns")),
-            "sample_lengths": [len(x.input_ids) for x in examples],
-        }
         if with_image and with_image[0].instruction is not None:
-            batch.update(self._instructions([x.instruction for x in with_image]))
-        return batch
+            tensors |= self._instructions([x.instruction for x in with_image])
+        return Batch(
+            **tensors,
+            pixel_values=torch.stack([x.pixels for x in with_image]) if with_image else None,  # [I, 3, S, S]
+            meta=[x.meta for x in examples],
+            skipped=dict(Counter(x.kind for x in items if isinstance(x, Skip))),
+            skip_details=[f"{x.key}: {x.reason}" for x in items if isinstance(x, Skip)],
+            seen=len(items),
+            truncated=sum(1 for x in examples if x.meta.get("truncated_turns")),
+            sample_lengths=[len(x.input_ids) for x in examples],
+        )
 
-    def _packed(self, items: list[Example | Skip], examples: list[Example]) -> dict:
+    def _packed(self, items: list[Example | Skip], examples: list[Example]) -> Batch:
         """Padding-free: the batch's samples concatenated into one row [1, Σn], no pad token at
         all and the same samples per step as padded batches. Position ids restart at each
         sample, whose first label is ignored so no prediction crosses a boundary; `cu_seq_lens`
@@ -87,8 +139,8 @@ class Collator:
             attention_mask=torch.ones((1, offsets[-1]), dtype=torch.long),
             labels=torch.tensor([t for row in labels for t in row])[None],
             position_ids=torch.cat([torch.arange(n) for n in lengths])[None],
-            cu_seq_lens_q=offsets, cu_seq_lens_k=offsets,
-        ) | {"max_length_q": max(lengths), "max_length_k": max(lengths)}
+            cu_seq_lens_q=offsets, cu_seq_lens_k=offsets, max_length_q=max(lengths), max_length_k=max(lengths),
+        )
 
     def _instructions(self, instructions: list[list[int]]) -> dict:
         """Right-padded question ids per image: instruction_ids, instruction_mask [I, L]."""

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from lmm.data.conversation import IMAGE_TOKEN
 from lmm.data.image import ImageError, decode_image
-from lmm.data.shards import local_directory
+from lmm.data.shards import MANIFEST, local_directory, write_manifest
 from lmm.data.sources import SOURCES, classify
 
 EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".gif": "gif", ".bmp": "bmp"}
@@ -230,7 +230,7 @@ def convert(
     with open(out / "rejected.jsonl", "w") as f:
         for record in rejected:
             f.write(json.dumps(record) + "\n")
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out, manifest)
     return manifest
 
 
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = convert(args.json, args.images, args.out, args.workers, args.shard_size, args.resize, not args.no_verify_images,
                        follow_symlinks=args.follow_symlinks)
     print(json.dumps({k: manifest[k] for k in ("entries", "counts", "rejected")}, indent=2))
-    print(f"[lmm] manifest: {Path(args.out) / 'manifest.json'}; rejected entries: {Path(args.out) / 'rejected.jsonl'}")
+    print(f"[lmm] manifest: {Path(args.out) / MANIFEST}; rejected entries: {Path(args.out) / 'rejected.jsonl'}")
 
 
 if __name__ == "__main__":

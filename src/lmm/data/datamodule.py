@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from lmm.data.collate import Collator
 from lmm.data.mixture import Source, TrainingStream, World, worker_slot
 from lmm.data.sample import SampleProcessor
-from lmm.data.shards import expand_shards, list_shards, local_directory
+from lmm.data.shards import expand_shards, has_manifest, list_shards, local_directory, read_manifest
 
 
 class ValidationBatches(IterableDataset):
@@ -97,7 +96,7 @@ class LMMDataModule(L.LightningDataModule):
     def needs_generation(self) -> bool:
         """Whether ensure_data will generate the synthetic mixture (asked to, and absent); the root
         must then be a local directory, never a URL or pipe: command."""
-        return self.generate_if_missing and not (local_directory(self.root, "data.root (generate_if_missing)") / "manifest.json").exists()
+        return self.generate_if_missing and not has_manifest(local_directory(self.root, "data.root (generate_if_missing)"))
 
     def attach(self, processor: SampleProcessor, pad_token_id: int) -> None:
         # A copy, so the training-data options (format-prompt stripping) never reach evaluation prompts.
@@ -108,13 +107,10 @@ class LMMDataModule(L.LightningDataModule):
         """The weighted sources (natural size × weight), or the single training folder."""
         if not self.sources:
             return [Source(self.train_split, list_shards(self.root / self.train_split, self.allow_pipe_urls), 1.0)]
-        manifest_path = self.root / "manifest.json"
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"no manifest.json in {self.root}: convert the data with `python -m lmm.data.convert` first")
-        counts = json.loads(manifest_path.read_text())["counts"]
+        counts = read_manifest(self.root, "convert the data with `python -m lmm.data.convert` first")["counts"]
         unknown = set(self.sources) - set(counts)
         if unknown:
-            raise ValueError(f"data.sources names {sorted(unknown)} but {manifest_path} has only {sorted(counts)}")
+            raise ValueError(f"data.sources names {sorted(unknown)} but {self.root}'s manifest has only {sorted(counts)}")
         return [
             Source(name, list_shards(self.root / name, self.allow_pipe_urls), counts[name] * float(spec.get("weight", 1.0)))
             for name, spec in sorted(self.sources.items())

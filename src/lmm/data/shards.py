@@ -1,6 +1,9 @@
-"""Find and read WebDataset shards: shard lists, robust tar expansion, the ordered evaluation stream."""
+"""Find and read WebDataset shards: shard lists, the data root's manifest, robust tar expansion,
+the ordered evaluation stream."""
 
 from __future__ import annotations
+
+import json
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -9,6 +12,31 @@ import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 ERROR_KEY = "__error__"
+MANIFEST = "manifest.json"  # per data root: counts per split/source, shard lists (+ the synthetic baselines)
+
+
+def has_manifest(root: str | Path) -> bool:
+    return (Path(root) / MANIFEST).is_file()
+
+
+def read_manifest(root: str | Path, needed_for: str | None = None) -> dict | None:
+    """The data root's manifest.json (written by lmm.data.convert and lmm.data.synthetic). Absent:
+    None, or, when it is `needed_for` something, a FileNotFoundError that says so."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        if needed_for is None:
+            return None
+        raise FileNotFoundError(f"no {MANIFEST} in {root} ({needed_for})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); regenerate it (convert or generate the data again)") from None
+
+
+def write_manifest(root: str | Path, manifest: dict) -> Path:
+    path = Path(root) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
 
 
 REMOTE_SCHEMES = ("http://", "https://")  # read by webdataset through curl

@@ -26,7 +26,7 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image, ImageDraw, ImageFont
 
-from lmm.data.shards import local_directory
+from lmm.data.shards import local_directory, read_manifest, write_manifest
 
 GENERATOR_VERSION = 3
 SHORT_ANSWER = "Answer the question using a single word or phrase."
@@ -257,11 +257,9 @@ def _baselines(train_records: list[dict]) -> dict:
 def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), train_tokenizer: bool = True) -> dict:
     """Write all splits, the manifest and the tokenizer; skip if `out` already holds this config."""
     out = local_directory(out, "the synthetic mixture's output").resolve()  # absolute: never read as a pipe: or URL
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("config") == asdict(config):
-            return manifest
+    manifest = read_manifest(out)
+    if manifest is not None and manifest.get("config") == asdict(config):
+        return manifest
     manifest = {"config": asdict(config), "counts": {}, "shards": {}}
     texts: list[str] = []
     train_records: list[dict] = []
@@ -289,7 +287,7 @@ def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), tra
         from lmm.data.tokenizer import train_tokenizer as train
 
         train(texts, out / "tokenizer")
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out, manifest)
     return manifest
 
 

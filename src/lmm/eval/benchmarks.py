@@ -14,8 +14,9 @@ from torchmetrics import MeanMetric
 from lmm.data.collate import Collator
 from lmm.data.conversation import IMAGE_TOKEN
 from lmm.data.sample import Example, SampleProcessor, Skip, parse_record
-from lmm.data.shards import evaluation_stream, list_shards
-from lmm.eval.generate import _to_device, evaluating, generate_texts
+from lmm.data.shards import evaluation_stream, list_shards, read_manifest
+from lmm.eval.answer import answer_questions, rank_and_world, write_predictions
+from lmm.eval.generate import evaluating
 from lmm.eval.metrics import BoxAccuracy, ExactMatch, parse_box
 from lmm.model.lmm import LMM
 
@@ -41,12 +42,12 @@ class SyntheticBenchmark:
     def check(self) -> None:
         """Raise if the split cannot be read (called before training)."""
         list_shards(self.root / self.split)
-        if not (self.root / "manifest.json").exists():
-            raise FileNotFoundError(f"no manifest.json in {self.root} (the synthetic mixture's baselines)")
+        read_manifest(self.root, "the synthetic mixture's baselines")
 
-    def _items(self, processor: SampleProcessor) -> tuple[list[Example], list[Example], int]:
+    def _items(self, processor: SampleProcessor) -> tuple[list[tuple[dict, str, dict]], list[Example], int]:
+        """The questions (sample, question turn, meta), the encoded descriptions, and the records skipped."""
         questions, descriptions, skipped = [], [], 0
-        # Every rank reads every question (a few hundred); run() splits the generation work.
+        # Every rank reads every question (a few hundred); the runner splits the generation work.
         for n, sample in enumerate(evaluation_stream(list_shards(self.root / self.split), split_by_node=False)):
             if self.limit is not None and n >= self.limit:
                 break
@@ -66,9 +67,7 @@ class SyntheticBenchmark:
                 if IMAGE_TOKEN not in question:
                     question = f"{IMAGE_TOKEN}\n{question}"
                 meta = {"id": record["id"], "source": record["source"], "qtype": qtype, "answer": turns[2 * k + 1]["value"]}
-                item = processor.encode(sample, [{"from": "human", "value": question}], generation_prompt=True, meta=meta)
-                skipped += isinstance(item, Skip)
-                questions += [item] if isinstance(item, Example) else []
+                questions.append((sample, question, meta))
         return questions, descriptions, skipped
 
     def _loader(self, items: list[Example], pad_token_id: int, padding_side: str) -> DataLoader:
@@ -78,31 +77,34 @@ class SyntheticBenchmark:
         """Teacher-forced loss of the description answers, weighted by their token counts."""
         description_loss = MeanMetric()
         for batch in self._loader(descriptions, pad_token_id, "right"):
-            batch = _to_device(batch, torch.device(device))
-            out = model(
-                batch["input_ids"], batch["attention_mask"], batch["pixel_values"], labels=batch["labels"],
-                instruction_ids=batch.get("instruction_ids"), instruction_mask=batch.get("instruction_mask"),
-            )
-            description_loss.update(out.loss.cpu(), weight=int((batch["labels"][:, 1:] != -100).sum()))
+            batch = batch.to(device)
+            out = model(**batch.model_inputs())
+            description_loss.update(out.loss.cpu(), weight=int((batch.labels[:, 1:] != -100).sum()))
         return description_loss
 
     @torch.no_grad()
     def run(self, model: LMM, processor: SampleProcessor, device: torch.device | str = "cpu", out_dir: Path | None = None) -> dict:
         start = time.perf_counter()
         tokenizer = processor.tokenizer
-        baselines = json.loads((self.root / "manifest.json").read_text())["baselines"]
+        baselines = read_manifest(self.root, "the synthetic mixture's baselines")["baselines"]
         questions, descriptions, skipped = self._items(processor)
+
+        def encode(question: tuple[dict, str, dict]) -> Example | Skip:
+            sample, text, meta = question
+            return processor.encode(sample, [{"from": "human", "value": text}], generation_prompt=True, meta=meta)
+
+        answers = answer_questions(model, processor, questions, encode, self.batch_size, self.max_new_tokens, device)
         rank, world = rank_and_world()
-        with evaluating(model):  # each rank answers every world-th question; answers are gathered
-            loader = self._loader(questions[rank::world], tokenizer.pad_token_id, "left")
-            answers = gather_strided(generate_texts(model, loader, tokenizer, processor.template, self.max_new_tokens, device), world)
+        with evaluating(model):
             description_loss = self._description_loss(model, descriptions[rank::world], tokenizer.pad_token_id, device)
         metrics: dict[str, ExactMatch | BoxAccuracy] = {}
         baseline_metrics: dict[str, ExactMatch | BoxAccuracy] = {}
         per_qtype: dict[str, ExactMatch] = defaultdict(lambda: ExactMatch(sync_on_compute=False))
         records = []
-        for item, answer in zip(questions, answers, strict=True):
-            meta = item.meta
+        for (_, _, meta), answer in zip(questions, answers, strict=True):
+            if isinstance(answer, Skip):  # could not be asked (e.g. too long for data.max_length)
+                skipped += 1
+                continue
             if meta["qtype"] == "grounding":
                 key, target = "region/grounding_acc_iou50", parse_box(meta["answer"])
                 baseline_answer = json.dumps(baselines["centred_box"])
@@ -133,48 +135,3 @@ class SyntheticBenchmark:
         if out_dir is not None:
             write_predictions(out_dir, self.name, records)
         return results
-
-
-def rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def gather_strided(mine: list, world: int) -> list:
-    """Undo a `items[rank::world]` split: every rank gets all results in the original order."""
-    if world == 1:
-        return mine
-    parts: list = [None] * world
-    torch.distributed.all_gather_object(parts, mine)
-    return [parts[i % world][i // world] for i in range(sum(len(p) for p in parts))]
-
-
-def is_main_process() -> bool:
-    """Rank 0, or not distributed: the process that writes files."""
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-
-
-def write_predictions(out_dir: Path, name: str, records: list[dict]) -> None:
-    """predictions/<benchmark>.jsonl: one JSON line per question (written by rank 0 only)."""
-    if not is_main_process():
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / f"{name}.jsonl", "w") as f:
-        for record in records:
-            f.write(json.dumps(record, default=str) + "\n")
-
-
-def format_table(results: dict) -> str:
-    """Markdown tables, one per benchmark: metric | model | baseline (when known) | n."""
-    blocks = []
-    for name, bench in results["benchmarks"].items():
-        lines = [f"{name} (n={bench.get('n', '?')}, {bench.get('wall_s', '?')} s)", "", "| metric | model | baseline | n |", "|---|---:|---:|---:|"]
-        for key, value in bench["metrics"].items():
-            baseline = bench.get("baselines", {}).get(key)
-            n = bench.get("counts", {}).get(key, bench.get("n", ""))
-            lines.append(f"| {key} | {value:.4f} | {'—' if baseline is None else f'{baseline:.4f}'} | {n} |")
-        if bench.get("skipped"):
-            lines.append(f"\n{bench['skipped']} question(s) skipped (see log)")
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)

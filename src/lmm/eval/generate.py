@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
+from lmm.data.collate import Batch
 from lmm.data.conversation import TEMPLATES
 from lmm.model.lmm import LMM
 
@@ -32,29 +33,18 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 @torch.no_grad()
 def generate_texts(
-    model: LMM, batches: Iterable[dict], tokenizer, template: str, max_new_tokens: int, device: torch.device | str = "cpu"
+    model: LMM, batches: Iterable[Batch], tokenizer, template: str, max_new_tokens: int, device: torch.device | str = "cpu"
 ) -> list[str]:
     """Answers for every row of every batch, in order. Batches must be left-padded."""
     answers: list[str] = []
     for batch in batches:
-        if not batch["input_ids"].shape[0]:
+        if not batch.rows:
             continue
-        batch = _to_device(batch, torch.device(device))
         new_ids = model.generate(
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["pixel_values"],
-            max_new_tokens=max_new_tokens,
-            eos_token_ids=end_of_turn_ids(tokenizer, template),
-            pad_token_id=tokenizer.pad_token_id,
-            instruction_ids=batch.get("instruction_ids"),
-            instruction_mask=batch.get("instruction_mask"),
+            **batch.to(device).model_inputs(labels=False), max_new_tokens=max_new_tokens,
+            eos_token_ids=end_of_turn_ids(tokenizer, template), pad_token_id=tokenizer.pad_token_id,
         )  # [B, ≤max_new_tokens]
         answers += [text.strip() for text in tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
     return answers

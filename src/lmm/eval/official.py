@@ -1,8 +1,8 @@
 """LLaVA-1.5's benchmarks read from their official files, prompted as in the paper's Table 8, scored exactly.
 
 Each benchmark turns its files into `Question`s (prompt text, image, gold answer) and scores the
-generated answers; `QuestionBenchmark.run` does the shared part (encode, batched generation,
-predictions file). Files are only read from local paths; a missing one fails with the path
+generated answers; `QuestionBenchmark.run` does the shared part through the one question
+runner (lmm.eval.answer: rank split, batched generation, gather, predictions file). Files are only read from local paths; a missing one fails with the path
 expected and where the official file comes from.
 """
 
@@ -17,14 +17,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-
-from lmm.data.collate import Collator
 from lmm.data.sample import Example, SampleProcessor, Skip
 from lmm.data.sources import GROUNDING, MULTIPLE_CHOICE, SHORT_ANSWER
-from lmm.eval.benchmarks import rank_and_world, write_predictions
-from lmm.eval.generate import evaluating, generate_texts
+from lmm.eval.answer import answer_questions, write_predictions
 from lmm.eval.metrics import (
     BoxAccuracy,
     MeanScore,
@@ -106,29 +101,16 @@ class QuestionBenchmark:
     def score(self, questions: list[Question], answers: list[str]) -> dict[str, float]:
         raise NotImplementedError
 
-    @torch.no_grad()
     def run(self, model: LMM, processor: SampleProcessor, device="cpu", out_dir: Path | None = None) -> dict:
         start = time.perf_counter()
         questions = self.questions()[: self.limit]
-        rank, world = rank_and_world()
-        mine = questions[rank::world]  # multi-GPU: each rank answers its share, then all are gathered
-        examples = [question_example(processor, q) for q in mine]
-        kept = [(q, e) for q, e in zip(mine, examples) if isinstance(e, Example)]
-        skipped = [(q.qid, e.reason) for q, e in zip(mine, examples) if isinstance(e, Skip)]
-        loader = DataLoader([e for _, e in kept], batch_size=self.batch_size, collate_fn=Collator(processor.tokenizer.pad_token_id, "left"))
-        with evaluating(model):
-            answers = generate_texts(model, loader, processor.tokenizer, processor.template, self.max_new_tokens, device)
-        pairs = [(q.qid, a) for (q, _), a in zip(kept, answers)]
-        if world > 1:
-            gathered: list = [None] * world
-            torch.distributed.all_gather_object(gathered, (pairs, skipped))
-            pairs = [p for part, _ in gathered for p in part]
-            skipped = [s for _, part in gathered for s in part]
-        by_id = dict(pairs)
-        answered = [q for q in questions if q.qid in by_id]
-        metrics = self.score(answered, [by_id[q.qid] for q in answered]) if answered else {}
+        answers = answer_questions(model, processor, questions, lambda q: question_example(processor, q),
+                                   self.batch_size, self.max_new_tokens, device)
+        answered = [(q, a) for q, a in zip(questions, answers) if not isinstance(a, Skip)]
+        skipped = [(q.qid, a.reason) for q, a in zip(questions, answers) if isinstance(a, Skip)]
+        metrics = self.score([q for q, _ in answered], [a for _, a in answered]) if answered else {}
         if out_dir is not None:  # written by rank 0 only
-            records = [{"question_id": q.qid, "prompt": q.prompt, "text": by_id[q.qid], "gold": q.gold, **q.extra} for q in answered]
+            records = [{"question_id": q.qid, "prompt": q.prompt, "text": a, "gold": q.gold, **q.extra} for q, a in answered]
             write_predictions(out_dir, self.name, records)
         for qid, reason in skipped[:5]:
             print(f"[lmm] {self.name}: skipped question {qid}: {reason}", file=sys.stderr)

@@ -10,27 +10,15 @@ from collections import Counter
 import lightning as L
 import torch
 
-from lmm.data.collate import attention_inputs
+from lmm.data.collate import Batch
 from lmm.model.lmm import COMPONENTS, LMM
 from lmm.train.agree import AgreedStop, gather_objects, gather_rows, ranks_where
 from lmm.train.materialize import host_memory, materialize, on_meta
+from lmm.train.stage import Stage
 from lmm.train.throughput import FlopCounter, peak_flops, peak_memory_bytes
 
 MAX_SHOWN_SKIPS = 20  # skipped samples printed one by one; the rest are counted
 
-
-
-def add_lora(llm: torch.nn.Module, r: int, alpha: int, dropout: float = 0.05, target_modules: str | list = "all-linear"):
-    """peft LoRA adapters on the LLM's linear layers (not the LM head); the base stays frozen."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
-    return get_peft_model(llm, config)
-
-
-def merge_lora(llm: torch.nn.Module) -> torch.nn.Module:
-    """Fold LoRA adapters into the base weights (a plain transformers model again), if any."""
-    return llm.merge_and_unload() if hasattr(llm, "merge_and_unload") else llm
 
 
 def rng_state() -> dict:
@@ -57,42 +45,26 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 class LMMModule(L.LightningModule):
-    """Trains the LMM for one stage.
-
-    `train` names the components that learn (LLaVA pretrain: connector; finetune: connector +
-    llm); the rest are frozen and kept in eval mode. Only trainable parameters reach AdamW.
-    """
+    """Trains the LMM for one stage (lmm.train.stage.Stage, applied to the model here): the
+    components it does not train are frozen and kept in eval mode; only trainable parameters
+    reach AdamW, one parameter group per component."""
 
     def __init__(
         self,
         model: LMM,
-        train: dict[str, bool],
-        lr: float,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.03,
-        betas: tuple[float, float] = (0.9, 0.999),
-        component_lr: dict[str, float] | None = None,
-        vision_last_blocks: int | None = None,
-        lora: dict | None = None,
+        stage: Stage,
         activation_checkpointing: bool = False,
         max_skip_rate: float = 0.01,
         skip_check_after: int = 1000,
     ):
         super().__init__()
         self.strict_loading = False  # checkpoints hold the trainable parameters only (on_load_checkpoint checks them)
-        model.set_trainable(train, vision_last_blocks)
         self.activation_checkpointing = activation_checkpointing
         if activation_checkpointing:  # recompute each decoder layer's activations in the backward
             model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if lora:
-            model.llm = add_lora(model.llm, **lora)
-        self.model = model
+        self.model = stage.apply(model)
+        self.optim = stage.optim
         self.trains = {name: any(p.requires_grad for p in getattr(model, name).parameters()) for name in COMPONENTS}
-        self.lr, self.weight_decay, self.warmup_ratio, self.betas = lr, weight_decay, warmup_ratio, tuple(betas)
-        self.component_lr = dict(component_lr or {})
-        unknown = set(self.component_lr) - set(COMPONENTS)
-        if unknown:
-            raise ValueError(f"stage.optim.component_lr names {sorted(unknown)}; components are {COMPONENTS}")
         self.max_skip_rate, self.skip_check_after = max_skip_rate, skip_check_after
         # A model built on the meta device (strategy=fsdp) is filled after sharding from this
         # full state, which only rank 0 holds (lmm.train.materialize); None elsewhere.
@@ -128,30 +100,21 @@ class LMMModule(L.LightningModule):
                 getattr(self.model, name).eval()
         return self
 
-    def forward(self, batch: dict):
-        return self.model(
-            input_ids=batch["input_ids"],
-            pixel_values=batch["pixel_values"],
-            labels=batch["labels"],
-            instruction_ids=batch.get("instruction_ids"),
-            instruction_mask=batch.get("instruction_mask"),
-            always_encode=True,  # every rank runs tower + connector every step (lmm.model.lmm.LMM.embed)
-            **attention_inputs(batch),
-        )
+    def forward(self, batch: Batch):
+        # always_encode: every rank runs tower + connector every step (lmm.model.lmm.LMM.embed)
+        return self.model(**batch.model_inputs(), always_encode=True)
 
-    def _agree_on_batch(self, batch: dict) -> None:
+    def _agree_on_batch(self, batch: Batch) -> None:
         """Gather every rank's facts about its batch (one all_gather): skips are counted over
         the world, and a placeholder mismatch or a skip-rate breach on any rank stops every
         rank at this step with the same message."""
-        ids = batch["input_ids"]
-        images = 0 if batch["pixel_values"] is None else batch["pixel_values"].shape[0]
-        local = [batch.get("seen", ids.shape[0]), sum(batch.get("skipped", {}).values()),
-                 int((ids == self.model.image_token_id).sum()), images * self.model.num_image_tokens]
+        local = [batch.seen, sum(batch.skipped.values()), int((batch.input_ids == self.model.image_token_id).sum()),
+                 batch.images * self.model.num_image_tokens]
         facts = gather_rows(self.trainer.strategy, local, self.device)  # [world, 4]
-        for detail in batch.get("skip_details", []):
+        for detail in batch.skip_details:
             if sum(self.skipped.values()) < MAX_SHOWN_SKIPS:
                 print(f"[lmm] skipped {detail}")
-        self.skipped.update(batch.get("skipped", {}))
+        self.skipped.update(batch.skipped)
         self.seen_total += int(facts[:, 0].sum())
         self.skipped_total += int(facts[:, 1].sum())
         mismatched = ranks_where(facts[:, 2] != facts[:, 3])
@@ -176,16 +139,15 @@ class LMMModule(L.LightningModule):
             raise AgreedStop(f"non-finite loss on rank(s) {bad} at step {self.trainer.global_step}: lower the learning "
                              "rate, check the data, or train in bf16 instead of fp16")
 
-    def _placeholder_batch(self, batch: dict) -> dict:
+    def _placeholder_batch(self, batch: Batch) -> Batch:
         """A rank whose samples were all skipped still runs a forward (and backward) through
         the same modules as the others, on two pad tokens weighted 0 (see training_step)."""
         pad = torch.zeros((1, 2), dtype=torch.long, device=self.device)
-        return {**batch, "input_ids": pad, "labels": torch.tensor([[-100, 0]], device=self.device),
-                "attention_mask": torch.ones_like(pad), "pixel_values": None, "position_ids": None}
+        return Batch(input_ids=pad, labels=torch.tensor([[-100, 0]], device=self.device), attention_mask=torch.ones_like(pad))
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         self._agree_on_batch(batch)
-        if not batch["input_ids"].shape[0]:
+        if not batch.rows:
             # Every sample of this rank's share was skipped. The step is not skipped: the other
             # ranks' samples train and this rank adds a zero gradient (skipping would leave DDP's
             # accumulated gradients unsynchronised and FSDP's collectives unmatched).
@@ -194,13 +156,12 @@ class LMMModule(L.LightningModule):
             return loss
         loss = self(batch).loss
         self._agree_on_loss(loss)
-        lengths = batch.get("sample_lengths") or batch["attention_mask"].sum(dim=1).tolist()  # attention is per sample
-        images = 0 if batch["pixel_values"] is None else batch["pixel_values"].shape[0]
+        lengths = batch.sample_lengths  # attention is per sample
         # Counted here, not at batch end: a checkpoint written at this step's end must include it.
-        self._step_work = (len(lengths), sum(lengths), self.flop_counter.step_flops(lengths, images))
+        self._step_work = (len(lengths), sum(lengths), self.flop_counter.step_flops(lengths, batch.images))
         for key, value in zip(("samples", "tokens", "flops"), self._step_work):
             self.totals[key] += value
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch.rows)
         for group in self.optimizers().param_groups:
             self.log(f"train/lr/{group.get('name', 'all')}", group["lr"], batch_size=1)
         self.log("train/skipped_samples", float(self.skipped_total), batch_size=1)
@@ -219,7 +180,7 @@ class LMMModule(L.LightningModule):
         self._peak_flops = peak_flops(self.device, self.trainer.precision)
         self._last_step_end = time.perf_counter()
 
-    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
         """Account the step that just ended (forward, backward, optimiser): rates per rank × ranks."""
         now = time.perf_counter()
         seconds, self._last_step_end = now - self._last_step_end, now
@@ -288,23 +249,24 @@ class LMMModule(L.LightningModule):
             "model_load_host_bytes": [int(x) for x in loads],  # per rank: peak host memory added by building the model
         }
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._agree_on_batch(batch)
-        if not batch["input_ids"].shape[0]:  # the same forward as the other ranks (FSDP all-gathers), not logged
+        if not batch.rows:  # the same forward as the other ranks (FSDP all-gathers), not logged
             self(self._placeholder_batch(batch))
             return
-        self.log("val/loss", self(batch).loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("val/loss", self(batch).loss, prog_bar=True, batch_size=batch.rows)
 
     def configure_optimizers(self):
         groups = []
         for name in COMPONENTS:  # one group per component: LLaVA's LoRA recipe gives the connector its own lr
             params = [p for p in getattr(self.model, name).parameters() if p.requires_grad]
             if params:
-                groups.append({"params": params, "lr": self.component_lr.get(name, self.lr), "name": name})
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
+                groups.append({"params": params, "lr": self.optim.component_lr.get(name, self.optim.lr), "name": name})
+        optim = self.optim
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
         total = int(self.trainer.max_steps)
         if total <= 0:
             raise ValueError("trainer.max_steps must be set: training streams are infinite (resampled shards)")
-        warmup = max(1, round(self.warmup_ratio * total))
+        warmup = max(1, round(optim.warmup_ratio * total))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

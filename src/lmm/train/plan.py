@@ -10,12 +10,11 @@ the data into optimiser steps (training streams are infinite, so steps are what 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
-
 from omegaconf import DictConfig
+
+from lmm.data.shards import read_manifest
 
 
 def world_size(trainer: DictConfig) -> int:
@@ -52,10 +51,10 @@ def accumulation(global_batch: int | None, per_device: int, world: int, configur
 
 def data_samples(data: DictConfig) -> int | None:
     """Training samples in one epoch of the configured data (natural size × weight), if known."""
-    manifest = Path(data.root) / "manifest.json"
-    if not manifest.exists():
+    manifest = read_manifest(data.root)
+    if manifest is None:
         return None
-    counts = json.loads(manifest.read_text())["counts"]
+    counts = manifest["counts"]
     size = lambda value: sum(value.values()) if isinstance(value, dict) else int(value)  # noqa: E731
     if data.get("sources"):
         return round(sum(size(counts.get(name, 0)) * float((spec or {}).get("weight", 1.0)) for name, spec in data.sources.items()))

@@ -84,7 +84,7 @@ class MLPConnector(Connector):
         super().__init__()
         if depth < 1:
             raise ValueError(f"MLP connector depth must be >= 1, got {depth}")
-        self.dims, self.depth = (vision_dim, llm_dim), depth
+        self.dims, self.depth, self.activation = (vision_dim, llm_dim), depth, activation
         layers: list[nn.Module] = [nn.Linear(vision_dim, llm_dim)]
         for _ in range(depth - 1):
             layers += [ACT2FN[activation], nn.Linear(llm_dim, llm_dim)]

@@ -1,0 +1,77 @@
+"""The evaluation of a model or a run: every configured benchmark, results.json, predictions/.
+
+    evaluate(cfg, model, processor, run_dir)   after training (every rank; rank 0 writes)
+    evaluate_run(cfg)                          task=eval: a finished run (ckpt=RUN_DIR) or an lmm directory
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lmm.config import command_overrides
+from lmm.data.sample import SampleProcessor
+from lmm.eval.answer import is_main_process
+from lmm.factory import LMM_CONFIG, build_run, init_from, load_pretrained
+from lmm.model.lmm import LMM
+from lmm.rundir import PREDICTIONS, read_results, write_results
+
+
+def new_results(cfg: DictConfig, cost: dict | None) -> dict:
+    """results.json's layout: the run, its training cost, then per-benchmark and flat metrics."""
+    return {"name": cfg.name, "overrides": command_overrides(), "cost": cost or {}, "benchmarks": {}, "metrics": {}}
+
+
+def save_results(run_dir: Path, results: dict) -> None:
+    """results.json, written by rank 0 only."""
+    if is_main_process():
+        print(f"[lmm] results written to {write_results(run_dir, results)}")
+
+
+def evaluate(
+    cfg: DictConfig, model: LMM, processor: SampleProcessor, run_dir: Path, device: torch.device | str = "cpu", cost: dict | None = None
+) -> dict:
+    """Run every configured benchmark; write results.json (with the training `cost`, if any) and
+    predictions/<benchmark>.jsonl."""
+    results = new_results(cfg, cost)
+    for name, benchmark_cfg in cfg.eval.benchmarks.items():
+        result = instantiate(benchmark_cfg).run(model, processor, device, out_dir=Path(run_dir) / PREDICTIONS)
+        results["benchmarks"][name] = result
+        results["metrics"].update({f"{name}/{key}": value for key, value in result["metrics"].items()})
+    if is_main_process():
+        print(format_table(results))
+    save_results(run_dir, results)
+    return results
+
+
+def evaluate_run(cfg: DictConfig) -> dict:
+    """task=eval: score a finished run (`ckpt=RUN_DIR`), or an lmm directory (export.format=lmm,
+    lmm.convert_llava), with the configured benchmarks."""
+    if not cfg.get("ckpt"):
+        raise ValueError("task=eval needs ckpt=RUN_DIR (a run directory holding final.safetensors) or an lmm directory")
+    run_dir = Path(cfg.ckpt)
+    if (run_dir / LMM_CONFIG).exists():  # self-describing: its own model config, not this command's
+        model, processor = load_pretrained(run_dir)
+    else:
+        model, processor = build_run(cfg)
+        init_from(model, str(run_dir), ["vision", "connector", "llm"])
+    trained = read_results(run_dir)  # keep the training cost with the new scores
+    return evaluate(cfg, model, processor, Path(cfg.run_dir), cost=trained.get("cost") if trained else None)
+
+
+def format_table(results: dict) -> str:
+    """Markdown tables, one per benchmark: metric | model | baseline (when known) | n."""
+    blocks = []
+    for name, bench in results["benchmarks"].items():
+        lines = [f"{name} (n={bench.get('n', '?')}, {bench.get('wall_s', '?')} s)", "", "| metric | model | baseline | n |", "|---|---:|---:|---:|"]
+        for key, value in bench["metrics"].items():
+            baseline = bench.get("baselines", {}).get(key)
+            n = bench.get("counts", {}).get(key, bench.get("n", ""))
+            lines.append(f"| {key} | {value:.4f} | {'—' if baseline is None else f'{baseline:.4f}'} | {n} |")
+        if bench.get("skipped"):
+            lines.append(f"\n{bench['skipped']} question(s) skipped (see log)")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

@@ -1,0 +1,148 @@
+"""The factory: a model and its sample processor from a config, a finished run or an lmm directory.
+
+    build_run(cfg)          tokenizer + model + the SampleProcessor that matches them
+    build_for_stage(cfg)    the model a training stage starts from (pretrained weights,
+                            stage.init_from, seeded random init; rank 0 alone under FSDP)
+    load_pretrained(path)   a trained model from a run directory or an `export.format=lmm` directory
+
+An lmm directory (written by `task=export export.format=lmm` and `lmm.convert_llava`) is
+self-describing: LMM_CONFIG (the vision / connector / llm config, the template, the max length),
+LMM_WEIGHTS and the tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from lmm.data.image import ImageTransform
+from lmm.data.sample import SampleProcessor
+from lmm.data.tokenizer import load_tokenizer
+from lmm.model.build import build_model
+from lmm.model.lmm import LMM
+from lmm.rundir import FINAL_WEIGHTS, load_saved_config, saved_config_path
+from lmm.train.materialize import parameters_on_meta
+from lmm.train.stage import stage_of
+
+LMM_CONFIG, LMM_WEIGHTS, LMM_TOKENIZER = "config.yaml", "model.safetensors", "tokenizer"
+LMM_FORMAT_VERSION = 1
+MODEL_KEYS = ("vision", "connector", "llm")  # what an lmm directory keeps of a run's config
+
+
+def pretrained_ids(cfg: DictConfig) -> dict[str, str | None]:
+    """The weights each pretrained component names (None: random init from its arch)."""
+    return {"vision": cfg.vision.get("pretrained"), "llm": cfg.llm.model.get("pretrained")}
+
+
+def random_init_components(cfg: DictConfig) -> list[str]:
+    """Components with no pretrained weights: their random init must travel with the connector."""
+    return [component for component, name in pretrained_ids(cfg).items() if not name]
+
+
+def build_run(cfg: DictConfig, load_weights: bool = True) -> tuple[LMM, SampleProcessor]:
+    """Tokenizer, model and the sample processor that matches them."""
+    tokenizer = load_tokenizer(cfg.llm.tokenizer)
+    model = build_model(cfg, image_token_id=tokenizer.convert_tokens_to_ids("<image>"), load_weights=load_weights)
+    vocab = model.llm.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab + 1:  # the image token may lie one past the vocabulary (never embedded)
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LLM embeds only {vocab}; raise llm.model.arch.vocab_size")
+    vision = model.vision
+    transform = ImageTransform(vision.image_size, vision.mean, vision.std, vision.image_aspect, fill=vision.pad_colour)
+    instruction_length = model.connector.max_instruction_length if model.connector.uses_instruction else None
+    processor = SampleProcessor(
+        tokenizer, cfg.stage.template, transform, model.num_image_tokens, cfg.data.max_length, instruction_length
+    )
+    return model, processor
+
+
+def init_weights_path(source: str) -> Path:
+    """A finished run's final.safetensors (or a safetensors file), or a one-line error."""
+    path = Path(source)
+    path = path / FINAL_WEIGHTS if path.is_dir() or not path.suffix else path
+    if not path.exists():
+        raise FileNotFoundError(f"stage.init_from: no {FINAL_WEIGHTS} at {path}; run that stage first (has it finished?)")
+    return path
+
+
+def init_from(model: LMM, source: str, components: list[str]) -> None:
+    """Load `components` from a finished run (its final.safetensors) or a safetensors file,
+    reading only their tensors."""
+    path = init_weights_path(source)
+    with safe_open(str(path), framework="pt") as weights:
+        keys = list(weights.keys())
+        for name in components:
+            prefix = f"{name}."
+            part = {k[len(prefix):]: weights.get_tensor(k) for k in keys if k.startswith(prefix)}
+            missing, unexpected = getattr(model, name).load_state_dict(part, strict=False)
+            if unexpected or (missing and name == "connector"):
+                raise ValueError(f"stage.init_from {path}: {name} does not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    print(f"[lmm] initialised {', '.join(components)} from {path}")
+
+
+def build_for_stage(cfg: DictConfig, sharded: bool, main: bool) -> tuple[LMM, SampleProcessor, dict | None]:
+    """The model a stage starts from: pretrained weights, `stage.init_from` (the connector and
+    random-init parts) and the seeded random init of the rest.
+
+    Sharded (FSDP): every rank builds on the meta device, and rank 0 (`main`) alone builds the real model
+    and returns its full state (the stage applied: LoRA adapters included), which LMMModule
+    broadcasts after sharding. Otherwise the returned model holds its weights and the state is
+    None. Seeded here, so every rebuild (a resumed run, `lmm.checkpoint consolidate`) has the same init."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if not sharded:
+        model, processor = build_run(cfg)
+        if cfg.stage.init_from:
+            init_from(model, cfg.stage.init_from, ["connector", *random_init_components(cfg)])
+        return model, processor, None
+    state = None
+    if main:
+        full, _, _ = build_for_stage(cfg, sharded=False, main=True)
+        state = stage_of(cfg).apply(full).state_dict()
+        del full
+    with parameters_on_meta():
+        model, processor = build_run(cfg, load_weights=False)
+    return model, processor, state
+
+
+def build_trained(cfg: DictConfig, weights: Path, device: str | torch.device = "cpu",
+                  dtype: torch.dtype | None = None) -> tuple[LMM, SampleProcessor]:
+    """The configured model (no pretrained weights read) with a trained weights file loaded, in
+    eval mode. Each part keeps its configured dtype; with `dtype`, the model is built on the meta
+    device and the tensors are read straight to `device` and cast to `dtype` (no second copy)."""
+    if dtype is None:
+        model, processor = build_run(cfg, load_weights=False)
+        model.load_state_dict(load_file(str(weights)))
+        return model.eval().to(device), processor
+    with parameters_on_meta():
+        model, processor = build_run(cfg, load_weights=False)
+    model.load_state_dict(load_file(str(weights), device=str(device)), assign=True)
+    return model.to(device, dtype=dtype).eval(), processor
+
+
+def run_config(run_dir: Path, fallback: DictConfig) -> DictConfig:
+    """The config the run was trained with (Hydra saves it), else the command's; relative data
+    paths resolve as in this command."""
+    cfg = load_saved_config(run_dir)
+    if cfg is None:
+        return fallback
+    cfg.paths = fallback.paths
+    return cfg
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> tuple[LMM, SampleProcessor]:
+    """(model, processor) from an `export.format=lmm` directory or a finished run directory; no Hydra app needed."""
+    path = Path(path)
+    if (path / LMM_CONFIG).exists():
+        cfg = OmegaConf.load(path / LMM_CONFIG)
+        cfg.llm.tokenizer = str(path / cfg.llm.tokenizer)
+        weights = path / LMM_WEIGHTS
+    elif saved_config_path(path).exists() and (path / FINAL_WEIGHTS).exists():
+        cfg, weights = load_saved_config(path), path / FINAL_WEIGHTS
+    else:
+        raise FileNotFoundError(f"{path} is neither an lmm export ({LMM_CONFIG} + {LMM_WEIGHTS}) nor a finished run "
+                                f"(.hydra/config.yaml + {FINAL_WEIGHTS})")
+    return build_trained(cfg, weights, device)
