@@ -2,7 +2,6 @@
 expansion on every path that opens or writes shards; the converter stays under --images."""
 
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image

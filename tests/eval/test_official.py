@@ -11,7 +11,7 @@ from PIL import Image
 
 from lmm.data.image import ImageTransform
 from lmm.data.sample import SampleProcessor
-from lmm.eval import answer, official
+from lmm.eval import answer
 from lmm.eval.official import GQA, MME, POPE, VQAv2, MMBench, RefCOCO, ScienceQAImg, SEEDBench, TextVQA, VizWiz
 
 

@@ -52,6 +52,28 @@ def config(data_root: Path, overrides: list[str]):
                            "data.sources.sharegpt.weight=3", *overrides], data_root)
 
 
+class InjectOnRankOne(L.Callback):
+    """Turns rank 1's batch at STOP_AT into a divergent one, in place and before SkipAccounting
+    sees it (so the skip accounting and the training step both get the divergent batch)."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if not module._trigger():
+            return
+        module.triggered_at = time.time()
+        if module.stop == "skip_rate":  # rank 1 alone saw a corrupt sample
+            changed = batch.replace(seen=batch.seen + 1, skipped={"image": 1}, skip_details=["bad.jpg: image: truncated"])
+        elif module.stop == "all_skipped":  # every sample of rank 1's share was unusable
+            changed = Collator(0)([Skip(f"bad{i}", "image: truncated") for i in range(batch.seen)])
+        elif module.stop == "placeholders":
+            ids = batch.input_ids.clone()
+            ids[0, -1] = module.model.image_token_id
+            changed = batch.replace(input_ids=ids)
+        else:
+            return
+        for f in dataclasses.fields(batch):
+            setattr(batch, f.name, getattr(changed, f.name))
+
+
 class RecordingModule(LMMModule):
     def __init__(self, *args, stop: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -59,20 +81,13 @@ class RecordingModule(LMMModule):
         self.images: list[bool] = []
         self.stop, self.triggered_at = stop, None
 
+    def configure_callbacks(self):
+        return [InjectOnRankOne(), *super().configure_callbacks()]
+
     def _trigger(self) -> bool:
         return self.stop is not None and self.global_rank == 1 and self.trainer.global_step == STOP_AT
 
     def training_step(self, batch, batch_idx):
-        if self._trigger():
-            self.triggered_at = time.time()
-            if self.stop == "skip_rate":  # rank 1 alone saw a corrupt sample
-                batch = batch.replace(seen=batch.seen + 1, skipped={"image": 1}, skip_details=["bad.jpg: image: truncated"])
-            elif self.stop == "all_skipped":  # every sample of rank 1's share was unusable
-                batch = Collator(0)([Skip(f"bad{i}", "image: truncated") for i in range(batch.seen)])
-            elif self.stop == "placeholders":
-                ids = batch.input_ids.clone()
-                ids[0, -1] = self.model.image_token_id
-                batch = batch.replace(input_ids=ids)
         loss = super().training_step(batch, batch_idx)
         self.losses.append(float(loss.detach()))
         self.images.append(batch.pixel_values is not None)

@@ -124,10 +124,11 @@ def test_every_collective_gets_tensors_on_the_module_device(model):
     module._trainer = FakeTrainer()
     batch = Batch(input_ids=torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]]), seen=2, skipped={"image": 1})
     loss = torch.tensor(1.5)
+    trainer = FakeTrainer()
     with torch.device("meta"):
-        module._agree_on_batch(batch)
+        module.skips.on_train_batch_start(trainer, module, batch, 0)
         module._agree_on_loss(loss)
-        module.cost_summary()
+        module.throughput.cost_summary(trainer, module)
     assert len(FakeTrainer.strategy.devices) == 4  # batch facts, loss finiteness, cost totals, model-load memory
     assert set(FakeTrainer.strategy.devices) == {module.device}
-    assert (module.seen_total, module.skipped_total) == (2, 1)
+    assert (module.skips.seen_total, module.skips.skipped_total) == (2, 1)

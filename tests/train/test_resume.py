@@ -91,7 +91,7 @@ def test_resume_restores_every_random_state(data_root, tmp_path):
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.losses.append(float(outputs["loss"]))
-            self.seen = module.seen_total
+            self.seen = module.skips.seen_total
             if trainer.global_step == self.stop_at:
                 trainer.should_stop = True
 

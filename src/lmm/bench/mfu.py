@@ -76,7 +76,7 @@ def measure(cfg, batch_size: int, steps: int, checkpointing: bool, compiled: boo
         torch.cuda.reset_peak_memory_stats()
     trainer.fit(module, DataLoader(data, batch_size=None))
     seconds = (timer.marks[-1] - timer.marks[WARMUP - 1]) / (steps - WARMUP)
-    flops = module.flop_counter.step_flops([sequence] * batch_size, batch_size)
+    flops = module.throughput.flop_counter.step_flops([sequence] * batch_size, batch_size)
     peak = peak_flops(torch.device("cuda"), "bf16-mixed") if gpu else None
     return {"activation_checkpointing": checkpointing, "compile": compiled, "step_s": round(seconds, 4),
             "tokens_per_s": round(batch_size * sequence / seconds, 1), "tflops_per_s": round(flops / seconds / 1e12, 4),

@@ -21,7 +21,6 @@ from lmm.model.lmm import LMM
 from lmm.rundir import (CHECKPOINTS, FINAL_WEIGHTS, IDENTITY, STATUS, TENSORBOARD, RunLock, claim_identity, finished,
                         first_process, read_results, set_status)
 from lmm.save import save_weights
-from lmm.train.agree import AgreedStop
 from lmm.train.materialize import host_memory, parameters_on_meta, reset_peak_host_memory
 from lmm.train.module import LMMModule
 from lmm.train.plan import BatchPlan, batch_plan
@@ -169,13 +168,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     if last is not None:
         print(f"[lmm] resuming from {last}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last else None)
-    cost = module.cost_summary()  # a collective: every rank takes part
-    check_trained(module, cost)  # world totals: every rank decides alike
+    cost = module.throughput.cost_summary(trainer, module)  # a collective: every rank takes part
+    module.skips.check_run(cost["tokens_seen"])  # world totals: every rank decides alike, before anything is written
     model = final_model(cfg, stage, module, trainer, run_dir / FINAL_WEIGHTS)  # also a collective under FSDP
     main = trainer.global_rank == 0
     if main:
         print(f"[lmm] trained {trainer.global_step} steps; weights in {run_dir / FINAL_WEIGHTS}")
-        print(f"[lmm] samples seen {module.seen_total}, skipped {module.skipped_total} {dict(module.skipped)}")
+        print(f"[lmm] samples seen {module.skips.seen_total}, skipped {module.skips.skipped_total} {dict(module.skips.skipped)}")
         print(f"[lmm] cost: {cost['tokens_seen']:,d} tokens, {cost['flops']:.3g} FLOPs, {cost['train_wall_s']:.1f} s training")
     if not evaluates:
         results = new_results(cfg, cost)
@@ -184,19 +183,6 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     # Every rank evaluates (benchmarks split their questions across ranks); rank 0 writes.
     results = evaluate(cfg, model, processor, run_dir, device=module.device, cost=cost)
     return results if main else None
-
-
-def check_trained(module: LMMModule, cost: dict) -> None:
-    """A run that trained on no tokens, or skipped more than data.max_skip_rate of its samples
-    (checked during training only after data.skip_check_after samples), did not happen: it fails
-    before any weights or results are written."""
-    seen, skipped = module.seen_total, module.skipped_total
-    if not cost["tokens_seen"]:
-        raise AgreedStop(f"trained on no tokens: {skipped} of {seen} samples were skipped (see the skipped lines above; "
-                         "e.g. data.max_length too small for the image tokens, or unreadable data)")
-    if seen and skipped / seen > module.max_skip_rate:
-        raise AgreedStop(f"{skipped} of {seen} samples skipped ({skipped / seen:.1%} > data.max_skip_rate="
-                         f"{module.max_skip_rate:.1%}) over the whole run; fix the data or raise data.max_skip_rate")
 
 
 def final_model(cfg: DictConfig, stage: Stage, module: LMMModule, trainer: L.Trainer, path: Path) -> LMM:
