@@ -21,6 +21,10 @@ class ConversationError(ValueError):
     """A conversation that cannot be rendered (bad roles, wrong length, too long)."""
 
 
+class ConversationTooLong(ConversationError):
+    """More tokens than max_length: trailing exchanges can be dropped to fit."""
+
+
 @dataclass(frozen=True)
 class Template:
     """A chat format as format strings (`{content}` / `{system}` mark where text goes).
@@ -231,5 +235,5 @@ def encode(
         ids.append(token_id)
         labels.append(token_id if trained else IGNORE_INDEX)
     if max_length is not None and len(ids) > max_length:
-        raise ConversationError(f"conversation is {len(ids)} tokens, longer than max_length={max_length}")
+        raise ConversationTooLong(f"conversation is {len(ids)} tokens, longer than max_length={max_length}")
     return Encoded(ids, labels, num_images)

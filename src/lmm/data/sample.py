@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmm.data.conversation import IMAGE_TOKEN, ConversationError, encode
+from lmm.data.conversation import IMAGE_TOKEN, ConversationError, ConversationTooLong, encode
 from lmm.data.image import ImageError, ImageTransform
 from lmm.data.shards import ERROR_KEY
 from lmm.data.sources import strip_format_prompts
@@ -103,9 +103,9 @@ class SampleProcessor:
                     self.tokenizer, self.template, turns, self.image_tokens, self.image_token_id,
                     max_length=self.max_length, generation_prompt=generation_prompt,
                 ), dropped
-            except ConversationError as e:
+            except ConversationTooLong:
                 # Drop the last exchange, but never the first (it carries the image).
-                if "longer than max_length" not in str(e) or len(turns) <= (1 if generation_prompt else 2):
+                if len(turns) <= (1 if generation_prompt else 2):
                     raise
                 turns, dropped = turns[:-2], dropped + 2
 

@@ -35,9 +35,12 @@ PEAK_BF16_FLOPS = [
 ]
 
 
+SIXTEEN_BIT = ("16-mixed", "bf16-mixed", "16-true", "bf16-true")  # Lightning's precision names
+
+
 def peak_flops(device: torch.device, precision: str) -> float | None:
     """The device's bf16 peak when training in 16-bit precision on a known GPU, else None."""
-    if device.type != "cuda" or "16" not in str(precision):
+    if device.type != "cuda" or str(precision) not in SIXTEEN_BIT:
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
