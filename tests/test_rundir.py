@@ -115,3 +115,26 @@ def test_a_user_error_ends_in_one_line(data_root, tmp_path):
     assert "[lmm] ValueError: data.batch_size=0: must be a number >= 1" in log  # the run directory explains itself
     full = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert "Traceback" in full.stderr and "data.batch_size=0" in full.stderr
+
+
+def test_a_saved_config_resolves_its_hydra_references_outside_hydra(tmp_path):
+    """A recipe's stage.init_from names the pretrain run through ${hydra:job.override_dirname};
+    read back from the run directory (consolidate, export, load_pretrained) it resolves to what
+    it meant when the run started, with no Hydra app around."""
+    from omegaconf import OmegaConf
+
+    from lmm.rundir import load_saved_config
+
+    hydra = tmp_path / "run" / ".hydra"
+    hydra.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({
+        "paths": {"runs": "/runs"}, "pretrain_name": "llava15_7b_pretrain", "run_dir": "${hydra:runtime.output_dir}",
+        "stage": {"init_from": "${paths.runs}/${pretrain_name}/${run_id:${hydra:job.override_dirname}}"},
+    }), hydra / "config.yaml")
+    (hydra / "hydra.yaml").write_text("hydra:\n  runtime:\n    output_dir: /runs/llava15_7b/connector=mlp,seed=1\n"
+                                      "  job:\n    name: run\n    override_dirname: connector=mlp,seed=1\n"
+                                      "    log: ${hydra.runtime.output_dir}/${hydra.job.name}.log\n")
+    cfg = load_saved_config(tmp_path / "run")
+    assert cfg.stage.init_from == "/runs/llava15_7b_pretrain/connector=mlp,seed=1"
+    assert cfg.run_dir == "/runs/llava15_7b/connector=mlp,seed=1"
+    assert cfg.saved_hydra.job.log == "/runs/llava15_7b/connector=mlp,seed=1/run.log"

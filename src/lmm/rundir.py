@@ -171,15 +171,39 @@ def saved_config_path(run_dir: Path) -> Path:
     return Path(run_dir) / HYDRA_DIR / "config.yaml"
 
 
+SAVED_HYDRA = "saved_hydra"  # where load_saved_config puts the run's own Hydra settings
+
+
 def load_saved_config(run_dir: Path) -> DictConfig | None:
-    """The config the run was trained with (its resolvers registered), or None if Hydra saved none."""
+    """The config the run was trained with (its resolvers registered), or None if Hydra saved none.
+
+    Hydra saves the config unresolved, and `${hydra:...}` (e.g. a recipe's `stage.init_from`,
+    which names the pretrain run by this run's overrides) only resolves inside the Hydra app
+    that ran it. Here those references point at the run's own .hydra/hydra.yaml instead, so
+    they resolve in any process to what they meant when the run started."""
     from lmm.config import register_resolvers
 
     path = saved_config_path(run_dir)
     if not path.exists():
         return None
     register_resolvers()
-    return OmegaConf.load(path)
+    cfg = OmegaConf.load(path)
+    hydra = saved_hydra_config(run_dir)
+    if hydra is None:
+        return cfg
+    cfg = OmegaConf.create(_point_at_saved_hydra(OmegaConf.to_container(cfg, resolve=False)))
+    cfg[SAVED_HYDRA] = _point_at_saved_hydra(OmegaConf.to_container(hydra, resolve=False))
+    return cfg
+
+
+def _point_at_saved_hydra(value):
+    if isinstance(value, dict):
+        return {k: _point_at_saved_hydra(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_point_at_saved_hydra(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    return value.replace("${hydra:", "${" + SAVED_HYDRA + ".").replace("${hydra.", "${" + SAVED_HYDRA + ".")
 
 
 def saved_overrides(run_dir: Path) -> list[str] | None:
