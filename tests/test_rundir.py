@@ -138,3 +138,16 @@ def test_a_saved_config_resolves_its_hydra_references_outside_hydra(tmp_path):
     assert cfg.stage.init_from == "/runs/llava15_7b_pretrain/connector=mlp,seed=1"
     assert cfg.run_dir == "/runs/llava15_7b/connector=mlp,seed=1"
     assert cfg.saved_hydra.job.log == "/runs/llava15_7b/connector=mlp,seed=1/run.log"
+
+
+def test_saved_overrides_are_read_as_written(tmp_path):
+    """An override may hold ${...} text (a path built from paths.runs): it is read back as the
+    string it was, never resolved (ablate groups runs by these strings)."""
+    import yaml
+
+    from lmm.rundir import saved_overrides
+
+    (tmp_path / ".hydra").mkdir()
+    written = ["stage.init_from=${paths.runs}/pretrain/default", "seed=1"]
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(written))
+    assert saved_overrides(tmp_path) == written

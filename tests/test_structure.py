@@ -92,8 +92,9 @@ def check_all_alone() -> None:
                   "webdataset", "torchmetrics", "accelerate", "PIL.Image"):
         importlib.import_module(heavy)  # third-party imports shared by the forks: each child loads only lmm
 
+    names = module_names()
     context = multiprocessing.get_context("fork")
     with context.Pool(2, maxtasksperchild=1) as pool:  # one module per forked child
-        failures = {name: error for name, error in zip(module_names(), pool.map(_import_alone, module_names(), chunksize=1)) if error}
+        failures = {name: error for name, error in zip(names, pool.map(_import_alone, names, chunksize=1)) if error}
     assert not failures, "\n".join(f"{name}:\n{error}" for name, error in failures.items())
-    print(f"imported alone: {len(module_names())} modules")
+    print(f"imported alone: {len(names)} modules")

@@ -27,6 +27,7 @@ import socket
 import time
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 LOCK, IDENTITY, STATUS, RUN_LOG = "run.lock", "run.json", "status.json", "run.log"
@@ -208,8 +209,8 @@ def _point_at_saved_hydra(value):
 
 def saved_overrides(run_dir: Path) -> list[str] | None:
     """The command-line overrides the run was launched with, or None if it has no .hydra/."""
-    path = Path(run_dir) / HYDRA_DIR / "overrides.yaml"
-    return list(OmegaConf.load(path) or []) if path.exists() else None
+    path = Path(run_dir) / HYDRA_DIR / "overrides.yaml"  # plain strings: an override may hold ${...} text
+    return list(yaml.safe_load(path.read_text()) or []) if path.exists() else None
 
 
 def saved_hydra_config(run_dir: Path) -> DictConfig | None:

@@ -70,13 +70,10 @@ class SyntheticBenchmark:
                 questions.append((sample, question, meta))
         return questions, descriptions, skipped
 
-    def _loader(self, items: list[Example], pad_token_id: int, padding_side: str) -> DataLoader:
-        return DataLoader(items, batch_size=self.batch_size, collate_fn=Collator(pad_token_id, padding_side))
-
     def _description_loss(self, model: LMM, descriptions: list[Example], pad_token_id: int, device) -> MeanMetric:
         """Teacher-forced loss of the description answers, weighted by their token counts."""
         description_loss = MeanMetric()
-        for batch in self._loader(descriptions, pad_token_id, "right"):
+        for batch in DataLoader(descriptions, batch_size=self.batch_size, collate_fn=Collator(pad_token_id)):
             batch = batch.to(device)
             out = model(**batch.model_inputs())
             description_loss.update(out.loss.cpu(), weight=int((batch.labels[:, 1:] != -100).sum()))

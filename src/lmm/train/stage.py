@@ -95,7 +95,5 @@ def stage_of(cfg: DictConfig) -> Stage:
     `init_from` is None where it cannot be resolved: an experiment's path to its pretrain run
     names Hydra's run directory, unknown outside a Hydra app (task=describe of a recipe)."""
     init_from = OmegaConf.select(cfg, "stage.init_from", throw_on_resolution_failure=False)
-    if "_target_" in cfg.stage:
-        return instantiate(cfg.stage, _convert_="all", init_from=init_from)
-    options = {k: OmegaConf.select(cfg.stage, k) for k in cfg.stage if k != "init_from"}
-    return Stage(**OmegaConf.to_container(OmegaConf.create(options), resolve=True), init_from=init_from)
+    target = cfg.stage.get("_target_", f"{Stage.__module__}.{Stage.__qualname__}")
+    return instantiate(cfg.stage, _target_=target, _convert_="all", init_from=init_from)
