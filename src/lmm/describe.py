@@ -94,7 +94,8 @@ def describe_stage(cfg: DictConfig, model=None) -> dict:
            "devices": plan.world, "steps": plan.max_steps}
     if isinstance(instantiate(cfg.strategy), FSDP2Strategy):
         memory = fsdp_memory_estimate(model, cfg, plan.world)
-        print(f"  FSDP memory per GPU (estimate, every sequence at data.max_length={cfg.data.max_length}): {memory['total'] / GIB:.1f} GiB = "
-              + " + ".join(f"{kind} {value / GIB:.1f}" for kind, value in memory.items() if kind != "total"))
+        print(f"  FSDP memory per GPU (estimate, every sequence at data.max_length={cfg.data.max_length}): {memory['total'] / GIB:.1f} GiB at the peak of "
+              + ", ".join(f"{kind} {value / GIB:.1f}" for kind, value in memory.items() if kind != "total"))
+        print("  (python run.py ... task=simulate measures it on fake tensors, with the step time over 8-512 GPUs)")
         out["memory_per_gpu_bytes"] = memory
     return out

@@ -26,9 +26,10 @@ def run_task(cfg: DictConfig):
     from lmm.describe import describe
     from lmm.export import export
     from lmm.eval.evaluate import evaluate_run
+    from lmm.simulate.task import simulate
     from lmm.train.train import train
 
-    tasks = {"train": train, "describe": describe, "eval": evaluate_run, "export": export}
+    tasks = {"train": train, "describe": describe, "eval": evaluate_run, "export": export, "simulate": simulate}
     with copied_to(log_path(cfg)):  # the [lmm] lines, errors included, also go to RUN_DIR/run.log
         try:
             check_top_level_keys(cfg)

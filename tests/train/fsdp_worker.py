@@ -78,6 +78,19 @@ def single_process(workdir: Path) -> list[float]:
     return [(a + b) / 2 for a, b in zip(losses[::2], losses[1::2])]
 
 
+class StateBytes(L.Callback):
+    """This rank's parameter, gradient and AdamW-state bytes just before each optimizer step
+    (the last one is kept): what lmm.simulate predicts for the same config."""
+
+    def __init__(self):
+        self.bytes: dict[str, int] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        from lmm.simulate.fake_step import state_bytes
+
+        self.bytes = state_bytes(pl_module.model, optimizer)
+
+
 class StopAt(L.Callback):
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == STOP_AT:
@@ -92,7 +105,8 @@ def fsdp(workdir: Path) -> None:
     first = module(workdir)
     trainer(strategy(), [checkpoints(), StopAt()], devices=2).fit(first, DataLoader(StepBatches(batches, 0, [rank]), batch_size=None))
     second = module(workdir)
-    resumed = trainer(strategy(), [checkpoints()], devices=2)
+    measured = StateBytes()
+    resumed = trainer(strategy(), [checkpoints(), measured], devices=2)
     resumed.fit(second, DataLoader(StepBatches(batches, STOP_AT, [rank]), batch_size=None),
                 ckpt_path=str(workdir / "checkpoints" / "last.ckpt"))
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -100,6 +114,7 @@ def fsdp(workdir: Path) -> None:
     state = get_model_state_dict(second.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     losses = [loss for _, loss in first.losses + second.losses]
     (workdir / f"losses_rank{rank}.json").write_text(json.dumps(losses))
+    (workdir / f"state_bytes_rank{rank}.json").write_text(json.dumps(measured.bytes))
     if rank == 0:
         save_file({k: v.contiguous() for k, v in state.items()}, str(workdir / "final.safetensors"))
 

@@ -49,6 +49,15 @@ def test_fsdp_matches_one_process_resumes_and_consolidates(workdir):
     # Steps 1-3 before the sharded checkpoint, 4-6 after resuming from it.
     assert sharded == pytest.approx(reference, rel=1e-4, abs=1e-5)
     assert reference[-1] < reference[0]  # it learns
+    # The simulation of the same config on a fake world of 2 allocates what the real ranks did.
+    from lmm.simulate.fake_step import simulate_step
+
+    real = json.loads((workdir / "state_bytes_rank0.json").read_text())
+    cfg = compose_config(["strategy=fsdp", "strategy.param_dtype=float32", "strategy.reduce_dtype=float32"])
+    simulated = simulate_step(cfg, world=2, per_device_batch=4, sample_lengths=[int(cfg.data.max_length)],
+                              activation_checkpointing=False, accumulating=False)
+    assert real["parameters"] > 0 and real["gradients"] > 0 and real["optimizer"] > 2 * real["gradients"]
+    assert (simulated.parameters, simulated.gradients, simulated.optimizer) == (real["parameters"], real["gradients"], real["optimizer"])
     last = workdir / "checkpoints" / "last.ckpt"
     assert last.is_dir() and is_complete(last) and not (workdir / "checkpoints" / "last.ckpt.partial").exists()
     merged = load_file(str(consolidate(workdir)))  # no run config here: the trained parameters alone

@@ -25,6 +25,9 @@ class LMM(nn.Module):
         super().__init__()
         self.vision, self.connector, self.llm = vision, connector, llm
         self.image_token_id = image_token_id
+        # Counting placeholders reads a value from the batch; lmm.simulate runs on fake tensors,
+        # which have no values, and builds its batches with the right count by construction.
+        self.check_placeholders = True
 
     @property
     def num_image_tokens(self) -> int:
@@ -82,7 +85,7 @@ class LMM(nn.Module):
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))  # [B, T, D]
         num_images = 0 if pixels is None else pixels.shape[0]
         expected = num_images * self.num_image_tokens
-        if int(image_mask.sum()) != expected:
+        if self.check_placeholders and int(image_mask.sum()) != expected:
             raise ValueError(
                 f"batch has {int(image_mask.sum())} image placeholder ids but {num_images} images × "
                 f"{self.num_image_tokens} tokens = {expected}: the tokenizer's image_tokens must equal "

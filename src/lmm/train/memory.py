@@ -3,13 +3,15 @@
 Sharded over the data-parallel ranks: parameters (trainable ones in their load dtype, frozen ones
 in the compute dtype, as lmm.train.strategy holds them), gradients and AdamW's
 two moments for the trainable ones. Not sharded: the all-gathered parameters of the largest
-FSDP unit in compute dtype (×2: the next unit is prefetched), and the activations. Activations
-follow Korthikanti et al. (2022) for a decoder layer, 34·s·b·h bytes in 16-bit,
-or only the 2·s·b·h-byte layer input under activation checkpointing (plus one layer being
-recomputed), and the fp32 logits with their gradient, 2·4·s·b·V. The attention-score term
-(5·a·s/h) is left out: SDPA's flash and memory-efficient kernels never store the s×s matrix.
-Worst case: every sequence at data.max_length (LLaVA's pretrain samples are ~650 tokens, so
-the real need is far lower). For planning only; the measurement is peak_memory_bytes in
+FSDP unit in compute dtype (×2: the next unit is prefetched), and the activations. A decoder
+layer keeps 26·s·b·h + 8·s·b·i bytes for its backward (h: width, i: MLP width; SwiGLU's gate,
+up, activation and product are the 8·s·b·i, and the rest, Llama's fp32 RMSNorm upcasts
+included, was measured with lmm.simulate on Vicuna-13B, where Korthikanti et al.'s GPT figure
+of 34·s·b·h falls 30% short), a frozen one (LLaVA's pretrain) 20·s·b·h + 6·s·b·i; under activation checkpointing only its 2·s·b·h-byte input
+(plus one layer being recomputed). The fp32 logits with their gradient are 2·4·s·b·V. SDPA's
+kernels never store the s×s score matrix. Worst case: every sequence at data.max_length
+(LLaVA's pretrain samples are ~650 tokens, so the real need is far lower). For planning only:
+`task=simulate` measures the step on fake tensors, and training records peak_memory_bytes in
 results.json.
 """
 
@@ -33,8 +35,11 @@ def fsdp_memory_estimate(model: LMM, cfg: DictConfig, world: int) -> dict[str, f
                        [sum(p.numel() for p in block.parameters()) for block in model.vision.blocks()])
     config = model.llm.config
     s, b, h, n_layers = int(cfg.data.max_length), int(cfg.data.batch_size), config.hidden_size, len(layers)
-    full_layer = 34 * s * b * h
-    gradients_flow = any(p.requires_grad for p in [*model.connector.parameters(), *model.llm.parameters()])
+    i = config.intermediate_size
+    llm_trains = any(p.requires_grad for p in model.llm.parameters())
+    # A frozen layer's linears need no saved inputs (their weights get no gradient): 6·h + 2·i fewer.
+    full_layer = (26 * h + 8 * i if llm_trains else 20 * h + 6 * i) * s * b
+    gradients_flow = llm_trains or any(p.requires_grad for p in model.connector.parameters())
     if not gradients_flow:
         activations = full_layer  # nothing to keep for a backward
     elif cfg.get("activation_checkpointing"):
@@ -50,5 +55,19 @@ def fsdp_memory_estimate(model: LMM, cfg: DictConfig, world: int) -> dict[str, f
         "activations": activations,
         "logits + gradient (fp32)": 2 * 4 * s * b * config.vocab_size,
     }
-    estimate["total"] = sum(estimate.values())
+    # Peak: the forward's end (activations and logits live), or the backward's (the gradients
+    # arrive as the activations are freed); under gradient accumulation the sharded gradients
+    # stay live through every forward. lmm.simulate measures the same on fake tensors (tested).
+    live = estimate["activations"] + estimate["logits + gradient (fp32)"]
+    gradients = estimate["gradients (sharded)"]
+    accumulating = accumulation_steps(cfg, world) > 1
+    estimate["total"] = (estimate["parameters (sharded)"] + estimate["AdamW moments (sharded)"]
+                         + estimate["gathered units (×2 prefetch)"] + (live + gradients if accumulating else max(live, gradients)))
     return estimate
+
+
+def accumulation_steps(cfg: DictConfig, world: int) -> int:
+    from lmm.train.plan import accumulation
+
+    return accumulation(cfg.stage.get("global_batch_size"), int(cfg.data.batch_size), world,
+                        int(cfg.trainer.get("accumulate_grad_batches", 1)))

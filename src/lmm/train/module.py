@@ -162,14 +162,19 @@ class LMMModule(L.LightningModule):
             return
         self.log("val/loss", self(batch).loss, prog_bar=True, batch_size=batch.rows)
 
-    def configure_optimizers(self):
+    def optimizer(self) -> torch.optim.AdamW:
+        """AdamW over the trainable parameters (as sharded, if they are), one group per component:
+        LLaVA's LoRA recipe gives the connector its own lr. lmm.simulate builds the same one."""
         groups = []
-        for name in COMPONENTS:  # one group per component: LLaVA's LoRA recipe gives the connector its own lr
+        for name in COMPONENTS:
             params = [p for p in getattr(self.model, name).parameters() if p.requires_grad]
             if params:
                 groups.append({"params": params, "lr": self.optim.component_lr.get(name, self.optim.lr), "name": name})
         optim = self.optim
-        optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
+        return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas)
+
+    def configure_optimizers(self):
+        optimizer, optim = self.optimizer(), self.optim
         total = int(self.trainer.max_steps)
         if total <= 0:
             raise ValueError("trainer.max_steps must be set: training streams are infinite (resampled shards)")
