@@ -117,6 +117,7 @@ scale-out: install
 	  $(PY) run.py experiment=$$e task=simulate trainer.devices=8 simulate.gpu_memory_gib=40 simulate.world_sizes=[8,64,512] simulate.out=docs/scale_out/$$e || exit 1; done
 	$(PY) run.py experiment=llava15_13b task=simulate trainer.devices=8 stage.global_batch_size=1024 simulate.world_sizes=[8,64,512] \
 	  simulate.out=docs/scale_out/llava15_13b_global1024
+	$(PY) -m lmm.simulate.docs docs/scale_out.md $(addprefix docs/scale_out/,$(SCALE_OUT_RUNS)) docs/scale_out/llava15_13b_global1024
 
 lock: install
 	{ head -n 2 requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch==|torchvision==|nvidia-|triton==|cuda-)'; } > requirements.lock.new

@@ -113,3 +113,20 @@ def test_bad_input_gets_one_line(overrides, message):
         simulate(compose_config([*base, *overrides]))
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not torch.distributed.is_initialized()  # nothing left behind
+
+
+def test_docs_section_is_written_between_its_markers(tmp_path):
+    from lmm.simulate.docs import BEGIN, END, write_section
+
+    run = tmp_path / "docs" / "scale_out" / "llava15_13b"
+    run.mkdir(parents=True)
+    (run / SIMULATION_TABLES).write_text("| a | b |\n")
+    page = tmp_path / "docs" / "page.md"
+    page.write_text(f"intro\n{BEGIN}\nold tables\n{END}\noutro\n")
+    write_section(page, [run])
+    text = page.read_text()
+    assert text.startswith("intro\n") and text.endswith("\noutro\n") and "old tables" not in text
+    assert "### llava15_13b" in text and "| a | b |" in text and f"(scale_out/llava15_13b/{SCALING_PLOT})" in text
+    page.write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        write_section(page, [run])

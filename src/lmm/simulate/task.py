@@ -124,10 +124,12 @@ def plot(points: list[ScalePoint], title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (time_ax, eff_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for gpu in dict.fromkeys(p.gpu for p in points):
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "d")]  # GPUs with equal figures (A100 40/80G) stay visible
+    for index, gpu in enumerate(dict.fromkeys(p.gpu for p in points)):
         rows = [p for p in points if p.gpu == gpu and p.step_s is not None]
-        time_ax.plot([p.world for p in rows], [p.step_s for p in rows], marker="o", label=gpu)
-        eff_ax.plot([p.world for p in rows], [p.efficiency for p in rows], marker="o", label=gpu)
+        line, marker = styles[index % len(styles)]
+        for ax, values in ((time_ax, [p.step_s for p in rows]), (eff_ax, [p.efficiency for p in rows])):
+            ax.plot([p.world for p in rows], values, linestyle=line, marker=marker, label=gpu)
     for ax, label in ((time_ax, "step time (s)"), (eff_ax, "scaling efficiency")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("GPUs")
