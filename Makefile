@@ -90,7 +90,7 @@ ablate: install data
 	$(PY) run.py -m experiment=ablate_connectors trainer.enable_progress_bar=false
 	$(PY) -m lmm.ablate experiments/runs/ablate_connectors --out experiments/results/ablate_connectors \
 		--metrics synthetic/vqa/exact_match,synthetic/ocr/exact_match,synthetic/region/caption_exact_match,synthetic/region/grounding_acc_iou50,synthetic/description/loss \
-		--order linear mlp qformer_tiny resampler_tiny \
+		--order linear mlp qformer_tiny resampler_tiny --baseline linear \
 		--rename synthetic/vqa/exact_match="VQA EM" synthetic/ocr/exact_match="OCR EM" \
 		synthetic/region/caption_exact_match="region caption EM" synthetic/region/grounding_acc_iou50="grounding Acc@0.5" \
 		synthetic/description/loss="description loss"

@@ -1,4 +1,5 @@
-"""Fake sweeps in Hydra's layout become exact tables: mean ± std over seeds, n, footnotes, bold."""
+"""Fake sweeps in Hydra's layout become exact tables: means with 95% intervals over seeds, paired
+comparisons, n, footnotes, bold, the generated summary."""
 
 import json
 
@@ -6,7 +7,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from lmm.ablate import RecipeSpec, build_table, csv_text, find_runs, latex, main, markdown
+from lmm.ablate import RecipeSpec, build_table, csv_text, find_runs, latex, main, markdown, summary
 from tests.conftest import CONF, compose_config
 
 
@@ -43,16 +44,27 @@ def test_markdown_exact(tmp_path):
     assert markdown(table, decimals=2) == (
         "| connector | n | acc | loss |\n"
         "|---|---:|---:|---:|\n"
-        "| linear | 3 | 0.60 ± 0.10 | **1.80 ± 0.20** |\n"
-        "| mlp | 3 | **0.85 ± 0.07** | 1.50 (n=1) |\n"  # one of its 2 finished seeds has a loss: shown with n, not bold
-        "| qformer | 2 | 0.43 ± 0.04 | 2.45 ± 0.07 |\n"
+        "| linear | 3 | 0.60 [0.35, 0.85] | **1.80 [1.30, 2.30]** |\n"  # t intervals: 0.6 ± 4.30 · 0.1/√3
+        # one of its 2 finished seeds has a loss: shown with n, not bold; acc +0.3 on both paired seeds: shown (†)
+        "| mlp | 3 | **0.85 [0.21, 1.49]**† | 1.50 (n=1) |\n"
+        "| qformer | 2 | 0.43 [0.11, 0.74] | 2.45 [1.81, 3.09] |\n"
         "\n"
         "- connector=mlp: run 5 failed\n"
         "- connector=qformer: 2 run(s), fewer than the 3 of other rows\n"
         "\n"
-        "Mean ± sample std over seeds; n = runs per row (a cell's own n when fewer of them have the metric; "
-        "such cells are never bold); best per column in bold; — = no value.\n"
+        "Mean over seeds [95% interval: t over seeds]; † = differs from linear (paired by seed and by question where both are known, "
+        "Holm-corrected p < 0.05 across the table; every comparison in ablation_summary.md); n = runs per row (a cell's own n "
+        "when fewer of them have the metric; such cells are never bold); best per column in bold; — = no value. "
+        "Method: lmm.stats (docs/ablations.md).\n"
     )
+    # Paired t-tests over the common seeds, Holm across the three: qformer's acc −0.125 ± 0.035 on
+    # 2 seeds (raw p 0.126), its loss +0.55 ± 0.07 (raw p 0.058, ×2 = 0.12).
+    assert summary(table, decimals=2).splitlines()[4:] == [
+        "- mlp vs linear, acc: +0.30 [+0.30, +0.30], p < 0.001 (paired t-test over seeds), 2 seeds — shown",
+        "- qformer vs linear, acc: −0.12 [−0.44, +0.19], p = 0.13 (paired t-test over seeds), 2 seeds — not shown; ~3 seeds would be needed",
+        "- qformer vs linear, loss: +0.55 [−0.09, +1.19], p = 0.12 (paired t-test over seeds), 2 seeds — not shown; ~3 seeds would be needed",
+        "- mlp vs linear, loss: no test (1 and 3 seeds with a value; each side needs 2 or more)",
+    ]
 
 
 def test_latex_csv_and_files(tmp_path):
@@ -60,10 +72,10 @@ def test_latex_csv_and_files(tmp_path):
     table = build_table(find_runs([str(root)]), metrics=["acc"])
     tex = latex(table, decimals=2)
     assert tex.startswith("\\begin{tabular}{lrr}\n\\toprule\nconnector & n & acc \\\\\n\\midrule\n")
-    assert "mlp & 3 & \\textbf{0.85 $\\pm$ 0.07} \\\\" in tex and tex.endswith("\\bottomrule\n\\end{tabular}\n")
+    assert "mlp & 3 & \\textbf{0.85 [0.21, 1.49]}$^\\dagger$ \\\\" in tex and tex.endswith("\\bottomrule\n\\end{tabular}\n")
     rows = csv_text(table).splitlines()
-    assert rows[0] == "connector,n,acc_mean,acc_std,acc_n"
-    assert rows[1] == "linear,3,0.6,0.1,3"
+    assert rows[0] == "connector,n,acc_mean,acc_std,acc_n,acc_low,acc_high"
+    assert rows[1] == "linear,3,0.6,0.1,3,0.351586,0.848414"
     main([str(root), "--out", str(tmp_path / "out"), "--rename", "acc=Accuracy"])
     assert "| connector | n | Accuracy | loss |" in (tmp_path / "out" / "ablation.md").read_text()
     assert (tmp_path / "out" / "ablation_acc.png").stat().st_size > 1000
@@ -128,16 +140,19 @@ def test_recipe_layout_exact(tmp_path):
         "| Recipe | n | VQAv2 | MME | trainable params | tokens | train time | FLOPs |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|\n"
         "| LLaVA | 1 | 60.0 | 1200.0 | 7B | 2.5B | 90.0 min | 1.20e+20 |\n"
-        "| +VQA-v2 | 2 | **71.0 ± 1.4** | **1305.0 ± 7.1** | 7B | 2.5B | 90.0 min | 1.20e+20 |\n"
+        "| +VQA-v2 | 2 | **71.0 [58.3, 83.7]** | **1305.0 [1241.5, 1368.5]** | 7B | 2.5B | 90.0 min | 1.20e+20 |\n"
         "| +MLP | 0 | — | — | — | — | — | — |\n"
         "\n"
         "- 1 run(s) not in the spec, left out: 0 (experiment=other)\n"
         "- Recipe=LLaVA: 1 run(s), fewer than the 2 of other rows\n"
         "- Recipe=+MLP: not run\n"
         "\n"
-        "Mean ± sample std over seeds; n = runs per row (a cell's own n when fewer of them have the metric; "
-        "such cells are never bold); best per column in bold; — = no value.\n"
+        "Mean over seeds [95% interval: t over seeds]; † = differs from the row above (paired by seed and by question where both are known, "
+        "Holm-corrected p < 0.05 across the table; every comparison in ablation_summary.md); n = runs per row (a cell's own n "
+        "when fewer of them have the metric; such cells are never bold); best per column in bold; — = no value. "
+        "Method: lmm.stats (docs/ablations.md).\n"
     )
+    assert "- +VQA-v2 vs LLaVA, VQAv2: no test (2 and 1 seeds with a value" in (tmp_path / "out" / "ablation_summary.md").read_text()
     assert "+MLP & 0 & -- & -- & -- & -- & -- & -- \\\\" in (tmp_path / "out" / "ablation.tex").read_text()
 
 
@@ -145,7 +160,7 @@ def test_row_order_and_labels(tmp_path):
     table = build_table(find_runs([str(sweep(tmp_path))]), metrics=["acc"], order=["qformer", "linear"])
     assert [row for row, in table.rows] == ["qformer", "linear", "mlp"]
     text = markdown(table, decimals=2, labels={"qformer": "Q-Former (32 queries)"})
-    assert text.splitlines()[2] == "| Q-Former (32 queries) | 2 | 0.43 ± 0.04 |"
+    assert text.splitlines()[2] == "| Q-Former (32 queries) | 2 | 0.43 [0.11, 0.74] |"
 
 
 def test_status_files_decide_and_eval_directories_are_not_rows(tmp_path):
@@ -162,3 +177,27 @@ def test_status_files_decide_and_eval_directories_are_not_rows(tmp_path):
     (mlp.path / "status.json").write_text(json.dumps({"status": "failed", "task": "train", "error": "AgreedStop: ..."}))
     statuses = {r.overrides["connector"]: r.status for r in find_runs([str(root)])}
     assert statuses == {"linear": "finished", "mlp": "failed"}  # results.json alone no longer means finished
+
+
+def test_runs_with_predictions_are_resampled_by_question(tmp_path):
+    """Runs that saved per-question scores (predictions/<benchmark>.jsonl) get bootstrap intervals
+    and question-paired comparisons; a torn line is left out, not fatal."""
+    import random
+
+    rng = random.Random(0)
+    runs = []
+    for connector, rate in (("linear", 0.4), ("mlp", 0.8)):
+        for seed in range(3):
+            scores = [float(rng.random() < rate) for _ in range(50)]
+            runs.append(([f"connector={connector}", f"seed={seed}"], {"synthetic/vqa/exact_match": sum(scores) / 50}, "finished", scores))
+    root = fake_sweep(tmp_path / "sweep", [r[:3] for r in runs])
+    for i, (*_, scores) in enumerate(runs):
+        lines = [json.dumps({"id": f"s{q // 2}", "turn": q % 2, "metric": "vqa/exact_match", "score": v}) for q, v in enumerate(scores)]
+        (root / str(i) / "predictions").mkdir()
+        (root / str(i) / "predictions" / "synthetic.jsonl").write_text("\n".join(lines) + "\n{torn")
+    table = build_table(find_runs([str(root)]), baseline="linear")
+    cell = table.cells[(("mlp",), "synthetic/vqa/exact_match")]
+    assert cell.interval.method == "bootstrap over seeds and questions" and cell.interval.low < cell.mean < cell.interval.high
+    (line,) = summary(table, decimals=2, names={"synthetic/vqa/exact_match": "VQA EM"}).splitlines()[4:]
+    assert line.startswith("- mlp vs linear, VQA EM: +0.") and "(bootstrap over seeds and questions), 3 seeds × 50 questions — shown" in line
+    assert "†" in markdown(table).splitlines()[3]

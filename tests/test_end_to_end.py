@@ -53,6 +53,12 @@ def test_finetune_from_pretrain_then_eval(pretrain_run, make_config, tmp_path, c
     assert all(0.0 <= v <= 1.0 for k, v in synthetic["metrics"].items() if k != "description/loss")
     predictions = [json.loads(line) for line in (run_dir / "predictions" / "synthetic.jsonl").read_text().splitlines()]
     assert synthetic["counts"]["vqa/exact_match"] == len([p for p in predictions if p["source"] == "vqa"])
+    # Each question's own score, averaging to the metric (what lmm.ablate resamples).
+    for key, value in synthetic["metrics"].items():
+        if key != "description/loss":
+            scores = [p["score"] for p in predictions if p["metric"] == key]
+            assert len(scores) == synthetic["counts"][key] and sum(scores) / len(scores) == pytest.approx(value, abs=1e-4)
+    assert len({(p["id"], p["turn"]) for p in predictions}) == len(predictions)
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     saved = load_file(str(run_dir / FINAL_WEIGHTS))

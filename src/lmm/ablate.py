@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,9 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
+from lmm import stats
 from lmm.config import run_name_excluded_keys
-from lmm.rundir import HYDRA_DIR, RESULTS, RUN_LOG, read_results, read_status, saved_hydra_config, saved_overrides
+from lmm.rundir import HYDRA_DIR, PREDICTIONS, RESULTS, RUN_LOG, read_results, read_status, saved_hydra_config, saved_overrides
 
 SEED_KEYS = {"seed"}
 # results.json "cost" entries shown as columns (when any run has them), with their headers.
@@ -54,6 +56,32 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
     not_factors: set[str] = field(default_factory=set)  # overrides that do not make it another run (not_factors)
+    _predictions: dict[str, list[dict]] = field(default_factory=dict, repr=False)
+
+    @property
+    def seed(self) -> str:
+        return self.overrides.get("seed", "0")  # conf/config.yaml's default
+
+    def question_scores(self, metric: str) -> dict[str, float] | None:
+        """Per-question scores of `metric` ("<benchmark>/<key>") from predictions/<benchmark>.jsonl,
+        keyed by question; None when the run saved none for it."""
+        benchmark, _, key = metric.partition("/")
+        if benchmark not in self._predictions:
+            path = self.path / PREDICTIONS / f"{benchmark}.jsonl"
+            records = []
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        continue  # a torn line: the question is left out, the others count
+            self._predictions[benchmark] = records
+        scores = {f"{r.get('id')}#{r.get('turn', 0)}": float(r["score"]) for r in self._predictions[benchmark]
+                  if r.get("metric") == key and isinstance(r.get("score"), (int, float))}
+        return scores or None
+
+    def scores(self, metric: str) -> stats.RunScores:
+        return stats.RunScores(self.seed, self.metrics[metric], self.question_scores(metric))
 
 
 def _status(path: Path) -> str:
@@ -114,6 +142,7 @@ class Cell:
     std: float | None
     n: int
     partial: bool = False  # fewer values than the row's finished runs: shown with its n, never bold
+    interval: stats.Interval | None = None  # 95% interval of the mean (lmm.stats)
 
 
 @dataclass
@@ -125,6 +154,10 @@ class Table:
     runs_per_row: dict[tuple[str, ...], list[Run]]
     notes: list[str]
     costs: list[str] = field(default_factory=list)  # COST_COLUMNS keys present in some run
+    references: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)  # row -> the row it is compared with
+    comparisons: dict[tuple[tuple[str, ...], str], stats.Comparison] = field(default_factory=dict)  # (row, metric)
+    reference_text: str = ""  # how the footnote names the reference ("linear", "the row above")
+    untested: list[tuple[tuple[str, ...], str, str]] = field(default_factory=list)  # (row, metric, why no test)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -139,8 +172,11 @@ def _aggregate(values: list[float]) -> Cell:
     return Cell(mean, std, len(values))
 
 
-def _table(factors: list[str], metrics: list[str], groups: dict[tuple[str, ...], list[Run]], notes: list[str]) -> Table:
-    """Aggregate each group's runs (seeds) per metric and cost; footnote unfinished runs and short rows."""
+def _table(factors: list[str], metrics: list[str], groups: dict[tuple[str, ...], list[Run]], notes: list[str],
+           references: dict[tuple[str, ...], tuple[str, ...]] | None = None, reference_text: str = "",
+           effect: float | None = None) -> Table:
+    """Aggregate each group's runs (seeds) per metric and cost, with intervals and comparisons
+    against each row's reference (lmm.stats); footnote unfinished runs and short rows."""
     runs = [r for members in groups.values() for r in members]
     costs = [c for c in COST_COLUMNS if any(c in r.cost for r in runs)]
     cells = {}
@@ -150,6 +186,8 @@ def _table(factors: list[str], metrics: list[str], groups: dict[tuple[str, ...],
         for metric in metrics:
             cell = _aggregate([r.metrics[metric] for r in members if metric in r.metrics])
             cell.partial = 0 < cell.n < done
+            cell.interval = stats.cell_interval([r.scores(metric) for r in members if metric in r.metrics],
+                                                stats.generator(*key, metric))
             cells[(key, metric)] = cell
         for cost in costs:
             cells[(key, f"cost/{cost}")] = _aggregate([r.cost[cost] for r in members if cost in r.cost])
@@ -161,7 +199,18 @@ def _table(factors: list[str], metrics: list[str], groups: dict[tuple[str, ...],
             notes.append(f"{label}: not run")
         elif len(members) < most:
             notes.append(f"{label}: {len(members)} run(s), fewer than the {most} of other rows")
-    return Table(factors, metrics, list(groups), cells, groups, notes, costs)
+    comparisons, untested = {}, []
+    for row, reference in (references or {}).items():
+        for metric in metrics:
+            have = lambda runs: [r.scores(metric) for r in runs if metric in r.metrics]  # noqa: E731
+            comparison = stats.compare(have(groups[row]), have(groups[reference]), stats.generator(*row, *reference, metric))
+            if comparison is not None:
+                comparisons[(row, metric)] = comparison
+            else:
+                untested.append((row, metric, f"{len(have(groups[row]))} and {len(have(groups[reference]))} seeds with a value"))
+    stats.adjust(list(comparisons.values()), effect)
+    return Table(factors, metrics, list(groups), cells, groups, notes, costs, dict(references or {}), comparisons, reference_text,
+                 untested)
 
 
 def build_table(
@@ -169,9 +218,13 @@ def build_table(
     rows: list[str] | None = None,
     metrics: list[str] | None = None,
     order: list[str] | None = None,
+    baseline: str | None = None,
+    effect: float | None = None,
 ) -> Table:
     """Rows: the distinct values of the factors (default: the overrides that vary). `order` lists
-    factor values in the wanted order; rows are sorted by it, unlisted values after, alphabetically."""
+    factor values in the wanted order; rows are sorted by it, unlisted values after, alphabetically.
+    Every row is compared with the `baseline` row (a factor value, or "value, value" for several
+    factors; default: the first row)."""
     factors = rows or varying_factors(runs)
     metrics = metrics or sorted({m for r in runs for m in r.metrics})
     grouped: dict[tuple[str, ...], list[Run]] = {}
@@ -179,7 +232,22 @@ def build_table(
         grouped.setdefault(tuple(run.overrides.get(f, "—") for f in factors), []).append(run)
     rank = {value: i for i, value in enumerate(order or [])}
     ordered = sorted(grouped, key=lambda key: [(rank.get(v, len(rank)), v) for v in key])
-    return _table(factors, metrics, {key: grouped[key] for key in ordered}, [])
+    reference = _baseline_row(ordered, baseline)
+    references = {row: reference for row in ordered if reference is not None and row != reference}
+    label = ", ".join(reference) if reference else ""
+    return _table(factors, metrics, {key: grouped[key] for key in ordered}, [], references, label, effect)
+
+
+def _baseline_row(rows: list[tuple[str, ...]], baseline: str | None) -> tuple[str, ...] | None:
+    if not rows:
+        return None
+    if baseline is None:
+        return rows[0]
+    matches = [row for row in rows if ", ".join(row) == baseline or baseline in row]
+    if len(matches) != 1:
+        raise SystemExit(f"--baseline {baseline!r} names {len(matches)} rows; rows are: "
+                         + "; ".join(", ".join(row) for row in rows))
+    return matches[0]
 
 
 RECIPE = "Recipe"
@@ -206,8 +274,10 @@ class RecipeSpec:
         return cls(rows, dict(columns), spec.get("row_header", RECIPE))
 
 
-def build_recipe_table(runs: list[Run], spec: RecipeSpec, metrics: list[str] | None = None) -> tuple[Table, dict[str, str]]:
-    """One row per spec row (its runs over seeds, or "not run"); runs outside the spec are footnoted."""
+def build_recipe_table(runs: list[Run], spec: RecipeSpec, metrics: list[str] | None = None,
+                       effect: float | None = None) -> tuple[Table, dict[str, str]]:
+    """One row per spec row (its runs over seeds, or "not run"), each compared with the row above
+    it (the step it adds); runs outside the spec are footnoted."""
     by_experiment = {experiment: (label,) for label, experiment in spec.rows}
     groups: dict[tuple[str, ...], list[Run]] = {(label,): [] for label, _ in spec.rows}
     outside = []
@@ -219,7 +289,9 @@ def build_recipe_table(runs: list[Run], spec: RecipeSpec, metrics: list[str] | N
             groups[key].append(run)
     notes = [f"{len(outside)} run(s) not in the spec, left out: {', '.join(sorted(outside))}"] if outside else []
     metrics = metrics or list(spec.columns) or sorted({m for r in runs for m in r.metrics})
-    return _table([spec.row_header], metrics, groups, notes), dict(spec.columns)
+    keys = list(groups)
+    references = {keys[i]: keys[i - 1] for i in range(1, len(keys))}
+    return _table([spec.row_header], metrics, groups, notes, references, "the row above", effect), dict(spec.columns)
 
 
 def _best(table: Table, metric: str) -> float | None:
@@ -230,11 +302,13 @@ def _best(table: Table, metric: str) -> float | None:
     return min(means) if lower_is_better(metric) else max(means)
 
 
-def _format(cell: Cell, decimals: int, plus_minus: str = " ± ") -> str:
+def _format(cell: Cell, decimals: int) -> str:
+    """mean [95% interval] (a single seed: the mean alone), with the cell's n when it is short."""
     if cell.mean is None:
         return "—"
     text = f"{cell.mean:.{decimals}f}"
-    text += f"{plus_minus}{cell.std:.{decimals}f}" if cell.std is not None else ""
+    if cell.interval is not None:
+        text += f" [{cell.interval.low:.{decimals}f}, {cell.interval.high:.{decimals}f}]"
     return text + (f" (n={cell.n})" if cell.partial else "")
 
 
@@ -257,16 +331,19 @@ def format_cost(cost: str, cell: Cell) -> str:
     return _si(cell.mean)
 
 
-def _rendered_rows(table: Table, decimals: int, bold: tuple[str, str], plus_minus: str, labels: dict[str, str]) -> list[list[str]]:
-    """Each row's cells as text: factor values (relabelled), n, metrics (best in bold), costs."""
+def _rendered_rows(table: Table, decimals: int, bold: tuple[str, str], star: str, labels: dict[str, str]) -> list[list[str]]:
+    """Each row's cells as text: factor values (relabelled), n, metrics (best in bold, `star` where
+    the row differs significantly from its reference), costs."""
     out = []
     for row in table.rows:
         values = []
         for metric in table.metrics:
             cell, best = table.cells[(row, metric)], _best(table, metric)
-            text = _format(cell, decimals, plus_minus)
+            text = _format(cell, decimals)
             is_best = cell.mean is not None and not cell.partial and best is not None and round(cell.mean, decimals) == round(best, decimals)
-            values.append(f"{bold[0]}{text}{bold[1]}" if is_best else text)
+            text = f"{bold[0]}{text}{bold[1]}" if is_best else text
+            comparison = table.comparisons.get((row, metric))
+            values.append(text + (star if comparison is not None and comparison.significant else ""))
         costs = [format_cost(c, table.cells[(row, f"cost/{c}")]) for c in table.costs]
         out.append([*(labels.get(v, v) for v in row), str(len(table.runs_per_row[row])), *values, *costs])
     return out
@@ -280,13 +357,23 @@ def markdown(table: Table, decimals: int = 3, names: dict[str, str] | None = Non
     header = _header(table, names or {})
     lines = ["| " + " | ".join(header) + " |",
              "|" + "---|" * len(table.factors) + "---:|" * (1 + len(table.metrics) + len(table.costs))]
-    for cells in _rendered_rows(table, decimals, ("**", "**"), " ± ", labels or {}):
+    for cells in _rendered_rows(table, decimals, ("**", "**"), "†", labels or {}):
         lines.append("| " + " | ".join(cells) + " |")
     if table.notes:
         lines += ["", *[f"- {note}" for note in table.notes]]
-    lines += ["", "Mean ± sample std over seeds; n = runs per row (a cell's own n when fewer of them have the metric; "
-              "such cells are never bold); best per column in bold; — = no value."]
+    lines += ["", footnote(table, labels or {})]
     return "\n".join(lines) + "\n"
+
+
+def footnote(table: Table, labels: dict[str, str]) -> str:
+    methods = sorted({cell.interval.method for cell in table.cells.values() if cell.interval is not None})
+    text = ("Mean over seeds [95% interval: " + "; ".join(methods) + "]" if methods else "Mean over seeds (one seed: no interval)")
+    if table.references:
+        reference = labels.get(table.reference_text, table.reference_text)
+        text += (f"; † = differs from {reference} (paired by seed and by question where both are known, "
+                 "Holm-corrected p < 0.05 across the table; every comparison in ablation_summary.md)")
+    return text + ("; n = runs per row (a cell's own n when fewer of them have the metric; such cells are never bold); "
+                   "best per column in bold; — = no value. Method: lmm.stats (docs/ablations.md).")
 
 
 def _tex(text: str) -> str:
@@ -297,7 +384,7 @@ def latex(table: Table, decimals: int = 3, names: dict[str, str] | None = None, 
     cols = "l" * len(table.factors) + "r" * (1 + len(table.metrics) + len(table.costs))
     out = [r"\begin{tabular}{" + cols + "}", r"\toprule", " & ".join(_tex(h) for h in _header(table, names or {})) + r" \\", r"\midrule"]
     width = len(table.factors) + 1
-    for cells in _rendered_rows(table, decimals, (r"\textbf{", "}"), " $\\pm$ ", labels or {}):
+    for cells in _rendered_rows(table, decimals, (r"\textbf{", "}"), r"$^\dagger$", labels or {}):
         out.append(" & ".join([*(_tex(c) for c in cells[:width]), *(c.replace("—", "--") for c in cells[width:])]) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(out) + "\n"
@@ -310,12 +397,48 @@ def csv_text(table: Table) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     columns = [*table.metrics, *[f"cost/{c}" for c in table.costs]]
-    writer.writerow([*table.factors, "n", *[f"{m}{s}" for m in columns for s in ("_mean", "_std", "_n")]])
+    writer.writerow([*table.factors, "n", *[f"{m}{s}" for m in columns for s in ("_mean", "_std", "_n", "_low", "_high")]])
     number = lambda x: "" if x is None else repr(round(x, 6))  # noqa: E731
     for row in table.rows:
         cells = [table.cells[(row, m)] for m in columns]
-        writer.writerow([*row, len(table.runs_per_row[row]), *[x for c in cells for x in (number(c.mean), number(c.std), c.n)]])
+        writer.writerow([*row, len(table.runs_per_row[row]), *[
+            x for c in cells for x in (number(c.mean), number(c.std), c.n, number(c.interval and c.interval.low),
+                                       number(c.interval and c.interval.high))]])
     return buffer.getvalue()
+
+
+def _signed(value: float, decimals: int) -> str:
+    return f"{value:+.{decimals}f}".replace("-", "−")
+
+
+def _p(value: float) -> str:
+    return "p < 0.001" if value < 0.001 else f"p = {value:.2g}"
+
+
+def summary(table: Table, decimals: int = 3, names: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> str:
+    """ablation_summary.md: one plain-words line per comparison, generated from the statistics."""
+    names, labels = names or {}, labels or {}
+    label = lambda row: ", ".join(labels.get(v, v) for v in row)  # noqa: E731
+    lines = ["# What this table shows", "",
+             f"Each row against {labels.get(table.reference_text, table.reference_text) or 'its reference'}: the difference "
+             "of means [95% interval], its p-value after Holm's correction across all comparisons below, and what the "
+             "seeds and questions were. Generated by lmm.ablate (method: lmm.stats); not edited by hand.", ""]
+    for (row, metric), c in table.comparisons.items():
+        reference = table.references[row]
+        sample = f"{c.seeds} seeds" + (f" × {c.questions} questions" if c.questions else "")
+        verdict = "shown" if c.significant else "not shown"
+        if not c.significant:
+            if c.seeds_needed is None:
+                verdict += "; no seed count would (no spread to plan from)" if c.difference == 0 else \
+                    f"; more than {stats.MAX_SEEDS} seeds would be needed"
+            elif c.seeds_needed > c.seeds:
+                verdict += f"; ~{c.seeds_needed} seeds would be needed"
+        lines.append(f"- {label(row)} vs {label(reference)}, {names.get(metric, metric)}: {_signed(c.difference, decimals)} "
+                     f"[{_signed(c.low, decimals)}, {_signed(c.high, decimals)}], {_p(c.p_holm)} ({c.method}), {sample} — {verdict}")
+    for row, metric, why in table.untested:
+        lines.append(f"- {label(row)} vs {label(table.references[row])}, {names.get(metric, metric)}: no test ({why}; "
+                     "each side needs 2 or more)")
+    return "\n".join(lines) + "\n"
 
 
 def plot(table: Table, metric: str, path: Path, title: str | None = None, labels: dict[str, str] | None = None) -> None:
@@ -328,12 +451,14 @@ def plot(table: Table, metric: str, path: Path, title: str | None = None, labels
     names = [", ".join(labels.get(v, v) for v in row) or "all" for row in table.rows]
     cells = [table.cells[(row, metric)] for row in table.rows]
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names)), 3.2))
-    ax.bar(names, [c.mean or 0 for c in cells], yerr=[c.std or 0 for c in cells], capsize=4, color="#4c72b0")
+    below = [c.mean - c.interval.low if c.interval and c.mean is not None else 0 for c in cells]
+    above = [c.interval.high - c.mean if c.interval and c.mean is not None else 0 for c in cells]
+    ax.bar(names, [c.mean or 0 for c in cells], yerr=[below, above], capsize=4, color="#4c72b0")
     for x, cell in enumerate(cells):
         if cell.mean is None:
             ax.text(x, 0, "—", ha="center", va="bottom")
     ax.set_title(title or metric)
-    ax.set_ylabel(f"mean ± std over seeds (n per bar: {', '.join(str(c.n) for c in cells)})", fontsize=7)
+    ax.set_ylabel(f"mean, 95% interval (seeds per bar: {', '.join(str(c.n) for c in cells)})", fontsize=7)
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -358,25 +483,31 @@ def main(argv: list[str] | None = None) -> Table:
     parser.add_argument("--order", nargs="*", default=[], help="factor values in the wanted row order")
     parser.add_argument("--label", nargs="*", default=[], help="row labels, value=label")
     parser.add_argument("--spec", help="recipe-steps layout (YAML: rows of {label, experiment}, columns)")
+    parser.add_argument("--baseline", help="the row every other row is compared with (a factor value; default: the first row)")
+    parser.add_argument("--effect", type=float, help="plan seeds for this difference instead of the observed one")
     args = parser.parse_args(argv)
     runs = find_runs(args.paths)
     names = _pairs(args.rename, "--rename")
     labels = _pairs(args.label, "--label")
     metrics = args.metrics.split(",") if args.metrics else None
     if args.spec:
-        table, spec_names = build_recipe_table(runs, RecipeSpec.load(args.spec), metrics)
+        if args.baseline:
+            raise SystemExit("--baseline is for the factor layout; with --spec each row is compared with the row above it")
+        table, spec_names = build_recipe_table(runs, RecipeSpec.load(args.spec), metrics, args.effect)
         names = {**spec_names, **names}
     else:
-        table = build_table(runs, args.rows.split(",") if args.rows else None, metrics, args.order)
+        table = build_table(runs, args.rows.split(",") if args.rows else None, metrics, args.order, args.baseline, args.effect)
     out = Path(args.out or args.paths[0])
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.md").write_text(markdown(table, args.decimals, names, labels))
     (out / "ablation.tex").write_text(latex(table, args.decimals, names, labels))
     (out / "ablation.csv").write_text(csv_text(table))
+    (out / "ablation_summary.md").write_text(summary(table, args.decimals, names, labels))
     for metric in table.metrics:
         plot(table, metric, out / f"ablation_{metric.replace('/', '_')}.png", names.get(metric), labels)
     print(markdown(table, args.decimals, names, labels))
-    print(f"[lmm] tables and plots written to {out}")
+    print(summary(table, args.decimals, names, labels))
+    print(f"[lmm] tables, summary and plots written to {out}")
     return table
 
 

@@ -66,7 +66,7 @@ class SyntheticBenchmark:
                 question = turns[2 * k]["value"]
                 if IMAGE_TOKEN not in question:
                     question = f"{IMAGE_TOKEN}\n{question}"
-                meta = {"id": record["id"], "source": record["source"], "qtype": qtype, "answer": turns[2 * k + 1]["value"]}
+                meta = {"id": record["id"], "turn": k, "source": record["source"], "qtype": qtype, "answer": turns[2 * k + 1]["value"]}
                 questions.append((sample, question, meta))
         return questions, descriptions, skipped
 
@@ -113,9 +113,12 @@ class SyntheticBenchmark:
                 metric_cls = ExactMatch
                 per_qtype[f"{meta['source']}/{meta['qtype']}"].update([answer], [target])
             # Every rank holds all answers: no reduction across ranks.
-            metrics.setdefault(key, metric_cls(sync_on_compute=False)).update([answer], [target])
+            metric = metrics.setdefault(key, metric_cls(sync_on_compute=False))
+            before = float(metric.correct)
+            metric.update([answer], [target])
             baseline_metrics.setdefault(key, metric_cls(sync_on_compute=False)).update([baseline_answer], [target])
-            records.append({**meta, "prediction": answer})
+            # The question's own score, so lmm.ablate can resample questions (lmm.stats).
+            records.append({**meta, "prediction": answer, "metric": key, "score": float(metric.correct) - before})
         results = {
             "split": self.split,
             "metrics": {k: round(float(m.compute()), 4) for k, m in sorted(metrics.items())},
