@@ -21,6 +21,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def run_task(cfg: DictConfig):
+    from lmm import console
     from lmm.config import check_top_level_keys
     from lmm.runlog import copied_to, log_path, record
     from lmm.describe import describe
@@ -30,6 +31,7 @@ def run_task(cfg: DictConfig):
     from lmm.train.train import train
 
     tasks = {"train": train, "describe": describe, "eval": evaluate_run, "export": export, "simulate": simulate}
+    console.setup()
     with copied_to(log_path(cfg)):  # the [lmm] lines, errors included, also go to RUN_DIR/run.log
         try:
             check_top_level_keys(cfg)

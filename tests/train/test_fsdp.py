@@ -77,6 +77,10 @@ def test_run_py_under_fsdp_end_to_end(data_root, tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "global batch 16 = 4 per device × 2 device(s) × 2 accumulation" in done.stdout
+    # A clean log (lmm.console): each Lightning line once, no litlogger tip, no known-harmless warnings.
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("INFO: ")]
+    assert lines and len(lines) == len(set(lines)), lines
+    assert all(text not in done.stdout + done.stderr for text in ("litlogger", "returned a view tensor", "LeafSpec", "`srun`"))
     (run_dir,) = [p for p in (runs / "default").iterdir() if p.is_dir()]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["cost"]["devices"] == 2 and results["cost"]["samples_seen"] == 4 * 16

@@ -24,6 +24,7 @@ from lmm.save import save_weights
 from lmm.train.materialize import host_memory, parameters_on_meta, reset_peak_host_memory
 from lmm.train.module import LMMModule
 from lmm.train.plan import BatchPlan, batch_plan
+from lmm.train.progress import StageProgressBar
 from lmm.train.slurm import CheckpointBeforeRequeue, check_slurm_tasks, cluster_plugins, in_slurm_job, record_job
 from lmm.train.stage import Stage, stage_of
 from lmm.train.strategy import FSDP2Strategy
@@ -146,7 +147,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
         strategy=strategy,
         plugins=cluster_plugins(),
         logger=TensorBoardLogger(save_dir=str(run_dir), name=TENSORBOARD, version=""),
-        callbacks=[checkpoints, *([CheckpointBeforeRequeue(run_dir / CHECKPOINTS / LAST)] if in_slurm_job() else [])],
+        callbacks=[checkpoints, *([CheckpointBeforeRequeue(run_dir / CHECKPOINTS / LAST)] if in_slurm_job() else []),
+                   *([StageProgressBar(cfg.stage.name)] if cfg.trainer.get("enable_progress_bar", True) else [])],
         default_root_dir=str(run_dir),
     )
     host_bytes = host_memory()[0]
@@ -174,7 +176,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     main = trainer.global_rank == 0
     if main:
         print(f"[lmm] trained {trainer.global_step} steps; weights in {run_dir / FINAL_WEIGHTS}")
-        print(f"[lmm] samples seen {module.skips.seen_total}, skipped {module.skips.skipped_total} {dict(module.skips.skipped)}")
+        reasons = ", ".join(f"{kind} {n}" for kind, n in sorted(module.skips.skipped.items()))
+        print(f"[lmm] samples seen {module.skips.seen_total}, skipped {module.skips.skipped_total}" + (f" ({reasons})" if reasons else ""))
         print(f"[lmm] cost: {cost['tokens_seen']:,d} tokens, {cost['flops']:.3g} FLOPs, {cost['train_wall_s']:.1f} s training")
     if not evaluates:
         results = new_results(cfg, cost)
