@@ -9,7 +9,7 @@ and the tokenizer. A pretrain-only run has `mm_projector.bin` and no LLM weights
 comes from `--base-llm` (default: the config's `_name_or_path`). The vision tower is never in
 these checkpoints; it is read from `--vision-tower` (default: `mm_vision_tower`), locally — lmm
 never downloads. The result loads with `lmm.load_pretrained(DIR)` and is scored with
-`python run.py task=eval ckpt=DIR eval=llava15`.
+`python -m lmm.eval DIR eval=llava15`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """task=export: a finished run as a directory other tools load.
 
-    python run.py task=export ckpt=RUN_DIR export.format=hf    # transformers' LlavaForConditionalGeneration
-    python run.py task=export ckpt=RUN_DIR export.format=lmm   # lmm's own: lmm.load_pretrained(path)
+    python -m lmm.export RUN_DIR export.format=hf    # transformers' LlavaForConditionalGeneration
+    python -m lmm.export RUN_DIR export.format=lmm   # lmm's own: lmm.load_pretrained(path)
 
 The run's model config is read from RUN_DIR/.hydra/config.yaml (the command's own config when a
 run has none). HF's Llava format knows one projector, LLaVA-1.5's 2-layer MLP with GELU, and
@@ -184,3 +184,11 @@ def export(cfg: DictConfig) -> Path:
     FORMATS[fmt](model, processor, run_cfg, out)
     print(f"[lmm] exported {run_dir} as {fmt} to {out}")
     return out
+
+
+if __name__ == "__main__":  # python -m lmm.export RUN_DIR [overrides]: see lmm.cli
+    import sys
+
+    from lmm.cli import main
+
+    main("export", sys.argv[1:])

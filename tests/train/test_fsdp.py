@@ -92,3 +92,11 @@ def test_run_py_under_fsdp_end_to_end(data_root, tmp_path):
     cfg = compose_config(["task=eval", f"ckpt='{run_dir}'", "eval.benchmarks.synthetic.limit=16"], data_root, tmp_path / "eval")
     (tmp_path / "eval").mkdir()
     assert evaluate_run(cfg)["metrics"] == results["metrics"]
+    # The re-score command the run printed works pasted into a shell, from another directory.
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("[lmm] re-score: ")]
+    pasted = line.removeprefix("[lmm] re-score: ") + f" paths.runs={tmp_path / 'rescored'}"
+    again = subprocess.run(pasted, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})  # an active venv
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    (rescored,) = (tmp_path / "rescored").glob("*/*/results.json")
+    assert json.loads(rescored.read_text())["metrics"] == results["metrics"]

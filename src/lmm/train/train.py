@@ -115,6 +115,7 @@ def train(cfg: DictConfig) -> dict | None:
                 print(f"[lmm] {run_dir} has already finished; not re-running it (force=true, or delete the directory, to redo it).")
                 results = read_results(run_dir)
                 print(format_table(results))
+                print_next_commands(run_dir)
                 return results
             set_status(run_dir, "running")
         try:
@@ -125,7 +126,16 @@ def train(cfg: DictConfig) -> dict | None:
             raise
         if main:
             set_status(run_dir, "finished")  # last: final.safetensors and results.json exist
+            print_next_commands(run_dir)
         return results
+
+
+def print_next_commands(run_dir: Path) -> None:
+    """The commands that re-score and export this run, exactly as they can be pasted (lmm.cli)."""
+    from lmm.cli import command
+
+    print(f"[lmm] re-score: {command('eval', run_dir)}")
+    print(f"[lmm] export:   {command('export', run_dir)}   (export.format=hf for transformers' Llava)")
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
