@@ -40,7 +40,7 @@ install: $(STAMP)
 # Re-runs only when the declared dependencies change; otherwise a no-op.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock $(TORCH_PINS) -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock $(TORCH_PINS) -e '.[dev,loggers]'
 	touch $(STAMP)
 
 data: install

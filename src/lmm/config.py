@@ -81,7 +81,18 @@ def command_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def abspath(path: str) -> str:
+    """`${abspath:...}`: an absolute path (MLflow's file store wants one)."""
+    return str(Path(path).resolve())
+
+
+def basename(path: str) -> str:
+    """`${basename:${run_dir}}`: the run directory's own name (a logger's run name)."""
+    return Path(path).name
+
+
 def register_resolvers() -> None:
-    for name, function in (("run_id", run_id), ("slurm_tasks", slurm_tasks), ("slurm_gpus", slurm_gpus)):
+    for name, function in (("run_id", run_id), ("slurm_tasks", slurm_tasks), ("slurm_gpus", slurm_gpus), ("abspath", abspath),
+                           ("basename", basename)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)

@@ -35,7 +35,9 @@ FINAL_WEIGHTS, RESULTS, CONSOLIDATED = "final.safetensors", "results.json", "con
 CHECKPOINTS, PREDICTIONS, TENSORBOARD = "checkpoints", "predictions", "tb"
 HYDRA_DIR = ".hydra"
 # Keys that cannot change what a run trains or scores: where things are written, how it is shown.
-NOT_IDENTITY = ("run_dir", "paths.runs", "force", "run_lock_wait_s", "trainer.enable_progress_bar", "data.num_workers", "name")
+# Where a run writes, how it shows progress, what it logs to, and task=simulate's settings.
+NOT_IDENTITY = ("run_dir", "paths.runs", "force", "run_lock_wait_s", "trainer.enable_progress_bar", "data.num_workers", "name",
+                "logger", "simulate")
 
 
 class RunDirectoryInUse(RuntimeError):

@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lmm.checkpoint import LAST, AtomicCheckpoint, latest_checkpoint
@@ -18,7 +17,7 @@ from lmm.data.shards import list_shards
 from lmm.eval.evaluate import evaluate, format_table, new_results, save_results
 from lmm.factory import build_for_stage, build_trained, build_run, init_weights_path, pretrained_ids
 from lmm.model.lmm import LMM
-from lmm.rundir import (CHECKPOINTS, FINAL_WEIGHTS, IDENTITY, STATUS, TENSORBOARD, RunLock, claim_identity, finished,
+from lmm.rundir import (CHECKPOINTS, FINAL_WEIGHTS, IDENTITY, STATUS, RunLock, claim_identity, finished,
                         first_process, read_results, set_status)
 from lmm.save import save_weights
 from lmm.train.materialize import host_memory, parameters_on_meta, reset_peak_host_memory
@@ -156,7 +155,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
         accumulate_grad_batches=plan.accumulation,
         strategy=strategy,
         plugins=cluster_plugins(),
-        logger=TensorBoardLogger(save_dir=str(run_dir), name=TENSORBOARD, version=""),
+        logger=[instantiate(spec) for spec in (cfg.get("logger") or {}).values()] or False,  # conf/logger/
         callbacks=[checkpoints, *([CheckpointBeforeRequeue(run_dir / CHECKPOINTS / LAST)] if in_slurm_job() else []),
                    *([StageProgressBar(cfg.stage.name)] if cfg.trainer.get("enable_progress_bar", True) else [])],
         default_root_dir=str(run_dir),
@@ -192,10 +191,24 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     if not evaluates:
         results = new_results(cfg, cost)
         save_results(run_dir, results)
+        if main:
+            log_final(trainer, results)
         return results if main else None
     # Every rank evaluates (benchmarks split their questions across ranks); rank 0 writes.
     results = evaluate(cfg, model, processor, run_dir, device=module.device, cost=cost)
+    if main:
+        log_final(trainer, results)
     return results if main else None
+
+
+def log_final(trainer: L.Trainer, results: dict) -> None:
+    """The run's scores and cost totals reach every configured logger, at the last step."""
+    final = {f"eval/{key}": value for key, value in results["metrics"].items()}
+    final |= {f"cost/{key}": float(value) for key, value in (results.get("cost") or {}).items() if isinstance(value, (int, float))}
+    for logger in trainer.loggers:
+        logger.log_metrics(final, step=trainer.global_step)
+        logger.save()
+        logger.finalize("success")
 
 
 def final_model(cfg: DictConfig, stage: Stage, module: LMMModule, trainer: L.Trainer, path: Path) -> LMM:
