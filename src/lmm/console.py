@@ -18,7 +18,9 @@ class _DropTip(logging.Filter):
 
 
 def setup() -> None:
-    import lightning  # noqa: F401  (its import adds the handler removed below)
+    import importlib
+
+    importlib.import_module("lightning")  # its import adds the handler removed below
 
     # Lightning adds its own stderr handler to the `lightning` logger when it is imported, and
     # lets records propagate too; under Hydra the root logger prints them (and writes the job's

@@ -2,7 +2,6 @@
 file store) and W&B (offline) at once, with no network."""
 
 import csv
-import json
 
 import pytest
 
