@@ -68,8 +68,9 @@ def stop() -> None:
 
 
 def release_when_requeued(job_id: str) -> None:
-    """A requeued job waits for a BeginTime in the future; start it now."""
-    deadline = time.time() + 60
+    """A requeued job waits for a BeginTime in the future; start it now. Its processes are
+    killed first (COMPLETING), which on a loaded 2-core machine took over a minute once."""
+    deadline = time.time() + 180
     while time.time() < deadline:
         state = sh("squeue", "-h", "-j", job_id, "-o", "%T %r", check=False).stdout.strip()
         if state.startswith("PENDING"):

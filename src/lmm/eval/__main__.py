@@ -4,4 +4,5 @@ import sys
 
 from lmm.cli import main
 
-main("eval", sys.argv[1:])
+if __name__ == "__main__":  # importing this module (e.g. to check it imports) runs nothing
+    main("eval", sys.argv[1:])
