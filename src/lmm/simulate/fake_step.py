@@ -31,9 +31,12 @@ from lmm.simulate.collectives import CollectiveCounter
 from lmm.train.module import LMMModule
 from lmm.train.stage import stage_of
 from lmm.train.strategy import FSDP2Strategy
-from lmm.train.throughput import SIXTEEN_BIT, FlopCounter
+from lmm.train.throughput import FlopCounter
 
 MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+# FSDPMemTracker's kinds: what shards over the ranks, and what grows with the batch.
+SHARDED = ("Sharded Param", "Sharded Grad", "OptState")
+BATCH_SIZED = ("Activation", "Temp", "Inputs")
 
 
 @dataclass
@@ -57,7 +60,17 @@ class StepMeasurement:
     @property
     def activations(self) -> int:
         """Bytes that scale with the batch at the peak: activations, backward temporaries, inputs."""
-        return sum(self.peak_breakdown.get(kind, 0) for kind in ("Activation", "Temp", "Inputs"))
+        return sum(self.peak_breakdown.get(kind, 0) for kind in BATCH_SIZED)
+
+    @property
+    def sharded_at_peak(self) -> int:
+        """Bytes at the peak that shard over the ranks: parameters, gradients, AdamW state."""
+        return sum(self.peak_breakdown.get(kind, 0) for kind in SHARDED)
+
+    @property
+    def fixed_at_peak(self) -> int:
+        """The rest of the peak: gathered units and collective buffers (fixed per rank)."""
+        return self.peak - self.sharded_at_peak - self.activations
 
 
 @contextmanager
@@ -183,5 +196,3 @@ def simulate_step(cfg: DictConfig, world: int, per_device_batch: int, sample_len
         peak=int(peak["Total"]), peak_breakdown=breakdown, collectives=counter.by_kind(), flops=flops,
     )
 
-
-__all__ = ["StepMeasurement", "fake_world", "simulate_step", "state_bytes", "SIXTEEN_BIT"]

@@ -26,9 +26,6 @@ from dataclasses import asdict, dataclass
 from lmm.simulate.fake_step import StepMeasurement
 from lmm.simulate.hardware import GIB, GPU
 
-SHARDED = ("Sharded Param", "Sharded Grad", "OptState")
-BATCH_SIZED = ("Activation", "Temp", "Inputs")
-
 
 @dataclass(frozen=True)
 class Allowance:
@@ -45,13 +42,10 @@ class Allowance:
 def predicted_peak(m: StepMeasurement, world: int, batch: int, accumulating: bool = False) -> float:
     """Tensor bytes per rank at `world` GPUs and `batch` samples per micro-step (see the module).
     `accumulating`: the sharded gradients are live throughout (gradient accumulation)."""
-    sharded = sum(m.peak_breakdown.get(k, 0) for k in SHARDED)
-    fixed_sharded = sharded
+    sharded = m.sharded_at_peak
     if accumulating and not m.accumulating:
         sharded += m.gradients - m.peak_breakdown.get("Sharded Grad", 0)
-    batch_sized = sum(m.peak_breakdown.get(k, 0) for k in BATCH_SIZED)
-    fixed = m.peak - fixed_sharded - batch_sized
-    return sharded * m.world / world + fixed + batch_sized * batch / m.per_device_batch
+    return sharded * m.world / world + m.fixed_at_peak + m.activations * batch / m.per_device_batch
 
 
 def divisors_descending(n: int, at_most: int) -> list[int]:

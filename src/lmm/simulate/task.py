@@ -18,8 +18,7 @@ from omegaconf import DictConfig
 
 from lmm.simulate.fake_step import StepMeasurement, fsdp_strategy, simulate_step
 from lmm.simulate.hardware import GIB
-from lmm.simulate.scaling import (BATCH_SIZED, Allowance, ScalePoint, divisors_descending, predicted_peak,
-                                  scaling_table, wire_bytes)
+from lmm.simulate.scaling import Allowance, ScalePoint, divisors_descending, predicted_peak, scaling_table, wire_bytes
 from lmm.train.plan import accumulation, world_size
 
 SIMULATION = "simulate.json"
@@ -48,10 +47,8 @@ def memory_rows(measured: dict[bool, StepMeasurement], allowance: Allowance) -> 
     rows = [("parameters (sharded)", [measured[ac].parameters for ac in order]),
             ("gradients (sharded)", [measured[ac].gradients for ac in order]),
             ("AdamW state (sharded)", [measured[ac].optimizer for ac in order]),
-            ("activations at the peak", [m.activations for m in (measured[ac] for ac in order)]),
-            ("gathered units and buffers at the peak", [measured[ac].peak - measured[ac].activations
-                                                       - sum(measured[ac].peak_breakdown.get(k, 0) for k in ("Sharded Param", "Sharded Grad", "OptState"))
-                                                       for ac in order]),
+            ("activations at the peak", [measured[ac].activations for ac in order]),
+            ("gathered units and buffers at the peak", [measured[ac].fixed_at_peak for ac in order]),
             ("total peak (tensors)", [measured[ac].peak for ac in order]),
             ("device memory needed", [allowance.device_bytes(measured[ac].peak) for ac in order])]
     return [(kind, [v / GIB for v in values]) for kind, values in rows]
@@ -187,5 +184,3 @@ def simulate(cfg: DictConfig) -> dict:
     print(f"[lmm] wrote {out / SIMULATION}, {out / SIMULATION_TABLES} and {out / SCALING_PLOT}")
     return result
 
-
-__all__ = ["simulate", "BATCH_SIZED"]
