@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LMMS_EVAL_STAMP := $(VENV)/.installed-lmms-eval
 
 # torch and torchvision must be pinned in the same pip command as everything else:
 # PyPI's torchvision imports only beside its matching torch, and an unpinned install
@@ -15,11 +16,12 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install data demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-mfu bench ablate table gpu-check simulate scale-out
+.PHONY: install install-lmms-eval data demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-mfu bench ablate table gpu-check simulate scale-out
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
-	@echo "make test      install and run the test suite"
+	@echo "make test      install (with the lmms-eval extra) and run the test suite"
+	@echo "make install-lmms-eval   add lmms-eval 0.7.3 (lmms-eval --model lmm ...) to .venv"
 	@echo "make data      generate the synthetic shards under data/synthetic"
 	@echo "make describe  parameter table of LLaVA-1.5-13B (meta device, no download)"
 	@echo "make simulate  LLaVA-1.5-13B finetune on 8 fake GPUs: memory per rank, collectives, step time 8-512 GPUs"
@@ -37,11 +39,19 @@ help:
 
 install: $(STAMP)
 
-# Re-runs only when the declared dependencies change; otherwise a no-op.
+# Re-runs only when the declared dependencies change; otherwise a no-op. requirements.lock is a
+# constraints file (-c): it pins versions without installing what an install does not need.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock $(TORCH_PINS) -e '.[dev,loggers]'
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock $(TORCH_PINS) -e '.[dev,loggers]'
 	touch $(STAMP)
+
+# The lmms-eval extra (lmms-eval --model lmm ...), pinned by the same lock; make test uses it.
+install-lmms-eval: $(LMMS_EVAL_STAMP)
+
+$(LMMS_EVAL_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock $(TORCH_PINS) -e '.[dev,loggers,lmms-eval]'
+	touch $(LMMS_EVAL_STAMP)
 
 data: install
 	$(PY) -m lmm.data.synthetic --out data/synthetic
@@ -99,8 +109,9 @@ table: install
 	@test -n "$(SWEEP)" || { echo "usage: make table SWEEP=experiments/runs/<name>"; exit 2; }
 	$(PY) -m lmm.ablate $(SWEEP)
 
-test: install
-	$(PY) -m pytest -q tests
+# With the lmms-eval extra, whose round-trip test must then run (not skip).
+test: install-lmms-eval
+	LMM_TEST_EXTRAS=required $(PY) -m pytest -q tests
 
 describe: install
 	$(PY) run.py task=describe connector=mlp llm=vicuna13b vision=clip_l14_336
@@ -119,8 +130,8 @@ scale-out: install
 	  simulate.out=docs/scale_out/llava15_13b_global1024
 	$(PY) -m lmm.simulate.docs docs/scale_out.md $(addprefix docs/scale_out/,$(SCALE_OUT_RUNS)) docs/scale_out/llava15_13b_global1024
 
-lock: install
-	{ head -n 2 requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch==|torchvision==|nvidia-|triton==|cuda-)'; } > requirements.lock.new
+lock: install-lmms-eval
+	{ head -n 3 requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch==|torchvision==|nvidia-|triton==|cuda-)'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean-runs:

@@ -204,6 +204,7 @@ def encode(
     image_token_id: int,
     max_length: int | None = None,
     generation_prompt: bool = False,
+    label_end_of_turn: bool = True,
 ) -> Encoded:
     """Tokenize a conversation; each `<image>` becomes `image_tokens` placeholder ids.
 
@@ -212,14 +213,17 @@ def encode(
     trained iff it starts inside an assistant reply segment (reply + end-of-turn). Nothing can
     mismatch, so no sample is ever dropped for it. Raises ConversationError beyond
     `max_length` (the caller counts a skip): truncation would cut image placeholders or leave
-    a reply without its end-of-turn.
+    a reply without its end-of-turn. `label_end_of_turn=False` labels the replies alone (the
+    log-likelihood of an answer, as multiple-choice scoring asks for it).
     """
     pieces = segments(template, turns, generation_prompt)
     text = "".join(piece for piece, _ in pieces)
+    # Every target piece ends with the end-of-turn ("\n" for plain); it can be left unlabelled.
+    unlabelled_tail = 0 if label_end_of_turn else len(TEMPLATES[template].end_of_turn if template in TEMPLATES else "\n")
     target_spans, start = [], 0
     for piece, is_target in pieces:
         if is_target:
-            target_spans.append((start, start + len(piece)))
+            target_spans.append((start, start + len(piece) - unlabelled_tail))
         start += len(piece)
     tokens = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]

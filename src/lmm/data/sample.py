@@ -95,13 +95,13 @@ class SampleProcessor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.instruction_length]
         return ids or [self.tokenizer.pad_token_id]  # an image with no question still gets one token
 
-    def _encode_fitting(self, turns: list[dict], generation_prompt: bool):
+    def _encode_fitting(self, turns: list[dict], generation_prompt: bool, label_end_of_turn: bool = True):
         dropped = 0
         while True:
             try:
                 return encode(
                     self.tokenizer, self.template, turns, self.image_tokens, self.image_token_id,
-                    max_length=self.max_length, generation_prompt=generation_prompt,
+                    max_length=self.max_length, generation_prompt=generation_prompt, label_end_of_turn=label_end_of_turn,
                 ), dropped
             except ConversationTooLong:
                 # Drop the last exchange, but never the first (it carries the image).
@@ -109,14 +109,17 @@ class SampleProcessor:
                     raise
                 turns, dropped = turns[:-2], dropped + 2
 
-    def encode(self, sample: dict, turns: list[dict], generation_prompt: bool = False, meta: dict | None = None) -> Example | Skip:
+    def encode(
+        self, sample: dict, turns: list[dict], generation_prompt: bool = False, meta: dict | None = None, label_end_of_turn: bool = True
+    ) -> Example | Skip:
+        """`label_end_of_turn=False`: label the replies without their end-of-turn (answer log-likelihoods)."""
         key = sample.get("__key__", "?")
         try:
             if self.strip_format_prompts:
                 turns = strip_format_prompts(turns)
             data = self.image_bytes(sample)
             pixels = None if data is None else self.image_transform(data)
-            enc, dropped = self._encode_fitting(turns, generation_prompt)
+            enc, dropped = self._encode_fitting(turns, generation_prompt, label_end_of_turn)
         except ConversationError as e:
             return Skip(key, f"conversation: {e}")
         except ImageError as e:

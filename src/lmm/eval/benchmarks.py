@@ -23,6 +23,19 @@ from lmm.model.lmm import LMM
 GENERATIVE_SOURCES = ("vqa", "ocr", "region")
 
 
+def question_turns(record: dict) -> list[tuple[str, dict]]:
+    """Each question of a synthetic record as asked on its own: (the human turn with the image
+    first, meta with id, turn, source, question type and the gold answer)."""
+    turns, asked = record["conversations"], []
+    for k, qtype in enumerate(record["qtypes"]):
+        question = turns[2 * k]["value"]
+        if IMAGE_TOKEN not in question:
+            question = f"{IMAGE_TOKEN}\n{question}"
+        asked.append((question, {"id": record["id"], "turn": k, "source": record["source"], "qtype": qtype,
+                                 "answer": turns[2 * k + 1]["value"]}))
+    return asked
+
+
 class SyntheticBenchmark:
     """Scores the synthetic mixture's `split` per source.
 
@@ -61,13 +74,7 @@ class SyntheticBenchmark:
                 skipped += isinstance(item, Skip)
                 descriptions += [item] if isinstance(item, Example) else []
                 continue
-            turns = record["conversations"]
-            for k, qtype in enumerate(record["qtypes"]):
-                question = turns[2 * k]["value"]
-                if IMAGE_TOKEN not in question:
-                    question = f"{IMAGE_TOKEN}\n{question}"
-                meta = {"id": record["id"], "turn": k, "source": record["source"], "qtype": qtype, "answer": turns[2 * k + 1]["value"]}
-                questions.append((sample, question, meta))
+            questions += [(sample, question, meta) for question, meta in question_turns(record)]
         return questions, descriptions, skipped
 
     def _description_loss(self, model: LMM, descriptions: list[Example], pad_token_id: int, device) -> MeanMetric:

@@ -35,16 +35,18 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def generate_texts(
-    model: LMM, batches: Iterable[Batch], tokenizer, template: str, max_new_tokens: int, device: torch.device | str = "cpu"
+    model: LMM, batches: Iterable[Batch], tokenizer, template: str, max_new_tokens: int, device: torch.device | str = "cpu",
+    **sampling,
 ) -> list[str]:
-    """Answers for every row of every batch, in order. Batches must be left-padded."""
+    """Answers for every row of every batch, in order. Batches must be left-padded. Greedy unless
+    `sampling` asks otherwise (do_sample, temperature, top_p: LMM.generate's options)."""
     answers: list[str] = []
     for batch in batches:
         if not batch.rows:
             continue
         new_ids = model.generate(
             **batch.to(device).model_inputs(labels=False), max_new_tokens=max_new_tokens,
-            eos_token_ids=end_of_turn_ids(tokenizer, template), pad_token_id=tokenizer.pad_token_id,
+            eos_token_ids=end_of_turn_ids(tokenizer, template), pad_token_id=tokenizer.pad_token_id, **sampling,
         )  # [B, ≤max_new_tokens]
         answers += [text.strip() for text in tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
     return answers
