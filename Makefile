@@ -16,13 +16,14 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install install-lmms-eval data demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-mfu bench ablate table gpu-check simulate scale-out
+.PHONY: install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-mfu bench ablate table gpu-check simulate scale-out
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
 	@echo "make test      install (with the lmms-eval extra) and run the test suite"
 	@echo "make install-lmms-eval   add lmms-eval 0.7.3 (lmms-eval --model lmm ...) to .venv"
 	@echo "make data      generate the synthetic shards under data/synthetic"
+	@echo "make pretrain-tiny  rebuild pretrained/tiny/: the tiny CLIP-style tower and chat LLM"
 	@echo "make describe  parameter table of LLaVA-1.5-13B (meta device, no download)"
 	@echo "make simulate  LLaVA-1.5-13B finetune on 8 fake GPUs: memory per rank, collectives, step time 8-512 GPUs"
 	@echo "make scale-out regenerate docs/scale_out/ (7B and 13B, both stages) from task=simulate"
@@ -55,6 +56,11 @@ $(LMMS_EVAL_STAMP): $(STAMP)
 
 data: install
 	$(PY) -m lmm.data.synthetic --out data/synthetic
+
+# The tiny pretrained tower (CLIP-style) and LLM shipped in pretrained/tiny/ (vision=tiny_pretrained,
+# llm=tiny_pretrained); deterministic on one machine. pretrained/tiny/pretrain.json says how it went.
+pretrain-tiny: install
+	$(PY) -m lmm.pretrain_tiny --out pretrained/tiny
 
 # Pretrain (connector only) -> finetune (connector + LLM, connector initialised from the
 # pretrain run) -> greedy evaluation on the test split. Re-running resumes/skips finished runs.

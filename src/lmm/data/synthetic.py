@@ -95,16 +95,50 @@ class Scene:
     word_colour: str | None = None
 
 
-def _place_objects(rng: random.Random, width: int, height: int, n: int) -> list[Obj]:
+def _place_objects(rng: random.Random, width: int, height: int, n: int, placement: str = "grid") -> list[Obj]:
+    """`n` objects of unique (shape, colour): centred in distinct grid cells, or (`free`) anywhere
+    on the canvas without overlapping (a gap of at least 2 px between boxes)."""
     kinds = rng.sample([(s, c) for s in SHAPES for c in COLOURS], n)  # unique (shape, colour)
-    cells = rng.sample([(x, y) for x in range(width // CELL) for y in range(height // CELL)], n)
-    return [
-        Obj(shape, colour, rng.choice(tuple(SIZES)), x * CELL + CELL // 2, y * CELL + CELL // 2)
-        for (shape, colour), (x, y) in zip(kinds, cells)
-    ]
+    if placement == "grid":  # (draws in the order of generator version 3: the same bytes)
+        cells = rng.sample([(x, y) for x in range(width // CELL) for y in range(height // CELL)], n)
+        centres = [(x * CELL + CELL // 2, y * CELL + CELL // 2) for x, y in cells]
+        sizes = [rng.choice(tuple(SIZES)) for _ in kinds]
+    elif placement == "free":
+        sizes = [rng.choice(tuple(SIZES)) for _ in kinds]
+        centres = _free_centres(rng, width, height, [SIZES[size] for size in sizes])
+    else:
+        raise ValueError(f"placement must be 'grid' or 'free', got {placement!r}")
+    return [Obj(shape, colour, size, cx, cy) for (shape, colour), size, (cx, cy) in zip(kinds, sizes, centres)]
+
+
+def _free_centres(rng: random.Random, width: int, height: int, halves: list[int], gap: int = 2) -> list[tuple[int, int]]:
+    """Random centres for boxes of these half-extents, at least `gap` px apart. Early objects can
+    leave no room for the last one (3 large objects on a 96x48 canvas), so a placement that gets
+    stuck starts over; every canvas holds 3 large objects in a row, so this ends."""
+    while True:
+        centres: list[tuple[int, int]] = []
+        for half in halves:
+            for _ in range(50):
+                cx, cy = rng.randint(half, width - 1 - half), rng.randint(half, height - 1 - half)
+                if all(abs(cx - px) > half + other + gap or abs(cy - py) > half + other + gap
+                       for (px, py), other in zip(centres, halves)):
+                    centres.append((cx, cy))
+                    break
+            else:
+                break
+        if len(centres) == len(halves):
+            return centres
 
 
 def _draw(scene: Scene) -> bytes:
+    """The scene as PNG bytes (what the shards hold)."""
+    buffer = io.BytesIO()
+    render(scene).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def render(scene: Scene) -> Image.Image:
+    """The scene as an RGB image."""
     image = Image.new("RGB", (scene.width, scene.height), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for o in scene.objects:
@@ -121,9 +155,7 @@ def _draw(scene: Scene) -> bytes:
     if scene.word:
         font = ImageFont.load_default(size=22)
         draw.text((scene.width // 2, scene.height // 2), scene.word, fill=COLOURS[scene.word_colour], font=font, anchor="mm")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
+    return image
 
 
 def normalised_box(box: tuple[int, int, int, int], width: int, height: int) -> list[float]:
@@ -167,6 +199,13 @@ def _conversation(pairs: list[tuple[str, str]]) -> list[dict]:
     return turns
 
 
+def describe_scene(scene: Scene) -> str:
+    """What a caption model would say about the whole scene: its objects with their places, or its word."""
+    if scene.word:
+        return f"The word {scene.word} is written in {scene.word_colour}."
+    return _description(scene)
+
+
 def _description(scene: Scene) -> str:
     n = len(scene.objects)
     parts = [f"The image shows {n} object{'s' if n > 1 else ''} on a white background."]
@@ -180,10 +219,10 @@ def _caption(scene: Scene) -> str:
     return (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]).capitalize() + "."
 
 
-def make_sample(rng: random.Random, source: str, index: int) -> tuple[Scene, dict]:
+def make_sample(rng: random.Random, source: str, index: int, placement: str = "grid") -> tuple[Scene, dict]:
     """One image and its conversation from `source` (or a caption pair for 'caption')."""
     width, height = rng.choice(CANVASES)
-    scene = Scene(width, height, _place_objects(rng, width, height, rng.randint(1, 3)))
+    scene = Scene(width, height, _place_objects(rng, width, height, rng.randint(1, 3), placement))
     qtypes: list[str]
     if source == "vqa":
         candidates = _vqa_questions(rng, scene)
@@ -226,6 +265,7 @@ class GenerationConfig:
     val: int = 200
     test: int = 600
     shard_size: int = 1000
+    placement: str = "grid"  # objects centred in 24 px cells (aligned to the tiny tower's patches), or "free"
     version: int = GENERATOR_VERSION
 
 
@@ -273,7 +313,7 @@ def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), tra
         pattern = str(split_dir / "shard-%06d.tar")
         with wds.ShardWriter(pattern, maxcount=config.shard_size, verbose=0, mtime=0.0) as writer:
             for i, source in enumerate(_split_sources(split, getattr(config, split), rng)):
-                scene, record = make_sample(rng, source, i)
+                scene, record = make_sample(rng, source, i, config.placement)
                 writer.write({"__key__": f"{split}-{i:07d}", "png": _draw(scene), "json": record})
                 counts[source] += 1
                 if split in ("pretrain", "train"):
@@ -297,8 +337,9 @@ def main(argv: list[str] | None = None) -> None:
     defaults = GenerationConfig()
     for field in ("seed", "pretrain", "train", "val", "test", "shard_size"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
+    parser.add_argument("--placement", choices=("grid", "free"), default=defaults.placement)
     args = parser.parse_args(argv)
-    config = GenerationConfig(**{f: getattr(args, f) for f in ("seed", "pretrain", "train", "val", "test", "shard_size")})
+    config = GenerationConfig(**{f: getattr(args, f) for f in ("seed", "pretrain", "train", "val", "test", "shard_size", "placement")})
     manifest = generate(args.out, config)
     print(f"synthetic mixture in {args.out}:")
     for split, counts in manifest["counts"].items():
