@@ -16,7 +16,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-mfu bench ablate table gpu-check simulate scale-out
+.PHONY: install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-mfu bench ablate table table2 gpu-check simulate scale-out
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
@@ -24,6 +24,7 @@ help:
 	@echo "make install-lmms-eval   add lmms-eval 0.7.3 (lmms-eval --model lmm ...) to .venv"
 	@echo "make data      generate the synthetic shards under data/synthetic"
 	@echo "make pretrain-tiny  rebuild pretrained/tiny/: the tiny CLIP-style tower and chat LLM"
+	@echo "make table2    LLaVA-1.5's Table 2 in miniature (6 recipe steps x 3 seeds, ~30 min) in experiments/results/table2"
 	@echo "make describe  parameter table of LLaVA-1.5-13B (meta device, no download)"
 	@echo "make simulate  LLaVA-1.5-13B finetune on 8 fake GPUs: memory per rank, collectives, step time 8-512 GPUs"
 	@echo "make scale-out regenerate docs/scale_out/ (7B and 13B, both stages) from task=simulate"
@@ -110,6 +111,12 @@ ablate: install data
 		--rename synthetic/vqa/exact_match="VQA EM" synthetic/ocr/exact_match="OCR EM" \
 		synthetic/region/caption_exact_match="region caption EM" synthetic/region/grounding_acc_iou50="grounding Acc@0.5" \
 		synthetic/description/loss="description loss"
+
+# LLaVA-1.5's Table 2 in miniature: 6 cumulative recipe steps × 3 seeds on the pretrained tiny
+# parts (conf/experiment/table2/), then the recipe-steps table in experiments/results/table2/.
+table2: install
+	$(PY) run.py -m +sweep=table2 trainer.enable_progress_bar=false
+	$(PY) -m lmm.ablate experiments/runs/table2 --spec conf/experiment/table2/table.yml --out experiments/results/table2
 
 table: install
 	@test -n "$(SWEEP)" || { echo "usage: make table SWEEP=experiments/runs/<name>"; exit 2; }

@@ -3,6 +3,8 @@ comparisons, n, footnotes, bold, the generated summary."""
 
 import json
 
+import pytest
+
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -106,11 +108,35 @@ def test_table2_rows_are_cumulative_deltas():
     assert all(source["weight"] == 1.0 for source in last["data"]["sources"].values())
 
 
-def test_table2_sweep_and_spec_name_every_row():
-    spec = RecipeSpec.load(TABLE2 / "table.yml")
-    rows = [f"llava15_table2/{p.stem}" for p in sorted(TABLE2.glob("*.yaml"))]
+MINI_TABLE2 = CONF / "experiment" / "table2"
+SHIPPED = CONF.parent / "pretrained"
+# make table2 (the miniature on the pretrained tiny parts): what each row changes.
+MINI_ROW_DELTAS = {"r2_format_prompt": {"data"}, "r3_mlp": {"connector"}, "r4_region": {"data"},
+                   "r5_res128": {"vision"}, "r6_small_llm": {"llm"}}
+
+
+def test_miniature_table2_rows_are_cumulative_deltas():
+    rows = sorted(p.stem for p in MINI_TABLE2.glob("*.yaml"))
+    assert rows == ["r1_llava", *MINI_ROW_DELTAS]
+    configs = {row: OmegaConf.to_container(compose_config([f"experiment=table2/{row}"]), resolve=True) for row in rows}
+    first = configs["r1_llava"]
+    assert first["data"]["strip_format_prompts"] is True and first["data"]["train_split"] == "train_no_region"
+    assert (first["vision"]["pretrained"], first["llm"]["model"]["pretrained"]) == (str(SHIPPED / "tiny" / "vision"), str(SHIPPED / "tiny" / "llm"))
+    assert first["eval"]["benchmarks"]["synthetic"]["root"] == first["data"]["root"] == "data/synthetic_table2"
+    for previous, row in zip(rows, rows[1:]):
+        changed = {k for k in configs[row] if configs[row][k] != configs[previous][k]}
+        assert changed == MINI_ROW_DELTAS[row] | {"name"}, row
+    last = configs["r6_small_llm"]
+    assert (last["vision"]["arch"]["image_size"], last["llm"]["model"]["pretrained"]) == (128, str(SHIPPED / "tiny" / "llm_small"))
+    assert last["data"]["strip_format_prompts"] is False and last["data"]["train_split"] == "train"
+
+
+@pytest.mark.parametrize("layout,sweep_name", [("llava15_table2", "llava15_table2"), ("table2", "table2")])
+def test_table2_sweep_and_spec_name_every_row(layout, sweep_name):
+    spec = RecipeSpec.load(CONF / "experiment" / layout / "table.yml")
+    rows = [f"{layout}/{p.stem}" for p in sorted((CONF / "experiment" / layout).glob("*.yaml"))]
     assert [experiment for _, experiment in spec.rows] == rows
-    sweep = yaml.safe_load((CONF / "sweep" / "llava15_table2.yaml").read_text())
+    sweep = yaml.safe_load((CONF / "sweep" / f"{sweep_name}.yaml").read_text())
     value = sweep["hydra"]["sweeper"]["params"]["experiment"]
     (override,) = OverridesParser.create().parse_overrides([f"experiment={value}"])  # as Hydra's sweeper reads it
     assert list(override.sweep_string_iterator()) == rows

@@ -86,6 +86,12 @@ def abspath(path: str) -> str:
     return str(Path(path).resolve())
 
 
+def repo_path(path: str) -> str:
+    """`${repo_path:pretrained}`: a path inside lmm's own checkout (what ships with the code, such
+    as the pretrained tiny parts), whatever the working directory."""
+    return str(CONF.parent / path)
+
+
 def basename(path: str) -> str:
     """`${basename:${run_dir}}`: the run directory's own name (a logger's run name)."""
     return Path(path).name
@@ -93,6 +99,6 @@ def basename(path: str) -> str:
 
 def register_resolvers() -> None:
     for name, function in (("run_id", run_id), ("slurm_tasks", slurm_tasks), ("slurm_gpus", slurm_gpus), ("abspath", abspath),
-                           ("basename", basename)):
+                           ("basename", basename), ("repo_path", repo_path)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)

@@ -3,6 +3,8 @@
 import hashlib
 import io
 import json
+import random
+from dataclasses import replace
 
 import webdataset as wds
 from PIL import Image
@@ -11,10 +13,15 @@ from lmm.data.synthetic import (
     GROUNDING_PROMPT,
     REGION_CAPTION_PROMPT,
     SHORT_ANSWER,
+    PRESETS,
+    SMALL_WORD_SIZE,
+    WORD_SIZE,
     GenerationConfig,
     format_box,
     generate,
+    make_sample,
     normalised_box,
+    render,
 )
 from tests.conftest import SMALL
 
@@ -88,3 +95,39 @@ def test_baselines_from_train(data_root):
     assert {"colour", "shape", "count", "word"} <= set(baselines["majority_answer"])
     x1, y1, x2, y2 = baselines["centred_box"]
     assert abs((x1 + x2) / 2 - 0.5) < 0.01 and abs((y1 + y2) / 2 - 0.5) < 0.01 and x2 > x1
+
+
+def test_default_mixture_bytes_are_those_of_generator_version_3(tmp_path):
+    # The table2 options (weights, extra splits, small words) must not move a byte of the default.
+    generate(tmp_path, TINY, train_tokenizer=False)
+    assert {k: v[:12] for k, v in digest(tmp_path).items()} == {
+        "pretrain/shard-000000.tar": "1cfed564a781", "test/shard-000000.tar": "30c5933fc5fa",
+        "train/shard-000000.tar": "72b73f02fa35", "train/shard-000001.tar": "b7fda1563c36", "val/shard-000000.tar": "df8419b21b4c"}
+
+
+def test_table2_preset_splits_and_sources(tmp_path):
+    config = replace(PRESETS["table2"], train=120, val=10, test=40, shard_size=1000)
+    manifest = generate(tmp_path, config, train_tokenizer=False)
+    counts = manifest["counts"]
+    assert set(counts) == {"pretrain", "train", "val", "test", "train_no_region"} and counts["pretrain"] == {}
+    assert set(counts["train"]) == {"vqa", "conversation", "ocr", "ocr_small", "region", "description"}
+    assert "region" not in counts["train_no_region"] and sum(counts["train_no_region"].values()) == 120
+    assert "conversation" not in counts["test"] and "ocr_small" in counts["test"]
+    by_source = {}
+    for sample in samples(tmp_path, "train"):
+        by_source.setdefault(sample["json"]["source"], sample["json"])
+    talk = by_source["conversation"]
+    assert all(SHORT_ANSWER not in t["value"] for t in talk["conversations"])  # no format prompt: long answers
+    assert talk["conversations"][1]["value"].startswith("The answer is ") and "The image shows" in talk["conversations"][1]["value"]
+    assert all(q.startswith("long_") for q in talk["qtypes"])
+    assert by_source["ocr_small"]["qtypes"][0] == "word"
+
+
+def test_small_words_are_half_size():
+    heights = {}
+    for source in ("ocr", "ocr_small"):
+        scene, _ = make_sample(random.Random(5), source, 0, "free")
+        ink = Image.eval(render(scene).convert("L"), lambda v: 255 if v < 250 else 0).getbbox()
+        heights[source] = (scene.word_size, ink[3] - ink[1])
+    assert heights["ocr"][0] == WORD_SIZE and heights["ocr_small"][0] == SMALL_WORD_SIZE
+    assert heights["ocr_small"][1] < 0.6 * heights["ocr"][1]

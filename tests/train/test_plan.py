@@ -54,3 +54,13 @@ def test_slurm_tasks_must_match_the_devices(monkeypatch):
     check_slurm_tasks(compose_config(["trainer.devices=4"]).trainer)
     with pytest.raises(ValueError, match="SLURM started 4 task.* trainer.devices × trainer.num_nodes = 2"):
         check_slurm_tasks(compose_config(["trainer.devices=2"]).trainer)
+
+
+def test_a_benchmark_on_the_mixture_about_to_be_generated_passes_preflight(tmp_path):
+    # make table2's first run: the synthetic mixture and its test split do not exist yet.
+    cfg = compose_config([f"paths.data={tmp_path}", f"eval.benchmarks.synthetic.root={tmp_path}/synthetic"])
+    preflight(cfg)
+    assert not (tmp_path / "synthetic").exists()  # checked, not generated
+    elsewhere = compose_config([f"paths.data={tmp_path}", f"eval.benchmarks.synthetic.root={tmp_path}/other"])
+    with pytest.raises(FileNotFoundError, match="eval.benchmarks.synthetic: no .tar shards"):
+        preflight(elsewhere)

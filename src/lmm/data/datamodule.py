@@ -68,6 +68,7 @@ class LMMDataModule(L.LightningDataModule):
         packing: bool = False,
         seed: int = 0,
         generate_if_missing: bool = False,
+        synthetic_preset: str = "default",
     ):
         super().__init__()
         switches = {"strip_format_prompts": strip_format_prompts, "group_by_modality_length": group_by_modality_length,
@@ -82,16 +83,18 @@ class LMMDataModule(L.LightningDataModule):
         self.shuffle_buffer, self.seed, self.generate_if_missing = shuffle_buffer, seed, generate_if_missing
         self.group_size = length_group_size if group_by_modality_length else 1
         self.max_skip_rate, self.skip_check_after, self.allow_pipe_urls = max_skip_rate, skip_check_after, allow_pipe_urls
-        self.packing = packing
+        self.packing, self.synthetic_preset = packing, synthetic_preset
         self.processor: SampleProcessor | None = None
 
     def ensure_data(self) -> None:
         """Generate the synthetic mixture when asked to and absent (under a minute)."""
         if self.needs_generation():
-            from lmm.data.synthetic import generate
+            from lmm.data.synthetic import PRESETS, generate
 
-            print(f"[lmm] generating the synthetic mixture in {self.root}")
-            generate(self.root)
+            if self.synthetic_preset not in PRESETS:
+                raise ValueError(f"data.synthetic_preset must be one of {sorted(PRESETS)}, got {self.synthetic_preset!r}")
+            print(f"[lmm] generating the synthetic mixture ({self.synthetic_preset}) in {self.root}")
+            generate(self.root, PRESETS[self.synthetic_preset])
 
     def needs_generation(self) -> bool:
         """Whether ensure_data will generate the synthetic mixture (asked to, and absent); the root

@@ -10,7 +10,8 @@ Each sample is `{"__key__", "png": bytes, "json": {"id", "source", "conversation
 LLaVA's format plus the question type of every human turn (used for per-type baselines).
 Boxes are normalised to the *padded square* image, as LLaVA-1.5's region data is.
 
-    python -m lmm.data.synthetic --out data/synthetic [--train 6000 --seed 0]
+    python -m lmm.data.synthetic --out data/synthetic [--train 6000 --seed 0] [--placement free]
+    python -m lmm.data.synthetic --out data/synthetic_table2 --preset table2   (make table2's mixture)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import io
 import json
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import webdataset as wds
@@ -64,6 +65,12 @@ WORDS = (
     "tree book door fish frog milk rain ship star wolf lamp moon rose kite"
 ).split()
 SOURCES = ("vqa", "ocr", "region", "description")
+# Beyond the default mixture (make table2): long-form answers to the VQA questions without a format
+# prompt (LLaVA-Instruct's role beside VQAv2), and words rendered at half size, which a 64 px
+# tower cannot read but a 128 px one can (the "higher resolution" row).
+EXTRA_SOURCES = ("conversation", "ocr_small")
+WORD_SIZE, SMALL_WORD_SIZE = 22, 9
+DEFAULT_WEIGHTS = {"vqa": 0.4, "ocr": 0.2, "region": 0.2, "description": 0.2}
 SPLITS = ("pretrain", "train", "val", "test")
 
 
@@ -93,6 +100,7 @@ class Scene:
     objects: list[Obj]
     word: str | None = None
     word_colour: str | None = None
+    word_size: int = WORD_SIZE
 
 
 def _place_objects(rng: random.Random, width: int, height: int, n: int, placement: str = "grid") -> list[Obj]:
@@ -153,7 +161,7 @@ def render(scene: Scene) -> Image.Image:
         else:
             draw.polygon([(o.cx, y1), (x2, o.cy), (o.cx, y2), (x1, o.cy)], fill=fill)
     if scene.word:
-        font = ImageFont.load_default(size=22)
+        font = ImageFont.load_default(size=scene.word_size)
         draw.text((scene.width // 2, scene.height // 2), scene.word, fill=COLOURS[scene.word_colour], font=font, anchor="mm")
     return image
 
@@ -214,6 +222,11 @@ def _description(scene: Scene) -> str:
     return " ".join(parts)
 
 
+def _long_answer(scene: Scene, answer: str) -> str:
+    """A chat model's answer to a short question: the answer in a sentence, then the scene."""
+    return f"The answer is {answer}. {_description(scene)}"
+
+
 def _caption(scene: Scene) -> str:
     names = [f"a {o.phrase()}" for o in scene.objects]
     return (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]).capitalize() + "."
@@ -229,14 +242,20 @@ def make_sample(rng: random.Random, source: str, index: int, placement: str = "g
         chosen = rng.sample(candidates, min(len(candidates), rng.randint(2, 4)))
         pairs = [(f"{q}\n{SHORT_ANSWER}", a) for _, q, a in chosen]
         qtypes = [t for t, _, _ in chosen]
-    elif source == "ocr":
+    elif source in ("ocr", "ocr_small"):
         scene.objects = []
         scene.word, scene.word_colour = rng.choice(WORDS), rng.choice(tuple(COLOURS))
+        scene.word_size = SMALL_WORD_SIZE if source == "ocr_small" else WORD_SIZE
         pairs = [(f"What word is written in the image?\n{SHORT_ANSWER}", scene.word)]
         qtypes = ["word"]
         if rng.random() < 0.5:
             pairs.append((f"What color is the text?\n{SHORT_ANSWER}", scene.word_colour))
             qtypes.append("text_colour")
+    elif source == "conversation":
+        candidates = _vqa_questions(rng, scene)
+        chosen = rng.sample(candidates, min(len(candidates), rng.randint(1, 3)))
+        pairs = [(q, _long_answer(scene, a) if k == 0 else f"The answer is {a}.") for k, (_, q, a) in enumerate(chosen)]
+        qtypes = [f"long_{t}" for t, _, _ in chosen]
     elif source == "region":
         pairs, qtypes = [], []
         for o in rng.sample(scene.objects, len(scene.objects)):
@@ -266,13 +285,36 @@ class GenerationConfig:
     test: int = 600
     shard_size: int = 1000
     placement: str = "grid"  # objects centred in 24 px cells (aligned to the tiny tower's patches), or "free"
+    weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))  # sources of train and val
+    test_weights: dict | None = None  # sources of test (None: `weights`)
+    extra_train: dict = field(default_factory=dict)  # more training splits of `train` samples: {name: weights}
     version: int = GENERATOR_VERSION
 
+    def splits(self) -> dict[str, tuple[int, dict | None]]:
+        """Every split in generation order: (samples, source weights; None for the caption split)."""
+        splits = {"pretrain": (self.pretrain, None), "train": (self.train, self.weights), "val": (self.val, self.weights),
+                  "test": (self.test, self.test_weights or self.weights)}
+        return splits | {name: (self.train, weights) for name, weights in self.extra_train.items()}
 
-def _split_sources(split: str, n: int, rng: random.Random) -> list[str]:
-    if split == "pretrain":
+
+# The mixture of `make table2` (experiments/results/table2/): the default's sources plus long-form
+# conversations and small words; `train_no_region` for the rows before "+ region data".
+TABLE2_WEIGHTS = {"vqa": 0.3, "conversation": 0.15, "ocr": 0.1, "ocr_small": 0.15, "region": 0.15, "description": 0.15}
+PRESETS = {
+    "default": GenerationConfig(),
+    "table2": GenerationConfig(
+        pretrain=0, test=400, weights=TABLE2_WEIGHTS,
+        test_weights={k: w for k, w in TABLE2_WEIGHTS.items() if k != "conversation"},
+        extra_train={"train_no_region": {k: w for k, w in TABLE2_WEIGHTS.items() if k != "region"}}),
+}
+
+
+def _split_sources(n: int, weights: dict | None, rng: random.Random) -> list[str]:
+    if weights is None:
         return ["caption"] * n
-    weights = {"vqa": 0.4, "ocr": 0.2, "region": 0.2, "description": 0.2}
+    unknown = set(weights) - set(SOURCES) - set(EXTRA_SOURCES)
+    if unknown:
+        raise ValueError(f"unknown synthetic sources {sorted(unknown)}; known: {list(SOURCES + EXTRA_SOURCES)}")
     return rng.choices(list(weights), weights=list(weights.values()), k=n)
 
 
@@ -303,7 +345,7 @@ def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), tra
     manifest = {"config": asdict(config), "counts": {}, "shards": {}}
     texts: list[str] = []
     train_records: list[dict] = []
-    for split_index, split in enumerate(SPLITS):
+    for split_index, (split, (n, weights)) in enumerate(config.splits().items()):
         rng = random.Random(config.seed * 1000 + split_index)  # splits are independent streams
         split_dir = out / split
         split_dir.mkdir(parents=True, exist_ok=True)
@@ -312,11 +354,11 @@ def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), tra
         counts: Counter = Counter()
         pattern = str(split_dir / "shard-%06d.tar")
         with wds.ShardWriter(pattern, maxcount=config.shard_size, verbose=0, mtime=0.0) as writer:
-            for i, source in enumerate(_split_sources(split, getattr(config, split), rng)):
+            for i, source in enumerate(_split_sources(n, weights, rng)):
                 scene, record = make_sample(rng, source, i, config.placement)
                 writer.write({"__key__": f"{split}-{i:07d}", "png": _draw(scene), "json": record})
                 counts[source] += 1
-                if split in ("pretrain", "train"):
+                if split in ("pretrain", "train"):  # (the extra splits draw from the same sources)
                     texts += [turn["value"] for turn in record["conversations"]]
                 if split == "train":
                     train_records.append(record)
@@ -334,16 +376,17 @@ def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), tra
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="data/synthetic")
-    defaults = GenerationConfig()
-    for field in ("seed", "pretrain", "train", "val", "test", "shard_size"):
-        parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(defaults, field))
-    parser.add_argument("--placement", choices=("grid", "free"), default=defaults.placement)
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                        help="default: the embedded default's mixture; table2: make table2's (see PRESETS)")
+    for name in ("seed", "pretrain", "train", "val", "test", "shard_size"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default: the preset's ({getattr(GenerationConfig(), name)} for default)")
+    parser.add_argument("--placement", choices=("grid", "free"))
     args = parser.parse_args(argv)
-    config = GenerationConfig(**{f: getattr(args, f) for f in ("seed", "pretrain", "train", "val", "test", "shard_size", "placement")})
-    manifest = generate(args.out, config)
+    given = {f: getattr(args, f) for f in ("seed", "pretrain", "train", "val", "test", "shard_size", "placement") if getattr(args, f) is not None}
+    manifest = generate(args.out, replace(PRESETS[args.preset], **given))
     print(f"synthetic mixture in {args.out}:")
     for split, counts in manifest["counts"].items():
-        print(f"  {split:9s} {sum(counts.values()):6d}  " + "  ".join(f"{s}={n}" for s, n in counts.items()))
+        print(f"  {split:15s} {sum(counts.values()):6d}  " + "  ".join(f"{s}={n}" for s, n in counts.items()))
 
 
 if __name__ == "__main__":
