@@ -41,16 +41,21 @@ def test_pairs_describe_their_images():
     assert describe_scene(scene).startswith(f"The image shows {len(scene.objects)} object")
 
 
-def test_pretrain_tiny_writes_loadable_parts(tmp_path):
-    report = pretrain_tiny(tmp_path, tower_steps=2, high_res_steps=1, llm_steps=2, small_llm_steps=1, pairs=32, chats=32, held_out=16)
+def test_pretrain_tiny_writes_loadable_parts_deterministically(tmp_path):
+    settings = dict(tower_steps=2, high_res_steps=1, llm_steps=2, small_llm_steps=1, pairs=32, chats=32, held_out=16)
+    report = pretrain_tiny(tmp_path / "a", **settings)
+    pretrain_tiny(tmp_path / "b", **settings)
+    weights = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.safetensors"))
+    assert [str(p.parent) for p in weights] == ["llm", "llm_small", "vision", "vision_128"]
+    assert all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in weights)  # same args, same bytes
     assert {"vision", "vision_128", "llm", "llm_small", "seconds"} <= set(report)
-    assert json.loads((tmp_path / "pretrain.json").read_text())["settings"]["tower_steps"] == 2
-    tokenizer = load_tokenizer(str(tmp_path / "tokenizer"))
+    assert json.loads((tmp_path / "a" / "pretrain.json").read_text())["settings"]["tower_steps"] == 2
+    tokenizer = load_tokenizer(str(tmp_path / "a" / "tokenizer"))
     cfg = compose_config(["vision=tiny_pretrained_128", "llm=small_pretrained"])
     assert cfg.vision.pretrained.endswith("vision_128")
-    tower = instantiate(cfg.vision, pretrained=str(tmp_path / "vision_128"))
+    tower = instantiate(cfg.vision, pretrained=str(tmp_path / "a" / "vision_128"))
     assert (tower.image_size, tower.patch_size) == (128, 8)
-    llm = instantiate(cfg.llm.model, pretrained=str(tmp_path / "llm_small"))
+    llm = instantiate(cfg.llm.model, pretrained=str(tmp_path / "a" / "llm_small"))
     assert llm.config.hidden_size == 256 and len(tokenizer) <= llm.config.vocab_size
 
 
