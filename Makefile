@@ -24,7 +24,7 @@ help:
 	@echo "make install-lmms-eval   add lmms-eval 0.7.3 (lmms-eval --model lmm ...) to .venv"
 	@echo "make data      generate the synthetic shards under data/synthetic"
 	@echo "make pretrain-tiny  rebuild pretrained/tiny/: the tiny CLIP-style tower and chat LLM"
-	@echo "make table2    LLaVA-1.5's Table 2 in miniature (6 recipe steps x 3 seeds, ~30 min) in experiments/results/table2"
+	@echo "make table2    LLaVA-1.5's Table 2 in miniature (6 recipe steps x 3 seeds, ~50 min on 2 cores) in experiments/results/table2"
 	@echo "make describe  parameter table of LLaVA-1.5-13B (meta device, no download)"
 	@echo "make simulate  LLaVA-1.5-13B finetune on 8 fake GPUs: memory per rank, collectives, step time 8-512 GPUs"
 	@echo "make scale-out regenerate docs/scale_out/ (7B and 13B, both stages) from task=simulate"
