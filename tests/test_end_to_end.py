@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from lmm.rundir import FINAL_WEIGHTS, RESULTS
 from lmm.train.train import train
 
-FAST = ["data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2", "data.num_workers=0"]
+# The random-init tiny parts: these tests follow every component through init_from and resume.
+FAST = ["vision=tiny", "llm=tiny", "data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2", "data.num_workers=0"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_pretrain_trains_only_the_connector(pretrain_run, make_config):
 
     saved = load_file(str(pretrain_run / FINAL_WEIGHTS))
     torch.manual_seed(0)
-    fresh = build_model(make_config("experiment=demo_pretrain"), image_token_id=4).state_dict()
+    fresh = build_model(make_config("experiment=demo_pretrain", "vision=tiny", "llm=tiny"), image_token_id=4).state_dict()
     changed = {k.split(".")[0] for k, v in saved.items() if not torch.equal(v, fresh[k])}
     assert changed == {"connector"}
 

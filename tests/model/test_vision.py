@@ -20,7 +20,8 @@ def test_tiny_towers_shapes_and_backward(name):
     vision = tower(name)
     pixels = torch.randn(2, 3, vision.image_size, vision.image_size, requires_grad=True)
     features = vision(pixels)
-    assert features.shape == (2, vision.num_patches, vision.hidden_size) == (2, 64, 128)
+    patches = (vision.image_size // 8) ** 2  # 64 at 64 px, 256 at 128 px (8 px patches)
+    assert features.shape == (2, vision.num_patches, vision.hidden_size) == (2, patches, 128)
     features.mean().backward()
     assert pixels.grad.abs().sum() > 0
     assert len(vision.blocks()) >= 3

@@ -56,7 +56,7 @@ class StepBatches(IterableDataset):
 
 
 def module(workdir: Path) -> RecordingModule:
-    model = build_model(compose_config([]), image_token_id=int(os.environ.get("LMM_TEST_IMAGE_TOKEN", "4")))
+    model = build_model(compose_config(["vision=tiny", "llm=tiny"]), image_token_id=int(os.environ.get("LMM_TEST_IMAGE_TOKEN", "4")))
     model.load_state_dict(load_file(str(workdir / "init.safetensors")))
     return RecordingModule(model, Stage(train={"connector": True, "llm": True}, optim={"lr": 1e-3, "warmup_ratio": 0.2}))
 

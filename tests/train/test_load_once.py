@@ -21,12 +21,12 @@ def test_only_rank_zero_holds_the_full_model(data_root, tmp_path):
     saved = tmp_path / "saved"
     saved.mkdir()
     torch.manual_seed(1)
-    model, _ = build_run(compose_config(["llm=medium"], data_root))
+    model, _ = build_run(compose_config(["vision=tiny", "llm=medium"], data_root))
     save_model(model, str(saved / "final.safetensors"))  # the checkpoint the run starts from (stage.init_from)
     full_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     del model
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "run.py", "llm=medium", "strategy=fsdp", "trainer.devices=2", "trainer.max_steps=1", "eval=none",
+    cmd = [sys.executable, "run.py", "vision=tiny", "llm=medium", "strategy=fsdp", "trainer.devices=2", "trainer.max_steps=1", "eval=none",
            "data.batch_size=2", "trainer.limit_val_batches=0", f"stage.init_from={saved}", f"paths.data={data_root}",
            f"paths.runs={runs}", "trainer.enable_progress_bar=false"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
