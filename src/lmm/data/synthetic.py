@@ -71,7 +71,6 @@ SOURCES = ("vqa", "ocr", "region", "description")
 EXTRA_SOURCES = ("conversation", "ocr_small")
 WORD_SIZE, SMALL_WORD_SIZE = 22, 9
 DEFAULT_WEIGHTS = {"vqa": 0.4, "ocr": 0.2, "region": 0.2, "description": 0.2}
-SPLITS = ("pretrain", "train", "val", "test")
 
 
 @dataclass
