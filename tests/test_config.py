@@ -224,3 +224,32 @@ def test_unknown_top_level_keys_are_refused_with_a_hint():
     for experiment in sorted(p.relative_to(CONF / "experiment").with_suffix("").as_posix()
                              for p in (CONF / "experiment").rglob("*.yaml")):
         check_top_level_keys(compose_config([f"experiment={experiment}"]))  # every shipped experiment passes
+
+
+def test_cpu_threads_sets_this_process_share_and_refuses_nonsense():
+    from lmm.tasks import limit_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        limit_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+        limit_cpu_threads(None)  # null: torch's own choice stands
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for wrong in (0, -2, 1.5):
+        with pytest.raises(ValueError, match=rf"cpu_threads={wrong}"):
+            limit_cpu_threads(wrong)
+
+
+def test_make_table2_runs_side_by_side_without_changing_run_directories():
+    """make table2's command line: joblib's launcher, 2 jobs of 1 thread; threads and workers
+    are resources, not part of what a run is, so they stay out of its directory name."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = ["+sweep=table2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "cpu_threads=1", "data.num_workers=0"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, "run_dir=/x"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
+    assert cfg.cpu_threads == 1 and cfg.data.num_workers == 0
+    assert {"cpu_threads", "data.num_workers"} <= set(cfg.hydra.job.config.override_dirname.exclude_keys)

@@ -1,7 +1,7 @@
 """Pretrain the embedded default's tiny tower (CLIP-style) and tiny LLM on synthetic scenes: one deterministic command.
 
     python -m lmm.pretrain_tiny [--out pretrained/tiny] [--placement free] [--tower-steps 400] [--high-res-steps 100]
-                                [--llm-steps 800] [--small-llm-steps 300] [--seed 0]
+                                [--llm-steps 800] [--seed 0]
     make pretrain-tiny
 
 LLaVA starts from a contrastively pretrained CLIP tower and a pretrained, chat-tuned LLM; the
@@ -16,12 +16,13 @@ draws with seeds of their own (never the benchmark's images):
     OUT/llm/           LlamaForCausalLM (HF format) trained on next-token prediction over text-only
                        chats about described scenes (the scene in words, then questions and answers:
                        what Vicuna brings to LLaVA, minus the image)
-    OUT/llm_small/     llm=small's architecture (5.6x the parameters) trained on the same chats
+    OUT/llm_x2/        llm=tiny_x2's architecture (1.9x the parameters, as Vicuna-13B is to 7B)
+                       trained on the same chats for as many steps
     OUT/pretrain.json  settings, losses, held-out image-to-text retrieval accuracy, seconds
 
-The architectures are conf/vision/tiny.yaml's and conf/llm/{tiny,small}.yaml's, so the results load
+The architectures are conf/vision/tiny.yaml's and conf/llm/{tiny,tiny_x2}.yaml's, so the results load
 as `vision.pretrained` and `llm.model.pretrained` unchanged (vision=tiny_pretrained,
-tiny_pretrained_128; llm=tiny_pretrained, small_pretrained). Same arguments, same machine: the same
+tiny_pretrained_128; llm=tiny_pretrained, tiny_x2_pretrained). Same arguments, same machine: the same
 weights (CPU training is deterministic; other CPUs round differently).
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -58,7 +60,7 @@ def tower_arch() -> dict:
 
 
 def llm_arch(size: str) -> dict:
-    """The model `arch` of conf/llm/<size>.yaml (small's file overrides tiny's)."""
+    """The model `arch` of conf/llm/<size>.yaml (a larger size's file overrides tiny's)."""
     arch = OmegaConf.load(CONF / "llm" / "tiny.yaml").model.arch
     if size != "tiny":
         arch = OmegaConf.merge(arch, OmegaConf.load(CONF / "llm" / f"{size}.yaml").model.arch)
@@ -222,14 +224,25 @@ def pretrain_llm(chats: list[str], held_out: list[str], tokenizer, size: str, st
 
 TOWER_BATCH, HIGH_RES_BATCH, LLM_BATCH = 128, 64, 32
 HIGH_RES = 128
-# `make pretrain-tiny`'s settings: the shipped pretrained/tiny/pretrain.json records them.
-DEFAULT_SETTINGS = {"placement": "free", "seed": 0, "tower_steps": 400, "high_res_steps": 100, "llm_steps": 800, "small_llm_steps": 300}
+LLMS = (("tiny", "llm"), ("tiny_x2", "llm_x2"))  # (conf/llm size, directory under OUT)
 
 
-def pretrain_tiny(out: Path, placement: str = "free", tower_steps: int = 400, high_res_steps: int = 100,
-                  llm_steps: int = 800, small_llm_steps: int = 300, seed: int = 0, pairs: int = 8000, chats: int = 12000,
-                  held_out: int = 512) -> dict:
-    """Write OUT/{tokenizer,vision,vision_128,llm,llm_small,pretrain.json}; returns what pretrain.json holds."""
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """`make pretrain-tiny`'s settings (the defaults); the shipped pretrained/tiny/pretrain.json records them."""
+
+    placement: str = "free"
+    seed: int = 0
+    tower_steps: int = 400
+    high_res_steps: int = 100
+    llm_steps: int = 800  # both LLMs: the larger one differs from the tiny one in size alone
+
+
+DEFAULT_SETTINGS = dataclasses.asdict(Settings())
+
+
+def pretrain_tiny(out: Path, settings: Settings = Settings(), pairs: int = 8000, chats: int = 12000, held_out: int = 512) -> dict:
+    """Write OUT/{tokenizer,vision,vision_128,llm,llm_x2,pretrain.json}; returns what pretrain.json holds."""
     clock = time.perf_counter()
     seconds: dict[str, float] = {}
 
@@ -237,30 +250,31 @@ def pretrain_tiny(out: Path, placement: str = "free", tower_steps: int = 400, hi
         nonlocal clock
         seconds[name], clock = round(time.perf_counter() - clock, 1), time.perf_counter()
 
-    out = Path(out)
+    out, seed = Path(out), settings.seed
     template = OmegaConf.load(CONF / "llm" / "tiny.yaml").template
     # Seeds of their own (the benchmark's splits use seed * 1000 + split index).
-    image_pairs = scene_text_pairs(random.Random(10_000 + seed), pairs + held_out, placement)
-    corpus = text_chats(random.Random(20_000 + seed), chats + held_out // 2, placement, template)
+    image_pairs = scene_text_pairs(random.Random(10_000 + seed), pairs + held_out, settings.placement)
+    corpus = text_chats(random.Random(20_000 + seed), chats + held_out // 2, settings.placement, template)
     tokenizer = train_tokenizer(corpus + [text for _, text in image_pairs], out / "tokenizer")
     lap("tokenizer_and_data")
     train, held_out_pairs = image_pairs[:pairs], image_pairs[pairs:]
     arch = tower_arch()
     torch.manual_seed(seed)
     pair = ContrastivePair(arch, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    report: dict = {"vision": contrastive_training(pair, train, held_out_pairs, tokenizer, arch["image_size"], tower_steps, TOWER_BATCH, 2e-3, seed)}
+    report: dict = {"vision": contrastive_training(pair, train, held_out_pairs, tokenizer, arch["image_size"], settings.tower_steps,
+                                                   TOWER_BATCH, 2e-3, seed)}
     pair.vision.save_pretrained(out / "vision")
     lap("vision")
     wide = at_resolution(pair, HIGH_RES)
-    report["vision_128"] = contrastive_training(wide, train, held_out_pairs, tokenizer, HIGH_RES, high_res_steps, HIGH_RES_BATCH, 5e-4, seed + 1)
+    report["vision_128"] = contrastive_training(wide, train, held_out_pairs, tokenizer, HIGH_RES, settings.high_res_steps,
+                                                HIGH_RES_BATCH, 5e-4, seed + 1)
     wide.vision.save_pretrained(out / f"vision_{HIGH_RES}")
     lap(f"vision_{HIGH_RES}")
-    for size, name, steps in (("tiny", "llm", llm_steps), ("small", "llm_small", small_llm_steps)):
-        llm, report[name] = pretrain_llm(corpus[:chats], corpus[chats:], tokenizer, size, steps, LLM_BATCH, 3e-3, seed)
+    for size, name in LLMS:
+        llm, report[name] = pretrain_llm(corpus[:chats], corpus[chats:], tokenizer, size, settings.llm_steps, LLM_BATCH, 3e-3, seed)
         llm.save_pretrained(out / name)
         lap(name)
-    report = {"settings": {"placement": placement, "seed": seed, "tower_steps": tower_steps, "high_res_steps": high_res_steps,
-                           "llm_steps": llm_steps, "small_llm_steps": small_llm_steps, "image_text_pairs": pairs, "chats": chats,
+    report = {"settings": {**dataclasses.asdict(settings), "image_text_pairs": pairs, "chats": chats,
                            "tower_batch": TOWER_BATCH, "high_res_batch": HIGH_RES_BATCH, "llm_batch": LLM_BATCH},
               **report, "seconds": seconds}
     (out / "pretrain.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -276,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value)
     args = parser.parse_args(argv)
-    report = pretrain_tiny(args.out, **{name: getattr(args, name) for name in DEFAULT_SETTINGS})
+    report = pretrain_tiny(args.out, Settings(**{name: getattr(args, name) for name in DEFAULT_SETTINGS}))
     print(json.dumps(report, indent=2))
     print(f"[lmm] tiny tower and LLM in {args.out}")
     return report

@@ -4,6 +4,7 @@ the ordered evaluation stream."""
 from __future__ import annotations
 
 import json
+import os
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -34,8 +35,11 @@ def read_manifest(root: str | Path, needed_for: str | None = None) -> dict | Non
 
 
 def write_manifest(root: str | Path, manifest: dict) -> Path:
+    """Written whole or not at all (a temporary file renamed over it): a reader never sees half of one."""
     path = Path(root) / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    partial = path.with_name(f".{MANIFEST}.{os.getpid()}")
+    partial.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(partial, path)
     return path
 
 
