@@ -40,6 +40,24 @@ def mix665k_root(data_root) -> Path:
 
 
 @pytest.fixture(scope="session")
+def multi_image_root(mix665k_root) -> Path:
+    """`mix665k_root` plus the multi-image miniature (mix665k and LLaVA-NeXT-style image lists)
+    converted at shards/multi_image_mix, its lists as the `multi_image` source (MULTI_IMAGE_DATA)."""
+    from lmm.data.convert import convert
+    from lmm.data.miniature import build_multi_image
+
+    out = mix665k_root / "shards" / "multi_image_mix"
+    if not (out / "manifest.json").exists():
+        json_path, images = build_multi_image(mix665k_root / "multi_image_source")
+        convert(json_path, images, out, workers=1, shard_size=2, progress=False)
+    return mix665k_root
+
+
+# data=llava_mix665k on the multi-image miniature: text-only, one-image and multi-image samples.
+MULTI_IMAGE_DATA = ["data.root=${paths.data}/shards/multi_image_mix", "+data.sources.multi_image.weight=4"]
+
+
+@pytest.fixture(scope="session")
 def tokenizer(data_root):
     from lmm.data.tokenizer import load_tokenizer
 

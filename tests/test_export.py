@@ -25,7 +25,7 @@ def example(processor, data_root):
     sample = next(iter(evaluation_stream(list_shards(data_root / "synthetic" / "test"))))
     turns = [{"from": "human", "value": "<image>\nWhat shape is in the top left cell?"}]
     item = processor.encode(sample, turns, generation_prompt=True)
-    return torch.tensor([item.input_ids]), item.pixels.unsqueeze(0)
+    return torch.tensor([item.input_ids]), item.pixels  # [1, 3, S, S]
 
 
 def test_hf_llava_matches_lmm(trained, data_root, tmp_path):

@@ -39,27 +39,50 @@ def test_predict_answers_and_records_bad_questions(exported, tmp_path):
         json.dumps({"question_id": 2, "image": "broken.jpg", "text": "And here?"}),
         json.dumps({"question_id": 3, "text": "No image at all?"}),
         "{not json",
+        json.dumps({"question_id": 5, "image": ["scene.jpg", "scene.jpg"], "text": "Is the shape in <image> also in <image>?"}),
     ]) + "\n")
     out = tmp_path / "answers.jsonl"
     counts = predict([str(model_dir), "--input", str(questions), "--output", str(out), "--image-folder", str(images),
                       "--max-new-tokens", "6", "--batch-size", "2"])
-    assert counts == {"answered": 2, "errors": 2}
+    assert counts == {"answered": 3, "errors": 2}
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [line["question_id"] for line in lines] == ["1", "3", "line 4", "2"]
-    assert all(isinstance(line["text"], str) for line in lines[:2]) and lines[3]["error"].startswith("image:")
+    assert [line["question_id"] for line in lines] == ["1", "3", "5", "line 4", "2"]
+    assert all(isinstance(line["text"], str) for line in lines[:3]) and lines[4]["error"].startswith("image:")
 
 
 def test_chat_through_stdin(exported):
+    """/image adds an image to the conversation: the second makes it a two-image chat."""
     model_dir, images = exported
     script = "\n".join([f"/image {images / 'missing.jpg'}", f"/image {images / 'broken.jpg'}", f"/image {images / 'scene.jpg'}",
-                        "What shape is in the first cell?", "And the colour?", "/reset", "Hello", "/quit", "never read"]) + "\n"
+                        "What shape is in the first cell?", "And the colour?", f"/image {images / 'scene.jpg'}",
+                        "Is the shape in the first image also in the second?", "/reset", "Hello", "/quit", "never read"]) + "\n"
     done = subprocess.run([sys.executable, "-m", "lmm.chat", str(model_dir), "--max-new-tokens", "5"], input=script,
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
-    assert out.count("cannot use image") == 2 and "still using the previous one" in out  # the chat went on
-    assert f"image {images / 'scene.jpg'} loaded" in out
-    assert out.count("ASSISTANT:") == 3 and "conversation reset" in out
+    assert out.count("cannot use image") == 2 and "goes on without it" in out  # the chat went on
+    assert f"image {images / 'scene.jpg'} added (image 1 of this conversation)" in out
+    assert f"image {images / 'scene.jpg'} added (image 2 of this conversation)" in out
+    assert out.count("ASSISTANT:") == 4 and "cannot answer" not in out and "conversation reset" in out
+
+
+def test_predict_reads_image_lists_and_checks_their_tags(tmp_path):
+    from lmm.predict import read_questions
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps(line) for line in [
+        {"question_id": "first", "image": ["x.jpg", "y.jpg"], "text": "Which has more red objects?"},
+        {"question_id": "placed", "image": ["x.jpg", "y.jpg"], "text": "Is <image> like <image>?"},
+        {"question_id": "tags", "image": ["x.jpg"], "text": "<image> and <image>?"},
+        {"question_id": "empty", "image": [], "text": "Nothing?"},
+        {"question_id": "typed", "image": ["x.jpg", 3], "text": "Mixed?"},
+    ]) + "\n")
+    read, errors = read_questions(questions, tmp_path)
+    assert [(q.qid, q.prompt, q.image) for q in read] == [
+        ("first", "Which has more red objects?", [tmp_path / "x.jpg", tmp_path / "y.jpg"]),
+        ("placed", "Is <image> like <image>?", [tmp_path / "x.jpg", tmp_path / "y.jpg"])]
+    assert [e["question_id"] for e in errors] == ["line 3", "line 4", "line 5"]
+    assert "2 <image> tag(s) but 1 image(s)" in errors[0]["error"] and all("list of paths" in e["error"] for e in errors[1:])
 
 
 def test_predict_records_every_malformed_line(tmp_path):

@@ -3,9 +3,10 @@
     python -m lmm.chat CKPT [--image PATH] [--max-new-tokens 256] [--temperature 0] [--device cpu]
 
 CKPT is an `export.format=lmm` directory or a finished run directory. Type a message; commands:
-`/image PATH` switches to another image (and starts a new conversation, one image per
-conversation as in LLaVA), `/reset` starts over, `/quit` (or end of input) leaves. An unreadable
-image is reported in one line and the chat goes on with the previous one.
+`/image PATH` adds an image to the conversation (your next message comes after it; several
+images make a multi-image conversation, as LLaVA-NeXT's), `/reset` starts over without images,
+`/quit` (or end of input) leaves. An unreadable image is reported in one line and the chat goes
+on without it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from transformers import TextStreamer
 from lmm.data.collate import Collator
 from lmm.data.conversation import IMAGE_TOKEN
 from lmm.data.image import ImageError, decode_image
-from lmm.data.sample import Example
+from lmm.data.sample import Example, image_entries
 from lmm.eval.generate import end_of_turn_ids
 
 
@@ -27,28 +28,29 @@ class Chat:
     def __init__(self, model, processor, max_new_tokens: int = 256, temperature: float = 0.0, device: str = "cpu"):
         self.model, self.processor, self.device = model, processor, device
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
-        self.image: bytes | None = None
+        self.images: list[bytes] = []  # the conversation's images, in order
+        self.unasked = 0  # images added since the last message: their tags go before the next one
         self.turns: list[dict] = []
 
-    def set_image(self, path: str) -> str:
+    def add_image(self, path: str) -> str:
         try:
             data = Path(path).expanduser().read_bytes()
             decode_image(data)  # refuse it now, not mid-answer
         except (OSError, ImageError) as e:
-            return f"[lmm] cannot use image {path}: {e}; still using the previous one"
-        self.image, self.turns = data, []
-        return f"[lmm] image {path} loaded; new conversation"
+            return f"[lmm] cannot use image {path}: {e}; the conversation goes on without it"
+        self.images.append(data)
+        self.unasked += 1
+        return f"[lmm] image {path} added (image {len(self.images)} of this conversation)"
 
     def reset(self) -> str:
-        self.turns = []
+        self.turns, self.images, self.unasked = [], [], 0
         return "[lmm] conversation reset"
 
     def ask(self, text: str, out=sys.stdout) -> str | None:
         """Stream the answer to `out` and keep it in the conversation; None if it cannot be answered."""
-        first = not self.turns
-        value = f"{IMAGE_TOKEN}\n{text}" if first and self.image is not None else text
+        value = IMAGE_TOKEN * self.unasked + "\n" + text if self.unasked else text
         turns = [*self.turns, {"from": "human", "value": value}]
-        sample = {"__key__": "chat", **({"jpg": self.image} if self.image is not None else {})}
+        sample = {"__key__": "chat", **image_entries(self.images)} if self.images else {"__key__": "chat"}
         item = self.processor.encode(sample, turns, generation_prompt=True)
         if not isinstance(item, Example):
             print(f"[lmm] cannot answer: {item.reason} (/reset to start a new conversation)", file=out)
@@ -63,7 +65,7 @@ class Chat:
             do_sample=self.temperature > 0, temperature=self.temperature or 1.0, streamer=streamer,
         )
         answer = tokenizer.decode(new_ids[0], skip_special_tokens=True).strip()
-        self.turns = [*turns, {"from": "gpt", "value": answer}]
+        self.turns, self.unasked = [*turns, {"from": "gpt", "value": answer}], 0
         return answer
 
 
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     model, processor = load_pretrained(args.ckpt, args.device)
     chat = Chat(model, processor, args.max_new_tokens, args.temperature, args.device)
     if args.image:
-        print(chat.set_image(args.image), flush=True)
+        print(chat.add_image(args.image), flush=True)
     print("[lmm] type a message; /image PATH, /reset, /quit", flush=True)
     for line in sys.stdin:
         line = line.strip()
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         if line == "/reset":
             print(chat.reset(), flush=True)
         elif line.startswith("/image"):
-            print(chat.set_image(line[len("/image"):].strip()), flush=True)
+            print(chat.add_image(line[len("/image"):].strip()), flush=True)
         else:
             chat.ask(line)
 

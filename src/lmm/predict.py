@@ -5,7 +5,8 @@
 
 CKPT is an `export.format=lmm` directory or a finished run directory. Input lines follow
 LLaVA's model_vqa format: {"question_id", "text", "image"?} with `image` relative to
---image-folder (default: the input file's folder). Output lines: {"question_id", "prompt",
+--image-folder (default: the input file's folder); `image` may be a list (several images), and
+`text` may place them with one `<image>` tag each (without tags, the images go first). Output lines: {"question_id", "prompt",
 "text", "model_id"}; a question that cannot be answered (unreadable image, too long) gets
 {"question_id", "error"} instead, and is counted: the run never stops on one bad question.
 """
@@ -16,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lmm.data.conversation import IMAGE_TOKEN
 from lmm.data.sample import Skip, decode_json
 from lmm.eval.answer import answer_questions, write_jsonl
 from lmm.eval.official import Question, question_example
@@ -29,11 +31,16 @@ def parse_question(raw: bytes, n: int, image_folder: Path) -> Question:
     text, image, qid = record.get("text"), record.get("image"), record.get("question_id", n)
     if not isinstance(text, str) or not text.strip():
         raise ValueError("'text' must be a non-empty string")
-    if image is not None and not isinstance(image, str):
-        raise ValueError(f"'image' must be a path (a string), got {type(image).__name__}")
+    images = image if isinstance(image, list) else [] if image is None else [image]
+    if not all(isinstance(path, str) and path for path in images) or (isinstance(image, list) and not image):
+        raise ValueError(f"'image' must be a path (a string) or a non-empty list of paths, got {image!r}"[:200])
     if not isinstance(qid, (str, int)) or isinstance(qid, bool):
         raise ValueError(f"'question_id' must be a string or an integer, got {type(qid).__name__}")
-    return Question(str(qid), text.replace("<image>", "").strip(), image_folder / image if image else None)
+    tags = text.count(IMAGE_TOKEN)
+    if tags and tags != len(images):
+        raise ValueError(f"'text' has {tags} {IMAGE_TOKEN} tag(s) but {len(images)} image(s): give one tag per image, or none")
+    paths = [image_folder / path for path in images]
+    return Question(str(qid), text.strip(), paths if isinstance(image, list) else (paths[0] if paths else None))
 
 
 def read_questions(path: Path, image_folder: Path) -> tuple[list[Question], list[dict]]:

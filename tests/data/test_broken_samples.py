@@ -23,7 +23,7 @@ def test_catalogue(process, name):
     result = process(sample)
     if expected_kind is None:
         assert isinstance(result, Example), getattr(result, "reason", None)
-        assert result.pixels.shape == (3, 16, 16)
+        assert result.pixels.shape == (1, 3, 16, 16)
     else:
         assert isinstance(result, Skip) and result.kind == expected_kind, getattr(result, "reason", result)
 

@@ -77,7 +77,7 @@ def test_packing_layout(setup):
         assert batch.input_ids[0, a : a + len(x.input_ids)].tolist() == x.input_ids
         assert batch.labels[0, a + 1 : a + len(x.input_ids)].tolist() == x.labels[1:]
     images_in_order = (batch.input_ids == processor.image_token_id).sum() // processor.image_tokens
-    assert batch.pixel_values.shape[0] == images_in_order == sum(x.pixels is not None for x in examples)
+    assert batch.pixel_values.shape[0] == images_in_order == sum(x.num_images for x in examples)
 
 
 def test_packing_an_all_skipped_batch_is_empty(setup):

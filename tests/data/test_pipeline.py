@@ -34,7 +34,7 @@ def test_bad_samples_are_counted_skips(tokenizer):
     no_image = process(sample("no-image"))
     bad_json = process({"__key__": "bad-json", "json": ["not", "a", "dict"]})
     too_long = processor(tokenizer, max_length=10)(sample("long", png()))
-    assert isinstance(good, Example) and good.pixels.shape == (3, 16, 16)
+    assert isinstance(good, Example) and good.pixels.shape == (1, 3, 16, 16)
     assert isinstance(corrupt, Skip) and corrupt.reason.startswith("image:")
     assert isinstance(no_image, Skip) and "1 <image> tokens in the text but 0 images" in no_image.reason
     assert isinstance(bad_json, Skip) and bad_json.reason.startswith("json:")
@@ -53,8 +53,8 @@ def test_text_only_sample_has_no_pixels(tokenizer):
 
 
 def test_padding_sides():
-    a = Example([1, 2, 3], [IGNORE_INDEX, 2, 3], torch.zeros(3, 4, 4))
-    b = Example([1, 5], [IGNORE_INDEX, 5], torch.ones(3, 4, 4))
+    a = Example([1, 2, 3], [IGNORE_INDEX, 2, 3], torch.zeros(1, 3, 4, 4))
+    b = Example([1, 5], [IGNORE_INDEX, 5], torch.ones(1, 3, 4, 4))
     right = Collator(pad_token_id=0)([a, b])
     assert right.input_ids.tolist() == [[1, 2, 3], [1, 5, 0]]
     assert right.labels.tolist() == [[IGNORE_INDEX, 2, 3], [IGNORE_INDEX, 5, IGNORE_INDEX]]

@@ -85,15 +85,17 @@ def test_malformed_entries_are_rejected_not_fatal(tmp_path):
     json_path, images, expected, _ = build_mix665k(tmp_path / "mini")
     entries = json.loads(json_path.read_text())
     turns = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "x"}]
-    entries += [{"id": "list-image", "image": ["a.jpg", "b.jpg"], "conversations": turns},
+    entries += [{"id": "list-image", "image": ["a.jpg", 7], "conversations": turns},
+                {"id": "list-mismatch", "image": ["m4/a.jpg", "m4/b.jpg"], "conversations": turns},
                 {"id": "number-image", "image": 5, "conversations": turns},
                 {"id": "string-turns", "image": "gqa/images/n0.jpg", "conversations": "hello"},
                 {"id": "number-turn", "conversations": [1, 2]}]
     json_path.write_text(json.dumps(entries))
     manifest = convert(json_path, images, tmp_path / "shards", workers=1, progress=False)
-    assert manifest["counts"] == dict(sorted(expected.items()))
+    assert {k: n for k, n in manifest["counts"].items() if n} == dict(sorted(expected.items()))
     rejected = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "shards" / "rejected.jsonl").read_text().splitlines())}
     assert all(rejected[key].startswith("entry: ") for key in ("list-image", "number-image", "string-turns", "number-turn"))
+    assert rejected["list-mismatch"].startswith("conversation: 2 image(s) but 1 <image> tags")  # a list is fine; its tags must match
 
 
 def test_converter_input_errors_end_at_once(tmp_path):

@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import random
+from collections import Counter
 from dataclasses import replace
 
 import webdataset as wds
@@ -39,6 +40,33 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a, b, c = digest(tmp_path / "a"), digest(tmp_path / "b"), digest(tmp_path / "c")
     assert a == b and len(a) == 5  # pretrain, train (2 shards), val, test
     assert a != c
+
+
+def test_runs_side_by_side_wait_for_the_one_generating(tmp_path):
+    """A sweep's runs started together on a fresh checkout: the one holding the lock generates,
+    the others wait, then find the mixture made and leave its shards alone."""
+    import fcntl
+    import threading
+
+    out = tmp_path / "mix"
+    out.mkdir()
+    with open(out / ".generate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first run, generating
+        waiting: dict = {}
+        other = threading.Thread(target=lambda: waiting.update(manifest=generate(out, TINY, train_tokenizer=False)))
+        other.start()
+        other.join(timeout=1.0)
+        assert other.is_alive() and not (out / "manifest.json").exists()  # it waits; nothing was written
+        made = generate(tmp_path / "reference", TINY, train_tokenizer=False)
+        for path in (tmp_path / "reference").rglob("*"):  # the first run's mixture, complete
+            if path.is_file():
+                (out / path.relative_to(tmp_path / "reference")).parent.mkdir(parents=True, exist_ok=True)
+                (out / path.relative_to(tmp_path / "reference")).write_bytes(path.read_bytes())
+        before = {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")}
+    other.join(timeout=60)
+    assert not other.is_alive() and waiting["manifest"] == made
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")} == before  # read, not rewritten
+    assert digest(out) == digest(tmp_path / "reference")
 
 
 def samples(root, split):
@@ -131,3 +159,34 @@ def test_small_words_are_half_size():
         heights[source] = (scene.word_size, ink[3] - ink[1])
     assert heights["ocr"][0] == WORD_SIZE and heights["ocr_small"][0] == SMALL_WORD_SIZE
     assert heights["ocr_small"][1] < 0.6 * heights["ocr"][1]
+
+
+def test_two_image_questions_need_both_images_and_are_answered_right():
+    from lmm.data.synthetic import make_two_image_sample
+
+    rng, kinds = random.Random(0), Counter()
+    for i in range(400):
+        (first, second), record = make_two_image_sample(rng, i, "free")
+        (turn, reply) = record["conversations"]
+        assert turn["value"].startswith("Image 1: <image>\nImage 2: <image>\n") and turn["value"].count("<image>") == 2
+        qtype, answer = record["qtypes"][0], reply["value"]
+        kinds[(qtype, answer)] += 1
+        if qtype == "more_colour":
+            colour = turn["value"].split("more ")[1].split(" objects")[0]
+            counts = [sum(o.colour == colour for o in s.objects) for s in (first, second)]
+            assert counts[0] != counts[1] and answer == ("first" if counts[0] > counts[1] else "second")
+        else:
+            assert len(first.objects) == 1
+            assert answer == ("yes" if any(o.shape == first.objects[0].shape for o in second.objects) else "no")
+    for qtype, answers in (("more_colour", ("first", "second")), ("shape_in_both", ("yes", "no"))):
+        total = sum(kinds[(qtype, a)] for a in answers)
+        assert 150 <= total <= 250 and all(0.35 * total <= kinds[(qtype, a)] <= 0.65 * total for a in answers), kinds
+
+
+def test_two_image_records_are_written_with_numbered_images(tmp_path):
+    config = replace(TINY, weights={"vqa": 1.0, "two_image": 1.0})
+    generate(tmp_path, config, train_tokenizer=False)
+    raw = list(wds.WebDataset(sorted(str(p) for p in (tmp_path / "train").glob("*.tar")), shardshuffle=False))
+    two = [s for s in raw if b'"two_image"' in s["json"]]
+    assert two and all(sorted(k for k in s if k.endswith("png")) == ["0.png", "1.png"] for s in two)
+    assert all("png" in s and "0.png" not in s for s in raw if s not in two)

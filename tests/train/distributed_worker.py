@@ -34,7 +34,7 @@ from lmm.train.module import LMMModule
 from lmm.train.strategy import FSDP2Strategy
 from lmm.factory import build_run
 from lmm.train.stage import Optim, stage_of
-from tests.conftest import compose_config
+from tests.conftest import MULTI_IMAGE_DATA, compose_config
 
 STEPS, STOP_AT = 6, 3
 SCENARIOS = {  # name -> (strategy, config overrides)
@@ -43,6 +43,7 @@ SCENARIOS = {  # name -> (strategy, config overrides)
     "fsdp_lora": ("fsdp", ["stage=lora", "stage.lora.r=4", "stage.lora.alpha=8", "stage.lora.dropout=0.0"]),
     "ddp_lora": ("ddp", ["stage=lora", "stage.lora.r=4", "stage.lora.alpha=8", "stage.lora.dropout=0.0"]),
     "fsdp_pretrain_vision_block": ("fsdp", ["stage=pretrain", "stage.vision_last_blocks=1"]),
+    "fsdp_multi_image": ("fsdp", ["stage=finetune", *MULTI_IMAGE_DATA]),  # micro-batches of 0, 1 and 2-3 images per sample
 }
 STOPS = ("skip_rate", "placeholders", "non_finite", "all_skipped")  # all_skipped must not stop: rank 1 trains on nothing
 
@@ -79,6 +80,7 @@ class RecordingModule(LMMModule):
         super().__init__(*args, **kwargs)
         self.losses: list[float] = []
         self.images: list[bool] = []
+        self.image_counts: list[tuple[int, int]] = []  # (images, samples) per micro-batch
         self.stop, self.triggered_at = stop, None
 
     def configure_callbacks(self):
@@ -91,6 +93,7 @@ class RecordingModule(LMMModule):
         loss = super().training_step(batch, batch_idx)
         self.losses.append(float(loss.detach()))
         self.images.append(batch.pixel_values is not None)
+        self.image_counts.append((batch.images, batch.rows))
         return loss
 
     def forward(self, batch):
@@ -148,7 +151,8 @@ def train(workdir: Path) -> None:
         trainer(kind, callbacks=[checkpoints(), StopAt()]).fit(first, datamodule=data)
         second, data = module(data_root, overrides, init)
         trainer(kind, callbacks=[checkpoints()]).fit(second, datamodule=data, ckpt_path=str(workdir / name / "last.ckpt"))
-        record = {"losses": first.losses + second.losses, "images": first.images + second.images}
+        record = {"losses": first.losses + second.losses, "images": first.images + second.images,
+                  "image_counts": first.image_counts + second.image_counts}
         (workdir / f"{name}_rank{rank}.json").write_text(json.dumps(record))
 
 

@@ -19,12 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def workdir(mix665k_root, tmp_path_factory):
+def workdir(multi_image_root, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("distributed")
-    (workdir / "data_root").write_text(str(mix665k_root))
+    (workdir / "data_root").write_text(str(multi_image_root))
     for name, (_, overrides) in worker.SCENARIOS.items():
         torch.manual_seed(0)
-        model, _ = build_run(worker.config(mix665k_root, overrides))
+        model, _ = build_run(worker.config(multi_image_root, overrides))
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(workdir / f"init_{name}.safetensors"))
     return workdir
 
@@ -43,6 +43,9 @@ def test_every_stage_under_fsdp_and_ddp_equals_one_process(workdir):
         ranks = [json.loads((workdir / f"{name}_rank{r}.json").read_text()) for r in (0, 1)]
         assert ranks[0]["images"] == ranks[1]["images"], name  # both ranks: an image step or a text-only step, together
         assert not all(ranks[0]["images"]), f"{name}: no text-only step; the test would not provoke divergence"
+        if name == "fsdp_multi_image":  # some micro-batch holds more images than samples: a multi-image sample
+            counts = ranks[0]["image_counts"] + ranks[1]["image_counts"]
+            assert any(images > rows for images, rows in counts), counts
         sharded = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"])]
         expected, images = worker.reference(workdir, name)
         assert images == ranks[0]["images"]

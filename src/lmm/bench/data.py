@@ -73,7 +73,7 @@ class LazySupervisedStyle(Dataset):
         entry = self.entries[i]
         image = Image.open(self.images / entry["image"]).convert("RGB")
         image = pad_to_square(image, mean_colour(CLIP_MEAN))
-        pixels = self.processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
+        pixels = self.processor.preprocess(image, return_tensors="pt")["pixel_values"]  # [1, 3, S, S]
         enc = encode(self.tokenizer, "vicuna_v1", entry["conversations"], IMAGE_TOKENS, self.image_token_id, max_length=2048)
         return Example(enc.input_ids, enc.labels, pixels)
 

@@ -18,7 +18,7 @@ PACKING_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"
 class Batch:
     """What the Collator makes and the model consumes. Tensors: input_ids, labels [B, T],
     attention_mask [B, T] (or None when packed), pixel_values [I, 3, S, S] in the order of the
-    image placeholders (None without images), instruction ids/mask [I, L] for instruction-aware
+    image placeholders (a sample's several images one after another; None without images), instruction ids/mask [I, L] for instruction-aware
     connectors; packed batches (B = 1) add position ids restarting per sample and the sample
     offsets. The rest is bookkeeping: per-sample meta and lengths, and the inputs skipped."""
 
@@ -108,11 +108,11 @@ class Collator:
         """The token tensors plus what every batch carries: images in the order of their
         placeholders, per-sample meta and lengths, and the skip counts."""
         with_image = [x for x in examples if x.pixels is not None]
-        if with_image and with_image[0].instruction is not None:
-            tensors |= self._instructions([x.instruction for x in with_image])
+        if with_image and with_image[0].instructions is not None:
+            tensors |= self._instructions([ids for x in with_image for ids in x.instructions])
         return Batch(
             **tensors,
-            pixel_values=torch.stack([x.pixels for x in with_image]) if with_image else None,  # [I, 3, S, S]
+            pixel_values=torch.cat([x.pixels for x in with_image]) if with_image else None,  # [I, 3, S, S], samples' images in turn
             meta=[x.meta for x in examples],
             skipped=dict(Counter(x.kind for x in items if isinstance(x, Skip))),
             skip_details=[f"{x.key}: {x.reason}" for x in items if isinstance(x, Skip)],

@@ -137,8 +137,9 @@ def _check_turns(turns: list[dict]) -> None:
 
 
 def _image_first(value: str) -> str:
-    """LLaVA-1.5 moves `<image>` to the front of its turn, followed by a newline."""
-    if IMAGE_TOKEN not in value:
+    """LLaVA-1.5 moves `<image>` to the front of its turn, followed by a newline. A turn with
+    several images keeps them where they are (interleaved, as LLaVA-NeXT's multi-image data)."""
+    if value.count(IMAGE_TOKEN) != 1:
         return value
     return (IMAGE_TOKEN + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
 
@@ -179,9 +180,10 @@ def _plain_segments(turns: list[dict], generation_prompt: bool) -> list[tuple[st
         raise ConversationError(f"the plain template takes one image-caption pair, got {len(turns)} turns")
     if IMAGE_TOKEN not in turns[0]["value"]:
         raise ConversationError("the plain template needs an <image> in the human turn")
+    images = IMAGE_TOKEN * turns[0]["value"].count(IMAGE_TOKEN)  # (several: one after another)
     if generation_prompt:
-        return [(IMAGE_TOKEN, False)]
-    return [(IMAGE_TOKEN, False), (turns[1]["value"] + "\n", True)]
+        return [(images, False)]
+    return [(images, False), (turns[1]["value"] + "\n", True)]
 
 
 def render(template: str, turns: list[dict], generation_prompt: bool = False) -> str:

@@ -36,8 +36,8 @@ class Rejected(Exception):
 
 
 def check_conversation(entry: dict) -> None:
-    """Roles alternate human/gpt starting with human, values are non-empty strings, and the
-    `<image>` tag appears exactly once iff the entry has an image."""
+    """Roles alternate human/gpt starting with human, values are non-empty strings, and there is
+    one `<image>` tag per image (none without images)."""
     turns = entry.get("conversations")
     if not isinstance(turns, list) or len(turns) < 2:
         raise Rejected("conversation: missing or fewer than two turns")
@@ -48,10 +48,17 @@ def check_conversation(entry: dict) -> None:
         if not isinstance(turn.get("value"), str) or not turn["value"].strip():
             raise Rejected(f"conversation: turn {i} is empty")
     tags = sum(turn["value"].count(IMAGE_TOKEN) for turn in turns)
-    if entry.get("image") and tags != 1:
-        raise Rejected(f"conversation: image entry has {tags} <image> tags (expected 1)")
-    if not entry.get("image") and tags:
+    images = len(entry_images(entry))
+    if images and tags != images:
+        raise Rejected(f"conversation: {images} image(s) but {tags} <image> tags (expected one per image)")
+    if not images and tags:
         raise Rejected("conversation: <image> tag but no image")
+
+
+def entry_images(entry: dict) -> list[str]:
+    """The entry's image paths: LLaVA's one `"image": path`, or LLaVA-NeXT / M4-Instruct's list."""
+    image = entry.get("image")
+    return [] if not image else [image] if isinstance(image, str) else list(image)
 
 
 def image_path(root: Path, relative: str, follow_symlinks: bool = False) -> Path:
@@ -102,9 +109,10 @@ def _write_shard(task: tuple) -> dict:
             try:
                 check_conversation(entry)
                 sample = {"__key__": f"{source}-{index:09d}", "json": {**entry, "source": source}}
-                if entry.get("image"):
-                    extension, data = read_image(images_root, entry["image"], resize, verify, follow_symlinks)
-                    sample[extension] = data
+                paths = entry_images(entry)
+                for i, path in enumerate(paths):  # one image: `jpg`, `png`, ...; several: `0.jpg`, `1.png`, ... (in tag order)
+                    extension, data = read_image(images_root, path, resize, verify, follow_symlinks)
+                    sample[extension if len(paths) == 1 else f"{i}.{extension}"] = data
                     size += len(data)
                 writer.write(sample)
                 written += 1
@@ -120,8 +128,9 @@ def malformed(entry) -> str | None:
     """Why an entry's fields have the wrong types (one entry must never abort a conversion), or None."""
     if not isinstance(entry, dict):
         return "not a JSON object"
-    if "image" in entry and entry["image"] is not None and not isinstance(entry["image"], str):
-        return f"'image' must be one path (a string), got {type(entry['image']).__name__}"
+    image = entry.get("image")
+    if image is not None and not isinstance(image, str) and not (isinstance(image, list) and all(isinstance(p, str) for p in image)):
+        return f"'image' must be a path (a string) or a list of paths, got {type(image).__name__}"
     turns = entry.get("conversations")
     if not isinstance(turns, list) or not all(isinstance(turn, dict) for turn in turns):
         return "'conversations' must be a list of turn objects"

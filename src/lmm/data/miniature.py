@@ -1,7 +1,8 @@
 """Schema-exact miniatures of llava_v1_5_mix665k.json and blip_laion_cc_sbu_558k.json, with
 generated images in the official folder layout, plus a catalogue of broken entries: what the
 tests and `make gpu-check` train on when the real files are not at hand. Like the real mixture
-they hold text-only ShareGPT conversations and multi-turn conversations."""
+they hold text-only ShareGPT conversations and multi-turn conversations; `build_multi_image`
+adds LLaVA-NeXT's multi-image entries."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def build_mix665k(root: Path) -> tuple[Path, Path, dict[str, int], dict[str, str
     # The broken-entry catalogue: each is rejected with its reason, never converted.
     broken = {
         "missing-file": ({"id": "missing-file", "image": "coco/train2017/does_not_exist.jpg", "conversations": _turns(("<image>\nQ?", "A"))}, "image: missing file"),
-        "no-tag": ({"id": "no-tag", "image": "coco/train2017/000000000000.jpg", "conversations": _turns(("What is this?", "A cat"))}, "conversation: image entry has 0 <image> tags"),
+        "no-tag": ({"id": "no-tag", "image": "coco/train2017/000000000000.jpg", "conversations": _turns(("What is this?", "A cat"))}, "conversation: 1 image(s) but 0 <image> tags"),
         "tag-no-image": ({"id": "tag-no-image", "conversations": _turns(("<image>\nWhat is this?", "A cat"))}, "conversation: <image> tag but no image"),
         "wrong-roles": ({"id": "wrong-roles", "image": "gqa/images/n0.jpg", "conversations": [{"from": "gpt", "value": "<image>\nhi"}, {"from": "human", "value": "x"}]}, "conversation: turn 0 should be from 'human'"),
         "empty-turn": ({"id": "empty-turn", "image": "gqa/images/n1.jpg", "conversations": _turns(("<image>\nQ?", "  "))}, "conversation: turn 1 is empty"),
@@ -68,6 +69,26 @@ def build_mix665k(root: Path) -> tuple[Path, Path, dict[str, int], dict[str, str
     path = root / "llava_v1_5_mix665k.json"
     path.write_text(json.dumps(entries))
     return path, images, expected, {k: reason for k, (_, reason) in broken.items()}
+
+
+def build_multi_image(root: Path, n: int = 6) -> tuple[Path, Path]:
+    """The mix665k miniature plus LLaVA-NeXT / M4-Instruct-style entries with `"image": [..]`
+    lists (2 or 3 images, tags interleaved with text or all first), and one whose tags and images
+    disagree (rejected). Converted, the lists form the `multi_image` source."""
+    json_path, images, _, _ = build_mix665k(root)
+    entries = json.loads(json_path.read_text())
+    for i in range(n):
+        paths = [f"m4_instruct/scene{i}/{k}.jpg" for k in range(2 + i % 2)]
+        for k, path in enumerate(paths):
+            _jpeg(images / path, colour=(60 * k, 40 * i, 200 - 60 * k))
+        question = ("".join(f"Image {k + 1}: <image>\n" for k in range(len(paths))) if i % 2 == 0 else "<image>" * len(paths) + "\n")
+        entries.append({"id": f"m4-{i}", "image": paths, "conversations": _turns(
+            (question + "What differs between the images?", "The colours."), ("Which is bluest?", "The first."))})
+    entries.append({"id": "m4-mismatch", "image": ["m4_instruct/scene0/0.jpg", "m4_instruct/scene0/1.jpg"],
+                    "conversations": _turns(("<image>\nOnly one tag for two images.", "?"))})
+    path = root / "multi_image.json"
+    path.write_text(json.dumps(entries))
+    return path, images
 
 
 def build_pretrain558k(root: Path, n: int = 6) -> tuple[Path, Path]:

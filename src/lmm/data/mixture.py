@@ -26,7 +26,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from lmm.data.collate import Collator
-from lmm.data.sample import IMAGE_KEYS, SampleProcessor
+from lmm.data.sample import SampleProcessor, count_images
 from lmm.data.shards import ERROR_KEY, expand_shards
 
 
@@ -52,12 +52,12 @@ def worker_slot() -> tuple[int, int]:
 
 
 def has_image(sample: dict) -> bool:
-    return any(key in sample for key in IMAGE_KEYS)
+    return count_images(sample) > 0
 
 
 def approximate_length(sample: dict, image_tokens: int) -> int:
-    """Tokens of a raw sample without tokenizing it: JSON bytes / 4 + its image tokens."""
-    return len(sample.get("json", b"")) // 4 + (image_tokens if has_image(sample) else 0)
+    """Tokens of a raw sample without tokenizing it: JSON bytes / 4 + its images' tokens."""
+    return len(sample.get("json", b"")) // 4 + image_tokens * count_images(sample)
 
 
 def deal(samples: list[dict], shares: int, per_share: int, length) -> list[list[dict]]:

@@ -15,6 +15,37 @@ from lmm.data.sources import strip_format_prompts
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
 
 
+def image_keys(sample: dict) -> list[str]:
+    """The sample's image entries in order: one `jpg`/`png`/... entry (LLaVA's one image), or
+    numbered ones, `0.jpg`, `1.png`, ... (several images, bound in order to the `<image>` tags).
+    ImageError for a sample with both forms or a gap in the numbers."""
+    single = [k for k in IMAGE_KEYS if k in sample]
+    numbered = {}
+    for key in sample:
+        index, _, extension = key.partition(".")
+        if index.isdigit() and extension in IMAGE_KEYS:
+            numbered[int(index)] = key
+    if len(single) > 1 or (single and numbered):
+        raise ImageError(f"entries {sorted(single + list(numbered.values()))} are not one image nor a numbered list")
+    if sorted(numbered) != list(range(len(numbered))):
+        raise ImageError(f"numbered entries {sorted(numbered.values())} skip a number (expected 0.<ext> … {len(numbered) - 1}.<ext>)")
+    return single or [numbered[i] for i in range(len(numbered))]
+
+
+def image_entries(images: list[bytes]) -> dict[str, bytes]:
+    """Encoded images as a sample's entries, the inverse of image_keys: one is `jpg` (the key is a
+    name only: the bytes say the format), several are `0.jpg`, `1.jpg`, ..."""
+    return {"jpg": images[0]} if len(images) == 1 else {f"{i}.jpg": data for i, data in enumerate(images)}
+
+
+def count_images(sample: dict) -> int:
+    """How many images a raw sample holds, from its keys alone (0 for one it cannot tell)."""
+    try:
+        return len(image_keys(sample))
+    except ImageError:
+        return 0
+
+
 @dataclass
 class Skip:
     """A sample that could not be used; `reason` starts with its kind (`image:`, `json:`,
@@ -32,9 +63,13 @@ class Skip:
 class Example:
     input_ids: list[int]
     labels: list[int]
-    pixels: torch.Tensor | None  # [3, S, S] or None for text-only samples
+    pixels: torch.Tensor | None  # [k, 3, S, S]: the k images in the order of their <image> tags; None for text-only
     meta: dict = field(default_factory=dict)
-    instruction: list[int] | None = None  # the image's question, for instruction-aware connectors
+    instructions: list[list[int]] | None = None  # each image's question, for instruction-aware connectors
+
+    @property
+    def num_images(self) -> int:
+        return 0 if self.pixels is None else self.pixels.shape[0]
 
 
 def decode_json(raw: bytes | bytearray):
@@ -64,7 +99,10 @@ class SampleProcessor:
 
     Too-long conversations lose whole trailing exchanges until they fit (image tokens are
     never cut; `meta["truncated_turns"]` says how many turns went); if even the first exchange
-    does not fit, the sample is skipped.
+    does not fit, or the next to go holds an image, the sample is skipped.
+
+    Several images: numbered entries (`0.jpg`, `1.png`, ...; see image_keys), bound in order to
+    the `<image>` tags wherever they stand in the turns; a count that differs is a counted skip.
     """
 
     def __init__(
@@ -77,23 +115,29 @@ class SampleProcessor:
         instruction_length: int | None = None,
         strip_format_prompts: bool = False,
     ):
-        """`instruction_length`: also tokenize the image's question (first `<image>` turn, tag
-        removed) up to this many tokens, for instruction-aware connectors (InstructBLIP).
+        """`instruction_length`: also tokenize each image's question (the turn that holds its
+        `<image>` tag, tags removed) up to this many tokens, for instruction-aware connectors (InstructBLIP).
         `strip_format_prompts`: remove response-format prompts (the paper's ablation row)."""
         self.tokenizer, self.template = tokenizer, template
         self.image_transform, self.image_tokens, self.max_length = image_transform, image_tokens, max_length
         self.instruction_length, self.strip_format_prompts = instruction_length, strip_format_prompts
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
-    def image_bytes(self, sample: dict) -> bytes | None:
-        return next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+    def pixels(self, sample: dict) -> torch.Tensor | None:
+        """The sample's images, transformed: [k, 3, S, S] in the order of image_keys (None: no image)."""
+        keys = image_keys(sample)
+        return torch.stack([self.image_transform(sample[k]) for k in keys]) if keys else None
 
-    def instruction(self, turns: list[dict]) -> list[int] | None:
+    def instructions(self, turns: list[dict]) -> list[list[int]] | None:
+        """One question per `<image>` tag: the text of the turn that holds it (tags removed)."""
         if self.instruction_length is None:
             return None
-        text = next((t["value"] for t in turns if IMAGE_TOKEN in t["value"]), "").replace(IMAGE_TOKEN, "").strip()
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.instruction_length]
-        return ids or [self.tokenizer.pad_token_id]  # an image with no question still gets one token
+        out = []
+        for turn in turns:
+            text = turn["value"].replace(IMAGE_TOKEN, "").strip()
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.instruction_length]
+            out += [ids or [self.tokenizer.pad_token_id]] * turn["value"].count(IMAGE_TOKEN)  # an image with no question gets one token
+        return out
 
     def _encode_fitting(self, turns: list[dict], generation_prompt: bool, label_end_of_turn: bool = True):
         dropped = 0
@@ -104,8 +148,8 @@ class SampleProcessor:
                     max_length=self.max_length, generation_prompt=generation_prompt, label_end_of_turn=label_end_of_turn,
                 ), dropped
             except ConversationTooLong:
-                # Drop the last exchange, but never the first (it carries the image).
-                if len(turns) <= (1 if generation_prompt else 2):
+                # Drop the last exchange, but never the first, nor one that holds an image (images are never cut).
+                if len(turns) <= (1 if generation_prompt else 2) or any(IMAGE_TOKEN in t["value"] for t in turns[-2:]):
                     raise
                 turns, dropped = turns[:-2], dropped + 2
 
@@ -117,8 +161,7 @@ class SampleProcessor:
         try:
             if self.strip_format_prompts:
                 turns = strip_format_prompts(turns)
-            data = self.image_bytes(sample)
-            pixels = None if data is None else self.image_transform(data)
+            pixels = self.pixels(sample)
             enc, dropped = self._encode_fitting(turns, generation_prompt, label_end_of_turn)
         except ConversationError as e:
             return Skip(key, f"conversation: {e}")
@@ -126,11 +169,12 @@ class SampleProcessor:
             return Skip(key, f"image: {e}")
         except Exception as e:  # anything else a hostile sample can trigger
             return Skip(key, f"sample: {type(e).__name__}: {e}")
-        if enc.num_images != (0 if pixels is None else 1):
-            return Skip(key, f"conversation: {enc.num_images} <image> tokens in the text but {0 if pixels is None else 1} images")
+        images = 0 if pixels is None else pixels.shape[0]
+        if enc.num_images != images:
+            return Skip(key, f"conversation: {enc.num_images} <image> tokens in the text but {images} images")
         meta = {**(meta or {}), **({"truncated_turns": dropped} if dropped else {})}
-        instruction = self.instruction(turns) if pixels is not None else None
-        return Example(enc.input_ids, enc.labels, pixels, meta, instruction)
+        instructions = self.instructions(turns[: len(turns) - dropped]) if images else None
+        return Example(enc.input_ids, enc.labels, pixels, meta, instructions)
 
     def __call__(self, sample: dict) -> Example | Skip:
         """A training sample: the whole conversation."""

@@ -36,9 +36,16 @@ def _text(entry: dict) -> str:
     return "\n".join(str(turn.get("value", "")) for turn in entry.get("conversations", []) if turn.get("from") == "human")
 
 
+MULTI_IMAGE = "multi_image"  # entries with several images (LLaVA-NeXT's interleaved data)
+
+
 def classify(entry: dict) -> str:
     """The source name for one LLaVA-format entry (raises ValueError when nothing matches)."""
     image = entry.get("image")
+    if isinstance(image, list):  # LLaVA-NeXT / M4-Instruct: a list of images
+        if len(image) > 1:
+            return MULTI_IMAGE  # from any folder: a source of its own, weighted like the others
+        image = image[0] if image else None
     if not image:
         return "sharegpt"
     text = _text(entry)

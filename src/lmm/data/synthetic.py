@@ -17,6 +17,7 @@ Boxes are normalised to the *padded square* image, as LLaVA-1.5's region data is
 from __future__ import annotations
 
 import argparse
+import fcntl
 import io
 import json
 import random
@@ -27,6 +28,7 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image, ImageDraw, ImageFont
 
+from lmm.data.conversation import IMAGE_TOKEN
 from lmm.data.shards import local_directory, read_manifest, write_manifest
 
 GENERATOR_VERSION = 3
@@ -68,7 +70,9 @@ SOURCES = ("vqa", "ocr", "region", "description")
 # Beyond the default mixture (make table2): long-form answers to the VQA questions without a format
 # prompt (LLaVA-Instruct's role beside VQAv2), and words rendered at half size, which a 64 px
 # tower cannot read but a 128 px one can (the "higher resolution" row).
-EXTRA_SOURCES = ("conversation", "ocr_small")
+# `two_image`: questions about two images at once (several images per conversation).
+EXTRA_SOURCES = ("conversation", "ocr_small", "two_image")
+MULTI_IMAGE_SOURCES = ("two_image",)
 WORD_SIZE, SMALL_WORD_SIZE = 22, 9
 DEFAULT_WEIGHTS = {"vqa": 0.4, "ocr": 0.2, "region": 0.2, "description": 0.2}
 
@@ -275,6 +279,35 @@ def make_sample(rng: random.Random, source: str, index: int, placement: str = "g
     return scene, record
 
 
+def make_two_image_sample(rng: random.Random, index: int, placement: str = "grid") -> tuple[list[Scene], dict]:
+    """Two images and one question that needs both, the tags interleaved with text: which image
+    has more objects of a colour (never a tie), or whether the one shape of the first image is also
+    in the second (yes and no equally often)."""
+    def scene(n: int) -> Scene:
+        width, height = rng.choice(CANVASES)
+        return Scene(width, height, _place_objects(rng, width, height, n, placement))
+
+    if rng.random() < 0.5:
+        colour = rng.choice(tuple(COLOURS))
+        while True:
+            first, second = scene(rng.randint(1, 3)), scene(rng.randint(1, 3))
+            counts = [sum(o.colour == colour for o in s.objects) for s in (first, second)]
+            if counts[0] != counts[1]:
+                break
+        qtype, question = "more_colour", f"Which image has more {colour} objects? Answer first or second."
+        answer = "first" if counts[0] > counts[1] else "second"
+    else:
+        wanted = rng.random() < 0.5
+        while True:
+            first, second = scene(1), scene(rng.randint(1, 3))
+            if any(o.shape == first.objects[0].shape for o in second.objects) == wanted:
+                break
+        qtype, question = "shape_in_both", "Is the shape in the first image also in the second? Answer yes or no."
+        answer = "yes" if wanted else "no"
+    turns = [{"from": "human", "value": f"Image 1: {IMAGE_TOKEN}\nImage 2: {IMAGE_TOKEN}\n{question}"}, {"from": "gpt", "value": answer}]
+    return [first, second], {"id": f"two_image-{index:07d}", "source": "two_image", "conversations": turns, "qtypes": [qtype]}
+
+
 @dataclass
 class GenerationConfig:
     seed: int = 0
@@ -299,12 +332,18 @@ class GenerationConfig:
 # The mixture of `make table2` (experiments/results/table2/): the default's sources plus long-form
 # conversations and small words; `train_no_region` for the rows before "+ region data".
 TABLE2_WEIGHTS = {"vqa": 0.3, "conversation": 0.15, "ocr": 0.1, "ocr_small": 0.15, "region": 0.15, "description": 0.15}
+MULTI_IMAGE_WEIGHTS = {"vqa": 0.3, "ocr": 0.15, "region": 0.15, "description": 0.1, "two_image": 0.3}
 PRESETS = {
     "default": GenerationConfig(),
     "table2": GenerationConfig(
         pretrain=0, test=400, weights=TABLE2_WEIGHTS,
         test_weights={k: w for k, w in TABLE2_WEIGHTS.items() if k != "conversation"},
         extra_train={"train_no_region": {k: w for k, w in TABLE2_WEIGHTS.items() if k != "region"}}),
+    # Several images per conversation: the default's sources plus two-image questions;
+    # `train_single_image` is the same mixture without them (single- vs multi-image training).
+    "multi_image": GenerationConfig(
+        pretrain=0, test=400, weights=MULTI_IMAGE_WEIGHTS,
+        extra_train={"train_single_image": {k: w for k, w in MULTI_IMAGE_WEIGHTS.items() if k != "two_image"}}),
 }
 
 
@@ -336,11 +375,26 @@ def _baselines(train_records: list[dict]) -> dict:
 
 
 def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), train_tokenizer: bool = True) -> dict:
-    """Write all splits, the manifest and the tokenizer; skip if `out` already holds this config."""
+    """Write all splits, the manifest and the tokenizer; skip if `out` already holds this config.
+
+    Runs started side by side (a joblib or SLURM sweep on a fresh checkout) all find the mixture
+    missing: one generates it, holding OUT/.generate.lock, and the others wait for it and then
+    find it made, so that no process rewrites shards that another is reading. The manifest is
+    written last, and whole: a mixture with a manifest is complete."""
     out = local_directory(out, "the synthetic mixture's output").resolve()  # absolute: never read as a pipe: or URL
     manifest = read_manifest(out)
     if manifest is not None and manifest.get("config") == asdict(config):
         return manifest
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".generate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        manifest = read_manifest(out)
+        if manifest is not None and manifest.get("config") == asdict(config):
+            return manifest  # made by the process that held the lock first
+        return _generate(out, config, train_tokenizer)
+
+
+def _generate(out: Path, config: GenerationConfig, train_tokenizer: bool) -> dict:
     manifest = {"config": asdict(config), "counts": {}, "shards": {}}
     texts: list[str] = []
     train_records: list[dict] = []
@@ -354,8 +408,13 @@ def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), tra
         pattern = str(split_dir / "shard-%06d.tar")
         with wds.ShardWriter(pattern, maxcount=config.shard_size, verbose=0, mtime=0.0) as writer:
             for i, source in enumerate(_split_sources(n, weights, rng)):
-                scene, record = make_sample(rng, source, i, config.placement)
-                writer.write({"__key__": f"{split}-{i:07d}", "png": _draw(scene), "json": record})
+                if source in MULTI_IMAGE_SOURCES:  # numbered entries, in the order of the tags
+                    scenes, record = make_two_image_sample(rng, i, config.placement)
+                    images = {f"{k}.png": _draw(scene) for k, scene in enumerate(scenes)}
+                else:
+                    scene, record = make_sample(rng, source, i, config.placement)
+                    images = {"png": _draw(scene)}
+                writer.write({"__key__": f"{split}-{i:07d}", **images, "json": record})
                 counts[source] += 1
                 if split in ("pretrain", "train"):  # (the extra splits draw from the same sources)
                     texts += [turn["value"] for turn in record["conversations"]]
@@ -376,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="data/synthetic")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                        help="default: the embedded default's mixture; table2: make table2's (see PRESETS)")
+                        help="default: the embedded default's mixture; table2: make table2's; multi_image: with two-image questions (see PRESETS)")
     for name in ("seed", "pretrain", "train", "val", "test", "shard_size"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default: the preset's ({getattr(GenerationConfig(), name)} for default)")
     parser.add_argument("--placement", choices=("grid", "free"))

@@ -24,13 +24,14 @@ GENERATIVE_SOURCES = ("vqa", "ocr", "region")
 
 
 def question_turns(record: dict) -> list[tuple[str, dict]]:
-    """Each question of a synthetic record as asked on its own: (the human turn with the image
-    first, meta with id, turn, source, question type and the gold answer)."""
+    """Each question of a synthetic record as asked on its own: (the human turn with the record's
+    images first, or where its tags stand; meta with id, turn, source, question type and the gold answer)."""
     turns, asked = record["conversations"], []
+    images = sum(turn["value"].count(IMAGE_TOKEN) for turn in turns)
     for k, qtype in enumerate(record["qtypes"]):
         question = turns[2 * k]["value"]
-        if IMAGE_TOKEN not in question:
-            question = f"{IMAGE_TOKEN}\n{question}"
+        if images and IMAGE_TOKEN not in question:
+            question = f"{IMAGE_TOKEN * images}\n{question}"
         asked.append((question, {"id": record["id"], "turn": k, "source": record["source"], "qtype": qtype,
                                  "answer": turns[2 * k + 1]["value"]}))
     return asked

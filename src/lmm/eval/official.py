@@ -17,7 +17,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmm.data.sample import Example, SampleProcessor, Skip
+from lmm.data.conversation import IMAGE_TOKEN
+from lmm.data.sample import Example, SampleProcessor, Skip, image_entries
 from lmm.data.sources import GROUNDING, MULTIPLE_CHOICE, SHORT_ANSWER
 from lmm.eval.answer import answer_questions, write_predictions
 from lmm.eval.metrics import (
@@ -37,8 +38,8 @@ UNANSWERABLE = "When the provided information is insufficient, respond with 'Una
 @dataclass
 class Question:
     qid: str
-    prompt: str  # the human turn, without the <image> tag
-    image: Path | bytes | None
+    prompt: str  # the human turn: without <image> tags (the images go first), or with one per image where they stand
+    image: Path | bytes | list | None  # one image, or a list of them (several images, in the order of their tags)
     gold: object = None
     extra: dict = field(default_factory=dict)
 
@@ -68,14 +69,17 @@ def options_text(options: list[str]) -> str:
 
 
 def question_example(processor: SampleProcessor, q: Question) -> Example | Skip:
-    """A question as a generation-ready example (image first, as LLaVA), or a Skip with the reason."""
+    """A question as a generation-ready example, or a Skip with the reason. A prompt without tags
+    gets its images first (as LLaVA); one with tags keeps them where they stand (a count that
+    differs from the images is a Skip, as in training)."""
     sample: dict = {"__key__": str(q.qid)}
-    if q.image is not None:
-        try:
-            sample["jpg"] = q.image if isinstance(q.image, bytes) else Path(q.image).read_bytes()
-        except OSError as e:
-            return Skip(str(q.qid), f"image: {e}")
-    prompt = ("<image>\n" if q.image is not None else "") + q.prompt
+    images = q.image if isinstance(q.image, list) else [] if q.image is None else [q.image]
+    try:
+        sample |= image_entries([image if isinstance(image, bytes) else Path(image).read_bytes() for image in images])
+    except OSError as e:
+        return Skip(str(q.qid), f"image: {e}")
+    tags = q.prompt.count(IMAGE_TOKEN)
+    prompt = q.prompt if tags else IMAGE_TOKEN * len(images) + ("\n" if images else "") + q.prompt
     return processor.encode(sample, [{"from": "human", "value": prompt}], generation_prompt=True, meta={"qid": q.qid})
 
 

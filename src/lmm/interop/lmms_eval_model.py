@@ -5,11 +5,12 @@
 
 lmms-eval 0.7 finds the model through the `lmms_eval.models` entry point (pyproject.toml), which
 returns `manifest()`. Requests are answered with lmm's own machinery: prompts rendered with the
-run's template by its SampleProcessor (image first, as in training), `generate_until` in batches
+run's template by its SampleProcessor (images first unless the prompt places their tags; several
+images per request as in multi-image training), `generate_until` in batches
 with the KV-cached generator (greedy unless the task asks for sampling), `loglikelihood` by
 teacher forcing (multiple-choice tasks; returned as the negative log-likelihood, the "loss" that
-lmms-eval's multiple_choice scoring minimises). A request lmm cannot ask (more than one image, an
-unreadable image, a prompt over the model's max length) is answered "" (or an infinite loss),
+lmms-eval's multiple_choice scoring minimises). A request lmm cannot ask (an unreadable image, a
+prompt over the model's max length, tags that do not match its images) is answered "" (or an infinite loss),
 counted, and the counts are printed at the end of each call: never a crash mid-evaluation.
 """
 
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from lmm.data.collate import Collator
 from lmm.data.conversation import IMAGE_TOKEN
-from lmm.data.sample import Example, Skip
+from lmm.data.sample import Example, Skip, image_entries
 from lmm.eval.generate import evaluating, generate_texts
 from lmm.eval.likelihood import labelled_logprobs
 
@@ -46,20 +47,19 @@ def manifest() -> ModelManifest:
 
 
 def image_sample(key: str, images: list) -> dict:
-    """A shard-like sample for lmm's SampleProcessor: the image as lossless PNG bytes, so that it
-    is decoded, checked and transformed exactly as a training image is."""
-    sample: dict = {"__key__": key}
-    if images:
-        image = images[0]
+    """A shard-like sample for lmm's SampleProcessor: the images as lossless PNG bytes, so that
+    they are decoded, checked and transformed exactly as training images are."""
+    encoded = []
+    for image in images:
         if isinstance(image, Image.Image):
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
-            sample["png"] = buffer.getvalue()
+            encoded.append(buffer.getvalue())
         elif isinstance(image, (bytes, bytearray)):
-            sample["png"] = bytes(image)
+            encoded.append(bytes(image))
         else:
             raise TypeError(f"a visual of type {type(image).__name__} (lmm models read images)")
-    return sample
+    return {"__key__": key, **(image_entries(encoded) if encoded else {})}
 
 
 def unquoted(value: str) -> str:
@@ -131,18 +131,16 @@ class LmmModel(lmms):
 
     def _encode(self, context: str, doc_to_visual: Callable | None, doc: dict, key: str,
                 answer: str | None = None) -> Example | Skip:
-        """The request as lmm's model input: the image first (as LLaVA's evaluation does), the
+        """The request as lmm's model input: the images first (as LLaVA's evaluation does), the
         run's template; with `answer`, the reply labelled for its log-likelihood."""
         try:
             images = [v for v in (doc_to_visual(doc) if doc_to_visual else None) or [] if v is not None]
-            if len(images) > 1:
-                return Skip(key, f"image: {len(images)} images in one request; lmm models take one image per conversation")
             sample = image_sample(key, images)
         except Exception as e:  # a task's doc_to_visual failing on one document
             return Skip(key, f"image: {type(e).__name__}: {e}")
         prompt = context.strip()
-        if images and IMAGE_TOKEN not in prompt:
-            prompt = f"{IMAGE_TOKEN}\n{prompt}"
+        if images and IMAGE_TOKEN not in prompt:  # (several images: all first, in order; tags in the prompt stay where they are)
+            prompt = IMAGE_TOKEN * len(images) + f"\n{prompt}"
         if not images:
             prompt = prompt.replace(IMAGE_TOKEN, "").strip()
         turns = [{"from": "human", "value": prompt}]
