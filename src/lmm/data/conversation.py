@@ -136,6 +136,12 @@ def _check_turns(turns: list[dict]) -> None:
             raise ConversationError(f"turn {i} is empty")
 
 
+def images_first(prompt: str, images: int) -> str:
+    """A prompt for `images` images: unchanged if it places their tags (or there are none),
+    else the tags first, then a newline (as LLaVA's evaluation asks its questions)."""
+    return prompt if not images or IMAGE_TOKEN in prompt else IMAGE_TOKEN * images + "\n" + prompt
+
+
 def _image_first(value: str) -> str:
     """LLaVA-1.5 moves `<image>` to the front of its turn, followed by a newline. A turn with
     several images keeps them where they are (interleaved, as LLaVA-NeXT's multi-image data)."""

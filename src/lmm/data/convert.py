@@ -26,7 +26,7 @@ from tqdm import tqdm
 from lmm.data.conversation import IMAGE_TOKEN
 from lmm.data.image import ImageError, decode_image
 from lmm.data.shards import MANIFEST, local_directory, write_manifest
-from lmm.data.sources import SOURCES, classify
+from lmm.data.sources import SOURCES, classify, entry_images
 
 EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".gif": "gif", ".bmp": "bmp"}
 
@@ -54,11 +54,6 @@ def check_conversation(entry: dict) -> None:
     if not images and tags:
         raise Rejected("conversation: <image> tag but no image")
 
-
-def entry_images(entry: dict) -> list[str]:
-    """The entry's image paths: LLaVA's one `"image": path`, or LLaVA-NeXT / M4-Instruct's list."""
-    image = entry.get("image")
-    return [] if not image else [image] if isinstance(image, str) else list(image)
 
 
 def image_path(root: Path, relative: str, follow_symlinks: bool = False) -> Path:

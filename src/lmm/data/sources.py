@@ -39,13 +39,18 @@ def _text(entry: dict) -> str:
 MULTI_IMAGE = "multi_image"  # entries with several images (LLaVA-NeXT's interleaved data)
 
 
+def entry_images(entry: dict) -> list[str]:
+    """The entry's image paths: LLaVA's one `"image": path`, or LLaVA-NeXT / M4-Instruct's list."""
+    image = entry.get("image")
+    return [] if not image else [image] if isinstance(image, str) else list(image)
+
+
 def classify(entry: dict) -> str:
     """The source name for one LLaVA-format entry (raises ValueError when nothing matches)."""
-    image = entry.get("image")
-    if isinstance(image, list):  # LLaVA-NeXT / M4-Instruct: a list of images
-        if len(image) > 1:
-            return MULTI_IMAGE  # from any folder: a source of its own, weighted like the others
-        image = image[0] if image else None
+    paths = entry_images(entry)
+    if len(paths) > 1:
+        return MULTI_IMAGE  # from any folder: a source of its own, weighted like the others
+    image = paths[0] if paths else None
     if not image:
         return "sharegpt"
     text = _text(entry)

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from lmm.data.collate import Collator
-from lmm.data.conversation import IMAGE_TOKEN
+from lmm.data.conversation import IMAGE_TOKEN, images_first
 from lmm.data.sample import Example, SampleProcessor, Skip, parse_record
 from lmm.data.shards import evaluation_stream, list_shards, read_manifest
 from lmm.eval.answer import answer_questions, rank_and_world, write_predictions
@@ -29,9 +29,7 @@ def question_turns(record: dict) -> list[tuple[str, dict]]:
     turns, asked = record["conversations"], []
     images = sum(turn["value"].count(IMAGE_TOKEN) for turn in turns)
     for k, qtype in enumerate(record["qtypes"]):
-        question = turns[2 * k]["value"]
-        if images and IMAGE_TOKEN not in question:
-            question = f"{IMAGE_TOKEN * images}\n{question}"
+        question = images_first(turns[2 * k]["value"], images)
         asked.append((question, {"id": record["id"], "turn": k, "source": record["source"], "qtype": qtype,
                                  "answer": turns[2 * k + 1]["value"]}))
     return asked

@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmm.data.conversation import IMAGE_TOKEN
+from lmm.data.conversation import images_first
 from lmm.data.sample import Example, SampleProcessor, Skip, image_entries
 from lmm.data.sources import GROUNDING, MULTIPLE_CHOICE, SHORT_ANSWER
 from lmm.eval.answer import answer_questions, write_predictions
@@ -78,8 +78,7 @@ def question_example(processor: SampleProcessor, q: Question) -> Example | Skip:
         sample |= image_entries([image if isinstance(image, bytes) else Path(image).read_bytes() for image in images])
     except OSError as e:
         return Skip(str(q.qid), f"image: {e}")
-    tags = q.prompt.count(IMAGE_TOKEN)
-    prompt = q.prompt if tags else IMAGE_TOKEN * len(images) + ("\n" if images else "") + q.prompt
+    prompt = images_first(q.prompt, len(images))
     return processor.encode(sample, [{"from": "human", "value": prompt}], generation_prompt=True, meta={"qid": q.qid})
 
 

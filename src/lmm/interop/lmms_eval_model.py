@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from lmm.data.collate import Collator
-from lmm.data.conversation import IMAGE_TOKEN
+from lmm.data.conversation import IMAGE_TOKEN, images_first
 from lmm.data.sample import Example, Skip, image_entries
 from lmm.eval.generate import evaluating, generate_texts
 from lmm.eval.likelihood import labelled_logprobs
@@ -139,8 +139,7 @@ class LmmModel(lmms):
         except Exception as e:  # a task's doc_to_visual failing on one document
             return Skip(key, f"image: {type(e).__name__}: {e}")
         prompt = context.strip()
-        if images and IMAGE_TOKEN not in prompt:  # (several images: all first, in order; tags in the prompt stay where they are)
-            prompt = IMAGE_TOKEN * len(images) + f"\n{prompt}"
+        prompt = images_first(prompt, len(images))  # (several images: all first, in order; tags in the prompt stay where they are)
         if not images:
             prompt = prompt.replace(IMAGE_TOKEN, "").strip()
         turns = [{"from": "human", "value": prompt}]
