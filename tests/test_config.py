@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from lmm.describe import describe
 from lmm.train.stage import stage_of
+from lmm.model.build import build_tower
 from tests.conftest import CONF, compose_config
 
 GROUPS = ["vision", "connector", "llm", "data", "stage", "trainer", "strategy", "eval", "experiment"]
@@ -54,7 +55,8 @@ def instantiate_target(cfg, path: str, node):
 @functools.cache
 def meta_node(path: str, yaml_text: str):
     with torch.device("meta"):
-        return instantiate(OmegaConf.create(yaml_text), load_weights=False)
+        node = OmegaConf.create(yaml_text)
+        return build_tower(node, load_weights=False) if path == "vision" else instantiate(node, load_weights=False)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -92,7 +94,7 @@ def test_every_group_has_options():
 def meta_component(group: str, option: str):
     cfg = compose_config([f"{group}={option}"])
     with torch.device("meta"):
-        return instantiate(cfg.vision if group == "vision" else cfg.llm.model, load_weights=False)
+        return build_tower(cfg.vision, load_weights=False) if group == "vision" else instantiate(cfg.llm.model, load_weights=False)
 
 
 @functools.cache

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from lmm.data.synthetic import describe_scene, make_sample
 from lmm.data.tokenizer import load_tokenizer
 from lmm.pretrain_tiny import DEFAULT_SETTINGS, ContrastivePair, Settings, at_resolution, llm_arch, pretrain_tiny, scene_text_pairs, tower_arch
+from lmm.model.build import build_tower
 from tests.conftest import CONF, compose_config
 
 SHIPPED = CONF.parent / "pretrained"
@@ -53,7 +54,7 @@ def test_pretrain_tiny_writes_loadable_parts_deterministically(tmp_path):
     tokenizer = load_tokenizer(str(tmp_path / "a" / "tokenizer"))
     cfg = compose_config(["vision=tiny_pretrained_128", "llm=tiny_x2_pretrained"])
     assert cfg.vision.pretrained.endswith("vision_128")
-    tower = instantiate(cfg.vision, pretrained=str(tmp_path / "a" / "vision_128"))
+    tower = build_tower(cfg.vision, pretrained=str(tmp_path / "a" / "vision_128"))
     assert (tower.image_size, tower.patch_size) == (128, 8)
     llm = instantiate(cfg.llm.model, pretrained=str(tmp_path / "a" / "llm_x2"))
     assert llm.config.hidden_size == 160 and len(tokenizer) <= llm.config.vocab_size
@@ -81,4 +82,4 @@ def test_shipped_weights_were_made_by_the_documented_command():
         cfg = compose_config([f"vision={vision}", f"llm={llm}", f"paths.pretrained={SHIPPED}"])
         tokenizer = load_tokenizer(cfg.llm.tokenizer)
         assert len(tokenizer) <= instantiate(cfg.llm.model).config.vocab_size
-        assert instantiate(cfg.vision).image_size == cfg.vision.arch.image_size
+        assert build_tower(cfg.vision).image_size == cfg.vision.arch.image_size

@@ -31,7 +31,8 @@ from lmm.train.stage import stage_of
 
 LMM_CONFIG, LMM_WEIGHTS, LMM_TOKENIZER = "config.yaml", "model.safetensors", "tokenizer"
 LMM_FORMAT_VERSION = 1
-MODEL_KEYS = ("vision", "connector", "llm")  # what an lmm directory keeps of a run's config
+MODEL_KEYS = ("vision", "connector", "llm")
+NEWLINE_KEY = "image_newline.weight"  # the AnyRes row-end embedding, kept in the connector  # what an lmm directory keeps of a run's config
 
 
 def pretrained_ids(cfg: DictConfig) -> dict[str, str | None]:
@@ -52,11 +53,10 @@ def build_run(cfg: DictConfig, load_weights: bool = True) -> tuple[LMM, SamplePr
     if len(tokenizer) > vocab + 1:  # the image token may lie one past the vocabulary (never embedded)
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LLM embeds only {vocab}; raise llm.model.arch.vocab_size")
     vision = model.vision
-    transform = ImageTransform(vision.image_size, vision.mean, vision.std, vision.image_aspect, fill=vision.pad_colour)
+    transform = ImageTransform(vision.image_size, vision.mean, vision.std, vision.image_aspect, fill=vision.pad_colour, anyres=model.anyres)
     instruction_length = model.connector.max_instruction_length if model.connector.uses_instruction else None
-    processor = SampleProcessor(
-        tokenizer, cfg.stage.template, transform, model.num_image_tokens, cfg.data.max_length, instruction_length
-    )
+    image_tokens = model.num_image_tokens if model.anyres is None else model.image_tokens  # AnyRes: a function of the image's size
+    processor = SampleProcessor(tokenizer, cfg.stage.template, transform, image_tokens, cfg.data.max_length, instruction_length)
     return model, processor
 
 
@@ -79,6 +79,9 @@ def init_from(model: LMM, source: str, components: list[str]) -> None:
             prefix = f"{name}."
             part = {k[len(prefix):]: weights.get_tensor(k) for k in keys if k.startswith(prefix)}
             missing, unexpected = getattr(model, name).load_state_dict(part, strict=False)
+            if name == "connector" and NEWLINE_KEY in missing and NEWLINE_KEY not in part:
+                missing.remove(NEWLINE_KEY)  # a projector pretrained without AnyRes: the newline starts random, as in LLaVA-NeXT
+                print(f"[lmm] {path} has no AnyRes newline embedding: it starts from its random init")
             if unexpected or (missing and name == "connector"):
                 raise ValueError(f"stage.init_from {path}: {name} does not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
     print(f"[lmm] initialised {', '.join(components)} from {path}")

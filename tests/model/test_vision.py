@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from tests.conftest import CONF, compose_config
+from lmm.model.build import build_tower
 
 TINY = sorted(p.stem for p in (CONF / "vision").glob("tiny*.yaml"))
 
@@ -12,7 +12,7 @@ TINY = sorted(p.stem for p in (CONF / "vision").glob("tiny*.yaml"))
 def tower(name: str, *overrides: str):
     cfg = compose_config([f"vision={name}", *[f"vision.{o}" for o in overrides]])
     torch.manual_seed(0)
-    return instantiate(cfg.vision)
+    return build_tower(cfg.vision)
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -17,15 +17,17 @@ PACKING_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"
 @dataclass
 class Batch:
     """What the Collator makes and the model consumes. Tensors: input_ids, labels [B, T],
-    attention_mask [B, T] (or None when packed), pixel_values [I, 3, S, S] in the order of the
-    image placeholders (a sample's several images one after another; None without images), instruction ids/mask [I, L] for instruction-aware
-    connectors; packed batches (B = 1) add position ids restarting per sample and the sample
+    attention_mask [B, T] (or None when packed), pixel_values [V, 3, S, S]: the images' views in
+    the order of the image placeholders (a sample's several images one after another, each one
+    view, or under AnyRes its overview and tiles; None without images), image_sizes [I, 2] (each
+    image's height, width), instruction ids/mask [I, L] for instruction-aware connectors; packed batches (B = 1) add position ids restarting per sample and the sample
     offsets. The rest is bookkeeping: per-sample meta and lengths, and the inputs skipped."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     attention_mask: torch.Tensor | None = None
     pixel_values: torch.Tensor | None = None
+    image_sizes: torch.Tensor | None = None
     instruction_ids: torch.Tensor | None = None
     instruction_mask: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None
@@ -46,6 +48,13 @@ class Batch:
 
     @property
     def images(self) -> int:
+        if self.image_sizes is not None:
+            return self.image_sizes.shape[0]
+        return 0 if self.pixel_values is None else self.pixel_values.shape[0]
+
+    @property
+    def views(self) -> int:
+        """Tower inputs: one per image, or an AnyRes image's overview and tiles."""
         return 0 if self.pixel_values is None else self.pixel_values.shape[0]
 
     @property
@@ -61,7 +70,7 @@ class Batch:
 
     def model_inputs(self, labels: bool = True) -> dict:
         """Keyword arguments for LMM.forward (LMM.generate with `labels=False`, padded batches only)."""
-        inputs = {"input_ids": self.input_ids, "pixel_values": self.pixel_values, "instruction_ids": self.instruction_ids,
+        inputs = {"input_ids": self.input_ids, "pixel_values": self.pixel_values, "image_sizes": self.image_sizes, "instruction_ids": self.instruction_ids,
                   "instruction_mask": self.instruction_mask, **self.attention_inputs()}
         return inputs | {"labels": self.labels} if labels else inputs
 
@@ -112,7 +121,8 @@ class Collator:
             tensors |= self._instructions([ids for x in with_image for ids in x.instructions])
         return Batch(
             **tensors,
-            pixel_values=torch.cat([x.pixels for x in with_image]) if with_image else None,  # [I, 3, S, S], samples' images in turn
+            pixel_values=torch.cat([x.pixels for x in with_image]) if with_image else None,  # [V, 3, S, S], samples' images in turn
+            image_sizes=self._image_sizes(with_image),
             meta=[x.meta for x in examples],
             skipped=dict(Counter(x.kind for x in items if isinstance(x, Skip))),
             skip_details=[f"{x.key}: {x.reason}" for x in items if isinstance(x, Skip)],
@@ -141,6 +151,13 @@ class Collator:
             position_ids=torch.cat([torch.arange(n) for n in lengths])[None],
             cu_seq_lens_q=offsets, cu_seq_lens_k=offsets, max_length_q=max(lengths), max_length_k=max(lengths),
         )
+
+    @staticmethod
+    def _image_sizes(with_image: list[Example]) -> torch.Tensor | None:
+        """[I, 2] (height, width) per image, or None when the examples carry no sizes (one view each)."""
+        if not with_image or any(x.image_sizes is None for x in with_image):
+            return None
+        return torch.tensor([size for x in with_image for size in x.image_sizes], dtype=torch.long).view(-1, 2)
 
     def _instructions(self, instructions: list[list[int]]) -> dict:
         """Right-padded question ids per image: instruction_ids, instruction_mask [I, L]."""

@@ -208,13 +208,15 @@ def encode(
     tokenizer,
     template: str,
     turns: list[dict],
-    image_tokens: int,
+    image_tokens: int | list[int],
     image_token_id: int,
     max_length: int | None = None,
     generation_prompt: bool = False,
     label_end_of_turn: bool = True,
 ) -> Encoded:
-    """Tokenize a conversation; each `<image>` becomes `image_tokens` placeholder ids.
+    """Tokenize a conversation; each `<image>` becomes `image_tokens` placeholder ids (a list:
+    the k-th tag gets the k-th count, as AnyRes images differ; tags beyond it get none, and the
+    caller's count check skips the sample).
 
     The rendered text is tokenized once (so ids are exactly what the tokenizer gives for the
     prompt, whatever its whitespace rules), and labels come from character offsets: a token is
@@ -239,9 +241,10 @@ def encode(
     num_images = 0
     for token_id, (begin, _) in zip(tokens["input_ids"], tokens["offset_mapping"], strict=True):
         if token_id == image_token_id:
+            count = image_tokens if isinstance(image_tokens, int) else (image_tokens[num_images] if num_images < len(image_tokens) else 0)
             num_images += 1
-            ids += [image_token_id] * image_tokens
-            labels += [IGNORE_INDEX] * image_tokens
+            ids += [image_token_id] * count
+            labels += [IGNORE_INDEX] * count
             continue
         trained = any(a <= begin < b for a, b in target_spans)
         ids.append(token_id)

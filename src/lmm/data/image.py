@@ -1,4 +1,5 @@
-"""Image decoding and the tower's transform: safe decode to RGB, pad-to-square (or resize/crop), normalise."""
+"""Image decoding and the tower's transform: safe decode to RGB, pad-to-square (or resize/crop,
+or AnyRes tiles), normalise."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
 
-ASPECTS = ("pad", "resize", "crop")
+from lmm.data.anyres import AnyRes
+
+ASPECTS = ("pad", "resize", "crop", "anyres")
 MAX_PIXELS = 8192 * 8192  # larger images are refused as decompression bombs
+ORIENTATION_TAG = 0x0112  # EXIF orientation: 5-8 turn the image by 90°, swapping its sides
 
 
 class ImageError(ValueError):
@@ -59,6 +63,20 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return to_rgb(image)
 
 
+def image_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of an encoded image as it will be decoded (EXIF rotation applied), from
+    its header alone: no pixel is decoded. ImageError for one that cannot be opened."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            rotated = image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
+    except Exception as e:
+        raise ImageError(f"unreadable image ({type(e).__name__}: {e})") from None
+    return (width, height) if rotated else (height, width)
+
+
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
     """LLaVA's expand2square: centre the image on a square canvas filled with `fill`."""
     width, height = image.size
@@ -79,20 +97,34 @@ class ImageTransform:
     """PIL image or encoded bytes -> normalised tensor [3, size, size].
 
     `fill` is the pad colour in [0, 1] (default: `mean`, as LLaVA pads with the tower's mean).
+    `views()` gives what the tower reads of one image: that one view, or with aspect="anyres"
+    (and its `anyres` layout) the overview and the tiles.
     """
 
     def __init__(
-        self, size: int, mean: tuple[float, ...], std: tuple[float, ...], aspect: str = "pad", fill: tuple[float, ...] | None = None
+        self, size: int, mean: tuple[float, ...], std: tuple[float, ...], aspect: str = "pad", fill: tuple[float, ...] | None = None,
+        anyres: AnyRes | None = None,
     ):
         if aspect not in ASPECTS:
             raise ValueError(f"image_aspect must be one of {ASPECTS}, got {aspect!r}")
-        self.size, self.mean, self.std, self.aspect = size, list(mean), list(std), aspect
+        if (aspect == "anyres") != (anyres is not None):
+            raise ValueError("image_aspect=anyres needs its AnyRes layout (and only it takes one)")
+        self.size, self.mean, self.std, self.aspect, self.anyres = size, list(mean), list(std), aspect, anyres
         self.fill = mean_colour(tuple(fill if fill is not None else mean))
+
+    def views(self, image: Image.Image | bytes) -> tuple[torch.Tensor, tuple[int, int]]:
+        """One image -> (its views [V, 3, S, S], its (height, width) once decoded and upright)."""
+        image = decode_image(image) if isinstance(image, bytes) else to_rgb(image)
+        size = (image.size[1], image.size[0])
+        if self.anyres is None:
+            return self(image)[None], size
+        # Tiles are centred on black, as LLaVA-NeXT and HF's LlavaNextImageProcessor pad them.
+        return TF.normalize(self.anyres.views(image, resize), self.mean, self.std), size
 
     def __call__(self, image: Image.Image | bytes) -> torch.Tensor:
         image = decode_image(image) if isinstance(image, bytes) else to_rgb(image)
         width, height = image.size
-        if self.aspect == "pad":
+        if self.aspect == "pad" or self.aspect == "anyres":  # anyres: one padded view where a single one is asked for
             # Resize the longer side to `size`, then centre on a square of the fill colour: the
             # picture of LLaVA's pad-then-resize (expand2square) at a fraction of the cost.
             scale = self.size / max(width, height)

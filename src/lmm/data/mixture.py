@@ -19,7 +19,7 @@ whatever the number of workers.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import webdataset as wds
@@ -55,9 +55,12 @@ def has_image(sample: dict) -> bool:
     return count_images(sample) > 0
 
 
-def approximate_length(sample: dict, image_tokens: int) -> int:
-    """Tokens of a raw sample without tokenizing it: JSON bytes / 4 + its images' tokens."""
-    return len(sample.get("json", b"")) // 4 + image_tokens * count_images(sample)
+def approximate_length(sample: dict, image_tokens: int | Callable[[dict], int]) -> int:
+    """Tokens of a raw sample without tokenizing it: JSON bytes / 4 + its images' tokens, exact:
+    `image_tokens` per image, or a function of the sample (SampleProcessor.planned_image_tokens,
+    which reads AnyRes image sizes from the headers)."""
+    images = image_tokens(sample) if callable(image_tokens) else image_tokens * count_images(sample)
+    return len(sample.get("json", b"")) // 4 + images
 
 
 def deal(samples: list[dict], shares: int, per_share: int, length) -> list[list[dict]]:
@@ -73,7 +76,8 @@ def deal(samples: list[dict], shares: int, per_share: int, length) -> list[list[
 
 
 def plan_steps(
-    samples: Iterator[dict], per_device: int, world: World, group_size: int, rng: random.Random, image_tokens: int
+    samples: Iterator[dict], per_device: int, world: World, group_size: int, rng: random.Random,
+    image_tokens: int | Callable[[dict], int],
 ) -> Iterator[list[list[list[dict]]]]:
     """LLaVA's get_modality_length_grouped_indices, streamed and global. Image and text-only
     samples fill separate pools of `group_size` global batches; a full pool is sorted by
@@ -152,7 +156,7 @@ class TrainingStream(IterableDataset):
     def micro_batches(self) -> Iterator[list[dict]]:
         """This rank's raw micro-batches, in training order (the same plan on every rank)."""
         rng = random.Random(f"{self.seed}/{self.epoch}")
-        steps = plan_steps(self.raw_samples(rng), self.batch_size, self.world, self.group_size, rng, self.processor.image_tokens)
+        steps = plan_steps(self.raw_samples(rng), self.batch_size, self.world, self.group_size, rng, self.processor.planned_image_tokens)
         for step in steps:
             for slot in step:
                 yield slot[self.world.rank]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from lmm.data.conversation import IMAGE_TOKEN, ConversationError, ConversationTooLong, encode
-from lmm.data.image import ImageError, ImageTransform
+from lmm.data.image import ImageError, ImageTransform, image_size
 from lmm.data.shards import ERROR_KEY
 from lmm.data.sources import strip_format_prompts
 
@@ -63,13 +64,16 @@ class Skip:
 class Example:
     input_ids: list[int]
     labels: list[int]
-    pixels: torch.Tensor | None  # [k, 3, S, S]: the k images in the order of their <image> tags; None for text-only
+    pixels: torch.Tensor | None  # [V, 3, S, S]: the images' views in the order of their <image> tags; None for text-only
     meta: dict = field(default_factory=dict)
     instructions: list[list[int]] | None = None  # each image's question, for instruction-aware connectors
+    image_sizes: list[tuple[int, int]] | None = None  # each image's (height, width); several views each under AnyRes
 
     @property
     def num_images(self) -> int:
-        return 0 if self.pixels is None else self.pixels.shape[0]
+        if self.image_sizes is not None:
+            return len(self.image_sizes)
+        return 0 if self.pixels is None else self.pixels.shape[0]  # one view per image
 
 
 def decode_json(raw: bytes | bytearray):
@@ -110,23 +114,34 @@ class SampleProcessor:
         tokenizer,
         template: str,
         image_transform: ImageTransform,
-        image_tokens: int,
+        image_tokens: int | Callable[[int, int], int],
         max_length: int,
         instruction_length: int | None = None,
         strip_format_prompts: bool = False,
     ):
-        """`instruction_length`: also tokenize each image's question (the turn that holds its
+        """`image_tokens`: visual tokens per image, or (AnyRes) a function of its (height, width).
+        `instruction_length`: also tokenize each image's question (the turn that holds its
         `<image>` tag, tags removed) up to this many tokens, for instruction-aware connectors (InstructBLIP).
         `strip_format_prompts`: remove response-format prompts (the paper's ablation row)."""
         self.tokenizer, self.template = tokenizer, template
         self.image_transform, self.image_tokens, self.max_length = image_transform, image_tokens, max_length
+        self.tokens_for = image_tokens if callable(image_tokens) else lambda height, width: image_tokens
         self.instruction_length, self.strip_format_prompts = instruction_length, strip_format_prompts
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
-    def pixels(self, sample: dict) -> torch.Tensor | None:
-        """The sample's images, transformed: [k, 3, S, S] in the order of image_keys (None: no image)."""
-        keys = image_keys(sample)
-        return torch.stack([self.image_transform(sample[k]) for k in keys]) if keys else None
+    def pixels(self, sample: dict) -> tuple[torch.Tensor | None, list[tuple[int, int]]]:
+        """The sample's images, transformed: their views [V, 3, S, S] in the order of image_keys
+        (None: no image), and each image's (height, width)."""
+        views = [self.image_transform.views(sample[k]) for k in image_keys(sample)]
+        return (torch.cat([v for v, _ in views]) if views else None), [size for _, size in views]
+
+    def planned_image_tokens(self, sample: dict) -> int:
+        """The visual tokens of a raw sample's images without decoding them (sizes from the
+        image headers), for length planning; 0 for images that cannot be read (they are skipped)."""
+        try:
+            return sum(self.tokens_for(*image_size(sample[k])) for k in image_keys(sample))
+        except ImageError:
+            return 0
 
     def instructions(self, turns: list[dict]) -> list[list[int]] | None:
         """One question per `<image>` tag: the text of the turn that holds it (tags removed)."""
@@ -139,12 +154,12 @@ class SampleProcessor:
             out += [ids or [self.tokenizer.pad_token_id]] * turn["value"].count(IMAGE_TOKEN)  # an image with no question gets one token
         return out
 
-    def _encode_fitting(self, turns: list[dict], generation_prompt: bool, label_end_of_turn: bool = True):
+    def _encode_fitting(self, turns: list[dict], image_tokens: list[int], generation_prompt: bool, label_end_of_turn: bool = True):
         dropped = 0
         while True:
             try:
                 return encode(
-                    self.tokenizer, self.template, turns, self.image_tokens, self.image_token_id,
+                    self.tokenizer, self.template, turns, image_tokens, self.image_token_id,
                     max_length=self.max_length, generation_prompt=generation_prompt, label_end_of_turn=label_end_of_turn,
                 ), dropped
             except ConversationTooLong:
@@ -161,20 +176,21 @@ class SampleProcessor:
         try:
             if self.strip_format_prompts:
                 turns = strip_format_prompts(turns)
-            pixels = self.pixels(sample)
-            enc, dropped = self._encode_fitting(turns, generation_prompt, label_end_of_turn)
+            pixels, sizes = self.pixels(sample)
+            enc, dropped = self._encode_fitting(turns, [self.tokens_for(*size) for size in sizes], generation_prompt,
+                                                label_end_of_turn)
         except ConversationError as e:
             return Skip(key, f"conversation: {e}")
         except ImageError as e:
             return Skip(key, f"image: {e}")
         except Exception as e:  # anything else a hostile sample can trigger
             return Skip(key, f"sample: {type(e).__name__}: {e}")
-        images = 0 if pixels is None else pixels.shape[0]
+        images = len(sizes)
         if enc.num_images != images:
             return Skip(key, f"conversation: {enc.num_images} <image> tokens in the text but {images} images")
         meta = {**(meta or {}), **({"truncated_turns": dropped} if dropped else {})}
         instructions = self.instructions(turns[: len(turns) - dropped]) if images else None
-        return Example(enc.input_ids, enc.labels, pixels, meta, instructions)
+        return Example(enc.input_ids, enc.labels, pixels, meta, instructions, sizes if images else None)
 
     def __call__(self, sample: dict) -> Example | Skip:
         """A training sample: the whole conversation."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from transformers import GenerationConfig
 
+from lmm.data.anyres import AnyRes
+from lmm.model.anyres import ImageNewline, arrange
 from lmm.model.connectors import Connector
 from lmm.model.vision import VisionTower
 
@@ -15,23 +19,49 @@ COMPONENTS = ("vision", "connector", "llm")
 class LMM(nn.Module):
     """Vision tower, connector and LLM.
 
-    [Contract] Every image occupies exactly `num_image_tokens` placeholder ids
-    (`image_token_id`) in `input_ids`, one per visual token, as HF Llava does; so sequence
-    lengths are known before the model runs. Placeholder ids never reach the embedding
+    [Contract] Every image occupies exactly `image_tokens(height, width)` placeholder ids
+    (`image_token_id`) in `input_ids`, one per visual token, as HF Llava does: `num_image_tokens`
+    for every image, or under AnyRes (`anyres`, LLaVA-NeXT's tiling) a count its size fixes; so
+    sequence lengths are known before the model runs. Placeholder ids never reach the embedding
     table, so the image token may lie outside the LLM's vocabulary.
     """
 
-    def __init__(self, vision: VisionTower, connector: Connector, llm: nn.Module, image_token_id: int):
+    def __init__(self, vision: VisionTower, connector: Connector, llm: nn.Module, image_token_id: int, anyres: AnyRes | None = None):
         super().__init__()
         self.vision, self.connector, self.llm = vision, connector, llm
-        self.image_token_id = image_token_id
+        self.image_token_id, self.anyres = image_token_id, anyres
+        if anyres is not None and anyres.newline:
+            self.connector.image_newline = ImageNewline(llm.config.hidden_size)
         # Counting placeholders reads a value from the batch; lmm.simulate runs on fake tensors,
         # which have no values, and builds its batches with the right count by construction.
         self.check_placeholders = True
 
     @property
     def num_image_tokens(self) -> int:
+        """Visual tokens of one view (of every image, without AnyRes)."""
         return self.connector.num_tokens(self.vision.num_patches)
+
+    @property
+    def token_grid_side(self) -> int | None:
+        """The side of the square grid a spatial connector's tokens form (None: not a grid)."""
+        side = math.isqrt(self.num_image_tokens)
+        return side if self.connector.spatial and side * side == self.num_image_tokens else None
+
+    def image_tokens(self, height: int, width: int) -> int:
+        """Visual tokens of an image of this size."""
+        if self.anyres is None:
+            return self.num_image_tokens
+        return self.anyres.num_tokens(height, width, self.num_image_tokens, self.token_grid_side)
+
+    def expected_placeholders(self, pixels: torch.Tensor | None, image_sizes: torch.Tensor | None) -> int:
+        """Placeholder ids a batch with these images must hold."""
+        if pixels is None:
+            return 0
+        if self.anyres is None:
+            return pixels.shape[0] * self.num_image_tokens
+        if image_sizes is None:
+            raise ValueError("vision.image_aspect=anyres needs image_sizes [I, 2] with the pixel_values (the Collator makes them)")
+        return sum(self.image_tokens(h, w) for h, w in image_sizes.tolist())
 
     def set_trainable(self, train: dict[str, bool], vision_last_blocks: int | None = None) -> None:
         """Freeze/unfreeze components for a stage; `vision_last_blocks=k` trains only the tower's last k blocks."""
@@ -57,7 +87,7 @@ class LMM(nn.Module):
     def encode_images(
         self, pixels: torch.Tensor, instruction_ids: torch.Tensor | None = None, instruction_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """pixels [I, 3, H, W] (+ the instruction [I, L] for instruction-aware connectors) -> visual tokens [I, N, D]."""
+        """pixels [V, 3, H, W] (+ the instruction [V, L] for instruction-aware connectors) -> visual tokens [V, N, D]."""
         vision_trains = any(p.requires_grad for p in self.vision.parameters())
         with torch.set_grad_enabled(vision_trains and torch.is_grad_enabled()):
             features = self.vision(pixels)  # [I, P, Dv]
@@ -74,8 +104,10 @@ class LMM(nn.Module):
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
         always_encode: bool = False,
+        image_sizes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids [B, T] (+ pixels [I, 3, H, W]) -> input embeddings [B, T, D].
+        """input_ids [B, T] (+ pixels [V, 3, H, W]: one view per image, or under AnyRes each
+        image's overview and tiles, with image_sizes [I, 2]) -> input embeddings [B, T, D].
 
         `always_encode`: a batch without images still runs the tower and connector, on one zero
         image whose tokens are added with weight 0 (LLaVA's dummy image for text-only samples).
@@ -83,23 +115,30 @@ class LMM(nn.Module):
         all-gathers are collectives, so every rank must run the same modules every step."""
         image_mask = input_ids == self.image_token_id  # [B, T]
         embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))  # [B, T, D]
-        num_images = 0 if pixels is None else pixels.shape[0]
-        expected = num_images * self.num_image_tokens
-        if self.check_placeholders and int(image_mask.sum()) != expected:
-            raise ValueError(
-                f"batch has {int(image_mask.sum())} image placeholder ids but {num_images} images × "
-                f"{self.num_image_tokens} tokens = {expected}: the tokenizer's image_tokens must equal "
-                "connector.num_tokens(vision.num_patches)"
-            )
-        if num_images:
-            visual = self.encode_images(pixels, instruction_ids, instruction_mask).to(embeds.dtype)  # [I, N, D]
-            embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), visual.reshape(-1, visual.shape[-1]))
+        if self.check_placeholders:
+            expected = self.expected_placeholders(pixels, image_sizes)
+            if int(image_mask.sum()) != expected:
+                raise ValueError(
+                    f"batch has {int(image_mask.sum())} image placeholder ids but its images make {expected} visual tokens "
+                    f"({self.num_image_tokens} per view): the tokenizer's image_tokens must equal the model's image_tokens()"
+                )
+        newline = self.connector.image_newline() if hasattr(self.connector, "image_newline") else None  # [D]
+        if pixels is not None:
+            sizes = None if self.anyres is None else image_sizes.tolist()
+            if sizes is not None and instruction_ids is not None:  # every view of an image reads its question
+                views = torch.tensor([self.anyres.num_views(h, w) for h, w in sizes], device=instruction_ids.device)
+                instruction_ids, instruction_mask = instruction_ids.repeat_interleave(views, 0), instruction_mask.repeat_interleave(views, 0)
+            visual = self.encode_images(pixels, instruction_ids, instruction_mask).to(embeds.dtype)  # [V, N, D]
+            visual = visual.reshape(-1, visual.shape[-1]) if sizes is None else arrange(visual, sizes, self.anyres, self.token_grid_side, newline)
+            embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), visual)  # visual: [Σ tokens, D]
         elif always_encode:
             size = self.vision.image_size
             dummy = torch.zeros((1, 3, size, size), device=embeds.device)  # [1, 3, S, S]
             ids = torch.zeros((1, 1), dtype=torch.long, device=embeds.device) if self.connector.uses_instruction else None
             visual = self.encode_images(dummy, ids, None if ids is None else torch.ones_like(ids))  # [1, N, D]
             embeds = embeds + 0.0 * visual.sum().to(embeds.dtype)
+            if newline is not None:  # every rank reduces the newline's gradient too
+                embeds = embeds + 0.0 * newline.sum().to(embeds.dtype)
         return embeds
 
     def forward(
@@ -108,6 +147,7 @@ class LMM(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
@@ -121,7 +161,7 @@ class LMM(nn.Module):
         A packed batch comes with attention_mask=None, position ids restarting per sample and the
         sample boundaries (`cu_seq_lens_q/k` offsets, `max_length_q/k`), read by the attention.
         `always_encode`: see `embed` (the training module sets it)."""
-        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, always_encode)
+        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, always_encode, image_sizes)
         # No KV cache in a training forward: packed attention needs the whole row at once.
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, position_ids=position_ids,
                         use_cache=False, cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k,
@@ -142,10 +182,11 @@ class LMM(nn.Module):
         instruction_ids: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
         streamer=None,
+        image_sizes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Batched decoding with a KV cache; inputs must be LEFT-padded. Returns new ids [B, ≤max_new].
         `streamer`: a transformers streamer (e.g. TextStreamer) that receives tokens as they come."""
-        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask)
+        embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, image_sizes=image_sizes)
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,

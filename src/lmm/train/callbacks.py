@@ -33,7 +33,7 @@ class SkipAccounting(L.Callback):
     def agree(self, trainer: L.Trainer, module: L.LightningModule, batch: Batch) -> None:
         model = module.model
         local = [batch.seen, sum(batch.skipped.values()), int((batch.input_ids == model.image_token_id).sum()),
-                 batch.images * model.num_image_tokens]
+                 model.expected_placeholders(batch.pixel_values, batch.image_sizes)]
         facts = gather_rows(trainer.strategy, local, module.device)  # [world, 4]
         for detail in batch.skip_details:
             if sum(self.skipped.values()) < MAX_SHOWN_SKIPS:
@@ -45,7 +45,7 @@ class SkipAccounting(L.Callback):
         if mismatched:
             details = "; ".join(f"rank {r}: {int(facts[r, 2])} placeholder ids, {int(facts[r, 3])} image tokens" for r in mismatched)
             raise AgreedStop(f"image placeholders do not match the images ({details}): the tokenizer's image_tokens "
-                             "must equal connector.num_tokens(vision.num_patches)")
+                             "must equal the model's image_tokens()")
         rate = self.skipped_total / max(1, self.seen_total)
         if self.seen_total >= self.skip_check_after and rate > self.max_skip_rate:
             kinds = sum((Counter(part) for part in gather_objects(dict(self.skipped))), Counter())
@@ -108,7 +108,7 @@ class Throughput(L.Callback):
         if not batch.rows:  # a placeholder step (every sample of this rank's share skipped) trains nothing
             return
         lengths = batch.sample_lengths  # attention is per sample
-        self._step_work = (len(lengths), sum(lengths), self.flop_counter.step_flops(lengths, batch.images))
+        self._step_work = (len(lengths), sum(lengths), self.flop_counter.step_flops(lengths, batch.views))  # the tower runs once per view
         for key, value in zip(("samples", "tokens", "flops"), self._step_work):
             self.totals[key] += value
 

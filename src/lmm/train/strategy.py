@@ -49,7 +49,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
     def shard(self, model: nn.Module, device_mesh) -> None:
-        """Apply fully_shard bottom-up: vision blocks, decoder layers, connector, then the root."""
+        """Apply fully_shard bottom-up: vision blocks, decoder layers, the AnyRes newline, connector, then the root."""
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         for p in model.parameters():  # frozen parts are held in the compute dtype; trained ones keep their master dtype
@@ -64,6 +64,8 @@ class FSDP2Strategy(ModelParallelStrategy):
             if self.compile_layers:  # torch.compile per decoder layer (the layers share one graph)
                 layer.compile()
             fully_shard(layer, **options)
+        if hasattr(model.connector, "image_newline"):  # read outside the connector's forward: its own unit, gathered by its call
+            fully_shard(model.connector.image_newline, **options)
         fully_shard(model.connector, **options)
         fully_shard(model, **options)
 

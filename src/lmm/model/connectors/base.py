@@ -12,11 +12,13 @@ from transformers.activations import ACT2FN
 class Connector(nn.Module):
     """[Contract] `forward(x [B, P, Dv])` returns `[B, num_tokens(P), llm_dim]`.
 
+    Connectors whose tokens keep the patches' layout as a square grid set `spatial = True`.
     Connectors that read the instruction (InstructBLIP) set `uses_instruction = True` and
     take `instruction_ids [B, L]` and `instruction_mask [B, L]` as keyword arguments.
     """
 
     uses_instruction = False
+    spatial = False  # its tokens are a row-major square grid over the image (AnyRes unpads and pools them)
 
     def num_tokens(self, num_patches: int) -> int:
         return num_patches
@@ -46,6 +48,8 @@ def to_grid(x: torch.Tensor, who: str) -> torch.Tensor:
 class IdentityConnector(Connector):
     """Visual features pass unchanged: needs vision_dim == llm_dim. Tokens: P. Parameters: 0."""
 
+    spatial = True
+
     def __init__(self, vision_dim: int, llm_dim: int):
         super().__init__()
         if vision_dim != llm_dim:
@@ -60,6 +64,8 @@ class IdentityConnector(Connector):
 
 class LinearConnector(Connector):
     """LLaVA-1's projector: one Linear per patch. Tokens: P. Parameters: Dv·D + D."""
+
+    spatial = True
 
     def __init__(self, vision_dim: int, llm_dim: int):
         super().__init__()
@@ -79,6 +85,8 @@ class MLPConnector(Connector):
 
     depth=2, gelu is mlp2x_gelu. Tokens: P. Parameters: Dv·D + D + (depth − 1)(D² + D).
     """
+
+    spatial = True
 
     def __init__(self, vision_dim: int, llm_dim: int, depth: int = 2, activation: str = "gelu"):
         super().__init__()

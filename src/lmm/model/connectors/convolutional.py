@@ -34,6 +34,8 @@ class CAbstractorConnector(Connector):
     `_bottleneck_parameters`: block(Dv→H) + (2·depth − 1)·block(H→H) + H·D + D + D² + D.
     """
 
+    spatial = True
+
     def __init__(self, vision_dim: int, llm_dim: int, num_tokens: int = 144, hidden_size: int = 1024,
                  depth: int = 3, se_ratio: float = 0.25):
         super().__init__()
@@ -67,6 +69,8 @@ class LDPConnector(Connector):
 
     Tokens: s² (144). Parameters: Dv·D + D + D² + D + 9D + D = Dv·D + D² + 12D.
     """
+
+    spatial = True
 
     def __init__(self, vision_dim: int, llm_dim: int, pooled_side: int = 12):
         super().__init__()

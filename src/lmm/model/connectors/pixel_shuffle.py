@@ -19,6 +19,8 @@ class PixelShuffleConnector(Connector):
     the bottom/right to the next multiple first. Tokens: ⌈g/r⌉². Parameters: Dv·r²·D.
     """
 
+    spatial = True
+
     def __init__(self, vision_dim: int, llm_dim: int, ratio: int = 2):
         super().__init__()
         self.dims, self.ratio = (vision_dim, llm_dim), ratio
