@@ -107,3 +107,62 @@ def test_exported_model_runs_in_the_transformers_pipeline(trained, tmp_path):
                              eos_token_ids=end_of_turn_ids(tokenizer, processor.template))
     ours = tokenizer.decode(ids[0], skip_special_tokens=True).strip()
     assert ours and out[0]["generated_text"][-1]["content"].strip() == ours
+
+
+def test_anyres_exports_as_llava_next_with_equal_logits_and_answers(data_root, tmp_path):
+    """vision.image_aspect=anyres + mlp -> LlavaNextForConditionalGeneration + LlavaNextProcessor:
+    for two images of other shapes in one prompt, the processor writes lmm's placeholders and
+    tiles, and the model gives lmm's fp32 logits and greedy answer."""
+    import io
+
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+    from lmm.data.collate import Collator
+    from lmm.eval.generate import end_of_turn_ids
+
+    cfg = compose_config(["vision.image_aspect=anyres", "data.max_length=2048"], data_root)
+    torch.manual_seed(0)
+    model, processor = build_run(cfg)
+    model.eval()
+    save_hf(model, processor, cfg, tmp_path / "hf")
+    hf = LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    assert hf.config.image_grid_pinpoints == [[64, 128], [128, 64], [128, 128], [192, 64], [64, 192]]
+    images = [Image.new("RGB", (150, 40), (250, 20, 20)), Image.new("RGB", (50, 90), (20, 20, 250))]
+    encoded = []
+    for image in images:
+        png = io.BytesIO()
+        image.save(png, format="PNG")
+        encoded.append(png.getvalue())
+    sample = {"__key__": "q", "0.png": encoded[0], "1.png": encoded[1]}
+    item = processor.encode(sample, [{"from": "human", "value": "<image>\n<image>\nWhich is red?"}], generation_prompt=True)
+    batch = Collator(processor.tokenizer.pad_token_id, "left")([item])
+    with torch.no_grad():
+        ours = model(**batch.model_inputs(labels=False)).logits
+        theirs = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
+                    image_sizes=batch.image_sizes).logits
+    assert theirs.shape == ours.shape and torch.allclose(ours, theirs, atol=1e-5)
+    tokenizer = processor.tokenizer
+    stops = end_of_turn_ids(tokenizer, processor.template)
+    with torch.no_grad():
+        mine = model.generate(**batch.model_inputs(labels=False), max_new_tokens=8, eos_token_ids=stops, pad_token_id=tokenizer.pad_token_id)
+        hf_ids = hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
+                             image_sizes=batch.image_sizes, max_new_tokens=8, do_sample=False)
+    assert hf_ids[0, batch.input_ids.shape[1]:].tolist()[: mine.shape[1]] == mine[0].tolist()
+    # The exported processor writes the same prompt, the same number of placeholders per image and the same tiles.
+    hf_processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    prompt = hf_processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+                                                                            {"type": "text", "text": "Which is red?"}]}])
+    inputs = hf_processor(images=images, text=prompt, return_tensors="pt")
+    assert item.input_ids[0] == processor.tokenizer.bos_token_id  # lmm prepends BOS; the tokenizer itself adds none
+    assert inputs["input_ids"][0].tolist() == item.input_ids[1:]
+    assert inputs["image_sizes"].tolist() == batch.image_sizes.tolist() == [[40, 150], [90, 50]]
+    views = torch.cat([pixels[: model.anyres.num_views(h, w)] for pixels, (h, w) in zip(inputs["pixel_values"], [(40, 150), (90, 50)])])
+    assert views.shape == batch.pixel_values.shape and (views - batch.pixel_values).abs().mean() < 0.02
+
+
+def test_anyres_hf_export_refuses_what_llava_next_cannot_hold(data_root, tmp_path):
+    cfg = compose_config(["vision.image_aspect=anyres", "vision.tile_pool=2"], data_root)
+    model, processor = build_run(cfg)
+    with pytest.raises(ExportError, match="never pools tiles"):
+        save_hf(model, processor, cfg, tmp_path / "hf")

@@ -48,17 +48,34 @@ def describe(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     for name, cls, n, t in rows:
         print(f"{name:10s} {cls:22s} {n:16,d} {t:16,d}")
     print(f"{'total':10s} {'':22s} {total:16,d} {trainable:16,d}")
-    print(f"visual tokens per image: {model.num_image_tokens} (from {model.vision.num_patches} patches)")
     summary = {
         "components": {name: {"parameters": n, "trainable": t} for name, _, n, t in rows},
         "visual_tokens": model.num_image_tokens,
         "patches": model.vision.num_patches,
+        "visual_tokens_by_size": describe_image_sizes(model, cfg.get("describe", {}).get("image_sizes") or []),
     }
     stages = cfg.get("recipe_stages") or []
     summary["stages"] = {name: describe_stage(stage_config(cfg, name, overrides)) for name in stages}
     if not stages:
         summary["stages"] = {cfg.name: describe_stage(cfg, model)}
     return summary
+
+
+def describe_image_sizes(model, sizes: list) -> dict[str, dict]:
+    """Visual tokens (and tower inputs) per image, for each (height, width) in `sizes`: one count
+    for every image, or under AnyRes the count each size makes."""
+    print(f"visual tokens per view: {model.num_image_tokens} (from {model.vision.num_patches} patches)")
+    if model.anyres is None:
+        print(f"visual tokens per image: {model.num_image_tokens}, whatever its size (vision.image_aspect={model.vision.image_aspect})")
+    out = {}
+    for height, width in sizes:
+        views, tokens = (1, model.num_image_tokens) if model.anyres is None else (model.anyres.num_views(height, width), model.image_tokens(height, width))
+        out[f"{width}x{height}"] = {"height": height, "width": width, "visual_tokens": tokens, "views": views}
+        if model.anyres is not None:
+            rows, cols = model.anyres.grid(height, width)
+            overview = " (overview + " if model.anyres.overview else " ("
+            print(f"  image {width}×{height} (w×h): {tokens} visual tokens from {views} views{overview}{rows}×{cols} tiles)")
+    return out
 
 
 def stage_config(cfg: DictConfig, experiment: str, overrides: list[str] | None = None) -> DictConfig:

@@ -1,11 +1,12 @@
 """task=export: a finished run as a directory other tools load.
 
-    python -m lmm.export RUN_DIR export.format=hf    # transformers' LlavaForConditionalGeneration
+    python -m lmm.export RUN_DIR export.format=hf    # transformers' LlavaForConditionalGeneration (AnyRes: LlavaNext...)
     python -m lmm.export RUN_DIR export.format=lmm   # lmm's own: lmm.load_pretrained(path)
 
 The run's model config is read from RUN_DIR/.hydra/config.yaml (the command's own config when a
 run has none). HF's Llava format knows one projector, LLaVA-1.5's 2-layer MLP with GELU, and
-Hugging Face vision towers (CLIP, SigLIP); anything else is refused with the reason, and
+Hugging Face vision towers (CLIP, SigLIP); with vision.image_aspect=anyres the export is
+LlavaNext (the overview, the newline and no tile pooling, as HF's LlavaNext knows it); anything else is refused with the reason, and
 `export.format=lmm` (self-describing: config + safetensors + tokenizer) takes every model.
 LoRA runs need nothing special: their final.safetensors is already merged.
 """
@@ -82,6 +83,14 @@ def _check_hf_compatible(model: LMM, template_name: str) -> Template:
     if not isinstance(model.vision, HFVisionTower):
         raise ExportError(f"HF's Llava format needs a transformers vision tower (CLIP, SigLIP), not {type(model.vision).__name__}; "
                           "use export.format=lmm")
+    if model.anyres is not None:
+        anyres = model.anyres
+        if not (anyres.overview and anyres.newline and anyres.pool == 1):
+            raise ExportError("HF's LlavaNext always has the overview and the row newline, and never pools tiles: export "
+                              "vision.anyres_overview=true, vision.image_newline=true, vision.tile_pool=1, or use export.format=lmm")
+        if model.vision.select_feature != "patch":
+            raise ExportError("HF's LlavaNext lays out a grid of patch tokens: vision.select_feature=patch (not cls_patch), "
+                              "or use export.format=lmm")
     template = TEMPLATES.get(template_name)
     if template is None or template.first_user_format:
         raise ExportError(f"the {template_name} template has no HF chat template here (a pretrain-stage run, or Llama-2's "
@@ -90,9 +99,17 @@ def _check_hf_compatible(model: LMM, template_name: str) -> Template:
 
 
 def save_hf(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
-    from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaImageProcessor, LlavaProcessor
+    """LlavaForConditionalGeneration + LlavaProcessor, or with vision.image_aspect=anyres
+    LlavaNextForConditionalGeneration + LlavaNextProcessor (the same grid pinpoints, tiles,
+    unpadding and newline embedding as lmm's AnyRes)."""
+    import transformers
+    from transformers import GenerationConfig
 
     from lmm.eval.generate import end_of_turn_ids
+
+    kind = "LlavaNext" if model.anyres is not None else "Llava"
+    config_class, model_class = getattr(transformers, f"{kind}Config"), getattr(transformers, f"{kind}ForConditionalGeneration")
+    image_processor_class, processor_class = getattr(transformers, f"{kind}ImageProcessor"), getattr(transformers, f"{kind}Processor")
 
     template = _check_hf_compatible(model, processor.template)
     tokenizer = processor.tokenizer
@@ -109,7 +126,8 @@ def save_hf(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
             llm_state[key] = torch.cat([rows, rows.new_zeros(new_vocab - vocab, rows.shape[1])])
         text_config["vocab_size"] = new_vocab
     strategy = "default" if model.vision.select_feature == "patch" else "full"
-    config = LlavaConfig(
+    anyres = {} if model.anyres is None else {"image_grid_pinpoints": [list(p) for p in model.anyres.pinpoints]}
+    config = config_class(
         vision_config=model.vision.model.config.to_dict(),
         text_config=text_config,
         image_token_index=image_token_id,
@@ -119,14 +137,17 @@ def save_hf(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
         image_seq_length=model.num_image_tokens,
         multimodal_projector_bias=True,
         tie_word_embeddings=bool(text_config.get("tie_word_embeddings", False)),
+        **anyres,
     )
     state = {f"model.vision_tower.{k}": v for k, v in model.vision.model.state_dict().items()}
     state |= {f"model.multi_modal_projector.linear_1.{k}": v for k, v in model.connector.mlp[0].state_dict().items()}
     state |= {f"model.multi_modal_projector.linear_2.{k}": v for k, v in model.connector.mlp[2].state_dict().items()}
     state |= {f"model.language_model.{k[len('model.'):]}": v for k, v in llm_state.items() if k.startswith("model.")}
     state["lm_head.weight"] = llm_state["lm_head.weight"]
+    if model.anyres is not None:
+        state["model.image_newline"] = model.connector.image_newline.weight.detach().clone()
     with torch.device("meta"):
-        hf = LlavaForConditionalGeneration(config)
+        hf = model_class(config)
     hf.load_state_dict(state, strict=True, assign=True)
     hf.generation_config = GenerationConfig(
         eos_token_id=end_of_turn_ids(tokenizer, processor.template), pad_token_id=tokenizer.pad_token_id,
@@ -137,13 +158,14 @@ def save_hf(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
     size = model.vision.image_size
     # LLaVA-1.5's pad-to-square (mean colour) when the run used it; otherwise resize + centre crop.
     # Pixels agree with lmm's transform to ~0.01 mean absolute difference (PIL's bicubic vs torch's).
-    image_processor = LlavaImageProcessor(
+    # AnyRes: the tiles centred on black and the squashed overview, as lmm's AnyRes makes them.
+    image_processor = image_processor_class(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=list(model.vision.mean),
-        image_std=list(model.vision.std), do_pad=model.vision.image_aspect == "pad",
+        image_std=list(model.vision.std), do_pad=model.vision.image_aspect in ("pad", "anyres"), **anyres,
     )
     hf_tokenizer = _copy_tokenizer(tokenizer)
     hf_tokenizer.chat_template = chat_template(template)
-    hf_processor = LlavaProcessor(
+    hf_processor = processor_class(
         image_processor=image_processor, tokenizer=hf_tokenizer, patch_size=model.vision.patch_size,
         vision_feature_select_strategy=strategy, image_token=IMAGE_TOKEN,
         num_additional_image_tokens=1 if _has_cls(model) else 0, chat_template=hf_tokenizer.chat_template,

@@ -196,3 +196,21 @@ def test_packed_batch_and_text_only_batch(anyres_run):
     model.zero_grad()
     model(**text.model_inputs(), always_encode=True).loss.backward()
     assert model.connector.image_newline.weight.grad is not None  # the dummy image reaches the newline too (same collectives)
+
+
+def test_describe_reports_visual_tokens_per_image_size():
+    from lmm.describe import describe
+    from tests.conftest import compose_config
+
+    sizes = ["describe.image_sizes=[[672,672],[336,1344]]"]
+    summary = describe(compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "llm=vicuna7b", *sizes]))
+    assert summary["visual_tokens_by_size"] == {"672x672": {"height": 672, "width": 672, "visual_tokens": 2928, "views": 5},
+                                                "1344x336": {"height": 336, "width": 1344, "visual_tokens": 1890, "views": 4}}
+    pad = describe(compose_config(["vision=clip_l14_336", "llm=vicuna7b", *sizes]))
+    assert {k: v["visual_tokens"] for k, v in pad["visual_tokens_by_size"].items()} == {"672x672": 576, "1344x336": 576}
+    with pytest.raises(ValueError, match="tile_pool=2 pools a grid"):
+        describe(compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "vision.tile_pool=2", "connector=qformer", "llm=vicuna7b"]))
+    with pytest.raises(ValueError, match="multiples of the tower's 336 px tile"):
+        describe(compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "vision.grid_pinpoints=[[336,600]]", "llm=vicuna7b"]))
+    with pytest.raises(ValueError, match="max_tiles=1 leaves none"):
+        describe(compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "vision.max_tiles=1", "llm=vicuna7b"]))

@@ -30,6 +30,9 @@ class LMM(nn.Module):
         super().__init__()
         self.vision, self.connector, self.llm = vision, connector, llm
         self.image_token_id, self.anyres = image_token_id, anyres
+        if anyres is not None and anyres.pool > 1 and self.token_grid_side is None:
+            raise ValueError(f"vision.tile_pool={anyres.pool} pools a grid of tokens, but {type(connector).__name__}'s "
+                             f"{self.num_image_tokens} tokens are not one: use tile_pool=1 or a grid connector (linear, mlp, pixel_shuffle, ...)")
         if anyres is not None and anyres.newline:
             self.connector.image_newline = ImageNewline(llm.config.hidden_size)
         # Counting placeholders reads a value from the batch; lmm.simulate runs on fake tensors,
