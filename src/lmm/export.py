@@ -145,7 +145,7 @@ def save_hf(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
     state |= {f"model.language_model.{k[len('model.'):]}": v for k, v in llm_state.items() if k.startswith("model.")}
     state["lm_head.weight"] = llm_state["lm_head.weight"]
     if model.anyres is not None:
-        state["model.image_newline"] = model.connector.image_newline.weight.detach().clone()
+        state["model.image_newline"] = model.connector.anyres_tokens.newline.detach().clone()
     with torch.device("meta"):
         hf = model_class(config)
     hf.load_state_dict(state, strict=True, assign=True)

@@ -176,7 +176,7 @@ def test_placeholders_planning_and_forward_agree_per_image(anyres_run):
     out = model(**batch.model_inputs())
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    assert model.connector.image_newline.weight.grad.abs().sum() > 0  # every image's rows end with it
+    assert model.connector.anyres_tokens.newline.grad.abs().sum() > 0  # every image's rows end with it
     # One view too few for the sizes: refused with the counts, never silently misplaced.
     with pytest.raises(ValueError, match="placeholder ids"):
         model(**batch.replace(image_sizes=batch.image_sizes.flip(1)).model_inputs())
@@ -195,7 +195,7 @@ def test_packed_batch_and_text_only_batch(anyres_run):
     text = Collator(0)([processor(sample(["Just text."]))])
     model.zero_grad()
     model(**text.model_inputs(), always_encode=True).loss.backward()
-    assert model.connector.image_newline.weight.grad is not None  # the dummy image reaches the newline too (same collectives)
+    assert model.connector.anyres_tokens.newline.grad is not None  # the dummy image reaches the newline too (same collectives)
 
 
 def test_describe_reports_visual_tokens_per_image_size():

@@ -44,7 +44,11 @@ SCENARIOS = {  # name -> (strategy, config overrides)
     "ddp_lora": ("ddp", ["stage=lora", "stage.lora.r=4", "stage.lora.alpha=8", "stage.lora.dropout=0.0"]),
     "fsdp_pretrain_vision_block": ("fsdp", ["stage=pretrain", "stage.vision_last_blocks=1"]),
     "fsdp_multi_image": ("fsdp", ["stage=finetune", *MULTI_IMAGE_DATA]),  # micro-batches of 0, 1 and 2-3 images per sample
+    # AnyRes on images of differing sizes: micro-batches of unequal views and visual tokens on the two ranks.
+    "fsdp_anyres": ("fsdp", ["stage=finetune", "vision.image_aspect=anyres", *MULTI_IMAGE_DATA]),
 }
+if os.environ.get("LMM_SCENARIOS"):  # run some by hand: LMM_SCENARIOS=fsdp_anyres python -m tests.train.distributed_worker ...
+    SCENARIOS = {name: SCENARIOS[name] for name in os.environ["LMM_SCENARIOS"].split(",")}
 STOPS = ("skip_rate", "placeholders", "non_finite", "all_skipped")  # all_skipped must not stop: rank 1 trains on nothing
 
 
@@ -81,6 +85,7 @@ class RecordingModule(LMMModule):
         self.losses: list[float] = []
         self.images: list[bool] = []
         self.image_counts: list[tuple[int, int]] = []  # (images, samples) per micro-batch
+        self.view_counts: list[int] = []  # tower inputs per micro-batch (AnyRes: overview + tiles per image)
         self.stop, self.triggered_at = stop, None
 
     def configure_callbacks(self):
@@ -94,6 +99,7 @@ class RecordingModule(LMMModule):
         self.losses.append(float(loss.detach()))
         self.images.append(batch.pixel_values is not None)
         self.image_counts.append((batch.images, batch.rows))
+        self.view_counts.append(batch.views)
         return loss
 
     def forward(self, batch):
@@ -152,7 +158,7 @@ def train(workdir: Path) -> None:
         second, data = module(data_root, overrides, init)
         trainer(kind, callbacks=[checkpoints()]).fit(second, datamodule=data, ckpt_path=str(workdir / name / "last.ckpt"))
         record = {"losses": first.losses + second.losses, "images": first.images + second.images,
-                  "image_counts": first.image_counts + second.image_counts}
+                  "image_counts": first.image_counts + second.image_counts, "view_counts": first.view_counts + second.view_counts}
         (workdir / f"{name}_rank{rank}.json").write_text(json.dumps(record))
 
 

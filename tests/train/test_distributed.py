@@ -43,9 +43,12 @@ def test_every_stage_under_fsdp_and_ddp_equals_one_process(workdir):
         ranks = [json.loads((workdir / f"{name}_rank{r}.json").read_text()) for r in (0, 1)]
         assert ranks[0]["images"] == ranks[1]["images"], name  # both ranks: an image step or a text-only step, together
         assert not all(ranks[0]["images"]), f"{name}: no text-only step; the test would not provoke divergence"
-        if name == "fsdp_multi_image":  # some micro-batch holds more images than samples: a multi-image sample
+        if name in ("fsdp_multi_image", "fsdp_anyres"):  # some micro-batch holds more images than samples: a multi-image sample
             counts = ranks[0]["image_counts"] + ranks[1]["image_counts"]
             assert any(images > rows for images, rows in counts), counts
+        if name == "fsdp_anyres":  # several views per image, and steps where the ranks' tower inputs differ
+            views = list(zip(ranks[0]["view_counts"], ranks[1]["view_counts"]))
+            assert any(a != b for a, b in views) and sum(map(sum, views)) > sum(i for i, _ in counts), views
         sharded = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"])]
         expected, images = worker.reference(workdir, name)
         assert images == ranks[0]["images"]

@@ -73,14 +73,15 @@ def build_mix665k(root: Path) -> tuple[Path, Path, dict[str, int], dict[str, str
 
 def build_multi_image(root: Path, n: int = 6) -> tuple[Path, Path]:
     """The mix665k miniature plus LLaVA-NeXT / M4-Instruct-style entries with `"image": [..]`
-    lists (2 or 3 images, tags interleaved with text or all first), and one whose tags and images
+    lists (2 or 3 images of differing sizes, tags interleaved with text or all first), and one whose tags and images
     disagree (rejected). Converted, the lists form the `multi_image` source."""
     json_path, images, _, _ = build_mix665k(root)
     entries = json.loads(json_path.read_text())
     for i in range(n):
         paths = [f"m4_instruct/scene{i}/{k}.jpg" for k in range(2 + i % 2)]
         for k, path in enumerate(paths):
-            _jpeg(images / path, colour=(60 * k, 40 * i, 200 - 60 * k))
+            # Sizes differ (wide, tall, square), as in the real lists: AnyRes gives each its own grid and token count.
+            _jpeg(images / path, colour=(60 * k, 40 * i, 200 - 60 * k), size=(40 + 50 * ((i + k) % 3), 30 + 40 * (i % 2)))
         question = ("".join(f"Image {k + 1}: <image>\n" for k in range(len(paths))) if i % 2 == 0 else "<image>" * len(paths) + "\n")
         entries.append({"id": f"m4-{i}", "image": paths, "conversations": _turns(
             (question + "What differs between the images?", "The colours."), ("Which is bluest?", "The first."))})

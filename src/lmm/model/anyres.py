@@ -21,21 +21,6 @@ from torch import nn
 from lmm.data.anyres import AnyRes, unpadded_shape
 
 
-class ImageNewline(nn.Module):
-    """The learned embedding that ends each row of tile tokens (LLaVA-NeXT's `image_newline`).
-
-    A module of its own, kept in the connector (it trains, saves and loads with it), because it
-    is read outside the connector's forward: FSDP shards it as its own unit, which its call
-    gathers."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(dim) / math.sqrt(dim))  # HF's init: std 1/sqrt(D)
-
-    def forward(self) -> torch.Tensor:
-        return self.weight  # [D]
-
-
 def tile_map(tiles: torch.Tensor, rows: int, cols: int, side: int, pool: int) -> torch.Tensor:
     """[rows·cols, side², D] tile tokens -> one map [D, rows·s, cols·s] (s = ⌈side/pool⌉),
     tiles in place, each pooled by `pool` first."""
@@ -85,3 +70,20 @@ def arrange(
     if start != visual.shape[0]:
         raise ValueError(f"{visual.shape[0]} AnyRes views for images whose sizes make {start}")
     return torch.cat(out)
+
+
+class AnyResTokens(nn.Module):
+    """`arrange` as a module, holding the learned newline embedding (LLaVA-NeXT's `image_newline`).
+
+    It lives in the connector (the newline trains, saves and loads with it) and is called once
+    per forward on every rank, with or without images (the dummy image of text-only steps goes
+    through it too): under FSDP it is its own unit, and the newline is used inside its call,
+    while gathered, as FSDP requires; the same call count on every rank keeps the collectives equal."""
+
+    def __init__(self, layout: AnyRes, dim: int, side: int | None):
+        super().__init__()
+        self.layout, self.side = layout, side
+        self.newline = nn.Parameter(torch.randn(dim) / math.sqrt(dim)) if layout.newline else None  # HF's init: std 1/sqrt(D)
+
+    def forward(self, visual: torch.Tensor, image_sizes: list[tuple[int, int]]) -> torch.Tensor:
+        return arrange(visual, image_sizes, self.layout, self.side, self.newline)  # [V, N, D] -> [ΣT, D]

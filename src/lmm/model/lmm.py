@@ -9,7 +9,7 @@ from torch import nn
 from transformers import GenerationConfig
 
 from lmm.data.anyres import AnyRes
-from lmm.model.anyres import ImageNewline, arrange
+from lmm.model.anyres import AnyResTokens
 from lmm.model.connectors import Connector
 from lmm.model.vision import VisionTower
 
@@ -33,8 +33,8 @@ class LMM(nn.Module):
         if anyres is not None and anyres.pool > 1 and self.token_grid_side is None:
             raise ValueError(f"vision.tile_pool={anyres.pool} pools a grid of tokens, but {type(connector).__name__}'s "
                              f"{self.num_image_tokens} tokens are not one: use tile_pool=1 or a grid connector (linear, mlp, pixel_shuffle, ...)")
-        if anyres is not None and anyres.newline:
-            self.connector.image_newline = ImageNewline(llm.config.hidden_size)
+        if anyres is not None:
+            self.connector.anyres_tokens = AnyResTokens(anyres, llm.config.hidden_size, self.token_grid_side)
         # Counting placeholders reads a value from the batch; lmm.simulate runs on fake tensors,
         # which have no values, and builds its batches with the right count by construction.
         self.check_placeholders = True
@@ -125,24 +125,37 @@ class LMM(nn.Module):
                     f"batch has {int(image_mask.sum())} image placeholder ids but its images make {expected} visual tokens "
                     f"({self.num_image_tokens} per view): the tokenizer's image_tokens must equal the model's image_tokens()"
                 )
-        newline = self.connector.image_newline() if hasattr(self.connector, "image_newline") else None  # [D]
+        if pixels is None and always_encode and self.anyres is not None:  # AnyRes: the dummy is one image of the tower's size
+            size = self.vision.image_size
+            pixels = torch.zeros((self.anyres.num_views(size, size), 3, size, size), device=embeds.device)  # [V, 3, S, S]
+            dummy_sizes = torch.tensor([[size, size]])
+            instruction_ids = torch.zeros((1, 1), dtype=torch.long, device=embeds.device) if self.connector.uses_instruction else None
+            instruction_mask = None if instruction_ids is None else torch.ones_like(instruction_ids)
+            visual = self._visual_tokens(pixels, dummy_sizes, instruction_ids, instruction_mask)
+            return embeds + 0.0 * visual.sum().to(embeds.dtype)
         if pixels is not None:
-            sizes = None if self.anyres is None else image_sizes.tolist()
-            if sizes is not None and instruction_ids is not None:  # every view of an image reads its question
-                views = torch.tensor([self.anyres.num_views(h, w) for h, w in sizes], device=instruction_ids.device)
-                instruction_ids, instruction_mask = instruction_ids.repeat_interleave(views, 0), instruction_mask.repeat_interleave(views, 0)
-            visual = self.encode_images(pixels, instruction_ids, instruction_mask).to(embeds.dtype)  # [V, N, D]
-            visual = visual.reshape(-1, visual.shape[-1]) if sizes is None else arrange(visual, sizes, self.anyres, self.token_grid_side, newline)
-            embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), visual)  # visual: [Σ tokens, D]
+            visual = self._visual_tokens(pixels, image_sizes, instruction_ids, instruction_mask).to(embeds.dtype)  # [Σ tokens, D]
+            embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), visual)
         elif always_encode:
             size = self.vision.image_size
             dummy = torch.zeros((1, 3, size, size), device=embeds.device)  # [1, 3, S, S]
             ids = torch.zeros((1, 1), dtype=torch.long, device=embeds.device) if self.connector.uses_instruction else None
             visual = self.encode_images(dummy, ids, None if ids is None else torch.ones_like(ids))  # [1, N, D]
             embeds = embeds + 0.0 * visual.sum().to(embeds.dtype)
-            if newline is not None:  # every rank reduces the newline's gradient too
-                embeds = embeds + 0.0 * newline.sum().to(embeds.dtype)
         return embeds
+
+    def _visual_tokens(self, pixels: torch.Tensor, image_sizes: torch.Tensor | None, instruction_ids: torch.Tensor | None,
+                       instruction_mask: torch.Tensor | None) -> torch.Tensor:
+        """The images' visual tokens one after another [Σ tokens, D]: each view's, or under AnyRes
+        each image's views arranged (AnyResTokens, called once per batch)."""
+        if self.anyres is None:
+            visual = self.encode_images(pixels, instruction_ids, instruction_mask)  # [I, N, D]
+            return visual.reshape(-1, visual.shape[-1])
+        sizes = image_sizes.tolist()
+        if instruction_ids is not None:  # every view of an image reads its question
+            views = torch.tensor([self.anyres.num_views(h, w) for h, w in sizes], device=instruction_ids.device)
+            instruction_ids, instruction_mask = instruction_ids.repeat_interleave(views, 0), instruction_mask.repeat_interleave(views, 0)
+        return self.connector.anyres_tokens(self.encode_images(pixels, instruction_ids, instruction_mask), sizes)  # [V, N, D] -> [Σ T, D]
 
     def forward(
         self,

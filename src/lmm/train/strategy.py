@@ -64,8 +64,8 @@ class FSDP2Strategy(ModelParallelStrategy):
             if self.compile_layers:  # torch.compile per decoder layer (the layers share one graph)
                 layer.compile()
             fully_shard(layer, **options)
-        if hasattr(model.connector, "image_newline"):  # read outside the connector's forward: its own unit, gathered by its call
-            fully_shard(model.connector.image_newline, **options)
+        if getattr(model.connector, "anyres_tokens", None) is not None and model.connector.anyres_tokens.newline is not None:
+            fully_shard(model.connector.anyres_tokens, **options)  # called outside the connector's forward: its own unit
         fully_shard(model.connector, **options)
         fully_shard(model, **options)
 
