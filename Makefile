@@ -16,7 +16,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-mfu bench ablate table table2 gpu-check simulate scale-out
+.PHONY: install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-mfu bench ablate table table2 ablate-anyres ablate-multi-image gpu-check simulate scale-out
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
@@ -25,6 +25,8 @@ help:
 	@echo "make data      generate the synthetic shards under data/synthetic"
 	@echo "make pretrain-tiny  rebuild pretrained/tiny/: the tiny CLIP-style tower and chat LLM"
 	@echo "make table2    LLaVA-1.5's Table 2 in miniature (6 recipe steps x 3 seeds, ~21 min on 2 cores) in experiments/results/table2"
+	@echo "make ablate-anyres       pad vs AnyRes on small text (2 rows x 3 seeds) in experiments/results/anyres"
+	@echo "make ablate-multi-image  single- vs multi-image training on two-image questions (2 rows x 3 seeds) in experiments/results/multi_image"
 	@echo "make describe  parameter table of LLaVA-1.5-13B (meta device, no download)"
 	@echo "make simulate  LLaVA-1.5-13B finetune on 8 fake GPUs: memory per rank, collectives, step time 8-512 GPUs"
 	@echo "make scale-out regenerate docs/scale_out/ (7B and 13B, both stages) from task=simulate"
@@ -123,6 +125,18 @@ table2: install
 	$(PY) run.py -m +sweep=table2 hydra/launcher=joblib hydra.launcher.n_jobs=$(TABLE2_JOBS) cpu_threads=$(TABLE2_THREADS) \
 		data.num_workers=0 trainer.enable_progress_bar=false
 	$(PY) -m lmm.ablate experiments/runs/table2 --spec conf/experiment/table2/table.yml --out experiments/results/table2
+
+# Past LLaVA-1.5 (issue 19): pad vs AnyRes on small text, and single- vs multi-image training on
+# two-image questions; 2 rows × 3 seeds each on the pretrained tiny parts, run like make table2.
+ablate-anyres: install
+	$(PY) run.py -m +sweep=anyres hydra/launcher=joblib hydra.launcher.n_jobs=$(TABLE2_JOBS) cpu_threads=$(TABLE2_THREADS) \
+		data.num_workers=0 trainer.enable_progress_bar=false
+	$(PY) -m lmm.ablate experiments/runs/high_res --spec conf/experiment/high_res/table.yml --out experiments/results/anyres
+
+ablate-multi-image: install
+	$(PY) run.py -m +sweep=multi_image hydra/launcher=joblib hydra.launcher.n_jobs=$(TABLE2_JOBS) cpu_threads=$(TABLE2_THREADS) \
+		data.num_workers=0 trainer.enable_progress_bar=false
+	$(PY) -m lmm.ablate experiments/runs/two_image --spec conf/experiment/two_image/table.yml --out experiments/results/multi_image
 
 table: install
 	@test -n "$(SWEEP)" || { echo "usage: make table SWEEP=experiments/runs/<name>"; exit 2; }

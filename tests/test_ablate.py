@@ -227,3 +227,25 @@ def test_runs_with_predictions_are_resampled_by_question(tmp_path):
     (line,) = summary(table, decimals=2, names={"synthetic/vqa/exact_match": "VQA EM"}).splitlines()[4:]
     assert line.startswith("- mlp vs linear, VQA EM: +0.") and "(bootstrap over seeds and questions), 3 seeds × 50 questions — shown" in line
     assert "†" in markdown(table).splitlines()[3]
+
+
+# make ablate-anyres, make ablate-multi-image: two rows each, the second changing one group.
+PAST_LLAVA15 = {"high_res": ("anyres", {"vision"}), "two_image": ("multi_image", {"data"})}
+
+
+@pytest.mark.parametrize("layout,sweep_name", [("high_res", "anyres"), ("two_image", "multi_image")])
+def test_past_llava15_ablations_change_one_thing(layout, sweep_name):
+    spec = RecipeSpec.load(CONF / "experiment" / layout / "table.yml")
+    rows = [experiment for _, experiment in spec.rows]
+    assert sorted(rows) == [f"{layout}/{p.stem}" for p in sorted((CONF / "experiment" / layout).glob("*.yaml"))]
+    sweep = yaml.safe_load((CONF / "sweep" / f"{sweep_name}.yaml").read_text())
+    (override,) = OverridesParser.create().parse_overrides([f"experiment={sweep['hydra']['sweeper']['params']['experiment']}"])
+    assert sorted(override.sweep_string_iterator()) == sorted(rows)
+    first, second = (OmegaConf.to_container(compose_config([f"experiment={row}"]), resolve=True) for row in rows)
+    changed_row, groups = PAST_LLAVA15[layout]
+    assert rows[1] == f"{layout}/{changed_row}" and {k for k in second if second[k] != first[k]} == groups | {"name"}
+    assert first["eval"]["benchmarks"]["synthetic"]["root"] == first["data"]["root"]
+    if layout == "high_res":
+        assert (first["vision"]["image_aspect"], second["vision"]["image_aspect"]) == ("pad", "anyres")
+    else:
+        assert (first["data"]["train_split"], second["data"]["train_split"]) == ("train_single_image", "train")

@@ -63,3 +63,10 @@ def test_unknown_architecture_is_refused_in_one_line(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral", "hidden_size": 8}))
     with pytest.raises(SystemExit, match="model_type='mistral' is not an official LLaVA checkpoint"):
         convert_main([str(tmp_path)])
+
+
+def test_llava_next_checkpoint_is_refused_not_read_as_pad(tmp_path):
+    config = {"model_type": "llava_llama", "mm_vision_tower": "openai/clip-vit-large-patch14-336", "image_aspect_ratio": "anyres_max_9"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="image_aspect_ratio='anyres_max_9' is not LLaVA-1.5's.*LLaVA-NeXT checkpoints are not imported"):
+        convert_main([str(tmp_path)])

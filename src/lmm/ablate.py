@@ -9,7 +9,7 @@ Rows are the factors that vary across runs (or `--rows`); seeds are never a row:
 only in `seed` are aggregated into mean ± std with n. Runs that failed, are still running or lack
 a metric are shown as such ("—" and a footnote), never dropped; a row with fewer seeds than the
 others is marked. The best value of each column is bold (lowest for metrics named like a loss).
-Cost columns (trainable parameters, tokens seen, training time, FLOPs) come from each run's
+Cost columns (trainable parameters, visual tokens per image, tokens seen, training time, FLOPs) come from each run's
 `results.json` "cost" when present.
 
 `--spec` gives the "recipe steps" layout of LLaVA-1.5's Table 2: a YAML file lists the rows as
@@ -42,7 +42,8 @@ from lmm.rundir import HYDRA_DIR, PREDICTIONS, RESULTS, RUN_LOG, read_results, r
 
 SEED_KEYS = {"seed"}
 # results.json "cost" entries shown as columns (when any run has them), with their headers.
-COST_COLUMNS = {"trainable_parameters": "trainable params", "tokens_seen": "tokens", "train_wall_s": "train time", "flops": "FLOPs"}
+COST_COLUMNS = {"trainable_parameters": "trainable params", "visual_tokens_per_image": "visual tokens / image", "tokens_seen": "tokens",
+                "train_wall_s": "train time", "flops": "FLOPs"}
 # Keys a run directory's name leaves out (hydra.job.config.override_dirname.exclude_keys) are not
 # factors, except these: `experiment` names the runs' parent directory (name=) instead.
 FACTOR_KEYS = {"experiment"}
@@ -328,6 +329,8 @@ def format_cost(cost: str, cell: Cell) -> str:
         return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
     if cost == "flops":
         return f"{cell.mean:.2e}"
+    if cost == "visual_tokens_per_image":  # AnyRes: a mean over the images seen
+        return f"{cell.mean:.0f}"
     return _si(cell.mean)
 
 

@@ -78,7 +78,7 @@ def vision_config(config: dict, tower: Path) -> dict:
         "pretrained": None,
         "select_layer": int(config.get("mm_vision_select_layer", -2)),
         "select_feature": "cls_patch" if config.get("mm_vision_select_feature") == "cls_patch" else "patch",
-        "image_aspect": ASPECTS.get(config.get("image_aspect_ratio"), "pad"),
+        "image_aspect": ASPECTS[config.get("image_aspect_ratio")],
         "mean": stats.get("image_mean", CLIP_MEAN),
         "std": stats.get("image_std", CLIP_STD),
     }
@@ -95,6 +95,10 @@ def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: st
     if config.get("model_type") not in ("llava_llama", "llava") or "mm_vision_tower" not in config:
         raise ConversionError(f"{config_file}: model_type={config.get('model_type')!r} is not an official LLaVA checkpoint "
                               "(expected llava_llama with mm_vision_tower); for HF's llava-hf format use transformers directly")
+    aspect = config.get("image_aspect_ratio")
+    if aspect not in ASPECTS:  # e.g. LLaVA-NeXT's "anyres" / "anyres_max_9": read as pad it would be a silently different model
+        raise ConversionError(f"{config_file}: image_aspect_ratio={aspect!r} is not LLaVA-1.5's (one of {sorted(k for k in ASPECTS if k)} "
+                              "or none); LLaVA-NeXT checkpoints are not imported: load them in transformers (llava-hf LlavaNext)")
     state = read_state(path)
     tower = resolve_weights(vision_tower or config["mm_vision_tower"], "vision weights")
     llm_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",

@@ -15,6 +15,7 @@ from lmm.data.synthetic import (
     REGION_CAPTION_PROMPT,
     SHORT_ANSWER,
     PRESETS,
+    SMALL_TEXT_SIZE,
     SMALL_WORD_SIZE,
     WORD_SIZE,
     GenerationConfig,
@@ -175,12 +176,17 @@ def test_two_image_questions_need_both_images_and_are_answered_right():
             colour = turn["value"].split("more ")[1].split(" objects")[0]
             counts = [sum(o.colour == colour for o in s.objects) for s in (first, second)]
             assert counts[0] != counts[1] and answer == ("first" if counts[0] > counts[1] else "second")
+        elif qtype == "colour_of":
+            which = first if "the first image" in turn["value"] else second
+            other = second if which is first else first
+            assert answer == which.objects[0].colour != other.objects[0].colour
+            kinds[("colour_of_asks", "first" if which is first else "second")] += 1
         else:
             assert len(first.objects) == 1
             assert answer == ("yes" if any(o.shape == first.objects[0].shape for o in second.objects) else "no")
-    for qtype, answers in (("more_colour", ("first", "second")), ("shape_in_both", ("yes", "no"))):
+    for qtype, answers in (("more_colour", ("first", "second")), ("shape_in_both", ("yes", "no")), ("colour_of_asks", ("first", "second"))):
         total = sum(kinds[(qtype, a)] for a in answers)
-        assert 150 <= total <= 250 and all(0.35 * total <= kinds[(qtype, a)] <= 0.65 * total for a in answers), kinds
+        assert 100 <= total <= 170 and all(0.35 * total <= kinds[(qtype, a)] <= 0.65 * total for a in answers), kinds
 
 
 def test_two_image_records_are_written_with_numbered_images(tmp_path):
@@ -190,3 +196,13 @@ def test_two_image_records_are_written_with_numbered_images(tmp_path):
     two = [s for s in raw if b'"two_image"' in s["json"]]
     assert two and all(sorted(k for k in s if k.endswith("png")) == ["0.png", "1.png"] for s in two)
     assert all("png" in s and "0.png" not in s for s in raw if s not in two)
+
+
+def test_anyres_preset_has_small_digits_in_train_and_test(tmp_path):
+    config = replace(PRESETS["anyres"], train=80, val=10, test=40, shard_size=1000)
+    counts = generate(tmp_path, config, train_tokenizer=False)["counts"]
+    assert "small_text" in counts["train"] and "small_text" in counts["test"] and counts["pretrain"] == {}
+    scene, record = make_sample(random.Random(2), "small_text", 0)
+    assert record["qtypes"] == ["digit"] and record["conversations"][1]["value"] == scene.word and scene.word.isdigit()
+    ink = Image.eval(render(scene).convert("L"), lambda v: 255 if v < 250 else 0).getbbox()
+    assert scene.word_size == SMALL_TEXT_SIZE and ink[3] - ink[1] <= 14  # at most 14 px of ink on the 48-96 px canvas

@@ -103,7 +103,7 @@ def test_loglikelihood_equals_teacher_forcing(lmms_eval_run):
     assert len(logged) == len(docs) == run.counts["lmm_synthetic_vqa_mc"]
     correct = 0
     for doc, sample in zip(docs, logged):
-        image = {"png": base64.b64decode(doc["image"])}
+        image = {"png": base64.b64decode(doc["images"][0])}
         examples = [reply_labels(processor, doc["question"], choice, image) for choice in doc["choices"]]
         expected = labelled_logprobs(model.eval(), [Collator(processor.tokenizer.pad_token_id)(examples)])
         # lmms-eval minimises the value: the negative log-likelihood of each choice (its log writes them as strings).
@@ -112,3 +112,18 @@ def test_loglikelihood_equals_teacher_forcing(lmms_eval_run):
         assert [g for _, g in got] == [g for _, g in expected]
         correct += min(range(len(got)), key=lambda k: got[k][0]) == doc["target"]
     assert run.results["lmm_synthetic_vqa_mc"]["acc,none"] == pytest.approx(correct / len(docs))
+
+
+def test_tasks_of_the_multi_image_mixture_carry_every_image(tmp_path):
+    from dataclasses import replace
+
+    from lmm.data.synthetic import PRESETS, generate
+    from lmm.interop.lmms_eval_tasks import doc_to_visual
+
+    generate(tmp_path / "mix", replace(PRESETS["multi_image"], train=20, val=4, test=30, shard_size=1000), train_tokenizer=False)
+    counts = write_tasks(tmp_path / "mix", tmp_path / "tasks")
+    assert counts["lmm_synthetic_two_image"] > 0 and "lmm_synthetic_two_image" in (tmp_path / "tasks" / "lmm_synthetic.yaml").read_text()
+    docs = [json.loads(line) for line in (tmp_path / "tasks" / "lmm_synthetic_two_image.jsonl").read_text().splitlines()]
+    assert all(len(doc_to_visual(doc)) == 2 == doc["question"].count("<image>") for doc in docs)
+    vqa = [json.loads(line) for line in (tmp_path / "tasks" / "lmm_synthetic_vqa.jsonl").read_text().splitlines()]
+    assert all(len(doc_to_visual(doc)) == 1 for doc in vqa)

@@ -5,6 +5,7 @@ placeholders, length planning and the model's forward agree on every image's cou
 import io
 import json
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -214,3 +215,24 @@ def test_describe_reports_visual_tokens_per_image_size():
         describe(compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "vision.grid_pinpoints=[[336,600]]", "llm=vicuna7b"]))
     with pytest.raises(ValueError, match="max_tiles=1 leaves none"):
         describe(compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "vision.max_tiles=1", "llm=vicuna7b"]))
+
+
+def connector_overrides(name: str) -> list[str]:
+    from tests.model.test_connectors import TINY
+
+    return [f"connector={name}", *(f"connector.{k}={v}" for k, v in TINY.get(name, {}).items())]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "connector").glob("*.yaml")))
+def test_every_connector_works_per_tile(name, data_root):
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["vision=tiny", "vision.image_aspect=anyres", "data.max_length=2048", *connector_overrides(name)], data_root)
+    torch.manual_seed(0)
+    model, processor = build_run(cfg)
+    x = processor(sample(["Image 1: <image>\nImage 2: <image>\nWhich is wider?"], **{"0.jpg": jpeg(200, 50), "1.jpg": jpeg(64, 64)}))
+    assert sum(t == model.image_token_id for t in x.input_ids) == sum(model.image_tokens(h, w) for h, w in x.image_sizes)
+    assert model.image_tokens(50, 200) != model.image_tokens(64, 64)  # the sizes make different counts, for every connector
+    loss = model(**Collator(0)([x]).model_inputs()).loss
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.connector.parameters())

@@ -122,9 +122,11 @@ class ImageTransform:
         return TF.normalize(self.anyres.views(image, resize), self.mean, self.std), size
 
     def __call__(self, image: Image.Image | bytes) -> torch.Tensor:
+        if self.anyres is not None:
+            raise ValueError("image_aspect=anyres makes several views of an image: call views(), not the transform")
         image = decode_image(image) if isinstance(image, bytes) else to_rgb(image)
         width, height = image.size
-        if self.aspect == "pad" or self.aspect == "anyres":  # anyres: one padded view where a single one is asked for
+        if self.aspect == "pad":
             # Resize the longer side to `size`, then centre on a square of the fill colour: the
             # picture of LLaVA's pad-then-resize (expand2square) at a fraction of the cost.
             scale = self.size / max(width, height)

@@ -20,7 +20,6 @@ from lmm.eval.generate import evaluating
 from lmm.eval.metrics import BoxAccuracy, ExactMatch, parse_box
 from lmm.model.lmm import LMM
 
-GENERATIVE_SOURCES = ("vqa", "ocr", "region")
 
 
 def question_turns(record: dict) -> list[tuple[str, dict]]:

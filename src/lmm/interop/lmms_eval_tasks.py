@@ -8,9 +8,11 @@ task (images embedded as base64, so the folder can be moved) and the task YAMLs:
 
     lmm_synthetic_vqa, _ocr, _region_caption   generate_until, exact match (lmm's normalisation)
     lmm_synthetic_region_grounding             generate_until, Acc@IoU≥0.5 of the parsed box
+    lmm_synthetic_<source>                     the mixture's other question sources (ocr_small, small_text,
+                                               two_image: two images per question, ...), exact match
     lmm_synthetic_vqa_mc                       multiple_choice over loglikelihood: the VQA questions,
                                                choices = every answer of that question type in the split
-    lmm_synthetic                              the group of the four generative tasks
+    lmm_synthetic                              the group of the generative tasks
 
 `--limit N` reads the split's first N records, as `eval.benchmarks.synthetic.limit=N` does, so
 lmms-eval's scores can be set against task=eval's on the same questions.
@@ -26,9 +28,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from lmm.data.sample import IMAGE_KEYS, parse_record
+from lmm.data.image import ImageError
+from lmm.data.sample import image_keys, parse_record
 from lmm.data.shards import evaluation_stream, list_shards
-from lmm.eval.benchmarks import GENERATIVE_SOURCES, question_turns
+from lmm.eval.benchmarks import question_turns
 from lmm.eval.metrics import box_iou, normalize_answer, parse_box
 
 GROUP = "lmm_synthetic"
@@ -85,8 +88,8 @@ metric_list:
 # --- the functions the YAMLs name (called by lmms-eval per document) ------------------------------
 
 def doc_to_visual(doc: dict) -> list[Image.Image]:
-    """The document's image (none for a text-only question)."""
-    return [] if doc.get("image") is None else [Image.open(io.BytesIO(base64.b64decode(doc["image"])))]
+    """The document's images in the order of their <image> tags (none for a text-only question)."""
+    return [Image.open(io.BytesIO(base64.b64decode(image))) for image in doc.get("images", [])]
 
 
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
@@ -118,11 +121,14 @@ def synthetic_questions(root: Path, split: str = "test", limit: int | None = Non
             record = parse_record(sample.get("json"))
         except ValueError:
             continue  # task=eval counts it as skipped; it has no question to ask
-        if record["source"] not in GENERATIVE_SOURCES:
+        if record["source"] == "description":  # scored by teacher-forced loss, not by a generated answer
             continue
-        image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+        try:
+            images = [base64.b64encode(sample[k]).decode() for k in image_keys(sample)]
+        except ImageError:
+            continue  # task=eval skips it too
         for question, meta in question_turns(record):
-            docs.append({**meta, "question": question, "image": base64.b64encode(image).decode() if image else None})
+            docs.append({**meta, "question": question, "images": images})
     return docs
 
 
@@ -145,7 +151,9 @@ def write_tasks(root: Path, out: Path, split: str = "test", limit: int | None = 
     out.mkdir(parents=True, exist_ok=True)
     docs = synthetic_questions(root, split, limit)
     counts: dict[str, int] = {}
-    for name, (selects, metric) in GENERATIVE_TASKS.items():
+    others = sorted({d["source"] for d in docs} - {"vqa", "ocr", "region"})  # exact match, as task=eval scores them
+    tasks = GENERATIVE_TASKS | {source: (lambda m, source=source: m["source"] == source, "exact_match") for source in others}
+    for name, (selects, metric) in tasks.items():
         chosen = [d for d in docs if selects(d)]
         if not chosen:
             continue

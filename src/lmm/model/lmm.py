@@ -112,8 +112,8 @@ class LMM(nn.Module):
         """input_ids [B, T] (+ pixels [V, 3, H, W]: one view per image, or under AnyRes each
         image's overview and tiles, with image_sizes [I, 2]) -> input embeddings [B, T, D].
 
-        `always_encode`: a batch without images still runs the tower and connector, on one zero
-        image whose tokens are added with weight 0 (LLaVA's dummy image for text-only samples).
+        `always_encode`: a batch without images still runs the tower and connector (and AnyRes's
+        arrangement), on one zero image whose tokens are added with weight 0 (LLaVA's dummy image for text-only samples).
         Training needs it: under DDP and FSDP the connector's gradient reduction and the tower's
         all-gathers are collectives, so every rank must run the same modules every step."""
         image_mask = input_ids == self.image_token_id  # [B, T]
@@ -125,23 +125,16 @@ class LMM(nn.Module):
                     f"batch has {int(image_mask.sum())} image placeholder ids but its images make {expected} visual tokens "
                     f"({self.num_image_tokens} per view): the tokenizer's image_tokens must equal the model's image_tokens()"
                 )
-        if pixels is None and always_encode and self.anyres is not None:  # AnyRes: the dummy is one image of the tower's size
+        if pixels is None and always_encode:  # one zero image of the tower's size (under AnyRes, its views)
             size = self.vision.image_size
-            pixels = torch.zeros((self.anyres.num_views(size, size), 3, size, size), device=embeds.device)  # [V, 3, S, S]
-            dummy_sizes = torch.tensor([[size, size]])
-            instruction_ids = torch.zeros((1, 1), dtype=torch.long, device=embeds.device) if self.connector.uses_instruction else None
-            instruction_mask = None if instruction_ids is None else torch.ones_like(instruction_ids)
-            visual = self._visual_tokens(pixels, dummy_sizes, instruction_ids, instruction_mask)
+            views = 1 if self.anyres is None else self.anyres.num_views(size, size)
+            dummy = torch.zeros((views, 3, size, size), device=embeds.device)  # [V, 3, S, S]
+            ids = torch.zeros((1, 1), dtype=torch.long, device=embeds.device) if self.connector.uses_instruction else None
+            visual = self._visual_tokens(dummy, torch.tensor([[size, size]]), ids, None if ids is None else torch.ones_like(ids))
             return embeds + 0.0 * visual.sum().to(embeds.dtype)
         if pixels is not None:
             visual = self._visual_tokens(pixels, image_sizes, instruction_ids, instruction_mask).to(embeds.dtype)  # [Σ tokens, D]
             embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), visual)
-        elif always_encode:
-            size = self.vision.image_size
-            dummy = torch.zeros((1, 3, size, size), device=embeds.device)  # [1, 3, S, S]
-            ids = torch.zeros((1, 1), dtype=torch.long, device=embeds.device) if self.connector.uses_instruction else None
-            visual = self.encode_images(dummy, ids, None if ids is None else torch.ones_like(ids))  # [1, N, D]
-            embeds = embeds + 0.0 * visual.sum().to(embeds.dtype)
         return embeds
 
     def _visual_tokens(self, pixels: torch.Tensor, image_sizes: torch.Tensor | None, instruction_ids: torch.Tensor | None,

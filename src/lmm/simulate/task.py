@@ -144,6 +144,10 @@ def plot(points: list[ScalePoint], title: str, path: Path) -> None:
 def simulate(cfg: DictConfig) -> dict:
     sim = cfg.simulate
     fsdp_strategy(cfg)  # a one-line refusal before any work for strategy=auto/ddp
+    if cfg.vision.get("image_aspect") == "anyres":
+        raise ValueError("task=simulate models one tower view per image; vision.image_aspect=anyres (several views, a count per "
+                         "image size) is not simulated: simulate the pad run and scale the vision work by the views per image "
+                         "(task=describe prints them)")
     allowance = Allowance(float(positive(sim.allocator_overhead + 1, "simulate.allocator_overhead + 1") - 1),
                           float(positive(sim.context_gib, "simulate.context_gib")), float(positive(sim.mfu, "simulate.mfu")),
                           float(positive(sim.bus_efficiency, "simulate.bus_efficiency")))

@@ -91,7 +91,7 @@ class Throughput(L.Callback):
     def __init__(self, flop_counter: FlopCounter):
         self.flop_counter = flop_counter
         # Run totals (this rank); kept in checkpoints so a resumed run reports the whole run.
-        self.totals = {"samples": 0, "tokens": 0, "flops": 0.0, "train_wall_s": 0.0}
+        self.totals = {"samples": 0, "tokens": 0, "flops": 0.0, "images": 0, "visual_tokens": 0, "train_wall_s": 0.0}
         self.model_load_host_bytes = 0  # peak host memory added by building + loading the model
         self._step_work: tuple[int, int, float] | None = None  # samples, tokens, FLOPs of the step in flight
         self._last_step_end: float | None = None
@@ -111,6 +111,8 @@ class Throughput(L.Callback):
         self._step_work = (len(lengths), sum(lengths), self.flop_counter.step_flops(lengths, batch.views))  # the tower runs once per view
         for key, value in zip(("samples", "tokens", "flops"), self._step_work):
             self.totals[key] += value
+        self.totals["images"] += batch.images
+        self.totals["visual_tokens"] += int((batch.input_ids == module.model.image_token_id).sum())  # AnyRes: differs per image
 
     def on_train_batch_end(self, trainer, module, outputs, batch: Batch, batch_idx: int) -> None:
         """Account the step that just ended (forward, backward, optimiser)."""
@@ -143,6 +145,7 @@ class Throughput(L.Callback):
             "steps": int(trainer.global_step),
             "samples_seen": int(summed["samples"]),
             "tokens_seen": int(summed["tokens"]),
+            "visual_tokens_per_image": summed["visual_tokens"] / summed["images"] if summed["images"] else None,
             "flops": summed["flops"],
             "train_wall_s": round(wall, 3),
             "tokens_per_s": summed["tokens"] / wall if wall else None,
