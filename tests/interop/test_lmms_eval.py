@@ -50,9 +50,9 @@ def lmms_eval_run(data_root, tmp_path_factory):
     counts = write_tasks(data_root / "synthetic", tasks, limit=LIMIT)
     vqa = tasks / "lmm_synthetic_vqa.jsonl"
     edge = [{"id": "text-only", "turn": 0, "source": "vqa", "qtype": "count", "question": "How many sides has a square?",
-             "answer": "zzz", "image": None},
+             "answer": "zzz", "images": []},
             {"id": "corrupt", "turn": 0, "source": "vqa", "qtype": "count", "question": "<image>\nHow many objects?",
-             "answer": "zzz", "image": base64.b64encode(b"\xff\xd8\xff\xe0 not a jpeg").decode()}]
+             "answer": "zzz", "images": [base64.b64encode(b"\xff\xd8\xff\xe0 not a jpeg").decode()]}]
     vqa.write_text(vqa.read_text() + "".join(json.dumps(d) + "\n" for d in edge))
     out = tmp / "out"
     env = {**os.environ, "HF_HOME": str(tmp / "hf"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
