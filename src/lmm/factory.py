@@ -31,8 +31,8 @@ from lmm.train.stage import stage_of
 
 LMM_CONFIG, LMM_WEIGHTS, LMM_TOKENIZER = "config.yaml", "model.safetensors", "tokenizer"
 LMM_FORMAT_VERSION = 1
-MODEL_KEYS = ("vision", "connector", "llm")
-NEWLINE_KEY = "anyres_tokens.newline"  # the AnyRes row-end embedding, kept in the connector  # what an lmm directory keeps of a run's config
+MODEL_KEYS = ("vision", "connector", "llm")  # what an lmm directory keeps of a run's config
+NEWLINE_KEY = "anyres_tokens.newline"  # the AnyRes row-end embedding, kept in the connector
 
 
 def pretrained_ids(cfg: DictConfig) -> dict[str, str | None]:

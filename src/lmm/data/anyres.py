@@ -92,10 +92,6 @@ class AnyRes:
             raise ValueError(f"vision.tile_pool must be >= 1 (1 = no pooling), got {pool}")
         return cls(tile, tuple(kept), bool(vision_cfg.get("anyres_overview", True)), bool(vision_cfg.get("image_newline", True)), pool)
 
-    @property
-    def max_views(self) -> int:
-        return max(h // self.tile * (w // self.tile) for h, w in self.pinpoints) + self.overview
-
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """(rows, cols) of tiles for an image of this size."""
         target_height, target_width = best_resolution(height, width, self.pinpoints)
@@ -127,13 +123,13 @@ class AnyRes:
         token_rows, token_cols = self.tile_token_shape(height, width, side)
         return overview + token_rows * (token_cols + self.newline)
 
-    def views(self, image: Image.Image, resize, fill: float = 0.0) -> torch.Tensor:
+    def views(self, image: Image.Image, resize) -> torch.Tensor:
         """RGB image -> [overview?, tiles row by row] as [V, 3, tile, tile] floats in [0, 1].
         `resize(image, (h, w))` is the transform's resampler."""
         width, height = image.size
         target_height, target_width = best_resolution(height, width, self.pinpoints)
         fitted_height, fitted_width = fit_size(height, width, target_height, target_width)
-        canvas = torch.full((3, target_height, target_width), fill)
+        canvas = torch.zeros((3, target_height, target_width))  # black, as LLaVA-NeXT pads
         top, left = (target_height - fitted_height) // 2, (target_width - fitted_width) // 2
         canvas[:, top : top + fitted_height, left : left + fitted_width] = resize(image, (fitted_height, fitted_width))
         t = self.tile
