@@ -79,3 +79,13 @@ def make_config(data_root, tmp_path):
         return compose_config(list(overrides), data_root, run_dir or tmp_path / "run")
 
     return make
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer_dirs(tmp_path_factory) -> dict[bool, Path]:
+    """A real SentencePiece Llama tokenizer as LLaVA checkpoints ship it, `legacy` true and false."""
+    from tests.llama_tokenizer import train_model, write_llama_tokenizer
+
+    root = tmp_path_factory.mktemp("llama_tokenizer")
+    model = train_model(root / "spm")
+    return {legacy: write_llama_tokenizer(root / f"legacy_{legacy}", model, legacy) for legacy in (True, False)}

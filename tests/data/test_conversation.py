@@ -99,14 +99,24 @@ def sentencepiece_like_tokenizer():
 
 
 def test_label_mask_with_sentencepiece_style_tokenizer():
+    """A non-LLaVA template (mistral) is tokenized in one call and labelled by offsets."""
     tok = sentencepiece_like_tokenizer()
     image_id = tok.convert_tokens_to_ids("<image>")
-    enc = encode(tok, "vicuna_v1", TWO_TURNS, image_tokens=3, image_token_id=image_id)
-    whole = tok(render("vicuna_v1", TWO_TURNS), add_special_tokens=False)["input_ids"]
+    enc = encode(tok, "mistral", TWO_TURNS, image_tokens=3, image_token_id=image_id)
+    whole = tok(render("mistral", TWO_TURNS), add_special_tokens=False)["input_ids"]
     expanded = [t for w in whole for t in ([w] * 3 if w == image_id else [w])]
     assert enc.input_ids == [tok.bos_token_id, *expanded]  # exactly the tokenizer's own ids
     trained = [t for t in enc.labels if t != IGNORE_INDEX]
     assert tok.convert_ids_to_tokens(trained) == [*tok.tokenize(" red"), "</s>", *tok.tokenize(" 2"), "</s>"]
+
+
+def test_llava_count_mismatch_is_a_skip_not_a_silent_mask():
+    """This toy vocabulary has "▁USER" but not "USER": without the legacy "▁" after `</s>` the second
+    round is longer in context than alone, and LLaVA's counts (even shifted) miss it. LLaVA trains
+    on such a sample with every label masked; lmm raises, and the caller counts a skip."""
+    tok = sentencepiece_like_tokenizer()
+    with pytest.raises(ConversationError, match="tokenization mismatch"):
+        encode(tok, "vicuna_v1", TWO_TURNS, image_tokens=3, image_token_id=tok.convert_tokens_to_ids("<image>"))
 
 
 ONE = [{"from": "human", "value": "<image>\nHi?"}, {"from": "gpt", "value": "Yes."}, {"from": "human", "value": "And?"}, {"from": "gpt", "value": "No."}]

@@ -1,10 +1,18 @@
-"""Chat templates: render LLaVA-format turns to text and to token ids with an exact label mask.
+"""Chat templates: render LLaVA-format turns to text and to token ids with LLaVA's exact labels.
 
 A conversation is a list of LLaVA turns `{"from": "human"|"gpt", "value": str}`.
-Rendering produces *segments* (text, is_target). The text is tokenized once and the label
-mask follows the segments' character offsets, so the mask is exact by construction: there
-is no per-piece length arithmetic and so no "tokenization mismatch" that silently drops a
-sample (LLaVA's failure mode).
+Rendering produces *segments* (text, is_target).
+
+Two tokenization rules (docs/templates.md says which template follows which):
+- LLaVA's templates (`plain`, `vicuna_v1`, `llama2`) follow haotian-liu/LLaVA exactly: the prompt
+  is cut at each `<image>` and every piece is tokenized on its own (`tokenizer_image_token`, so
+  the text after an image starts with SentencePiece's "▁" whatever the tokenizer's `legacy`
+  flag), and the labels are LLaVA's (`preprocess_plain`, `preprocess_v1`, `preprocess_llama_2`:
+  per-round token counts, including its one-token shift for non-legacy tokenizers). Where
+  LLaVA's counts do not add up ("tokenization mismatch", which LLaVA trains on silently with
+  every label masked) the sample is a counted skip.
+- The other families' templates tokenize the rendered prompt in one call, as their chat
+  templates do, and label a token iff it starts inside a reply segment (character offsets).
 
 [Contract] `render(t, turns) == "".join(text for text, _ in segments(t, turns))`.
 """
@@ -43,6 +51,10 @@ class Template:
     end_of_turn: str
     after_reply: str = ""
     first_user_format: str | None = None
+    # LLaVA's own styles: the text that ends a round's instruction in preprocess_v1 / _llama_2
+    # (`sep` there), and whether LLaVA shifts its counts for non-legacy tokenizers (v1 only).
+    llava_assistant_sep: str | None = None
+    llava_legacy_shift: bool = False
 
     def user(self, content: str, first: bool) -> str:
         fmt = self.first_user_format if first and self.first_user_format else self.user_format
@@ -65,6 +77,8 @@ VICUNA_V1 = Template(  # LLaVA-1.5's conv_vicuna_v1
     user_format="USER: {content} ASSISTANT:",
     reply_format=" {content}",
     end_of_turn="</s>",
+    llava_assistant_sep=" ASSISTANT: ",  # conv.sep + conv.roles[1] + ": "
+    llava_legacy_shift=True,
 )
 LLAMA2 = Template(  # Llama-2-chat, as LLaVA's conv_llava_llama_2
     name="llama2",
@@ -75,6 +89,7 @@ LLAMA2 = Template(  # Llama-2-chat, as LLaVA's conv_llava_llama_2
     reply_format=" {content} ",
     end_of_turn="</s>",
     after_reply="<s>",
+    llava_assistant_sep="[/INST] ",
 )
 LLAMA3 = Template(  # Llama-3-Instruct's chat template (BOS is added by the tokenizer step)
     name="llama3",
@@ -204,6 +219,92 @@ class Encoded:
     num_images: int
 
 
+def _tokens(tokenizer, text: str, base: int = 0) -> tuple[list[int], list[int]]:
+    """`text`'s ids (no special tokens added) and the character where each token starts (+ base)."""
+    out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return out["input_ids"], [base + begin for begin, _ in out["offset_mapping"]]
+
+
+def _prompt_tokens(tokenizer, text: str, image_token_id: int, per_image: bool) -> tuple[list[int], list[int]]:
+    """The prompt's ids without BOS (one `image_token_id` per `<image>`) and their start characters.
+    `per_image`: each piece between `<image>` tags is tokenized on its own, as LLaVA's
+    tokenizer_image_token does; otherwise the text is tokenized in one call."""
+    if not per_image:
+        return _tokens(tokenizer, text)
+    ids, starts, base = [], [], 0
+    for k, chunk in enumerate(text.split(IMAGE_TOKEN)):
+        if k:
+            ids.append(image_token_id)
+            starts.append(base - len(IMAGE_TOKEN))
+        chunk_ids, chunk_starts = _tokens(tokenizer, chunk, base)
+        ids += chunk_ids
+        starts += chunk_starts
+        base += len(chunk) + len(IMAGE_TOKEN)
+    return ids, starts
+
+
+def _bos(tokenizer) -> list[int]:
+    return [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+
+
+def image_chunk_ids(tokenizer, text: str, image_token_id: int) -> list[int]:
+    """LLaVA's `tokenizer_image_token(text)`: BOS, then the pieces between `<image>` tags, each
+    tokenized on its own, with one `image_token_id` in place of each tag."""
+    return _bos(tokenizer) + _prompt_tokens(tokenizer, text, image_token_id, per_image=True)[0]
+
+
+def is_legacy(tokenizer) -> bool:
+    """The tokenizer's `legacy` flag, which LLaVA reads (LlamaTokenizer has it). One without the
+    flag is legacy iff text after a special token is tokenized as at the start of a text (the
+    property the flag names: SentencePiece's "▁" prefix repeated after `</s>`)."""
+    flag = getattr(tokenizer, "legacy", None)
+    if flag is not None:
+        return bool(flag)
+    if not tokenizer.eos_token:
+        return True
+    after = tokenizer(tokenizer.eos_token + "USER", add_special_tokens=False)["input_ids"][1:]
+    return after == tokenizer("USER", add_special_tokens=False)["input_ids"]
+
+
+def _llava_round_labels(tokenizer, template: Template, text: str, ids: list[int], image_token_id: int) -> list[int]:
+    """LLaVA's labels for `ids` (= image_chunk_ids(text)): preprocess_v1 / preprocess_llama_2.
+
+    The conversation is cut into rounds at the end-of-turn; in each, the instruction (up to
+    and including the assistant separator, less the BOS and the separator's trailing space)
+    is masked and the rest (the reply, and the end-of-turn in BOS's place) trained. For v1,
+    LLaVA takes one token off every round after the first when the tokenizer is not legacy
+    (no "▁" after `</s>`). ConversationError where the counts do not cover the ids exactly."""
+    def length(piece: str) -> int:
+        return len(image_chunk_ids(tokenizer, piece, image_token_id))
+
+    labels = list(ids)
+    labels[0] = IGNORE_INDEX
+    current, sep = 1, template.llava_assistant_sep
+    shift = template.llava_legacy_shift and not is_legacy(tokenizer)
+    for i, round_text in enumerate(text.split(template.end_of_turn)):
+        if round_text == "":
+            break
+        parts = round_text.split(sep)
+        if len(parts) != 2:
+            break
+        round_len, instruction_len = length(round_text), length(parts[0] + sep) - 2
+        if i != 0 and shift:
+            round_len, instruction_len = round_len - 1, instruction_len - 1
+        for j in range(current, min(current + instruction_len, len(labels))):
+            labels[j] = IGNORE_INDEX
+        current += round_len
+    labels[current:] = [IGNORE_INDEX] * max(0, len(labels) - current)
+    if current != len(ids):
+        raise ConversationError(f"tokenization mismatch: LLaVA's round counts cover {current} of {len(ids)} tokens "
+                                "(LLaVA would train on this sample with every label masked)")
+    return labels
+
+
+def llava_tokenized(template: str) -> bool:
+    """Whether a template follows LLaVA's tokenization (per-image pieces, LLaVA's label counts)."""
+    return template == PLAIN or (template in TEMPLATES and TEMPLATES[template].llava_assistant_sep is not None)
+
+
 def encode(
     tokenizer,
     template: str,
@@ -216,18 +317,18 @@ def encode(
 ) -> Encoded:
     """Tokenize a conversation; each `<image>` becomes `image_tokens` placeholder ids (a list:
     the k-th tag gets the k-th count, as AnyRes images differ; tags beyond it get none, and the
-    caller's count check skips the sample).
+    caller's count check skips the sample). BOS first when the tokenizer has one.
 
-    The rendered text is tokenized once (so ids are exactly what the tokenizer gives for the
-    prompt, whatever its whitespace rules), and labels come from character offsets: a token is
-    trained iff it starts inside an assistant reply segment (reply + end-of-turn). Nothing can
-    mismatch, so no sample is ever dropped for it. Raises ConversationError beyond
-    `max_length` (the caller counts a skip): truncation would cut image placeholders or leave
-    a reply without its end-of-turn. `label_end_of_turn=False` labels the replies alone (the
-    log-likelihood of an answer, as multiple-choice scoring asks for it).
+    LLaVA's templates get LLaVA's ids and labels (module docstring); the others are tokenized
+    in one call and labelled by character offsets (a token is trained iff it starts inside a
+    reply segment: reply + end-of-turn). Raises ConversationError beyond `max_length` (the
+    caller counts a skip): truncation would cut image placeholders or leave a reply without
+    its end-of-turn. `label_end_of_turn=False` labels the replies alone, by offsets (the
+    log-likelihood of an answer, as multiple-choice scoring asks for it; LLaVA has no such path).
     """
     pieces = segments(template, turns, generation_prompt)
     text = "".join(piece for piece, _ in pieces)
+    llava = llava_tokenized(template)
     # Every target piece ends with the end-of-turn ("\n" for plain); it can be left unlabelled.
     unlabelled_tail = 0 if label_end_of_turn else len(TEMPLATES[template].end_of_turn if template in TEMPLATES else "\n")
     target_spans, start = [], 0
@@ -235,20 +336,28 @@ def encode(
         if is_target:
             target_spans.append((start, start + len(piece) - unlabelled_tail))
         start += len(piece)
-    tokens = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-    labels: list[int] = [IGNORE_INDEX] * len(ids)
+    body, starts = _prompt_tokens(tokenizer, text, image_token_id, per_image=llava)
+    ids = _bos(tokenizer) + body
+    labels = [IGNORE_INDEX] * (len(ids) - len(body))
+    labels += [t if t != image_token_id and any(a <= b < z for a, z in target_spans) else IGNORE_INDEX for t, b in zip(body, starts, strict=True)]
+    if llava and not generation_prompt and label_end_of_turn:
+        if template == PLAIN:  # preprocess_plain: everything after tokenizer_image_token(<image>) is trained
+            masked = len(image_chunk_ids(tokenizer, pieces[0][0], image_token_id))
+            labels = [IGNORE_INDEX] * masked + ids[masked:]
+        else:
+            labels = _llava_round_labels(tokenizer, TEMPLATES[template], text, ids, image_token_id)
+    out_ids: list[int] = []
+    out_labels: list[int] = []
     num_images = 0
-    for token_id, (begin, _) in zip(tokens["input_ids"], tokens["offset_mapping"], strict=True):
+    for token_id, label in zip(ids, labels, strict=True):
         if token_id == image_token_id:
             count = image_tokens if isinstance(image_tokens, int) else (image_tokens[num_images] if num_images < len(image_tokens) else 0)
             num_images += 1
-            ids += [image_token_id] * count
-            labels += [IGNORE_INDEX] * count
+            out_ids += [image_token_id] * count
+            out_labels += [IGNORE_INDEX] * count
             continue
-        trained = any(a <= begin < b for a, b in target_spans)
-        ids.append(token_id)
-        labels.append(token_id if trained else IGNORE_INDEX)
-    if max_length is not None and len(ids) > max_length:
-        raise ConversationTooLong(f"conversation is {len(ids)} tokens, longer than max_length={max_length}")
-    return Encoded(ids, labels, num_images)
+        out_ids.append(token_id)
+        out_labels.append(label)
+    if max_length is not None and len(out_ids) > max_length:
+        raise ConversationTooLong(f"conversation is {len(out_ids)} tokens, longer than max_length={max_length}")
+    return Encoded(out_ids, out_labels, num_images)

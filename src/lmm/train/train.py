@@ -39,10 +39,13 @@ POSITIVE = ("stage.optim.lr", "stage.epochs")  # strictly above their bound
 
 def check_numbers(cfg: DictConfig) -> None:
     """Every numeric setting is a number in its range (a clear error instead of a hang or a crash mid-run)."""
+    epochs = OmegaConf.select(cfg, "stage.epochs")
     for key, low in AT_LEAST.items():
         value = OmegaConf.select(cfg, key)
         if value is None and key in ("stage.global_batch_size", "stage.epochs"):
             continue  # optional
+        if key == "trainer.max_steps" and epochs is not None and value == -1:
+            continue  # an epoch-based stage: the step count comes from stage.epochs and the data's size
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low or (key in POSITIVE and value <= low):
             bound = f"> {low}" if key in POSITIVE else f">= {low}"
             raise ValueError(f"{key}={value!r}: must be a number {bound}")
