@@ -89,3 +89,16 @@ def llama_tokenizer_dirs(tmp_path_factory) -> dict[bool, Path]:
     root = tmp_path_factory.mktemp("llama_tokenizer")
     model = train_model(root / "spm")
     return {legacy: write_llama_tokenizer(root / f"legacy_{legacy}", model, legacy) for legacy in (True, False)}
+
+
+@pytest.fixture(scope="session")
+def pretrain558k_root(mix665k_root) -> Path:
+    """`mix665k_root` plus the converted LCS-558K miniature at shards/llava_pretrain (data=llava_pretrain)."""
+    from lmm.data.convert import convert
+    from lmm.data.miniature import build_pretrain558k
+
+    out = mix665k_root / "shards" / "llava_pretrain"
+    if not (out / "manifest.json").exists():
+        json_path, images = build_pretrain558k(mix665k_root / "pretrain558k_source")
+        convert(json_path, images, out, workers=1, shard_size=2, progress=False)
+    return mix665k_root
