@@ -53,11 +53,19 @@ def build_run(cfg: DictConfig, load_weights: bool = True) -> tuple[LMM, SamplePr
     if len(tokenizer) > vocab + 1:  # the image token may lie one past the vocabulary (never embedded)
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LLM embeds only {vocab}; raise llm.model.arch.vocab_size")
     vision = model.vision
-    transform = ImageTransform(vision.image_size, vision.mean, vision.std, vision.image_aspect, fill=vision.pad_colour, anyres=model.anyres)
+    transform = ImageTransform(vision.image_size, vision.mean, vision.std, vision.image_aspect, fill=vision.pad_colour, anyres=model.anyres,
+                               **image_options(cfg))
     instruction_length = model.connector.max_instruction_length if model.connector.uses_instruction else None
     image_tokens = model.num_image_tokens if model.anyres is None else model.image_tokens  # AnyRes: a function of the image's size
     processor = SampleProcessor(tokenizer, cfg.stage.template, transform, image_tokens, cfg.data.max_length, instruction_length)
     return model, processor
+
+
+def image_options(cfg: DictConfig) -> dict[str, str]:
+    """How images are decoded (`data.image`: alpha, exif); LLaVA's way where a config (an lmm
+    directory's, say) does not say."""
+    return {"alpha": str(OmegaConf.select(cfg, "data.image.alpha", default="drop")),
+            "exif": str(OmegaConf.select(cfg, "data.image.exif", default="ignore"))}
 
 
 def init_weights_path(source: str) -> Path:

@@ -16,10 +16,10 @@ def test_pad_to_square_centres_on_mean_colour():
     image = Image.new("RGB", (40, 20), (255, 0, 0))
     square = pad_to_square(image, mean_colour(MEAN))
     assert square.size == (40, 40)
-    assert mean_colour(MEAN) == (123, 117, 104)
-    assert square.getpixel((0, 0)) == (123, 117, 104) and square.getpixel((39, 39)) == (123, 117, 104)
+    assert mean_colour(MEAN) == (122, 116, 104)  # LLaVA's int(x * 255): truncated, not rounded
+    assert square.getpixel((0, 0)) == (122, 116, 104) and square.getpixel((39, 39)) == (122, 116, 104)
     assert square.getpixel((0, 10)) == (255, 0, 0) and square.getpixel((39, 29)) == (255, 0, 0)
-    assert square.getpixel((20, 9)) == (123, 117, 104) and square.getpixel((20, 30)) == (123, 117, 104)
+    assert square.getpixel((20, 9)) == (122, 116, 104) and square.getpixel((20, 30)) == (122, 116, 104)
     tall = pad_to_square(Image.new("RGB", (10, 30), (0, 0, 255)), (1, 2, 3))
     assert tall.size == (30, 30) and tall.getpixel((9, 15)) == (1, 2, 3) and tall.getpixel((10, 15)) == (0, 0, 255)
 
@@ -57,9 +57,10 @@ def test_decode_converts_every_mode_to_rgb():
 
     grey = decode_image(encoded(Image.new("L", (4, 4), 100)))
     assert grey.mode == "RGB" and grey.getpixel((0, 0)) == (100, 100, 100)
-    clear = decode_image(encoded(Image.new("RGBA", (4, 4), (255, 0, 0, 0))))
-    assert clear.getpixel((0, 0)) == (255, 255, 255)  # fully transparent -> white
-    half = decode_image(encoded(Image.new("RGBA", (4, 4), (0, 0, 0, 128))))
+    clear = encoded(Image.new("RGBA", (4, 4), (255, 0, 0, 0)))
+    assert decode_image(clear).getpixel((0, 0)) == (255, 0, 0)  # LLaVA's convert("RGB"): the colour under the transparency
+    assert decode_image(clear, alpha="white").getpixel((0, 0)) == (255, 255, 255)  # fully transparent -> white
+    half = decode_image(encoded(Image.new("RGBA", (4, 4), (0, 0, 0, 128))), alpha="white")
     assert 120 <= half.getpixel((0, 0))[0] <= 135
     cmyk = decode_image(encoded(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "JPEG"))
     r, g, b = cmyk.getpixel((0, 0))
@@ -74,14 +75,22 @@ def test_decode_converts_every_mode_to_rgb():
     assert decode_image(encoded(palette)).getpixel((0, 0)) == (10, 200, 30)
 
 
-def test_exif_rotation_is_applied():
-    from lmm.data.image import decode_image
+def test_exif_rotation_is_applied_on_request():
+    from lmm.data.image import decode_image, image_size
 
     image = Image.new("RGB", (40, 20), (255, 0, 0))
     exif = image.getexif()
     exif[0x0112] = 6  # "rotate 90 CW to view"
-    upright = decode_image(encoded(image, "JPEG", exif=exif.tobytes()))
-    assert upright.size == (20, 40)
+    data = encoded(image, "JPEG", exif=exif.tobytes())
+    assert decode_image(data).size == (40, 20) and image_size(data) == (20, 40)  # LLaVA reads the stored pixels
+    assert decode_image(data, exif="apply").size == (20, 40) and image_size(data, "apply") == (40, 20)
+
+
+def test_unknown_image_options_are_refused():
+    with pytest.raises(ValueError, match="data.image.alpha must be one of"):
+        ImageTransform(16, MEAN, STD, alpha="black")
+    with pytest.raises(ValueError, match="data.image.exif must be one of"):
+        ImageTransform(16, MEAN, STD, exif="rotate")
 
 
 def test_bad_images_raise_image_error():

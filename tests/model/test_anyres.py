@@ -143,9 +143,11 @@ def sample(turns: list[str], **images) -> dict:
 
 def test_image_size_reads_the_header_with_its_rotation():
     assert image_size(jpeg(200, 50)) == (50, 200)
-    assert image_size(jpeg(200, 50, orientation=6)) == (200, 50)  # 90°: decoded upright as 50 wide, 200 high
-    transform = ImageTransform(64, CLIP_MEAN, CLIP_STD, "anyres", anyres=AnyRes(64, tuple(map(tuple, default_pinpoints(64)))))
-    assert transform.views(jpeg(200, 50, orientation=6))[1] == (200, 50)
+    assert image_size(jpeg(200, 50, orientation=6), exif="apply") == (200, 50)  # 90°: decoded upright as 50 wide, 200 high
+    assert image_size(jpeg(200, 50, orientation=6)) == (50, 200)  # LLaVA's way (data.image.exif=ignore): as stored
+    layout = AnyRes(64, tuple(map(tuple, default_pinpoints(64))))
+    assert ImageTransform(64, CLIP_MEAN, CLIP_STD, "anyres", anyres=layout, exif="apply").views(jpeg(200, 50, orientation=6))[1] == (200, 50)
+    assert ImageTransform(64, CLIP_MEAN, CLIP_STD, "anyres", anyres=layout).views(jpeg(200, 50, orientation=6))[1] == (50, 200)
 
 
 @pytest.fixture(scope="module")

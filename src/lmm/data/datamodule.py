@@ -10,6 +10,7 @@ import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
 from lmm.data.collate import Collator
+from lmm.data.image import check_options
 from lmm.data.mixture import Source, TrainingStream, World, worker_slot
 from lmm.data.sample import SampleProcessor
 from lmm.data.shards import expand_shards, has_manifest, list_shards, local_directory, read_manifest
@@ -69,6 +70,7 @@ class LMMDataModule(L.LightningDataModule):
         seed: int = 0,
         generate_if_missing: bool = False,
         synthetic_preset: str = "default",
+        image: dict | None = None,
     ):
         super().__init__()
         switches = {"strip_format_prompts": strip_format_prompts, "group_by_modality_length": group_by_modality_length,
@@ -76,6 +78,8 @@ class LMMDataModule(L.LightningDataModule):
         for name, value in switches.items():  # a typo ("packing=ture") must not read as true
             if not isinstance(value, bool):
                 raise ValueError(f"data.{name} must be true or false, got {value!r}")
+        self.image = dict(image or {})  # read by the factory's ImageTransform (lmm.factory.image_options); checked here
+        check_options(self.image.get("alpha", "drop"), self.image.get("exif", "ignore"))
         self.root, self.train_split, self.val_split = Path(root), train_split, val_split
         self.sources = {name: dict(spec or {}) for name, spec in (sources or {}).items()}
         self.strip_format_prompts = strip_format_prompts

@@ -1,5 +1,12 @@
 """Image decoding and the tower's transform: safe decode to RGB, pad-to-square (or resize/crop,
-or AnyRes tiles), normalise."""
+or AnyRes tiles), normalise.
+
+[Contract] With LLaVA's options (`alpha="drop"`, `exif="ignore"`, `aspect="pad"`) the pixels are
+LLaVA-1.5's: `Image.open(f).convert("RGB")`, `expand2square` at the image's own resolution with
+`tuple(int(x * 255) for x in image_mean)`, then CLIPImageProcessor's PIL bicubic resize of the
+shortest edge and centre crop, rescale and normalise (tests/data/test_llava_pixels.py checks
+them against transformers' CLIPImageProcessorPil). One deliberate difference: 16-bit and 32-bit
+greyscale are rescaled to 8 bits, where PIL's convert would saturate them."""
 
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ from PIL import Image, ImageOps
 from lmm.data.anyres import AnyRes
 
 ASPECTS = ("pad", "resize", "crop", "anyres")
+ALPHA = ("drop", "white")  # drop: LLaVA's convert("RGB") keeps the colour under transparency; white: composite over white
+EXIF = ("ignore", "apply")  # ignore: LLaVA reads the stored pixels; apply: turn the image upright by its EXIF orientation
 MAX_PIXELS = 8192 * 8192  # larger images are refused as decompression bombs
 ORIENTATION_TAG = 0x0112  # EXIF orientation: 5-8 turn the image by 90°, swapping its sides
 
@@ -23,13 +32,23 @@ class ImageError(ValueError):
     """An image that cannot be used: unreadable, truncated, or too large to decode safely."""
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def check_options(alpha: str, exif: str) -> None:
+    if alpha not in ALPHA:
+        raise ValueError(f"data.image.alpha must be one of {ALPHA}, got {alpha!r}")
+    if exif not in EXIF:
+        raise ValueError(f"data.image.exif must be one of {EXIF}, got {exif!r}")
+
+
+def to_rgb(image: Image.Image, alpha: str = "drop") -> Image.Image:
     """Any PIL mode -> 8-bit RGB: 16-bit and 32-bit greyscale are rescaled (not clipped),
-    transparency is composited over white, palette/CMYK/greyscale are converted."""
+    palette/CMYK/greyscale are converted; transparency is dropped (LLaVA's `convert("RGB")`)
+    or, with `alpha="white"`, composited over white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
         image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if alpha == "drop":
+        return image if image.mode == "RGB" else image.convert("RGB")
     if image.mode == "P" or image.mode == "PA":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA"):
@@ -39,12 +58,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Encoded bytes -> upright RGB image, or ImageError saying why not.
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, alpha: str = "drop", exif: str = "ignore") -> Image.Image:
+    """Encoded bytes -> RGB image, or ImageError saying why not.
 
     The size is checked from the header before any pixel is decoded (decompression bombs are
-    refused), truncated files fail instead of being silently padded, and EXIF orientation
-    is applied.
+    refused), truncated files fail instead of being silently padded; `exif="apply"` turns the
+    image upright by its EXIF orientation (LLaVA does not); `alpha` as in to_rgb.
     """
     try:
         with warnings.catch_warnings():
@@ -59,19 +78,21 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         image.load()
     except Exception as e:
         raise ImageError(f"corrupt or truncated image ({type(e).__name__}: {e})") from None
-    ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to rotate
-    return to_rgb(image)
+    if exif == "apply":
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to rotate
+    return to_rgb(image, alpha)
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """(height, width) of an encoded image as it will be decoded (EXIF rotation applied), from
-    its header alone: no pixel is decoded. ImageError for one that cannot be opened."""
+def image_size(data: bytes, exif: str = "ignore") -> tuple[int, int]:
+    """(height, width) of an encoded image as it will be decoded (with `exif="apply"`, EXIF
+    rotation included), from its header alone: no pixel is decoded. ImageError for one that
+    cannot be opened."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
-            rotated = image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
+            rotated = exif == "apply" and image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
     except Exception as e:
         raise ImageError(f"unreadable image ({type(e).__name__}: {e})") from None
     return (width, height) if rotated else (height, width)
@@ -89,8 +110,9 @@ def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image
 
 
 def mean_colour(mean: tuple[float, float, float]) -> tuple[int, int, int]:
-    """The tower's normalisation mean as an 8-bit RGB colour (LLaVA pads with it)."""
-    return tuple(int(round(m * 255)) for m in mean)  # type: ignore[return-value]
+    """The tower's normalisation mean as an 8-bit RGB colour, truncated as LLaVA's
+    `tuple(int(x * 255) for x in image_mean)` does ((122, 116, 104) for CLIP)."""
+    return tuple(int(m * 255) for m in mean)  # type: ignore[return-value]
 
 
 class ImageTransform:
@@ -98,23 +120,33 @@ class ImageTransform:
 
     `fill` is the pad colour in [0, 1] (default: `mean`, as LLaVA pads with the tower's mean).
     `views()` gives what the tower reads of one image: that one view, or with aspect="anyres"
-    (and its `anyres` layout) the overview and the tiles.
+    (and its `anyres` layout) the overview and the tiles. `alpha` and `exif`: how an image is
+    decoded (to_rgb, decode_image); the defaults are LLaVA's.
     """
 
     def __init__(
         self, size: int, mean: tuple[float, ...], std: tuple[float, ...], aspect: str = "pad", fill: tuple[float, ...] | None = None,
-        anyres: AnyRes | None = None,
+        anyres: AnyRes | None = None, alpha: str = "drop", exif: str = "ignore",
     ):
         if aspect not in ASPECTS:
             raise ValueError(f"image_aspect must be one of {ASPECTS}, got {aspect!r}")
         if (aspect == "anyres") != (anyres is not None):
             raise ValueError("image_aspect=anyres needs its AnyRes layout (and only it takes one)")
+        check_options(alpha, exif)
         self.size, self.mean, self.std, self.aspect, self.anyres = size, list(mean), list(std), aspect, anyres
+        self.alpha, self.exif = alpha, exif
         self.fill = mean_colour(tuple(fill if fill is not None else mean))
 
+    def decode(self, image: Image.Image | bytes) -> Image.Image:
+        return decode_image(image, alpha=self.alpha, exif=self.exif) if isinstance(image, bytes) else to_rgb(image, self.alpha)
+
+    def size_of(self, data: bytes) -> tuple[int, int]:
+        """(height, width) of encoded bytes as this transform will decode them, from the header."""
+        return image_size(data, self.exif)
+
     def views(self, image: Image.Image | bytes) -> tuple[torch.Tensor, tuple[int, int]]:
-        """One image -> (its views [V, 3, S, S], its (height, width) once decoded and upright)."""
-        image = decode_image(image) if isinstance(image, bytes) else to_rgb(image)
+        """One image -> (its views [V, 3, S, S], its (height, width) once decoded)."""
+        image = self.decode(image)
         size = (image.size[1], image.size[0])
         if self.anyres is None:
             return self(image)[None], size
@@ -124,26 +156,39 @@ class ImageTransform:
     def __call__(self, image: Image.Image | bytes) -> torch.Tensor:
         if self.anyres is not None:
             raise ValueError("image_aspect=anyres makes several views of an image: call views(), not the transform")
-        image = decode_image(image) if isinstance(image, bytes) else to_rgb(image)
-        width, height = image.size
-        if self.aspect == "pad":
-            # Resize the longer side to `size`, then centre on a square of the fill colour: the
-            # picture of LLaVA's pad-then-resize (expand2square) at a fraction of the cost.
-            scale = self.size / max(width, height)
-            fitted = (max(1, round(height * scale)), max(1, round(width * scale)))
-            pixels = torch.tensor(self.fill, dtype=torch.float32).div_(255).view(3, 1, 1).repeat(1, self.size, self.size)
-            top, left = (self.size - fitted[0]) // 2, (self.size - fitted[1]) // 2
-            pixels[:, top : top + fitted[0], left : left + fitted[1]] = resize(image, fitted)
+        image = self.decode(image)
+        if self.aspect == "pad":  # LLaVA: expand2square at the image's resolution, then the tower's processor
+            pixels = clip_resize_crop(pad_to_square(image, self.fill), self.size)
         elif self.aspect == "resize":
-            pixels = resize(image, (self.size, self.size))
-        else:  # crop: resize the short side, then centre-crop (CLIP's own preprocessing)
-            scale = self.size / min(width, height)
-            pixels = TF.center_crop(resize(image, (max(self.size, round(height * scale)), max(self.size, round(width * scale)))), [self.size, self.size])
+            pixels = pil_resize(image, (self.size, self.size))
+        else:  # crop: the tower's own processor (CLIP: resize the short side, centre-crop)
+            pixels = clip_resize_crop(image, self.size)
         return TF.normalize(pixels, self.mean, self.std)  # [3, S, S]
 
 
+def pil_resize(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """RGB image -> [3, h, w] floats in [0, 1], resized by PIL's bicubic filter to 8 bits, as
+    CLIPImageProcessor does (transformers' resize: `PIL.Image.resize(..., reducing_gap=None)`)."""
+    height, width = size
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=Image.Resampling.BICUBIC, reducing_gap=None)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255)  # [3, h, w]
+
+
+def clip_resize_crop(image: Image.Image, size: int) -> torch.Tensor:
+    """CLIPImageProcessor(size={"shortest_edge": S}, crop_size=S): the short side to S (the long
+    one to int(S * long / short)), bicubic, then the centre S x S crop. A square image is one resize."""
+    width, height = image.size
+    short, long = sorted((width, height))
+    new_long = int(size * long / short)
+    new_width, new_height = (size, new_long) if width <= height else (new_long, size)
+    pixels = pil_resize(image, (new_height, new_width))
+    top, left = int((new_height - size) / 2), int((new_width - size) / 2)
+    return pixels[:, top : top + size, left : left + size]
+
+
 def resize(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    """RGB image -> [3, h, w] floats in [0, 1], bicubic with antialiasing.
+    """RGB image -> [3, h, w] floats in [0, 1], bicubic with antialiasing (AnyRes tiles).
 
     Resamples the uint8 pixels in channels-last layout, which takes
     torch's vectorised path: ~5x faster than resampling floats or PIL's own bicubic.

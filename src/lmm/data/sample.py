@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmm.data.conversation import IMAGE_TOKEN, ConversationError, ConversationTooLong, encode
-from lmm.data.image import ImageError, ImageTransform, image_size
+from lmm.data.image import ImageError, ImageTransform
 from lmm.data.shards import ERROR_KEY
 from lmm.data.sources import strip_format_prompts
 
@@ -142,7 +142,7 @@ class SampleProcessor:
             keys = image_keys(sample)
             if not callable(self.image_tokens):  # one count for every image: no header to read
                 return self.image_tokens * len(keys)
-            return sum(self.tokens_for(*image_size(sample[k])) for k in keys)
+            return sum(self.tokens_for(*self.image_transform.size_of(sample[k])) for k in keys)
         except ImageError:
             return 0
 
