@@ -48,3 +48,13 @@ def test_mfu_benchmark_smoke_runs_all_four_variants_on_cpu(tmp_path, isolated_pr
     assert variants == [(False, False), (True, False), (False, True), (True, True)]
     assert all(run["tokens_per_s"] > 0 and run["mfu"] is None for run in result["runs"])  # no GPU peak on CPU
     assert result["smoke"] and result["gpu"] is None
+
+
+def test_data_benchmark_measures_both_loaders(tmp_path, data_root):
+    from lmm.bench.data import main
+
+    result = main(["--images", "24", "--workers", "0", "--batch-size", "4", "--batches", "2",
+                   "--tokenizer", str(data_root / "synthetic" / "tokenizer"), "--out", str(tmp_path / "data.json")])
+    assert json.loads((tmp_path / "data.json").read_text()) == result
+    assert result["lmm_samples_per_s"] > 0 and result["llava_map_style_samples_per_s"] > 0
+    assert result["ratio"] == pytest.approx(result["lmm_samples_per_s"] / result["llava_map_style_samples_per_s"], rel=0.01)

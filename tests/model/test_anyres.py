@@ -154,7 +154,7 @@ def test_image_size_reads_the_header_with_its_rotation():
 def anyres_run(data_root):
     from tests.conftest import compose_config
 
-    cfg = compose_config(["vision=tiny", "vision.image_aspect=anyres", "data.max_length=1024"], data_root)
+    cfg = compose_config(["vision=tiny", "vision.image_aspect=anyres", "data.max_length=1024", "data.image.exif=apply"], data_root)
     return build_run(cfg)
 
 
@@ -172,7 +172,7 @@ def test_placeholders_planning_and_forward_agree_per_image(anyres_run):
         expected = sum(model.image_tokens(h, w) for h, w in (x.image_sizes or []))
         assert placeholders == expected == processor.planned_image_tokens(s)
         assert x.num_images == (0 if x.pixels is None else len(x.image_sizes))
-    assert examples[1].image_sizes == [(50, 200), (40, 130)]  # the second is stored 130 high, 40 wide, turned by its EXIF
+    assert examples[1].image_sizes == [(50, 200), (40, 130)]  # the second is stored 130 high, 40 wide, turned by its EXIF (data.image.exif=apply)
     assert examples[1].pixels.shape[0] == sum(model.anyres.num_views(h, w) for h, w in examples[1].image_sizes)
     batch = Collator(0)(examples)
     assert batch.images == 4 and batch.views == batch.pixel_values.shape[0] and batch.image_sizes.shape == (4, 2)

@@ -5,7 +5,8 @@
 Both paths decode a COCO-sized JPEG, pad it to a square with the tower's mean colour, resize to
 336 and normalise, render the vicuna_v1 template, tokenize and mask. The baseline is what
 LLaVA's `LazySupervisedDataset` does: a JSON list in memory, `Image.open` from an image folder,
-`expand2square`, transformers' `CLIPImageProcessor`, shuffled map-style DataLoader. lmm reads
+`expand2square`, transformers' PIL `CLIPImageProcessor` (CLIPImageProcessorPil in transformers 5:
+the one LLaVA ran), shuffled map-style DataLoader. Both make the same pixels (tests/data/test_llava_pixels.py). lmm reads
 WebDataset shards written by `lmm.data.convert` through `TrainingStream`. Prints samples/s of
 each, the ratio, and samples/s per worker; writes experiments/bench/data.json.
 """
@@ -59,10 +60,10 @@ class LazySupervisedStyle(Dataset):
     """LLaVA's LazySupervisedDataset, reduced to its data path."""
 
     def __init__(self, json_path: Path, images: Path, tokenizer):
-        from transformers import CLIPImageProcessor
+        from transformers import CLIPImageProcessorPil
 
         self.entries, self.images, self.tokenizer = json.loads(json_path.read_text()), images, tokenizer
-        self.processor = CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
+        self.processor = CLIPImageProcessorPil(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
                                             image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
         self.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
 
@@ -89,7 +90,7 @@ def samples_per_second(loader, batches: int, warmup: int = 3) -> float:
         next(iterator)
     start, count = time.perf_counter(), 0
     for _ in range(batches):
-        count += next(iterator)["input_ids"].shape[0]
+        count += next(iterator).input_ids.shape[0]
     return count / (time.perf_counter() - start)
 
 
@@ -115,9 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
         processor = SampleProcessor(tokenizer, "vicuna_v1", transform, IMAGE_TOKENS, max_length=2048)
         stream = TrainingStream([Source("llava", list_shards(Path(tmp) / "shards" / "llava_instruct"), 1.0)], processor,
                                 Collator(tokenizer.pad_token_id), args.batch_size, seed=0, group_size=1)
-        lmm_loader = DataLoader(stream, batch_size=None, num_workers=args.workers, persistent_workers=True)
+        lmm_loader = DataLoader(stream, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0)
         llava_loader = DataLoader(LazySupervisedStyle(json_path, images, tokenizer), batch_size=args.batch_size, shuffle=True,
-                                  num_workers=args.workers, collate_fn=Collator(tokenizer.pad_token_id), persistent_workers=True)
+                                  num_workers=args.workers, collate_fn=Collator(tokenizer.pad_token_id), persistent_workers=args.workers > 0)
         # Alternate the two, twice, so a slow spell of the machine hits both alike.
         rounds = [(samples_per_second(llava_loader, args.batches), samples_per_second(lmm_loader, args.batches)) for _ in range(2)]
         baseline = sum(r[0] for r in rounds) / len(rounds)
