@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 
 import torch
+from PIL import Image
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN_INDEX = -200
@@ -89,6 +90,20 @@ conv_llava_llama_2 = Conversation(
            "and assist the user with a variety of tasks using natural language.",
     roles=("USER", "ASSISTANT"), version="llama_v2", messages=[], offset=0, sep_style=SeparatorStyle.LLAMA_2, sep="<s>", sep2="</s>")
 conv_llava_plain = Conversation(system="", roles=("", ""), messages=[], offset=0, sep_style=SeparatorStyle.PLAIN, sep="\n")
+
+
+def expand2square(pil_img, background_color):  # llava/mm_utils.py
+    width, height = pil_img.size
+    if width == height:
+        return pil_img
+    elif width > height:
+        result = Image.new(pil_img.mode, (width, width), background_color)
+        result.paste(pil_img, (0, (width - height) // 2))
+        return result
+    else:
+        result = Image.new(pil_img.mode, (height, height), background_color)
+        result.paste(pil_img, ((height - width) // 2, 0))
+        return result
 
 
 def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX, return_tensors=None):

@@ -70,3 +70,39 @@ def test_llava_next_checkpoint_is_refused_not_read_as_pad(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match="image_aspect_ratio='anyres_max_9' is not LLaVA-1.5's.*LLaVA-NeXT checkpoints are not imported"):
         convert_main([str(tmp_path)])
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"mm_use_im_start_end": True}, "mm_use_im_start_end=True is not something lmm can honour"),
+    ({"mm_patch_merge_type": "spatial_unpad"}, "mm_patch_merge_type='spatial_unpad' is not something lmm can honour"),
+    ({"mystery_scaling": 3}, r"settings lmm does not know: \['mystery_scaling'\]"),
+])
+def test_settings_lmm_cannot_honour_are_refused_not_dropped(tmp_path, setting, message):
+    config = {"model_type": "llava_llama", "mm_vision_tower": "openai/clip-vit-large-patch14-336", "image_aspect_ratio": "pad", **setting}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match=message):
+        convert_main([str(tmp_path)])
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        convert_main(["--help"])
+    out = capsys.readouterr().out
+    for option in ("path", "--out", "--vision-tower", "--base-llm"):
+        assert option in out
+    assert "mm_vision_tower" in out and "_name_or_path" in out
+
+
+def test_a_tuned_tower_in_the_checkpoint_is_used(data_root, tmp_path):
+    """unfreeze_mm_vision_tower runs save the tower under model.vision_tower.vision_tower.*: those weights win."""
+    cfg = compose_config([], data_root)
+    torch.manual_seed(3)
+    model, _ = build_run(cfg)
+    ckpt = llava_checkpoint(model.eval(), data_root, tmp_path)
+    state = torch.load(ckpt / "pytorch_model.bin", weights_only=True)
+    tuned = {f"model.vision_tower.vision_tower.{k}": v + 0.5 for k, v in model.vision.model.state_dict().items()}
+    torch.save({**state, **tuned}, ckpt / "pytorch_model.bin")
+    convert_main([str(ckpt), "--out", str(tmp_path / "imported")])
+    loaded, _ = lmm.load_pretrained(tmp_path / "imported")
+    for key, value in loaded.vision.model.state_dict().items():
+        assert torch.equal(value, tuned[f"model.vision_tower.vision_tower.{key}"])

@@ -7,9 +7,16 @@ PATH holds `config.json` (model_type `llava_llama`: the LLM's Llama fields plus 
 `image_aspect_ratio`), the weights (`*.safetensors` or `pytorch_model*.bin`; LLM + `model.mm_projector.*`)
 and the tokenizer. A pretrain-only run has `mm_projector.bin` and no LLM weights: the LLM then
 comes from `--base-llm` (default: the config's `_name_or_path`). The vision tower is never in
-these checkpoints; it is read from `--vision-tower` (default: `mm_vision_tower`), locally — lmm
-never downloads. The result loads with `lmm.load_pretrained(DIR)` and is scored with
+these checkpoints (unless the tower was tuned: then its `model.vision_tower.*` weights are used
+over the base tower's); it is read from `--vision-tower` (default: `mm_vision_tower`), locally —
+lmm never downloads. The result loads with `lmm.load_pretrained(DIR)` and is scored with
 `python -m lmm.eval DIR eval=llava15`.
+
+Every setting of the source is kept or refused: the tokenizer's files are copied byte for byte
+(re-saving through transformers would drop `legacy`, and with it the ids LLaVA trained on), every
+Llama setting is copied into the LLM config (rope scaling, activation, biases, token ids, ...),
+and a setting lmm cannot honour (`mm_use_im_start_end`, a merge type other than flat, an unknown
+key) is refused in one line instead of being dropped.
 """
 
 from __future__ import annotations
@@ -31,6 +38,25 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 TOWERS = {"clip_vision_model": "lmm.model.vision.CLIPVisionTower", "siglip_vision_model": "lmm.model.vision.SiglipVisionTower"}
 ASPECTS = {"pad": "pad", "square": "resize", "resize": "resize", None: "crop"}  # LLaVA's image_aspect_ratio -> lmm's
+# Llama settings copied into the LLM's config as they are (rope_scaling/rope_theta: transformers 5 reads them into rope_parameters).
+LLM_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+            "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters", "hidden_act",
+            "attention_bias", "attention_dropout", "mlp_bias", "pretraining_tp", "tie_word_embeddings", "initializer_range",
+            "bos_token_id", "eos_token_id", "pad_token_id")
+# Read by the converter itself, or bookkeeping that does not change the model's answers.
+HANDLED_KEYS = {"model_type", "architectures", "_name_or_path", "torch_dtype", "dtype", "transformers_version", "use_cache",
+                "max_length", "output_attentions", "output_hidden_states", "return_dict", "mm_projector_type", "mm_vision_tower",
+                "mm_vision_select_layer", "mm_vision_select_feature", "mm_hidden_size", "image_aspect_ratio", "image_grid_pinpoints",
+                "tokenizer_model_max_length", "tokenizer_padding_side", "freeze_mm_mlp_adapter", "tune_mm_mlp_adapter", "use_mm_proj",
+                "mm_projector_lr", "mm_vision_tower_lr", "unfreeze_mm_vision_tower", "mm_use_im_start_end", "mm_use_im_patch_token",
+                "mm_patch_merge_type", "s2", "s2_scales", "_attn_implementation", "attn_implementation", "id2label", "label2id",
+                "problem_type", "is_encoder_decoder", "chunk_size_feed_forward"}
+# Settings with a value lmm cannot honour: (key, the values it can), each refused in one line.
+SUPPORTED_VALUES = {"mm_use_im_start_end": (False, None), "mm_use_im_patch_token": (False, None), "s2": (False, None),
+                    "mm_patch_merge_type": ("flat", None), "mm_vision_select_feature": ("patch", "cls_patch", None)}
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json")
+TOWER_PREFIX = "model.vision_tower.vision_tower."  # a tuned tower's weights in the checkpoint (unfreeze_mm_vision_tower)
 
 
 class ConversionError(ValueError):
@@ -84,6 +110,26 @@ def vision_config(config: dict, tower: Path) -> dict:
     }
 
 
+def check_settings(config: dict) -> None:
+    """Refuse, in one line, a setting the import would otherwise drop."""
+    for key, supported in SUPPORTED_VALUES.items():
+        if config.get(key) not in supported:
+            raise ConversionError(f"{key}={config[key]!r} is not something lmm can honour (it supports {[v for v in supported if v is not None]})")
+    unknown = sorted(k for k in config if k not in HANDLED_KEYS and k not in LLM_KEYS)
+    if unknown:
+        raise ConversionError(f"config.json has settings lmm does not know: {unknown} (refused rather than dropped)")
+
+
+def copy_tokenizer(path: Path, out: Path) -> None:
+    """The checkpoint's tokenizer files, byte for byte (their `legacy` flag decides LLaVA's ids)."""
+    files = [path / name for name in TOKENIZER_FILES if (path / name).is_file()]
+    if not any(f.name in ("tokenizer.model", "tokenizer.json") for f in files):
+        raise ConversionError(f"{path} has no tokenizer (tokenizer.model or tokenizer.json)")
+    out.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        (out / file.name).write_bytes(file.read_bytes())
+
+
 def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: str | None = None) -> Path:
     from lmm.model.language import build_language_model
     from lmm.factory import build_run
@@ -99,23 +145,26 @@ def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: st
     if aspect not in ASPECTS:  # e.g. LLaVA-NeXT's "anyres" / "anyres_max_9": read as pad it would be a silently different model
         raise ConversionError(f"{config_file}: image_aspect_ratio={aspect!r} is not LLaVA-1.5's (one of {sorted(k for k in ASPECTS if k)} "
                               "or none); LLaVA-NeXT checkpoints are not imported: load them in transformers (llava-hf LlavaNext)")
+    check_settings(config)
     state = read_state(path)
-    tower = resolve_weights(vision_tower or config["mm_vision_tower"], "vision weights")
-    llm_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta", "tie_word_embeddings")
+    try:
+        tower = resolve_weights(vision_tower or config["mm_vision_tower"], "vision weights")
+    except FileNotFoundError as e:
+        raise ConversionError(f"vision tower not found ({e}); pass --vision-tower DIR (a local copy of {config['mm_vision_tower']})") from None
+    arch = {"model_type": "llama", **{k: config[k] for k in LLM_KEYS if k in config}}
     llm_state = {k: v for k, v in state.items() if "mm_projector" not in k and "vision_tower" not in k}
+    tuned_tower = {k[len(TOWER_PREFIX):]: v for k, v in state.items() if k.startswith(TOWER_PREFIX)}
     pretrain_only = not llm_state
     if pretrain_only:  # a stage-1 run: the LLM is the base model it was trained on
         base = resolve_weights(base_llm or config.get("_name_or_path", ""), "LLM weights")
-        llm = build_language_model({"model_type": "llama", **{k: config[k] for k in llm_keys if k in config}}, pretrained=str(base))
-        llm_state = llm.state_dict()
+        llm_state = build_language_model(arch, pretrained=str(base)).state_dict()
     connector, connector_state = connector_config(config, state)
     cfg = OmegaConf.create({
         "vision": vision_config(config, Path(tower)),
         "connector": connector,
         "llm": {
             "model": {"_target_": "lmm.model.language.build_language_model", "pretrained": None, "dtype": "float32",
-                      "trust_remote_code": False, "arch": {"model_type": "llama", **{k: config[k] for k in llm_keys if k in config}}},
+                      "trust_remote_code": False, "arch": arch},
             "tokenizer": str(path), "template": "vicuna_v1" if not pretrain_only else "plain",
         },
         "stage": {"template": "plain" if pretrain_only else "vicuna_v1"},
@@ -123,7 +172,7 @@ def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: st
     })
     model, processor = build_run(cfg, load_weights=False)
     tower_model = type(model.vision.model).from_pretrained(str(tower))
-    weights = {f"vision.model.{k}": v for k, v in tower_model.state_dict().items()}
+    weights = {f"vision.model.{k}": v for k, v in (tower_model.state_dict() | tuned_tower).items()}
     weights |= connector_state
     weights |= {f"llm.{k}": v for k, v in llm_state.items()}
     missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -134,17 +183,19 @@ def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: st
     cfg.format_version = LMM_FORMAT_VERSION
     OmegaConf.save(cfg, out / LMM_CONFIG)
     save_weights(model, out / LMM_WEIGHTS)
-    processor.tokenizer.save_pretrained(str(out / "tokenizer"))
+    copy_tokenizer(path, out / "tokenizer")
     print(f"[lmm] {path} ({config.get('mm_projector_type', 'linear')}, {'pretrain only' if pretrain_only else 'full'}) -> {out}")
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("path", type=Path)
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--vision-tower")
-    parser.add_argument("--base-llm")
+    parser.add_argument("path", type=Path, help="the LLaVA checkpoint directory: config.json (llava_llama), weights, tokenizer files")
+    parser.add_argument("--out", type=Path, help="where the lmm directory goes (default: PATH-lmm beside PATH)")
+    parser.add_argument("--vision-tower", help="a local copy of the CLIP/SigLIP tower the checkpoint names in mm_vision_tower "
+                                               "(default: that name, looked up locally: path, $LMM_WEIGHTS, HF cache)")
+    parser.add_argument("--base-llm", help="a pretrain-only checkpoint (mm_projector.bin alone): the LLM it was trained on "
+                                           "(default: the config's _name_or_path, looked up locally)")
     args = parser.parse_args(argv)
     try:
         convert(args.path, args.out or args.path.with_name(args.path.name + "-lmm"), args.vision_tower, args.base_llm)

@@ -4,45 +4,18 @@ images of many shapes at 64 and 336 px; crop is CLIPImageProcessorPil alone."""
 
 import io
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil, LlavaImageProcessorPil
 
 from lmm.data.image import ImageTransform
+from tests.llava_reference import expand2square
+from tests.natural_images import natural_jpeg
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SHAPES = [(40, 30), (30, 40), (17, 64), (333, 500), (500, 333), (640, 480), (97, 101), (100, 100), (1, 50), (1200, 90)]
-
-
-def expand2square(pil_img, background_color):  # llava/mm_utils.py, line for line
-    width, height = pil_img.size
-    if width == height:
-        return pil_img
-    elif width > height:
-        result = Image.new(pil_img.mode, (width, width), background_color)
-        result.paste(pil_img, (0, (width - height) // 2))
-        return result
-    else:
-        result = Image.new(pil_img.mode, (height, height), background_color)
-        result.paste(pil_img, ((height - width) // 2, 0))
-        return result
-
-
-def natural_jpeg(width: int, height: int, seed: int) -> bytes:
-    """Smooth gradients, a few hard-edged shapes and sensor noise, JPEG-compressed."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    pixels = np.stack([120 + 100 * np.sin(6 * x + seed), 90 + 80 * np.cos(5 * y), 60 + 120 * x * y], -1)
-    for _ in range(4):
-        x0, y0 = rng.integers(0, width), rng.integers(0, height)
-        pixels[y0 : y0 + height // 3 + 1, x0 : x0 + width // 4 + 1] = rng.integers(0, 256, 3)
-    pixels += rng.normal(0, 6, pixels.shape)
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def processor(cls, size: int, **kwargs):

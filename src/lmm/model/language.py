@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from lmm.weights import resolve_weights
@@ -22,7 +23,8 @@ def build_language_model(
     runs by default. `arch` is what `task=describe` builds on the meta device, so real-size configs can be
     inspected without weights; when weights are loaded their config must agree with it.
     """
-    arch = dict(arch)
+    # Plain containers: nested settings (rope_scaling, a list of eos ids) arrive as DictConfig/ListConfig.
+    arch = OmegaConf.to_container(arch, resolve=True) if isinstance(arch, DictConfig) else dict(arch)
     config = AutoConfig.for_model(arch.pop("model_type"), **arch)
     if not (pretrained and load_weights):
         return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype), attn_implementation=attn_implementation)
