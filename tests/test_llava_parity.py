@@ -104,6 +104,7 @@ def test_imported_checkpoint_answers_as_llava(tmp_path, llama_tokenizer_dirs, pr
     clip = CLIPImageProcessorPil.from_pretrained(str(tower_dir))
     hf = reference_model(tower, llm, proj, projector)
     stops = end_of_turn_ids(processor.tokenizer, processor.template)
+    answers = []
     for seed, (question, (width, height)) in enumerate(QUESTIONS):
         data = natural_jpeg(width, height, seed)
         image = Image.open(io.BytesIO(data)).convert("RGB")
@@ -126,3 +127,34 @@ def test_imported_checkpoint_answers_as_llava(tmp_path, llama_tokenizer_dirs, pr
         reference = hf.generate(input_ids=ids, attention_mask=mask, pixel_values=llava_pixels, max_new_tokens=8, do_sample=False,
                                 eos_token_id=stops, pad_token_id=0, suppress_tokens=list(range(VOCAB, PADDED_VOCAB)))
         assert reference[0, ids.shape[1]:].tolist()[: mine.shape[1]] == mine[0].tolist()
+        answers.append(mine[0].tolist())
+    if projector == "mlp2x_gelu":  # HF's Llava format holds this projector: the export answers alike
+        check_hf_export(model, processor, tmp_path / "hf", answers)
+
+
+def check_hf_export(model, processor, out, answers):
+    """transformers' own processor on the exported directory makes lmm's ids (one and two turns) and
+    pixels (within issue 30's tolerance), and its Llava gives lmm's greedy answers."""
+    from transformers import AutoProcessor
+
+    from lmm.export import save_hf
+    from tests.test_export import within_pixel_tolerance
+
+    save_hf(model, processor, None, out)
+    hf_processor, hf = AutoProcessor.from_pretrained(out), LlavaForConditionalGeneration.from_pretrained(out).eval()
+    for seed, (question, (width, height)) in enumerate(QUESTIONS):
+        data = natural_jpeg(width, height, seed)
+        history = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]},
+                   {"role": "assistant", "content": [{"type": "text", "text": "A bus on the street."}]}] if seed % 2 else []
+        messages = [*history, {"role": "user", "content": [{"type": "text", "text": question}] if history else
+                               [{"type": "image"}, {"type": "text", "text": question}]}]
+        turns = [{"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "A bus on the street."},
+                 {"from": "human", "value": question}] if history else [{"from": "human", "value": "<image>\n" + question}]
+        item = processor.encode({"__key__": "q", "jpg": data}, turns, generation_prompt=True)
+        prompt = hf_processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = hf_processor(images=Image.open(io.BytesIO(data)).convert("RGB"), text=prompt, return_tensors="pt")
+        assert inputs["input_ids"][0].tolist() == item.input_ids
+        within_pixel_tolerance(inputs["pixel_values"][0], item.pixels[0], model.vision.std)
+        if not history:
+            out_ids = hf.generate(**inputs, max_new_tokens=8, do_sample=False)
+            assert out_ids[0, inputs["input_ids"].shape[1]:].tolist()[: len(answers[seed])] == answers[seed]

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lmm.data.conversation import IMAGE_TOKEN, TEMPLATES, Template
+from lmm.data.conversation import IMAGE_TOKEN, TEMPLATES, Template, llava_tokenized
+from lmm.data.tokenizer import save_tokenizer
 from lmm.factory import LMM_CONFIG, LMM_FORMAT_VERSION, LMM_TOKENIZER, LMM_WEIGHTS, MODEL_KEYS, build_trained, run_config
 from lmm.model.lmm import LMM
 from lmm.rundir import FINAL_WEIGHTS, export_dir
@@ -39,19 +40,36 @@ def save_lmm(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
     config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in MODEL_KEYS}
     config["llm"]["tokenizer"] = LMM_TOKENIZER  # relative to the export directory
     config["stage"] = {"template": processor.template}
-    config["data"] = {"max_length": processor.max_length}
+    config["data"] = {"max_length": processor.max_length, "image": {"alpha": processor.image_transform.alpha,
+                                                                   "exif": processor.image_transform.exif}}
     config["format_version"] = LMM_FORMAT_VERSION
     OmegaConf.save(OmegaConf.create(config), out / LMM_CONFIG)
     save_weights(model, out / LMM_WEIGHTS)
-    processor.tokenizer.save_pretrained(str(out / LMM_TOKENIZER))
+    save_tokenizer(processor.tokenizer, out / LMM_TOKENIZER)
 
 
 # ---------------------------------------------------------------------------------------------
 # Hugging Face Llava
 
 
-def chat_template(template: Template) -> str:
-    """A Jinja chat template that renders like `template` (images first in a user turn, as LLaVA)."""
+def image_separator(tokenizer, template_name: str) -> str:
+    """What follows each `<image>` in the exported chat template. HF's processor tokenizes the
+    prompt in one call; LLaVA tokenizes the piece after an image on its own, so a SentencePiece
+    tokenizer starts it with "▁" whatever its `legacy` flag. A non-legacy tokenizer adds no "▁"
+    after a special token in one call, and " \n" there gives exactly LLaVA's "▁" "\n"."""
+    if not llava_tokenized(template_name):
+        return "\n"
+    alone = tokenizer("\nWhat", add_special_tokens=False)["input_ids"]
+    for separator in ("\n", " \n"):
+        if tokenizer(IMAGE_TOKEN + separator + "What", add_special_tokens=False)["input_ids"][1:] == alone:
+            return separator
+    raise ExportError("no chat template makes this tokenizer's one-call ids after <image> equal LLaVA's; use export.format=lmm")
+
+
+def chat_template(template: Template, separator: str = "\n", bos: bool = False) -> str:
+    """A Jinja chat template that renders like `template` (images first in a user turn, as LLaVA),
+    each image followed by `separator` (image_separator); `bos`: it writes the BOS token itself
+    (lmm prepends one to every prompt; a tokenizer that adds none needs the template to)."""
     def literal(text: str) -> str:
         return "{{ " + repr(text) + " }}"
 
@@ -59,12 +77,12 @@ def chat_template(template: Template) -> str:
     reply_prefix, reply_suffix = template.reply_format.split("{content}")
     content = (
         "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
-        "{%- for part in message['content'] if part['type'] == 'image' -%}" + literal(IMAGE_TOKEN + "\n") + "{%- endfor -%}"
+        "{%- for part in message['content'] if part['type'] == 'image' -%}" + literal(IMAGE_TOKEN + separator) + "{%- endfor -%}"
         "{%- for part in message['content'] if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}{%- endif -%}"
     )
     system = literal(template.system_format.format(system=template.system)) if template.system_format else ""
     return (
-        system + "{%- for message in messages -%}"
+        ("{{ bos_token }}" if bos else "") + system + "{%- for message in messages -%}"
         "{%- if message['role'] == 'user' -%}" + literal(user_prefix) + content + literal(user_suffix) +
         "{%- elif message['role'] == 'assistant' -%}" + literal(reply_prefix) + content +
         literal(reply_suffix + template.end_of_turn + template.after_reply) + "{%- endif -%}{%- endfor -%}"
@@ -164,7 +182,9 @@ def save_hf(model: LMM, processor, cfg: DictConfig, out: Path) -> None:
         image_std=list(model.vision.std), do_pad=model.vision.image_aspect in ("pad", "anyres"), **anyres,
     )
     hf_tokenizer = _copy_tokenizer(tokenizer)
-    hf_tokenizer.chat_template = chat_template(template)
+    adds_bos = tokenizer.bos_token_id is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    hf_tokenizer.chat_template = chat_template(template, image_separator(tokenizer, processor.template),
+                                               bos=tokenizer.bos_token_id is not None and not adds_bos)
     hf_processor = processor_class(
         image_processor=image_processor, tokenizer=hf_tokenizer, patch_size=model.vision.patch_size,
         vision_feature_select_strategy=strategy, image_token=IMAGE_TOKEN,

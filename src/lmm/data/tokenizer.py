@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -36,6 +37,18 @@ def train_tokenizer(texts: list[str], out: str | Path, vocab_size: int = 1024) -
     )
     fast.save_pretrained(str(out))
     return fast
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: str | Path) -> None:
+    """save_pretrained, keeping the `legacy` flag transformers 5 leaves out of tokenizer_config.json
+    (without it a SentencePiece tokenizer reloads non-legacy: other ids after special tokens)."""
+    tokenizer.save_pretrained(str(out))
+    legacy = getattr(tokenizer, "legacy", None)
+    if legacy is not None:
+        path = Path(out) / "tokenizer_config.json"
+        config = json.loads(path.read_text())
+        config["legacy"] = bool(legacy)
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
