@@ -35,7 +35,7 @@ def test_predict_answers_and_records_bad_questions(exported, tmp_path):
     model_dir, images = exported
     questions = tmp_path / "questions.jsonl"
     questions.write_text("\n".join([
-        json.dumps({"question_id": 1, "image": "scene.jpg", "text": "What shape is there?"}),
+        json.dumps({"question_id": 1, "image": "scene.jpg", "text": "What shape is there?\n"}),
         json.dumps({"question_id": 2, "image": "broken.jpg", "text": "And here?"}),
         json.dumps({"question_id": 3, "text": "No image at all?"}),
         "{not json",
@@ -46,7 +46,8 @@ def test_predict_answers_and_records_bad_questions(exported, tmp_path):
                       "--max-new-tokens", "6", "--batch-size", "2"])
     assert counts == {"answered": 3, "errors": 2}
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [line["question_id"] for line in lines] == ["1", "3", "5", "line 4", "2"]
+    assert [line["question_id"] for line in lines] == [1, 3, 5, "line 4", 2]  # as given, as LLaVA's answer files keep them
+    assert lines[0]["prompt"] == "What shape is there?\n"
     assert all(isinstance(line["text"], str) for line in lines[:3]) and lines[4]["error"].startswith("image:")
 
 

@@ -7,7 +7,7 @@ CKPT is an `export.format=lmm` directory or a finished run directory. Input line
 LLaVA's model_vqa format: {"question_id", "text", "image"?} with `image` relative to
 --image-folder (default: the input file's folder); `image` may be a list (several images), and
 `text` may place them with one `<image>` tag each (without tags, the images go first). Output lines: {"question_id", "prompt",
-"text", "model_id"}; a question that cannot be answered (unreadable image, too long) gets
+"text", "model_id"}, with `question_id` and `prompt` exactly as the input gave them (as LLaVA's answer files); a question that cannot be answered (unreadable image, too long) gets
 {"question_id", "error"} instead, and is counted: the run never stops on one bad question.
 """
 
@@ -40,7 +40,8 @@ def parse_question(raw: bytes, n: int, image_folder: Path) -> Question:
     if tags and tags != len(images):
         raise ValueError(f"'text' has {tags} {IMAGE_TOKEN} tag(s) but {len(images)} image(s): give one tag per image, or none")
     paths = [image_folder / path for path in images]
-    return Question(str(qid), text.strip(), paths if isinstance(image, list) else (paths[0] if paths else None))
+    return Question(str(qid), text, paths if isinstance(image, list) else (paths[0] if paths else None),
+                    extra={"question_id": qid})
 
 
 def read_questions(path: Path, image_folder: Path) -> tuple[list[Question], list[dict]]:
@@ -73,9 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     model, processor = load_pretrained(args.ckpt, args.device)
     answers = answer_questions(model, processor, questions, lambda q: question_example(processor, q),
                                args.batch_size, args.max_new_tokens, args.device)
-    answered = [{"question_id": q.qid, "prompt": q.prompt, "text": a, "model_id": str(args.ckpt)}
+    answered = [{"question_id": q.extra["question_id"], "prompt": q.prompt, "text": a, "model_id": str(args.ckpt)}
                 for q, a in zip(questions, answers) if not isinstance(a, Skip)]
-    errors += [{"question_id": q.qid, "error": a.reason} for q, a in zip(questions, answers) if isinstance(a, Skip)]
+    errors += [{"question_id": q.extra["question_id"], "error": a.reason} for q, a in zip(questions, answers) if isinstance(a, Skip)]
     write_jsonl(args.output, answered + errors)
     for error in errors[:10]:
         print(f"[lmm] question {error['question_id']} not answered: {error['error']}", file=sys.stderr)
