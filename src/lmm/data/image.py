@@ -136,6 +136,9 @@ class ImageTransform:
         self.size, self.mean, self.std, self.aspect, self.anyres = size, list(mean), list(std), aspect, anyres
         self.alpha, self.exif = alpha, exif
         self.fill = mean_colour(tuple(fill if fill is not None else mean))
+        # (x / 255 - mean) / std as one multiply-subtract on the 8-bit pixels
+        self.scale = (1.0 / (255.0 * torch.tensor(self.std, dtype=torch.float32))).view(3, 1, 1)
+        self.shift = (torch.tensor(self.mean, dtype=torch.float32) / torch.tensor(self.std, dtype=torch.float32)).view(3, 1, 1)
 
     def decode(self, image: Image.Image | bytes) -> Image.Image:
         return decode_image(image, alpha=self.alpha, exif=self.exif) if isinstance(image, bytes) else to_rgb(image, self.alpha)
@@ -163,16 +166,16 @@ class ImageTransform:
             pixels = pil_resize(image, (self.size, self.size))
         else:  # crop: the tower's own processor (CLIP: resize the short side, centre-crop)
             pixels = clip_resize_crop(image, self.size)
-        return TF.normalize(pixels, self.mean, self.std)  # [3, S, S]
+        return pixels.float().mul_(self.scale).sub_(self.shift)  # [3, S, S], normalised
 
 
 def pil_resize(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    """RGB image -> [3, h, w] floats in [0, 1], resized by PIL's bicubic filter to 8 bits, as
-    CLIPImageProcessor does (transformers' resize: `PIL.Image.resize(..., reducing_gap=None)`)."""
+    """RGB image -> [3, h, w] uint8, resized by PIL's bicubic filter, as CLIPImageProcessor
+    does (transformers' resize: `PIL.Image.resize(..., reducing_gap=None)`)."""
     height, width = size
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.Resampling.BICUBIC, reducing_gap=None)
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div_(255)  # [3, h, w]
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)  # [3, h, w]
 
 
 def clip_resize_crop(image: Image.Image, size: int) -> torch.Tensor:
