@@ -136,9 +136,9 @@ class ImageTransform:
         self.size, self.mean, self.std, self.aspect, self.anyres = size, list(mean), list(std), aspect, anyres
         self.alpha, self.exif = alpha, exif
         self.fill = mean_colour(tuple(fill if fill is not None else mean))
-        # (x / 255 - mean) / std as one multiply-subtract on the 8-bit pixels
-        self.scale = (1.0 / (255.0 * torch.tensor(self.std, dtype=torch.float32))).view(3, 1, 1)
-        self.shift = (torch.tensor(self.mean, dtype=torch.float32) / torch.tensor(self.std, dtype=torch.float32)).view(3, 1, 1)
+        # (x / 255 - mean) / std in the order the tower's processor computes it (rescale, then normalise)
+        self.mean_t = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        self.std_t = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
 
     def decode(self, image: Image.Image | bytes) -> Image.Image:
         return decode_image(image, alpha=self.alpha, exif=self.exif) if isinstance(image, bytes) else to_rgb(image, self.alpha)
@@ -166,7 +166,7 @@ class ImageTransform:
             pixels = pil_resize(image, (self.size, self.size))
         else:  # crop: the tower's own processor (CLIP: resize the short side, centre-crop)
             pixels = clip_resize_crop(image, self.size)
-        return pixels.float().mul_(self.scale).sub_(self.shift)  # [3, S, S], normalised
+        return pixels.float().div_(255).sub_(self.mean_t).div_(self.std_t)  # [3, S, S], normalised
 
 
 def pil_resize(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
