@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    from lmm.factory import load_pretrained
+    from lmm.factory import load_for_command
 
-    model, processor = load_pretrained(args.ckpt, args.device)
+    model, processor = load_for_command(args.ckpt, args.device)
     chat = Chat(model, processor, args.max_new_tokens, args.temperature, args.device)
     if args.image:
         print(chat.add_image(args.image), flush=True)

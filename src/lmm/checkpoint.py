@@ -147,7 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     merge.add_argument("run_dir", type=Path)
     merge.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    consolidate(args.run_dir, args.out)
+    try:
+        consolidate(args.run_dir, args.out)
+    except (ValueError, FileNotFoundError) as e:  # a config that names code, a missing file: one line
+        raise SystemExit(f"[lmm] cannot consolidate {args.run_dir}: {type(e).__name__}: {e}") from None
 
 
 if __name__ == "__main__":

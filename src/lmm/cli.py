@@ -16,7 +16,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from lmm.rundir import saved_overrides
+from lmm.rundir import HYDRA_DIR, saved_overrides
+from lmm.safe_config import UntrustedConfig, check_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 # Overrides of the training command that are not the run's model or data: never carried over.
@@ -38,7 +39,9 @@ def override_key(override: str) -> str:
 def task_arguments(task: str, run_dir: Path, overrides: list[str]) -> list[str]:
     """run.py's arguments for `task` on `run_dir`: its saved overrides, then these."""
     given = {override_key(o) for o in overrides}
-    saved = [o for o in saved_overrides(run_dir) or [] if override_key(o) not in NOT_CARRIED | given]
+    replayed = saved_overrides(run_dir) or []
+    check_overrides(replayed, str(run_dir / HYDRA_DIR / "overrides.yaml"))  # data, never code
+    saved = [o for o in replayed if override_key(o) not in NOT_CARRIED | given]
     return [*saved, f"task={task}", f"ckpt={hydra_quoted(str(run_dir))}", *overrides]
 
 
@@ -53,5 +56,9 @@ def main(task: str, argv: list[str]) -> None:
     run_dir = Path(argv[0])
     if not run_dir.is_dir():
         sys.exit(f"[lmm] {run_dir}: not a directory; python -m lmm.{task} takes a run directory (or an lmm directory) first")
-    sys.argv = [str(ROOT / "run.py"), *task_arguments(task, run_dir.resolve(), argv[1:])]
+    try:
+        arguments = task_arguments(task, run_dir.resolve(), argv[1:])
+    except UntrustedConfig as e:
+        sys.exit(f"[lmm] UntrustedConfig: {e}")
+    sys.argv = [str(ROOT / "run.py"), *arguments]
     runpy.run_path(str(ROOT / "run.py"), run_name="__main__")

@@ -87,6 +87,18 @@ def connector_config(config: dict, state: dict) -> tuple[dict, dict[str, torch.T
             {f"connector.mlp.{k}": v for k, v in projector.items()})
 
 
+def check_tower_settings(tower_config: dict, stats: dict, tower: Path, keys: tuple[str, ...]) -> None:
+    """The tower's copied settings are plain values and its normalisation three numbers each (refused otherwise)."""
+    processor = tower / "preprocessor_config.json"
+    for key in keys:
+        if key in tower_config and not (tower_config[key] is None or isinstance(tower_config[key], (bool, int, float, str))):
+            raise ConversionError(f"{tower / 'config.json'}: {key}={tower_config[key]!r} is not a plain setting (refused)"[:300])
+    for key in ("image_mean", "image_std"):
+        value = stats.get(key, CLIP_MEAN)
+        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise ConversionError(f"{processor}: {key}={value!r} must be three numbers (refused)"[:300])
+
+
 def vision_config(config: dict, tower: Path) -> dict:
     tower_config = json.loads((tower / "config.json").read_text())
     tower_config = tower_config.get("vision_config", tower_config) | {"model_type": tower_config.get("model_type", "")}
@@ -98,6 +110,7 @@ def vision_config(config: dict, tower: Path) -> dict:
             "projection_dim", "hidden_act", "layer_norm_eps", "num_channels")
     processor = tower / "preprocessor_config.json"
     stats = json.loads(processor.read_text()) if processor.exists() else {}
+    check_tower_settings(tower_config, stats, tower, keys)
     return {
         "_target_": TOWERS[model_type],
         "arch": {k: tower_config[k] for k in keys if k in tower_config},
@@ -110,8 +123,25 @@ def vision_config(config: dict, tower: Path) -> dict:
     }
 
 
+def plain(value) -> bool:
+    """A setting's value as data: a scalar, a list of scalars, or (rope scaling) a dict of those."""
+    scalar = lambda v: v is None or isinstance(v, (bool, int, float, str))  # noqa: E731
+    flat = lambda v: scalar(v) or (isinstance(v, list) and all(scalar(x) for x in v))  # noqa: E731
+    return flat(value) or (isinstance(value, dict) and all(isinstance(k, str) and not k.startswith("_") and flat(v) for k, v in value.items()))
+
+
 def check_settings(config: dict) -> None:
-    """Refuse, in one line, a setting the import would otherwise drop."""
+    """Refuse, in one line, a setting the import would otherwise drop, and any value that is not
+    plain data (what is copied into lmm's config is built from at every later load)."""
+    from lmm.safe_config import UntrustedConfig, check_config
+
+    try:
+        check_config(config, "config.json")
+    except UntrustedConfig as e:
+        raise ConversionError(str(e)) from None
+    for key in LLM_KEYS:
+        if key in config and not plain(config[key]):
+            raise ConversionError(f"config.json: {key}={config[key]!r} is not a plain setting (numbers, strings, lists; refused)"[:300])
     for key, supported in SUPPORTED_VALUES.items():
         if config.get(key) not in supported:
             raise ConversionError(f"{key}={config[key]!r} is not something lmm can honour (it supports {[v for v in supported if v is not None]})")

@@ -26,6 +26,7 @@ from lmm.data.tokenizer import load_tokenizer
 from lmm.model.build import build_model
 from lmm.model.lmm import LMM
 from lmm.rundir import FINAL_WEIGHTS, load_saved_config, saved_config_path
+from lmm.safe_config import check_config
 from lmm.train.materialize import parameters_on_meta
 from lmm.train.stage import stage_of
 
@@ -144,11 +145,21 @@ def run_config(run_dir: Path, fallback: DictConfig) -> DictConfig:
     return cfg
 
 
+def load_for_command(path: str | Path, device: str | torch.device = "cpu") -> tuple[LMM, SampleProcessor]:
+    """load_pretrained for a command line: what stops it (a missing file, a config that names code,
+    a bad value) ends the command in one line."""
+    try:
+        return load_pretrained(path, device)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise SystemExit(f"[lmm] cannot load {path}: {type(e).__name__}: {e}") from None
+
+
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> tuple[LMM, SampleProcessor]:
     """(model, processor) from an `export.format=lmm` directory or a finished run directory; no Hydra app needed."""
     path = Path(path)
     if (path / LMM_CONFIG).exists():
         cfg = OmegaConf.load(path / LMM_CONFIG)
+        check_config(OmegaConf.to_container(cfg, resolve=False), str(path / LMM_CONFIG))  # data, never code
         cfg.llm.tokenizer = str(path / cfg.llm.tokenizer)
         weights = path / LMM_WEIGHTS
     elif saved_config_path(path).exists() and (path / FINAL_WEIGHTS).exists():

@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    from lmm.factory import load_pretrained
+    from lmm.factory import load_for_command
 
     questions, errors = read_questions(args.input, args.image_folder or args.input.parent)  # before the model loads
-    model, processor = load_pretrained(args.ckpt, args.device)
+    model, processor = load_for_command(args.ckpt, args.device)
     answers = answer_questions(model, processor, questions, lambda q: question_example(processor, q),
                                args.batch_size, args.max_new_tokens, args.device)
     answered = [{"question_id": q.extra["question_id"], "prompt": q.prompt, "text": a, "model_id": str(args.ckpt)}

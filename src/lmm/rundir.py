@@ -30,6 +30,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from lmm.safe_config import check_config
+
 LOCK, IDENTITY, STATUS, RUN_LOG = "run.lock", "run.json", "status.json", "run.log"
 FINAL_WEIGHTS, RESULTS, CONSOLIDATED = "final.safetensors", "results.json", "consolidated.safetensors"
 CHECKPOINTS, PREDICTIONS, TENSORBOARD = "checkpoints", "predictions", "tb"
@@ -191,6 +193,7 @@ def load_saved_config(run_dir: Path) -> DictConfig | None:
         return None
     register_resolvers()
     cfg = OmegaConf.load(path)
+    check_config(OmegaConf.to_container(cfg, resolve=False), str(path))  # data, never code: before anything reads it
     hydra = saved_hydra_config(run_dir)
     if hydra is None:
         return cfg
@@ -216,9 +219,15 @@ def saved_overrides(run_dir: Path) -> list[str] | None:
 
 
 def saved_hydra_config(run_dir: Path) -> DictConfig | None:
-    """Hydra's own settings for the run (.hydra/hydra.yaml), or None."""
+    """Hydra's own settings for the run (.hydra/hydra.yaml): the parts a saved config refers to
+    (`runtime`, `job`), checked as data; None without the file."""
     path = Path(run_dir) / HYDRA_DIR / "hydra.yaml"
-    return OmegaConf.load(path).hydra if path.exists() else None
+    if not path.exists():
+        return None
+    hydra = OmegaConf.load(path).hydra
+    kept = OmegaConf.create({key: hydra[key] for key in ("runtime", "job") if key in hydra})
+    check_config(OmegaConf.to_container(kept, resolve=False), str(path))
+    return kept
 
 
 def read_results(run_dir: Path) -> dict | None:
