@@ -151,3 +151,33 @@ def test_saved_overrides_are_read_as_written(tmp_path):
     written = ["stage.init_from=${paths.runs}/pretrain/default", "seed=1"]
     (tmp_path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(written))
     assert saved_overrides(tmp_path) == written
+
+
+def snapshot(folder) -> dict:
+    """Every file under `folder` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_refused_command_changes_no_byte_of_the_run(data_root, tmp_path):
+    """Hydra's own .hydra/ writing is off; lmm writes the saved config, run.log and the lock's
+    holder only once the command holds the run and its identity matches."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root, run = Path(__file__).resolve().parents[1], tmp_path / "run"
+    base = [sys.executable, "run.py", f"paths.data={data_root}", f"paths.runs={tmp_path}", f"hydra.run.dir={run}", "vision=tiny",
+            "llm=tiny", *QUICK]
+    done = subprocess.run([*base, "connector=mlp"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert saved["connector"]["_target_"] == "lmm.model.connectors.MLPConnector"
+    assert "connector=mlp" in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    assert "runtime" in yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    before = snapshot(run)
+    refused = subprocess.run([*base, "connector=linear"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and "[lmm] RunMismatch:" in refused.stderr
+    assert snapshot(run) == before

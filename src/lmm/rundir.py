@@ -67,8 +67,10 @@ class RunLock:
     it dies, so a lock is never stale). A second process is told who holds it; with
     `wait_s` > 0 it waits that long first (a requeued SLURM job while the old one checkpoints)."""
 
-    def __init__(self, run_dir: Path, wait_s: float = 0.0):
-        self.path, self.wait_s, self.file = Path(run_dir) / LOCK, wait_s, None
+    def __init__(self, run_dir: Path, wait_s: float = 0.0, announce: bool = True):
+        """`announce=False`: take the lock without writing who holds it (announce() once the
+        command is accepted, so that a refused one changes nothing in the directory)."""
+        self.path, self.wait_s, self.file, self.announced = Path(run_dir) / LOCK, wait_s, None, announce
 
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,11 +88,17 @@ class RunLock:
                     raise RunDirectoryInUse(f"{self.path.parent} is being trained by {owner}; wait for it to end "
                                             "(or stop it), or set run_lock_wait_s=SECONDS to wait") from None
                 time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        if self.announced:
+            self.announce()
+        return self
+
+    def announce(self) -> None:
+        """Write who holds the lock (what a second process is told)."""
         self.file.seek(0)
         self.file.truncate()
         self.file.write(json.dumps(holder()) + "\n")
         self.file.flush()
-        return self
+        self.announced = True
 
     def __exit__(self, *exc) -> None:
         fcntl.flock(self.file, fcntl.LOCK_UN)
@@ -134,6 +142,28 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             lines.append(f"{name}: {a!r} -> {b!r}")
     return lines
+
+
+def save_run_config(run_dir: Path, cfg: DictConfig, replace: bool = False) -> None:
+    """The command's config as Hydra would save it (.hydra/config.yaml unresolved, overrides.yaml,
+    hydra.yaml), written by lmm once the command is accepted (Hydra's own writing is off:
+    `hydra.output_subdir: null`), and only if the run has none yet (`replace`: force=true).
+    Without a Hydra app (a test calling train()) nothing is written, as before."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    folder = Path(run_dir) / HYDRA_DIR
+    if (folder / "config.yaml").exists() and not replace:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    hydra = HydraConfig.get()
+    files = {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})),
+             "overrides.yaml": yaml.safe_dump(list(hydra.overrides.task))}
+    for name, text in files.items():
+        tmp = folder / f"{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(folder / name)
 
 
 def claim_identity(run_dir: Path, cfg: DictConfig) -> None:

@@ -1,6 +1,10 @@
 """Keep what lmm tells the user in the run's own log: every `[lmm]` line this process prints
 (progress, skipped samples, costs, errors) is also appended to RUN_DIR/run.log, next to Hydra's
-log lines, so a run directory explains itself after the terminal is gone."""
+log lines, so a run directory explains itself after the terminal is gone.
+
+Lines are held in memory until the command is accepted for that directory (`accept()`: a train
+command once it holds the lock and its identity matches): a refused command leaves run.log, like
+every other byte of the run, as it was."""
 
 from __future__ import annotations
 
@@ -12,7 +16,42 @@ from pathlib import Path
 MARK = "[lmm]"
 
 
-_active: list = []  # the open run.log of the innermost copied_to, if any
+class DeferredLog:
+    """run.log, opened for appending only once accepted; until then its lines wait in memory."""
+
+    def __init__(self, path: Path):
+        self.path, self.pending, self.file = path, [], None
+
+    def accept(self) -> None:
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a")
+            self.file.write("".join(self.pending))
+            self.file.flush()
+            self.pending = []
+
+    def write(self, text: str) -> None:
+        if self.file is None:
+            self.pending.append(text)
+        else:
+            self.file.write(text)
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+_active: list[DeferredLog] = []  # the run.log of the innermost copied_to, if any
+
+
+def accept() -> None:
+    """The command is accepted for its run directory: write what was held, and go on writing."""
+    if _active:
+        _active[-1].accept()
 
 
 def record(message: str) -> None:
@@ -44,20 +83,21 @@ class _Tee:
 
 @contextmanager
 def copied_to(path: Path | None):
-    """While active, `[lmm]` lines on stdout and stderr are also appended to `path` (None: no copy)."""
+    """While active, `[lmm]` lines on stdout and stderr are also appended to `path` once the
+    command is accepted (accept()); None: no copy."""
     if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as log:
-        out, err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
-        _active.append(log)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = out, err
-            _active.pop()
+    log = DeferredLog(path)
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
+    _active.append(log)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+        _active.pop()
+        log.close()
 
 
 def log_path(cfg) -> Path | None:

@@ -32,6 +32,16 @@ def limit_cpu_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def accept(cfg: DictConfig) -> None:
+    """This command may write its run directory: its log and its saved config."""
+    from lmm import runlog
+    from lmm.rundir import first_process, save_run_config
+
+    if first_process():
+        save_run_config(cfg.run_dir, cfg)
+        runlog.accept()
+
+
 def run_task(cfg: DictConfig):
     from lmm import console
     from lmm.config import check_top_level_keys
@@ -50,6 +60,8 @@ def run_task(cfg: DictConfig):
             if cfg.task not in tasks:
                 raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
             limit_cpu_threads(cfg.cpu_threads)
+            if cfg.task != "train":  # its own directory: accepted now (train accepts once it holds the run: lmm.train.train)
+                accept(cfg)
             return tasks[cfg.task](cfg)
         except user_errors() as e:
             message = f"[lmm] {type(e).__name__}: {e}"

@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lmm import runlog
 from lmm.checkpoint import LAST, AtomicCheckpoint, latest_checkpoint
 from lmm.data.conversation import TEMPLATE_NAMES
 from lmm.data.shards import list_shards
@@ -18,7 +19,7 @@ from lmm.eval.evaluate import evaluate, format_table, new_results, save_results
 from lmm.factory import build_for_stage, build_trained, build_run, init_weights_path, pretrained_ids
 from lmm.model.lmm import LMM
 from lmm.rundir import (CHECKPOINTS, FINAL_WEIGHTS, IDENTITY, STATUS, RunLock, claim_identity, finished,
-                        first_process, read_results, set_status)
+                        first_process, read_results, save_run_config, set_status)
 from lmm.save import save_weights
 from lmm.train.materialize import host_memory, parameters_on_meta, reset_peak_host_memory
 from lmm.train.module import LMMModule
@@ -111,11 +112,15 @@ def train(cfg: DictConfig) -> dict | None:
     with contextlib.ExitStack() as held:
         if main:
             requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # the old job may still be checkpointing
-            held.enter_context(RunLock(run_dir, wait_s=float(cfg.get("run_lock_wait_s") or (600 if requeued else 0))))
+            lock = held.enter_context(RunLock(run_dir, wait_s=float(cfg.get("run_lock_wait_s") or (600 if requeued else 0)),
+                                              announce=False))
             if cfg.get("force"):
                 for stale in (IDENTITY, STATUS):
                     (run_dir / stale).unlink(missing_ok=True)
-            claim_identity(run_dir, cfg)
+            claim_identity(run_dir, cfg)  # RunMismatch: refused, and nothing in the directory has changed
+            lock.announce()
+            save_run_config(run_dir, cfg, replace=bool(cfg.get("force")))
+            runlog.accept()
             if finished(run_dir) and not cfg.get("force"):
                 print(f"[lmm] {run_dir} has already finished; not re-running it (force=true, or delete the directory, to redo it).")
                 results = read_results(run_dir)
