@@ -212,3 +212,26 @@ def test_packed_training_follows_padded_training(make_config, tmp_path, monkeypa
     weights = [load_file(tmp_path / name / FINAL_WEIGHTS) for name in ("padded", "packed")]
     for name, tensor in weights[0].items():
         torch.testing.assert_close(weights[1][name], tensor, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_a_re_score_builds_the_model_as_trained(pretrain_run, make_config, tmp_path, capsys):
+    """`python -m lmm.eval RUN_DIR` composes today's defaults; the model is built from the run's own
+    saved config instead, and what today's config would build differently is said in one line."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from lmm.eval.evaluate import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(pretrain_run, run)
+    (run / ".hydra").mkdir(exist_ok=True)
+    trained_cfg = make_config("experiment=demo_pretrain", "trainer.max_steps=6", *FAST, run_dir=run)
+    OmegaConf.save(trained_cfg, run / ".hydra" / "config.yaml")
+    today = make_config("task=eval", f"ckpt={run}", "connector=linear", "eval.benchmarks.synthetic.limit=4", *FAST,
+                        run_dir=tmp_path / "eval")
+    results = evaluate_run(today)
+    out = capsys.readouterr().out
+    assert "today's config would build another model than" in out and "connector._target_: 'lmm.model.connectors.MLPConnector'" in out
+    assert "scoring the model as trained" in out and "synthetic/vqa/exact_match" in results["metrics"]

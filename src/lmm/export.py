@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lmm.data.conversation import IMAGE_TOKEN, TEMPLATES, Template, llava_tokenized
 from lmm.data.tokenizer import save_tokenizer
-from lmm.factory import LMM_CONFIG, LMM_FORMAT_VERSION, LMM_TOKENIZER, LMM_WEIGHTS, MODEL_KEYS, build_trained, run_config
+from lmm.factory import (LMM_CONFIG, LMM_FORMAT_VERSION, LMM_TOKENIZER, LMM_WEIGHTS, MODEL_KEYS, build_trained, run_config,
+                         say_drift)
 from lmm.model.lmm import LMM
 from lmm.rundir import FINAL_WEIGHTS, export_dir
 from lmm.save import save_weights
@@ -219,6 +220,7 @@ def export(cfg: DictConfig) -> Path:
     if not weights.exists():
         raise FileNotFoundError(f"no {FINAL_WEIGHTS} in {run_dir}: export needs a finished run")
     run_cfg = run_config(run_dir, cfg)
+    say_drift(run_dir, run_cfg, cfg, "exporting")
     model, processor = build_trained(run_cfg, weights)
     out = Path(cfg.export.out or export_dir(run_dir, fmt))
     if out.exists():

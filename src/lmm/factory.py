@@ -135,6 +135,28 @@ def build_trained(cfg: DictConfig, weights: Path, device: str | torch.device = "
     return model.to(device, dtype=dtype).eval(), processor
 
 
+def model_config(cfg: DictConfig) -> dict:
+    """What builds the model and its inputs (MODEL_KEYS, the template, max length, image decoding), resolved."""
+    image = OmegaConf.select(cfg, "data.image", default=None)
+    return {**{key: OmegaConf.to_container(cfg[key], resolve=True) for key in MODEL_KEYS}, "template": cfg.stage.template,
+            "max_length": cfg.data.max_length, "image": OmegaConf.to_container(image, resolve=True) if image is not None else None}
+
+
+def model_drift(trained: DictConfig, today: DictConfig) -> list[str]:
+    """`key: trained -> today` for each model setting the two configs build differently."""
+    from lmm.rundir import differences
+
+    return [] if trained is today else differences(model_config(trained), model_config(today))
+
+
+def say_drift(run_dir: Path, trained: DictConfig, today: DictConfig, action: str) -> None:
+    """One line when today's config would build another model than the run trained (the trained one is used)."""
+    drift = model_drift(trained, today)
+    if drift:
+        print(f"[lmm] today's config would build another model than {run_dir} trained ({'; '.join(drift[:6])}"
+              f"{'; ...' if len(drift) > 6 else ''}); {action} the model as trained")
+
+
 def run_config(run_dir: Path, fallback: DictConfig) -> DictConfig:
     """The config the run was trained with (Hydra saves it), else the command's; relative data
     paths resolve as in this command."""

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from lmm.config import command_overrides
 from lmm.data.sample import SampleProcessor
 from lmm.eval.answer import is_main_process
-from lmm.factory import LMM_CONFIG, build_run, init_from, load_pretrained
+from lmm.factory import LMM_CONFIG, build_trained, init_weights_path, load_pretrained, run_config, say_drift
 from lmm.model.lmm import LMM
 from lmm.rundir import PREDICTIONS, read_results, write_results
 
@@ -55,9 +55,10 @@ def evaluate_run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.ckpt)
     if (run_dir / LMM_CONFIG).exists():  # self-describing: its own model config, not this command's
         model, processor = load_pretrained(run_dir)
-    else:
-        model, processor = build_run(cfg)
-        init_from(model, str(run_dir), ["vision", "connector", "llm"])
+    else:  # the model as it was trained: the run's own saved config, whatever today's defaults say
+        trained_cfg = run_config(run_dir, cfg)
+        say_drift(run_dir, trained_cfg, cfg, "scoring")
+        model, processor = build_trained(trained_cfg, init_weights_path(str(run_dir)))
     trained = read_results(run_dir)  # keep the training cost with the new scores
     return evaluate(cfg, model, processor, Path(cfg.run_dir), cost=trained.get("cost") if trained else None)
 
