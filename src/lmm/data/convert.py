@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from lmm.data.conversation import IMAGE_TOKEN
 from lmm.data.image import ImageError, decode_image
-from lmm.data.shards import MANIFEST, local_directory, write_manifest
+from lmm.data.shards import MANIFEST, local_directory, shard_records, write_manifest
 from lmm.data.sources import SOURCES, classify, entry_images
 
 EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".gif": "gif", ".bmp": "bmp"}
@@ -214,12 +214,14 @@ def convert(
     counts: Counter = Counter()
     image_bytes: Counter = Counter()
     shard_lists: dict[str, list[str]] = defaultdict(list)
+    shard_samples: dict[str, dict[str, int]] = defaultdict(dict)
     for path, _ in shards:  # every shard's sidecar, fresh or from an earlier run
         stats = json.loads(path.with_suffix(".json").read_text())
         source = path.parent.name
         counts[source] += stats["samples"]
         image_bytes[source] += stats["image_bytes"]
         shard_lists[source].append(path.name)
+        shard_samples[source][path.name] = stats["samples"]
         rejected += stats["rejected"]
     rejected.sort(key=lambda r: r["index"])
     manifest = {
@@ -228,6 +230,7 @@ def convert(
         "counts": dict(sorted(counts.items())),
         "image_bytes": dict(sorted(image_bytes.items())),
         "shards": dict(sorted(shard_lists.items())),
+        "shard_info": {source: shard_records(out / source, samples) for source, samples in sorted(shard_samples.items())},
         "rejected": dict(Counter(r["reason"].split(":")[0] for r in rejected)),
         "merged_sources": {"vqav2_okvqa": SOURCES["vqav2_okvqa"]},
     }

@@ -13,7 +13,8 @@ from lmm.data.collate import Collator
 from lmm.data.image import check_options
 from lmm.data.mixture import Source, TrainingStream, World, worker_slot
 from lmm.data.sample import SampleProcessor
-from lmm.data.shards import expand_shards, has_manifest, list_shards, local_directory, read_manifest
+from lmm.data.shards import (expand_shards, expected_shards, has_manifest, list_complete_shards, list_shards, local_directory,
+                             read_manifest, shard_problem)
 
 
 class ValidationBatches(IterableDataset):
@@ -110,16 +111,33 @@ class LMMDataModule(L.LightningDataModule):
         self.processor, self.pad_token_id = copy.copy(processor), pad_token_id
         self.processor.strip_format_prompts = self.strip_format_prompts
 
+    def source(self, name: str, weight: float) -> Source:
+        """A folder's shards: the manifest's list with each shard's recorded size and sample count
+        (a missing or cut shard is then a counted, named skip of all its samples), or its *.tar
+        when there is no manifest."""
+        folder = self.root / name
+        expected = expected_shards(folder)
+        if expected is None:
+            return Source(name, list_shards(folder, self.allow_pipe_urls), weight)
+        if not expected:
+            raise FileNotFoundError(f"no .tar shards at {folder} (its manifest lists none)")
+        urls = {str(folder / shard): record for shard, record in expected.items()}
+        missing = [Path(url).name for url, record in urls.items() if shard_problem(url, record)]
+        if missing:
+            print(f"[lmm] {folder}: {len(missing)} of {len(urls)} shards missing or not their recorded size "
+                  f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); their samples count as skipped")
+        return Source(name, list(urls), weight, urls)
+
     def mixture(self) -> list[Source]:
         """The weighted sources (natural size × weight), or the single training folder."""
         if not self.sources:
-            return [Source(self.train_split, list_shards(self.root / self.train_split, self.allow_pipe_urls), 1.0)]
+            return [self.source(self.train_split, 1.0)]
         counts = read_manifest(self.root, "convert the data with `python -m lmm.data.convert` first")["counts"]
         unknown = set(self.sources) - set(counts)
         if unknown:
             raise ValueError(f"data.sources names {sorted(unknown)} but {self.root}'s manifest has only {sorted(counts)}")
         return [
-            Source(name, list_shards(self.root / name, self.allow_pipe_urls), counts[name] * float(spec.get("weight", 1.0)))
+            self.source(name, counts[name] * float(spec.get("weight", 1.0)))
             for name, spec in sorted(self.sources.items())
             if float(spec.get("weight", 1.0)) > 0 and counts[name] > 0
         ]
@@ -143,7 +161,7 @@ class LMMDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_split:
             return []
-        stream = ValidationBatches(list_shards(self.root / self.val_split, self.allow_pipe_urls), self._processor(),
+        stream = ValidationBatches(list_complete_shards(self.root / self.val_split, self.allow_pipe_urls), self._processor(),
                                    Collator(self.pad_token_id), self.batch_size, self._world())
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 

@@ -35,6 +35,7 @@ class Source:
     name: str
     shards: list[str]
     weight: float  # sampling probability ∝ weight (natural size × the user's multiplier)
+    expected: dict[str, dict] | None = None  # url -> the manifest's {"bytes", "samples"}: a shard lost or cut is a counted skip of its samples
 
 
 @dataclass(frozen=True)
@@ -134,17 +135,18 @@ class TrainingStream(IterableDataset):
 
     def _source(self, source: Source) -> Iterator[dict]:
         seed = f"{self.seed}/{self.epoch}/{source.name}"
-        urls = self._shard_draws(source.shards, random.Random(seed))
+        urls = self._shard_draws(source.shards, random.Random(seed), source.expected or {})
         return wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=random.Random(seed + "/shuffle"))(
             expand_shards(urls)
         )
 
     @staticmethod
-    def _shard_draws(shards: list[str], rng: random.Random) -> Iterator[dict]:
+    def _shard_draws(shards: list[str], rng: random.Random, expected: dict[str, dict]) -> Iterator[dict]:
         """Shards drawn with replacement, forever (webdataset's ResampledShards seeds from the
         real worker id and rank, which the global plan must not depend on)."""
         while True:
-            yield {"url": rng.choice(shards)}
+            url = rng.choice(shards)
+            yield {"url": url, **expected.get(url, {})}
 
     def raw_samples(self, rng: random.Random) -> Iterator[dict]:
         streams = [self._source(s) for s in self.sources]

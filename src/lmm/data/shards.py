@@ -13,7 +13,7 @@ import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 ERROR_KEY = "__error__"
-MANIFEST = "manifest.json"  # per data root: counts per split/source, shard lists (+ the synthetic baselines)
+MANIFEST = "manifest.json"  # per data root: counts per split/source, shard lists and sizes (+ the synthetic baselines)
 
 
 def has_manifest(root: str | Path) -> bool:
@@ -88,11 +88,74 @@ def list_shards(spec: str | Path, allow_pipe: bool = False) -> list[str]:
     return shards
 
 
+def shard_records(folder: Path, samples: dict[str, int]) -> dict[str, dict]:
+    """The manifest's record of a folder's shards: name -> {"bytes", "samples"} (what completeness is checked against)."""
+    return {name: {"bytes": (Path(folder) / name).stat().st_size, "samples": count} for name, count in sorted(samples.items())}
+
+
+def expected_shards(folder: str | Path) -> dict[str, dict] | None:
+    """What the data root's manifest says `folder` (ROOT/<split or source>) holds: name ->
+    {"bytes", "samples"} (None values from a manifest that lists names only); None for a folder
+    with no manifest above it, or a remote one."""
+    text = str(folder)
+    if "://" in text or text.startswith("pipe:") or "{" in text:
+        return None
+    manifest = read_manifest(Path(text).parent)
+    if manifest is None:
+        return None
+    name = Path(text).name
+    records = manifest.get("shard_info", {}).get(name)
+    if records is None and name in manifest.get("shards", {}):
+        records = {shard: {"bytes": None, "samples": None} for shard in manifest["shards"][name]}
+    return records
+
+
+def shard_problem(path: str | Path, expected: dict) -> str | None:
+    """Why a local shard does not match its manifest record (missing, another size), or None."""
+    path = Path(path)
+    if not path.is_file():
+        return f"{path.name} is missing"
+    size, wanted = path.stat().st_size, expected.get("bytes")
+    if wanted is not None and size != wanted:
+        return f"{path.name} has {size} bytes, the manifest says {wanted}"
+    return None
+
+
+def list_complete_shards(spec: str | Path, allow_pipe: bool = False) -> list[str]:
+    """The shards of a split that must be whole (evaluation, validation): the manifest's list,
+    each present with its recorded size, or FileNotFoundError naming what is missing or short
+    (a partial split must never be scored as if complete). Without a manifest: list_shards."""
+    expected = expected_shards(spec)
+    if expected is None:
+        return list_shards(spec, allow_pipe)
+    problems = [(problem, record.get("samples")) for name, record in expected.items()
+                if (problem := shard_problem(Path(spec) / name, record))]
+    if problems:
+        lost = sum(samples or 0 for _, samples in problems)
+        raise FileNotFoundError(f"{spec} is incomplete: {'; '.join(p for p, _ in problems[:5])}{'; ...' if len(problems) > 5 else ''} "
+                                f"({len(problems)} of {len(expected)} shards{f', {lost} samples' if lost else ''}); "
+                                "convert or generate the data again")
+    if not expected:
+        raise FileNotFoundError(f"no .tar shards at {spec} (its manifest lists none)")
+    return [str(Path(spec) / name) for name in expected]
+
+
+def shard_markers(url: str, reason: str, samples: int | None) -> Iterator[dict]:
+    """One `{ERROR_KEY: reason}` marker per sample a broken shard should have held (one if unknown):
+    each is a counted skip downstream, so a lost shard weighs what it held."""
+    for i in range(max(1, samples or 0)):
+        yield {"__key__": f"{url}#{i}", "__url__": url, ERROR_KEY: reason}
+
+
 def expand_shards(urls: Iterable[dict]) -> Iterator[dict]:
-    """dict(url=...) -> samples. A shard that cannot be read, or breaks off mid-file, yields one
-    `{ERROR_KEY: reason}` marker (counted as a skip downstream) and reading goes on."""
+    """dict(url=..., [bytes=, samples=] from the manifest) -> samples. A shard that is missing or
+    not its recorded size yields one marker per sample it held; one that cannot be read, or breaks
+    off mid-file, yields one marker; each is counted as a skip downstream, and reading goes on."""
     for item in urls:
         url = item["url"]
+        if "bytes" in item and "://" not in url and (problem := shard_problem(url, item)):
+            yield from shard_markers(url, f"shard: {problem} ({url})", item.get("samples"))
+            continue
         try:
             with wds.gopen(url) as stream:
                 yield from group_by_keys({**member, "__url__": url} for member in tar_file_iterator(stream))

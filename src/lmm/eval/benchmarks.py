@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 from lmm.data.collate import Collator
 from lmm.data.conversation import IMAGE_TOKEN, images_first
 from lmm.data.sample import Example, SampleProcessor, Skip, parse_record
-from lmm.data.shards import evaluation_stream, list_shards, read_manifest
+from lmm.data.shards import evaluation_stream, list_complete_shards, read_manifest
 from lmm.eval.answer import answer_questions, rank_and_world, write_predictions
 from lmm.eval.generate import evaluating
 from lmm.eval.metrics import BoxAccuracy, ExactMatch, parse_box
@@ -52,14 +52,14 @@ class SyntheticBenchmark:
 
     def check(self) -> None:
         """Raise if the split cannot be read (called before training)."""
-        list_shards(self.root / self.split)
+        list_complete_shards(self.root / self.split)
         read_manifest(self.root, "the synthetic mixture's baselines")
 
     def _items(self, processor: SampleProcessor) -> tuple[list[tuple[dict, str, dict]], list[Example], int]:
         """The questions (sample, question turn, meta), the encoded descriptions, and the records skipped."""
         questions, descriptions, skipped = [], [], 0
         # Every rank reads every question (a few hundred); the runner splits the generation work.
-        for n, sample in enumerate(evaluation_stream(list_shards(self.root / self.split), split_by_node=False)):
+        for n, sample in enumerate(evaluation_stream(list_complete_shards(self.root / self.split), split_by_node=False)):
             if self.limit is not None and n >= self.limit:
                 break
             try:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from lmm.data.image import ImageError
 from lmm.data.sample import image_keys, parse_record
-from lmm.data.shards import evaluation_stream, list_shards
+from lmm.data.shards import evaluation_stream, list_complete_shards
 from lmm.eval.benchmarks import question_turns
 from lmm.eval.metrics import box_iou, normalize_answer, parse_box
 
@@ -114,7 +114,7 @@ def grounding(doc: dict, results: list[str]) -> dict[str, float]:
 def synthetic_questions(root: Path, split: str = "test", limit: int | None = None) -> list[dict]:
     """The generative questions of the split's first `limit` records, as SyntheticBenchmark asks them."""
     docs = []
-    for n, sample in enumerate(evaluation_stream(list_shards(Path(root) / split), split_by_node=False)):
+    for n, sample in enumerate(evaluation_stream(list_complete_shards(Path(root) / split), split_by_node=False)):
         if limit is not None and n >= limit:
             break
         try:
