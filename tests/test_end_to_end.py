@@ -235,3 +235,54 @@ def test_a_re_score_builds_the_model_as_trained(pretrain_run, make_config, tmp_p
     out = capsys.readouterr().out
     assert "today's config would build another model than" in out and "connector._target_: 'lmm.model.connectors.MLPConnector'" in out
     assert "scoring the model as trained" in out and "synthetic/vqa/exact_match" in results["metrics"]
+
+
+@pytest.mark.slow
+def test_damaged_final_weights_are_refused_in_one_line(pretrain_run, make_config, tmp_path):
+    """final.safetensors carries its sha256 in status.json: a changed byte, NaNs, or a cut file is
+    refused by load_pretrained, task=eval, export and predict, never scored or published."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    import lmm
+    from lmm.eval.evaluate import evaluate_run
+    from lmm.predict import main as predict
+    from lmm.rundir import read_status, set_status
+    from lmm.save import file_sha256
+
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    shutil.copytree(pretrain_run, run)
+    (run / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(make_config("experiment=demo_pretrain", "trainer.max_steps=6", *FAST, run_dir=run), run / ".hydra" / "config.yaml")
+    weights = run / FINAL_WEIGHTS
+    assert read_status(run)["final_sha256"] == file_sha256(weights)
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF  # bit rot in a tensor's bytes
+    weights.write_bytes(bytes(data))
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "text": "Hi?"}) + "\n")
+    refusals = [
+        lambda: lmm.load_pretrained(run),
+        lambda: evaluate_run(make_config("task=eval", f"ckpt={run}", "stage=pretrain", *FAST, run_dir=tmp_path / "eval")),
+    ]
+    for refuse in refusals:
+        with pytest.raises(ValueError, match="is not the file its run recorded when it finished"):
+            refuse()
+    with pytest.raises(SystemExit, match=r"^\[lmm\] cannot load .* is not the file its run recorded"):
+        predict([str(run), "--input", str(questions), "--output", str(tmp_path / "a.jsonl")])
+
+    state = load_file(str(pretrain_run / FINAL_WEIGHTS))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(weights))
+    set_status(run, "finished", final_sha256=file_sha256(weights))  # a run that trained into NaNs records them faithfully
+    with pytest.raises(ValueError, match=rf"holds NaN or infinite values in 1 tensor\(s\) \(first: {name}\)"):
+        lmm.load_pretrained(run)
+    weights.write_bytes(weights.read_bytes()[:100])
+    set_status(run, "finished")  # no record: the file itself is checked
+    with pytest.raises(ValueError, match="cannot be read as safetensors"):
+        lmm.load_pretrained(run)

@@ -18,15 +18,15 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from lmm.data.image import ImageTransform
 from lmm.data.sample import SampleProcessor
 from lmm.data.tokenizer import load_tokenizer
 from lmm.model.build import build_model
 from lmm.model.lmm import LMM
-from lmm.rundir import FINAL_WEIGHTS, load_saved_config, saved_config_path
+from lmm.rundir import FINAL_WEIGHTS, load_saved_config, read_status, saved_config_path
 from lmm.safe_config import check_config
+from lmm.save import check_recorded_hash, read_weights
 from lmm.train.materialize import parameters_on_meta
 from lmm.train.stage import stage_of
 
@@ -78,10 +78,16 @@ def init_weights_path(source: str) -> Path:
     return path
 
 
+def recorded_sha256(weights: Path) -> str | None:
+    """The sha256 a run recorded for its final.safetensors when it finished (None for other files)."""
+    return read_status(Path(weights).parent).get("final_sha256") if Path(weights).name == FINAL_WEIGHTS else None
+
+
 def init_from(model: LMM, source: str, components: list[str]) -> None:
-    """Load `components` from a finished run (its final.safetensors) or a safetensors file,
-    reading only their tensors."""
+    """Load `components` from a finished run (its final.safetensors, checked against its recorded
+    sha256) or a safetensors file, reading only their tensors."""
     path = init_weights_path(source)
+    check_recorded_hash(path, recorded_sha256(path))
     with safe_open(str(path), framework="pt") as weights:
         keys = list(weights.keys())
         for name in components:
@@ -126,12 +132,14 @@ def build_trained(cfg: DictConfig, weights: Path, device: str | torch.device = "
     eval mode. Each part keeps its configured dtype; with `dtype`, the model is built on the meta
     device and the tensors are read straight to `device` and cast to `dtype` (no second copy)."""
     if dtype is None:
+        state = read_weights(weights, recorded_sha256(weights))
         model, processor = build_run(cfg, load_weights=False)
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(state)
         return model.eval().to(device), processor
+    state = read_weights(weights, recorded_sha256(weights), device=str(device))
     with parameters_on_meta():
         model, processor = build_run(cfg, load_weights=False)
-    model.load_state_dict(load_file(str(weights), device=str(device)), assign=True)
+    model.load_state_dict(state, assign=True)
     return model.to(device, dtype=dtype).eval(), processor
 
 

@@ -20,7 +20,7 @@ from lmm.factory import build_for_stage, build_trained, build_run, init_weights_
 from lmm.model.lmm import LMM
 from lmm.rundir import (CHECKPOINTS, FINAL_WEIGHTS, IDENTITY, STATUS, RunLock, claim_identity, finished,
                         first_process, read_results, save_run_config, set_status)
-from lmm.save import save_weights
+from lmm.save import file_sha256, save_weights
 from lmm.train.materialize import host_memory, parameters_on_meta, reset_peak_host_memory
 from lmm.train.module import LMMModule
 from lmm.train.plan import BatchPlan, batch_plan
@@ -135,7 +135,8 @@ def train(cfg: DictConfig) -> dict | None:
                 set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500])
             raise
         if main:
-            set_status(run_dir, "finished")  # last: final.safetensors and results.json exist
+            # Last: final.safetensors and results.json exist; its sha256 is what every later load checks.
+            set_status(run_dir, "finished", final_sha256=file_sha256(run_dir / FINAL_WEIGHTS))
             print_next_commands(run_dir)
         return results
 
