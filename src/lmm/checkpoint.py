@@ -42,6 +42,38 @@ def is_complete(path: Path) -> bool:
     return False
 
 
+def unreadable(path: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (incomplete, not a checkpoint, refused by
+    `weights_only`), or None. A single file is opened memory-mapped: nothing is read in full."""
+    if not is_complete(path):
+        return "missing, incomplete, or not a checkpoint"
+    if path.is_file():
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # a damaged archive, or a pickle that weights_only refuses
+            return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return None
+
+
+def resume_point(checkpoint_dir: Path, announce: bool = True) -> Path | None:
+    """Where a run resumes: last.ckpt, or, when it cannot be read, the previous complete one
+    (said in one line); None for a run with no checkpoint yet. A damaged last.ckpt with nothing
+    good before it stops the run (ValueError saying how to start over) instead of silently
+    starting at step 0. The same answer on every rank: nothing is moved or deleted here."""
+    last, old = checkpoint_dir / LAST, checkpoint_dir / f"{LAST}.old"
+    if not last.exists() and not old.exists():
+        return None
+    problem = unreadable(last)
+    if problem is None:
+        return last
+    if unreadable(old) is None:
+        if announce:
+            print(f"[lmm] {last} cannot be resumed from ({problem}); resuming from the previous complete checkpoint {old}")
+        return old
+    raise ValueError(f"{last} cannot be resumed from ({problem}) and no earlier checkpoint is complete; run the same "
+                     f"command with force=true to start this run over (or restore {last})")
+
+
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest complete checkpoint: last.ckpt, or the one it was replacing when a run died."""
     for candidate in (checkpoint_dir / LAST, checkpoint_dir / f"{LAST}.old"):

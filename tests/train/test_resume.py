@@ -112,3 +112,50 @@ def test_resume_restores_every_random_state(data_root, tmp_path):
     fit(second, resume=str(tmp_path / "ckpt" / "last.ckpt"))
     assert len(straight.losses) == 6 and first.losses + second.losses == straight.losses
     assert second.seen == straight.seen == 6 * 4  # "samples seen" is the whole run's, across the resume
+
+
+class Payload:
+    """Something `weights_only` refuses to unpickle."""
+
+
+@pytest.mark.slow
+def test_a_damaged_last_checkpoint_is_never_silently_ignored(make_config, tmp_path, capsys):
+    """An unreadable last.ckpt: the run resumes from the previous complete checkpoint (one line),
+    or, with none, stops in one line saying how to start over; never a silent restart at step 0
+    and never a last-v1.ckpt beside it."""
+    import shutil
+
+    from lmm.checkpoint import resume_point
+    from lmm.rundir import set_status
+    from lmm.train.train import train
+
+    quick = ["vision=tiny", "llm=tiny", "trainer.max_steps=4", "checkpoint_every=2", "eval_after_train=false", "data.batch_size=4",
+             "trainer.limit_val_batches=0", "data.num_workers=0", "trainer.enable_progress_bar=false"]
+    run = tmp_path / "run"
+    train(make_config(*quick, run_dir=run))
+    checkpoints = run / "checkpoints"
+    good = checkpoints / "last.ckpt"
+    set_status(run, "failed")  # as if it had died after its last checkpoint
+
+    shutil.copy(good, checkpoints / "last.ckpt.old")
+    good.write_bytes(b"garbage, not a zip archive")
+    capsys.readouterr()
+    train(make_config(*quick, run_dir=run))
+    out = capsys.readouterr().out
+    assert "cannot be resumed from (missing, incomplete, or not a checkpoint); resuming from the previous complete" in out
+    assert "trained 4 steps" in out and not any(p.name.startswith("last-v") for p in checkpoints.iterdir())
+    (checkpoints / "last.ckpt.old").unlink()
+
+    for damage in ("garbage", "payload"):
+        set_status(run, "failed")
+        if damage == "garbage":
+            good.write_bytes(good.read_bytes()[:200])
+        else:
+            torch.save({"state_dict": {}, "hidden": Payload()}, good)
+        with pytest.raises(ValueError, match=r"last.ckpt cannot be resumed from .* no earlier checkpoint is complete; run the same "
+                                             r"command with force=true"):
+            resume_point(checkpoints)
+        with pytest.raises(ValueError, match="force=true to start this run over"):
+            train(make_config(*quick, run_dir=run))
+    train(make_config(*quick, "force=true", run_dir=run))
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"] and "trained 4 steps" in capsys.readouterr().out

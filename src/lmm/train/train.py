@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmm import runlog
-from lmm.checkpoint import LAST, AtomicCheckpoint, latest_checkpoint
+from lmm.checkpoint import LAST, AtomicCheckpoint, resume_point
 from lmm.data.conversation import TEMPLATE_NAMES
 from lmm.data.shards import list_complete_shards
 from lmm.eval.evaluate import evaluate, format_table, new_results, save_results
@@ -114,9 +115,10 @@ def train(cfg: DictConfig) -> dict | None:
             requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # the old job may still be checkpointing
             lock = held.enter_context(RunLock(run_dir, wait_s=float(cfg.get("run_lock_wait_s") or (600 if requeued else 0)),
                                               announce=False))
-            if cfg.get("force"):
+            if cfg.get("force"):  # the run starts over: its identity, status and checkpoints go
                 for stale in (IDENTITY, STATUS):
                     (run_dir / stale).unlink(missing_ok=True)
+                shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
             claim_identity(run_dir, cfg)  # RunMismatch: refused, and nothing in the directory has changed
             lock.announce()
             save_run_config(run_dir, cfg, replace=bool(cfg.get("force")))
@@ -158,7 +160,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.ensure_data()
     strategy = instantiate(cfg.strategy)
-    checkpoints = AtomicCheckpoint(dirpath=run_dir / CHECKPOINTS, save_last=True, every_n_train_steps=cfg.checkpoint_every, save_top_k=0)
+    # enable_version_counter=False: last.ckpt is replaced in place, never joined by a last-v1.ckpt no re-run would read.
+    checkpoints = AtomicCheckpoint(dirpath=run_dir / CHECKPOINTS, save_last=True, every_n_train_steps=cfg.checkpoint_every,
+                                   save_top_k=0, enable_version_counter=False)
     no_validation = {"limit_val_batches": 0} if not datamodule.val_split else {}
     trainer: L.Trainer = instantiate(  # before the model: under FSDP only rank 0 reads the weights
         cfg.trainer,
@@ -187,7 +191,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     if first_process():
         print(f"[lmm] global batch {plan.global_batch} = {plan.per_device} per device × {plan.world} device(s) × "
               f"{plan.accumulation} accumulation; {plan.max_steps} steps")
-    last = None if cfg.get("force") else latest_checkpoint(run_dir / CHECKPOINTS)  # force=true starts over
+    last = None if cfg.get("force") else resume_point(run_dir / CHECKPOINTS, announce=first_process())  # force=true starts over
     if last is not None:
         print(f"[lmm] resuming from {last}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last else None)
