@@ -203,6 +203,10 @@ def test_status_files_decide_and_eval_directories_are_not_rows(tmp_path):
     (mlp.path / "status.json").write_text(json.dumps({"status": "failed", "task": "train", "error": "AgreedStop: ..."}))
     statuses = {r.overrides["connector"]: r.status for r in find_runs([str(root)])}
     assert statuses == {"linear": "finished", "mlp": "failed"}  # results.json alone no longer means finished
+    linear = next(r for r in runs if r.overrides["connector"] == "linear")
+    (linear.path / "results.json").write_text('{"metrics": {"acc": 0.')  # torn mid-write
+    statuses = {r.overrides["connector"]: r.status for r in find_runs([str(root)])}
+    assert statuses == {"linear": "incomplete", "mlp": "failed"}
 
 
 def test_runs_with_predictions_are_resampled_by_question(tmp_path):

@@ -106,3 +106,14 @@ def test_a_tuned_tower_in_the_checkpoint_is_used(data_root, tmp_path):
     loaded, _ = lmm.load_pretrained(tmp_path / "imported")
     for key, value in loaded.vision.model.state_dict().items():
         assert torch.equal(value, tuned[f"model.vision_tower.vision_tower.{key}"])
+
+
+def test_weights_of_another_shape_are_refused_in_one_line(data_root, tmp_path):
+    cfg = compose_config([], data_root)
+    model, _ = build_run(cfg)
+    ckpt = llava_checkpoint(model.eval(), data_root, tmp_path)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["intermediate_size"] = config["intermediate_size"] * 2  # config.json no longer describes the weights
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match=r"^\[lmm\] cannot convert .*: weights do not fit config.json: size mismatch for llm\.model\.layers"):
+        convert_main([str(ckpt), "--out", str(tmp_path / "imported")])

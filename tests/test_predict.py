@@ -102,3 +102,20 @@ def test_predict_records_every_malformed_line(tmp_path):
     assert [q.qid for q in good] == ["1"]
     assert [(e["question_id"], e["error"].split(":")[1].strip()[:12]) for e in bad] == [
         ("line 2", "'text' must "), ("line 3", "'image' must"), ("line 4", "not UTF-8 (i"), ("line 5", "not a JSON o")]
+
+
+def test_predict_reads_only_regular_image_files_and_says_a_missing_input_in_one_line(tmp_path):
+    import os
+
+    from lmm.data.sample import Skip
+    from lmm.eval.official import Question, question_example
+    from lmm.predict import read_questions
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    for path, reason in ((Path("/dev/zero"), "is not a regular file"), (fifo, "is not a regular file"), (tmp_path, "is not a regular file"),
+                         (tmp_path / "absent.jpg", "cannot read")):
+        skip = question_example(processor=None, q=Question("q", "What?", path))
+        assert isinstance(skip, Skip) and skip.reason.startswith("image: ") and reason in skip.reason
+    with pytest.raises(SystemExit, match=r"^\[lmm\] --input .*missing.jsonl: no such file"):
+        read_questions(tmp_path / "missing.jsonl", tmp_path)

@@ -112,7 +112,12 @@ def find_runs(paths: list[str]) -> list[Run]:
                 if overrides.get("task", "train") != "train" or read_status(run_dir).get("task", "train") != "train":
                     continue  # task=eval / task=export directories score or copy a run; they are not runs
                 status = _status(run_dir)
-                results = (read_results(run_dir) or {}) if status == "finished" else {}
+                try:
+                    results = (read_results(run_dir) or {}) if status == "finished" else {}
+                except (json.JSONDecodeError, UnicodeDecodeError):  # a torn results.json: the run did not finish writing
+                    status, results = "incomplete", {}
+                if not isinstance(results, dict):
+                    status, results = "incomplete", {}
                 cost = {k: v for k, v in (results.get("cost") or {}).items() if k in COST_COLUMNS and v is not None}
                 found[run_dir] = Run(run_dir, overrides, status, results.get("metrics", {}), cost, not_factors(run_dir))
     if not found:

@@ -19,7 +19,7 @@ from transformers import TextStreamer
 
 from lmm.data.collate import Collator
 from lmm.data.conversation import IMAGE_TOKEN
-from lmm.data.image import ImageError, decode_image
+from lmm.data.image import ImageError, decode_image, read_image_file
 from lmm.data.sample import Example, image_entries
 from lmm.eval.generate import end_of_turn_ids
 
@@ -34,9 +34,9 @@ class Chat:
 
     def add_image(self, path: str) -> str:
         try:
-            data = Path(path).expanduser().read_bytes()
+            data = read_image_file(Path(path).expanduser())  # a regular file only: /dev/zero or a FIFO never ends
             decode_image(data)  # refuse it now, not mid-answer
-        except (OSError, ImageError) as e:
+        except ImageError as e:
             return f"[lmm] cannot use image {path}: {e}; the conversation goes on without it"
         self.images.append(data)
         self.unasked += 1

@@ -205,7 +205,10 @@ def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: st
     weights = {f"vision.model.{k}": v for k, v in (tower_model.state_dict() | tuned_tower).items()}
     weights |= connector_state
     weights |= {f"llm.{k}": v for k, v in llm_state.items()}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a tensor of another shape than config.json describes
+        raise ConversionError(f"weights do not fit config.json: {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
     if missing or unexpected:
         raise ConversionError(f"weights do not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
     out.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,13 @@ def read_questions(path: Path, image_folder: Path) -> tuple[list[Question], list
     """Questions, and error records for the lines that are not usable questions (checked before
     any model is loaded; one bad line never stops the others)."""
     questions, errors = [], []
-    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
+    if not path.is_file():
+        raise SystemExit(f"[lmm] --input {path}: no such file (or not a regular file)")
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
+        raise SystemExit(f"[lmm] --input {path}: cannot read it ({e.strerror})") from None
+    for n, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:

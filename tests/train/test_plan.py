@@ -64,3 +64,10 @@ def test_a_benchmark_on_the_mixture_about_to_be_generated_passes_preflight(tmp_p
     elsewhere = compose_config([f"paths.data={tmp_path}", f"eval.benchmarks.synthetic.root={tmp_path}/other"])
     with pytest.raises(FileNotFoundError, match="eval.benchmarks.synthetic: no .tar shards"):
         preflight(elsewhere)
+
+
+@pytest.mark.parametrize("override, words", [("trainer.devices=0", "trainer.devices=0: give a number of devices >= 1"),
+                                             ("trainer.num_nodes=0", "trainer.num_nodes=0: must be a whole number >= 1")])
+def test_a_world_of_no_devices_is_refused_in_one_line(override, words):
+    with pytest.raises(ValueError, match=words):
+        world_size(compose_config([override]).trainer)

@@ -11,7 +11,9 @@ greyscale are rescaled to 8 bits, where PIL's convert would saturate them."""
 from __future__ import annotations
 
 import io
+import stat
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ ASPECTS = ("pad", "resize", "crop", "anyres")
 ALPHA = ("drop", "white")  # drop: LLaVA's convert("RGB") keeps the colour under transparency; white: composite over white
 EXIF = ("ignore", "apply")  # ignore: LLaVA reads the stored pixels; apply: turn the image upright by its EXIF orientation
 MAX_PIXELS = 8192 * 8192  # larger images are refused as decompression bombs
+MAX_FILE_BYTES = 256 * 2**20  # an image file larger than this is refused before it is read
 ORIENTATION_TAG = 0x0112  # EXIF orientation: 5-8 turn the image by 90°, swapping its sides
 
 
@@ -56,6 +59,22 @@ def to_rgb(image: Image.Image, alpha: str = "drop") -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """An image file's bytes: only a regular file (not a device, FIFO or directory, which could
+    hang or never end) of at most MAX_FILE_BYTES; ImageError otherwise."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise ImageError(f"cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(f"{path} is not a regular file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ImageError(f"{path} is {info.st_size:,d} bytes, more than an image may be ({MAX_FILE_BYTES:,d})")
+    with open(path, "rb") as f:
+        return f.read(MAX_FILE_BYTES + 1)
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, alpha: str = "drop", exif: str = "ignore") -> Image.Image:

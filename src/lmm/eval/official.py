@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmm.data.conversation import images_first
+from lmm.data.image import ImageError, read_image_file
 from lmm.data.sample import Example, SampleProcessor, Skip, image_entries
 from lmm.data.sources import GROUNDING, MULTIPLE_CHOICE, SHORT_ANSWER
 from lmm.eval.answer import answer_questions, write_predictions
@@ -75,8 +76,8 @@ def question_example(processor: SampleProcessor, q: Question) -> Example | Skip:
     sample: dict = {"__key__": str(q.qid)}
     images = q.image if isinstance(q.image, list) else [] if q.image is None else [q.image]
     try:
-        sample |= image_entries([image if isinstance(image, bytes) else Path(image).read_bytes() for image in images])
-    except OSError as e:
+        sample |= image_entries([image if isinstance(image, bytes) else read_image_file(image) for image in images])
+    except ImageError as e:
         return Skip(str(q.qid), f"image: {e}")
     prompt = images_first(q.prompt, len(images))
     return processor.encode(sample, [{"from": "human", "value": prompt}], generation_prompt=True, meta={"qid": q.qid})

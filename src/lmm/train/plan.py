@@ -26,8 +26,16 @@ def world_size(trainer: DictConfig) -> int:
         devices = torch.cuda.device_count() if trainer.get("accelerator") in ("gpu", "cuda") else 1
         devices = max(1, devices)
     elif not isinstance(devices, int):
-        devices = len(devices) if hasattr(devices, "__len__") and not isinstance(devices, str) else int(devices)
-    return int(devices) * int(trainer.get("num_nodes", 1))
+        try:
+            devices = len(devices) if hasattr(devices, "__len__") and not isinstance(devices, str) else int(devices)
+        except ValueError:
+            devices = None
+    nodes = trainer.get("num_nodes", 1)
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"trainer.devices={trainer.get('devices')!r}: give a number of devices >= 1, a list of device ids, or auto")
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
+        raise ValueError(f"trainer.num_nodes={nodes!r}: must be a whole number >= 1")
+    return devices * nodes
 
 
 def accumulation(global_batch: int | None, per_device: int, world: int, configured: int = 1) -> int:
