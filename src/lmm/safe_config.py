@@ -23,6 +23,8 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 # The resolvers conf/ uses (lmm.config registers them; `hydra` is Hydra's, and saved configs point
 # it at the run's own hydra.yaml) and the one Hydra's saved settings use for dates.
 ALLOWED_RESOLVERS = frozenset({"hydra", "repo_path", "run_id", "abspath", "basename", "slurm_gpus", "slurm_tasks", "now"})
+# Classes earlier versions of conf/ named, which runs saved then still name.
+FORMER_TARGETS = frozenset({"lightning.pytorch.loggers.TensorBoardLogger"})
 RESOLVER_CALL = re.compile(r"\$\{\s*([^\s:{}]+)\s*:")
 
 
@@ -48,7 +50,7 @@ def allowed_targets() -> frozenset[str]:
 
     for path in sorted(CONF.rglob("*.yaml")):
         collect(yaml.safe_load(path.read_text()))
-    return frozenset(targets)
+    return frozenset(targets) | FORMER_TARGETS
 
 
 def check_config(node, source: str, path: str = "") -> None:

@@ -48,3 +48,14 @@ def test_every_logger_at_once_gets_the_run(make_config, tmp_path, monkeypatch):
     (offline,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     records = offline.read_bytes()
     assert all(key.encode() in records for key in wanted), [key for key in wanted if key.encode() not in records]
+
+
+def test_tensorboard_takes_the_run_directory_literally(tmp_path, monkeypatch):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+    run_dir = tmp_path / "runs" / "name_$HOME"
+    logger = instantiate(compose_config([], run_dir=run_dir).logger.tensorboard)
+    assert logger.log_dir.rstrip("/") == str(run_dir / "tb")  # not $HOME expanded
