@@ -40,6 +40,10 @@ HYDRA_DIR = ".hydra"
 # Where a run writes, how it shows progress, what it logs to, and task=simulate's settings.
 NOT_IDENTITY = ("run_dir", "paths.runs", "force", "run_lock_wait_s", "trainer.enable_progress_bar", "data.num_workers", "name",
                 "logger", "simulate")
+# How the global batch is laid out over devices: a run may resume with another layout of the same
+# global batch (the global batch plan makes the data and the updates the same), so these are left
+# out of the identity and the global batch itself is in it.
+LAYOUT = ("trainer.devices", "trainer.num_nodes", "data.batch_size", "trainer.accumulate_grad_batches")
 
 
 class RunDirectoryInUse(RuntimeError):
@@ -115,10 +119,30 @@ def first_process() -> bool:
     return all(int(os.environ[key]) == 0 for key in ranks if os.environ.get(key, "").isdigit())
 
 
+def batch_layout(cfg: DictConfig) -> dict | None:
+    """{"global_batch", "devices", "per_device", "accumulation"} of a config, or None if it has no valid one
+    (preflight says why)."""
+    from lmm.train.plan import accumulation, world_size
+
+    try:
+        world, per_device = world_size(cfg.trainer), int(cfg.data.batch_size)
+        accumulate = accumulation(cfg.stage.get("global_batch_size"), per_device, world, int(cfg.trainer.get("accumulate_grad_batches", 1)))
+    except (ValueError, TypeError):
+        return None
+    return {"global_batch": per_device * world * accumulate, "devices": world, "per_device": per_device, "accumulation": accumulate}
+
+
 def identity_config(cfg: DictConfig) -> dict:
-    """The resolved config without the keys that cannot change the result."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in NOT_IDENTITY:
+    """The resolved config without the keys that cannot change the result; the global batch in
+    place of its layout over devices."""
+    resolved = _without(OmegaConf.to_container(cfg, resolve=True), NOT_IDENTITY + LAYOUT)
+    layout = batch_layout(cfg)
+    resolved["global_batch"] = layout["global_batch"] if layout else None
+    return resolved
+
+
+def _without(resolved: dict, keys: tuple[str, ...]) -> dict:
+    for dotted in keys:
         *parents, leaf = dotted.split(".")
         node = resolved
         for key in parents:
@@ -126,6 +150,11 @@ def identity_config(cfg: DictConfig) -> dict:
         if isinstance(node, dict):
             node.pop(leaf, None)
     return resolved
+
+
+def legacy_identity_config(cfg: DictConfig) -> dict:
+    """The identity as runs recorded it before the layout left it (devices and batch size in it)."""
+    return _without(OmegaConf.to_container(cfg, resolve=True), NOT_IDENTITY)
 
 
 def fingerprint(config: dict) -> str:
@@ -172,9 +201,10 @@ def claim_identity(run_dir: Path, cfg: DictConfig) -> None:
     config = identity_config(cfg)
     path = Path(run_dir) / IDENTITY
     if path.exists():
-        recorded = json.loads(path.read_text())
-        if recorded["fingerprint"] != fingerprint(config):
-            diff = differences(recorded["config"], config)
+        recorded = json.loads(path.read_text())["config"]
+        current = config if "global_batch" in recorded else legacy_identity_config(cfg)  # an older run: compared as then
+        if fingerprint(recorded) != fingerprint(current):
+            diff = differences(recorded, current)
             raise RunMismatch(f"{run_dir} holds a run with a different config ({'; '.join(diff[:8])}"
                               f"{'; ...' if len(diff) > 8 else ''}); use another name=, or force=true to replace that run")
         return

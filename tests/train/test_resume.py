@@ -159,3 +159,27 @@ def test_a_damaged_last_checkpoint_is_never_silently_ignored(make_config, tmp_pa
             train(make_config(*quick, run_dir=run))
     train(make_config(*quick, "force=true", run_dir=run))
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"] and "trained 4 steps" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_run_resumes_with_another_layout_of_the_same_global_batch(make_config, tmp_path, capsys):
+    """Devices, per-device batch and accumulation are how the global batch is laid out, not the
+    run's identity: another layout of the same global batch resumes (said in one line), another
+    global batch is refused with the reason; sample totals stay those of the whole run."""
+    from lmm.rundir import RunMismatch, set_status
+    from lmm.train.train import train
+
+    common = ["vision=tiny", "llm=tiny", "trainer.max_steps=4", "checkpoint_every=2", "eval_after_train=false",
+              "trainer.limit_val_batches=0", "data.num_workers=0", "trainer.enable_progress_bar=false", "stage.global_batch_size=8"]
+    run = tmp_path / "run"
+    first = train(make_config(*common, "data.batch_size=4", run_dir=run))  # 4 per device × 2 accumulation
+    assert first["cost"]["samples_seen"] == 4 * 8
+    set_status(run, "failed", layout={"global_batch": 8, "devices": 1, "per_device": 4, "accumulation": 2})
+    capsys.readouterr()
+    again = train(make_config(*common, "data.batch_size=8", run_dir=run))  # 8 per device × 1 accumulation
+    out = capsys.readouterr().out
+    assert "resuming on 1 device(s) × 8 per device × 1 accumulation (was 1 × 4 × 2): the global batch of 8 is unchanged" in out
+    assert again["cost"]["samples_seen"] == 4 * 8  # the run's totals, not this session's, nor twice them
+    set_status(run, "failed")
+    with pytest.raises(RunMismatch, match=r"global_batch: 8 -> 16"):
+        train(make_config(*common[:-1], "stage.global_batch_size=16", "data.batch_size=8", run_dir=run))

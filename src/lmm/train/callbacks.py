@@ -90,7 +90,8 @@ class Throughput(L.Callback):
 
     def __init__(self, flop_counter: FlopCounter):
         self.flop_counter = flop_counter
-        # Run totals (this rank); kept in checkpoints so a resumed run reports the whole run.
+        # Run totals over all ranks (gathered every step, so equal on every rank), and rank 0's
+        # training time; kept in checkpoints, so a resumed run (on any number of ranks) reports the whole run.
         self.totals = {"samples": 0, "tokens": 0, "flops": 0.0, "images": 0, "visual_tokens": 0, "train_wall_s": 0.0}
         self.model_load_host_bytes = 0  # peak host memory added by building + loading the model
         self._step_work: tuple[int, int, float] | None = None  # samples, tokens, FLOPs of the step in flight
@@ -104,15 +105,17 @@ class Throughput(L.Callback):
         self._last_step_end = time.perf_counter()
 
     def on_train_batch_start(self, trainer, module, batch: Batch, batch_idx: int) -> None:
-        """Counted at the start, not at the end: a checkpoint written at this step's end must include it."""
-        if not batch.rows:  # a placeholder step (every sample of this rank's share skipped) trains nothing
-            return
-        lengths = batch.sample_lengths  # attention is per sample
-        self._step_work = (len(lengths), sum(lengths), self.flop_counter.step_flops(lengths, batch.views))  # the tower runs once per view
-        for key, value in zip(("samples", "tokens", "flops"), self._step_work):
+        """Counted at the start, not at the end: a checkpoint written at this step's end must include it.
+        One gather on every rank (a placeholder step, every sample of a rank's share skipped, adds zeros)."""
+        work = [0.0] * 5
+        if batch.rows:
+            lengths = batch.sample_lengths  # attention is per sample
+            work = [len(lengths), sum(lengths), self.flop_counter.step_flops(lengths, batch.views), batch.images,  # the tower runs once per view
+                    int((batch.input_ids == module.model.image_token_id).sum())]  # AnyRes: visual tokens differ per image
+            self._step_work = tuple(work[:3])
+        world = gather_rows(trainer.strategy, [float(x) for x in work], module.device, torch.float64).sum(dim=0).tolist()
+        for key, value in zip(("samples", "tokens", "flops", "images", "visual_tokens"), world):
             self.totals[key] += value
-        self.totals["images"] += batch.images
-        self.totals["visual_tokens"] += int((batch.input_ids == module.model.image_token_id).sum())  # AnyRes: differs per image
 
     def on_train_batch_end(self, trainer, module, outputs, batch: Batch, batch_idx: int) -> None:
         """Account the step that just ended (forward, backward, optimiser)."""
@@ -132,9 +135,7 @@ class Throughput(L.Callback):
 
     def cost_summary(self, trainer: L.Trainer, module: L.LightningModule) -> dict:
         """Totals over all ranks (a collective: every rank must call it)."""
-        keys = [key for key in self.totals if key != "train_wall_s"]
-        rows = gather_rows(trainer.strategy, [float(self.totals[key]) for key in keys], module.device, torch.float64)
-        summed = dict(zip(keys, rows.sum(dim=0).tolist()))
+        summed = self.totals  # world totals already
         memory, memory_kind = peak_memory_bytes(module.device)
         loads = gather_rows(trainer.strategy, [self.model_load_host_bytes], module.device).flatten().tolist()
         wall, peak = self.totals["train_wall_s"], self._peak_flops

@@ -19,8 +19,8 @@ from lmm.data.shards import list_complete_shards
 from lmm.eval.evaluate import evaluate, format_table, new_results, save_results
 from lmm.factory import build_for_stage, build_trained, build_run, init_weights_path, pretrained_ids
 from lmm.model.lmm import LMM
-from lmm.rundir import (CHECKPOINTS, FINAL_WEIGHTS, IDENTITY, STATUS, RunLock, claim_identity, finished,
-                        first_process, read_results, save_run_config, set_status)
+from lmm.rundir import (CHECKPOINTS, FINAL_WEIGHTS, IDENTITY, STATUS, RunLock, batch_layout, claim_identity, finished,
+                        first_process, read_results, read_status, save_run_config, set_status)
 from lmm.save import file_sha256, save_weights
 from lmm.train.materialize import host_memory, parameters_on_meta, reset_peak_host_memory
 from lmm.train.module import LMMModule
@@ -115,32 +115,45 @@ def train(cfg: DictConfig) -> dict | None:
             requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # the old job may still be checkpointing
             lock = held.enter_context(RunLock(run_dir, wait_s=float(cfg.get("run_lock_wait_s") or (600 if requeued else 0)),
                                               announce=False))
-            if cfg.get("force"):  # the run starts over: its identity, status and checkpoints go
-                for stale in (IDENTITY, STATUS):
-                    (run_dir / stale).unlink(missing_ok=True)
-                shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
-            claim_identity(run_dir, cfg)  # RunMismatch: refused, and nothing in the directory has changed
-            lock.announce()
-            save_run_config(run_dir, cfg, replace=bool(cfg.get("force")))
-            runlog.accept()
+            layout = accept_run(run_dir, cfg, lock)
             if finished(run_dir) and not cfg.get("force"):
                 print(f"[lmm] {run_dir} has already finished; not re-running it (force=true, or delete the directory, to redo it).")
                 results = read_results(run_dir)
                 print(format_table(results))
                 print_next_commands(run_dir)
                 return results
-            set_status(run_dir, "running")
+            set_status(run_dir, "running", layout=layout)
         try:
             results = _train(cfg, run_dir)
         except BaseException as e:
             if main:
-                set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500])
+                set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:500], layout=layout)
             raise
         if main:
             # Last: final.safetensors and results.json exist; its sha256 is what every later load checks.
-            set_status(run_dir, "finished", final_sha256=file_sha256(run_dir / FINAL_WEIGHTS))
+            set_status(run_dir, "finished", final_sha256=file_sha256(run_dir / FINAL_WEIGHTS), layout=layout)
             print_next_commands(run_dir)
         return results
+
+
+def accept_run(run_dir: Path, cfg: DictConfig, lock: RunLock) -> dict | None:
+    """Rank 0, holding the lock: check the run's identity (RunMismatch refuses the command with
+    nothing in the directory changed), then take the run: who holds it, its saved config, its
+    log. A resume with another layout of the same global batch says so. Returns the layout."""
+    if cfg.get("force"):  # the run starts over: its identity, status and checkpoints go
+        for stale in (IDENTITY, STATUS):
+            (run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    claim_identity(run_dir, cfg)
+    layout, before = batch_layout(cfg), read_status(run_dir).get("layout")
+    if before and layout and before != layout and not finished(run_dir):
+        print(f"[lmm] resuming on {layout['devices']} device(s) × {layout['per_device']} per device × {layout['accumulation']} "
+              f"accumulation (was {before['devices']} × {before['per_device']} × {before['accumulation']}): the global batch "
+              f"of {layout['global_batch']} is unchanged, so the run continues at its next sample")
+    lock.announce()
+    save_run_config(run_dir, cfg, replace=bool(cfg.get("force")))
+    runlog.accept()
+    return layout
 
 
 def print_next_commands(run_dir: Path) -> None:
