@@ -52,6 +52,28 @@ def unreadable(path: Path) -> str | None:
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # a damaged archive, or a pickle that weights_only refuses
             return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        return None
+    return missing_shard(path)
+
+
+def missing_shard(path: Path) -> str | None:
+    """A sharded checkpoint's shard files, from its DCP metadata: each is there and holds every
+    byte range the metadata places in it (a deleted or cut shard file), else why not."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        storage = FileSystemReader(str(path)).read_metadata().storage_data
+    except Exception as e:
+        return f"its {DCP_METADATA} cannot be read ({type(e).__name__})"
+    needed: dict[str, int] = {}
+    for info in storage.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, size in sorted(needed.items()):
+        shard = path / name
+        if not shard.is_file():
+            return f"shard file {name} is missing"
+        if shard.stat().st_size < size:
+            return f"shard file {name} has {shard.stat().st_size} bytes, its metadata needs {size}"
     return None
 
 

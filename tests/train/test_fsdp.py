@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from safetensors.torch import load_file, save_file
 
-from lmm.checkpoint import consolidate, is_complete
+from lmm.checkpoint import consolidate, is_complete, resume_point, unreadable
 from lmm.eval.evaluate import evaluate_run
 from lmm.factory import build_run
 from tests.conftest import compose_config
@@ -60,6 +61,16 @@ def test_fsdp_matches_one_process_resumes_and_consolidates(workdir):
     assert (simulated.parameters, simulated.gradients, simulated.optimizer) == (real["parameters"], real["gradients"], real["optimizer"])
     last = workdir / "checkpoints" / "last.ckpt"
     assert last.is_dir() and is_complete(last) and not (workdir / "checkpoints" / "last.ckpt.partial").exists()
+    assert unreadable(last) is None
+    damaged = workdir / "damaged" / "last.ckpt"
+    shutil.copytree(last, damaged)
+    shard = sorted(damaged.glob("*.distcp"))[-1]
+    shard.write_bytes(shard.read_bytes()[:10])
+    assert unreadable(damaged) == f"shard file {shard.name} has 10 bytes, its metadata needs {(last / shard.name).stat().st_size}"
+    shard.unlink()
+    assert unreadable(damaged) == f"shard file {shard.name} is missing"
+    with pytest.raises(ValueError, match=f"cannot be resumed from \\(shard file {shard.name} is missing\\).*force=true"):
+        resume_point(damaged.parent)
     merged = load_file(str(consolidate(workdir)))  # no run config here: the trained parameters alone
     final = load_file(str(workdir / "final.safetensors"))
     assert merged.keys() == {k for k in final if not k.startswith("vision.")}  # the stage trains connector + llm
