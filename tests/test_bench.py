@@ -58,3 +58,27 @@ def test_data_benchmark_measures_both_loaders(tmp_path, data_root):
     assert json.loads((tmp_path / "data.json").read_text()) == result
     assert result["lmm_samples_per_s"] > 0 and result["llava_map_style_samples_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["lmm_samples_per_s"] / result["llava_map_style_samples_per_s"], rel=0.01)
+
+
+def test_eval_benchmark_answers_every_question_on_both_sides(tmp_path, data_root):
+    from lmm.bench.eval import main
+
+    result = main(["--questions", "4", "--batch-size", "4", "--data", str(data_root), "--out", str(tmp_path / "eval.json")])
+    assert result["questions"] > 0 and set(result["answers"].values()) == {result["questions"]}
+    assert result["batch_1_answers_per_s"] > 0 and result["ratio"] > 0 and result["same_answers"]
+
+
+def test_train_step_benchmark_times_the_same_tokens_on_both_sides(tmp_path, data_root):
+    from lmm.bench.train_step import WARMUP, main
+
+    result = main(["--steps", str(WARMUP + 2), "--repeats", "1", "--data", str(data_root), "--out", str(tmp_path / "train_step.json")])
+    assert result["tokens_timed"]["lmm"] == result["tokens_timed"]["bare"] > 0
+    assert result["lmm_tokens_per_s"] > 0 and result["bare_llava_tokens_per_s"] > 0 and result["ratio"] > 0
+
+
+def test_no_ratio_is_printed_for_a_side_that_measured_nothing():
+    from lmm.bench import NothingMeasured, checked_ratio
+
+    assert checked_ratio(10.0, 5.0, {"ours": 3, "theirs": 3}) == 2.0
+    with pytest.raises(NothingMeasured, match="batch 1 measured nothing"):
+        checked_ratio(0.0, 5.0, {"batch 1": 0, "batch 32": 14})

@@ -20,3 +20,16 @@ def save_result(result: dict, out: str | Path, argv: list[str] | None) -> dict:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+class NothingMeasured(RuntimeError):
+    """A side of a benchmark did no work: no rate or ratio may be printed for it."""
+
+
+def checked_ratio(ours: float, baseline: float, work: dict[str, int | float]) -> float:
+    """ours / baseline, only when every side did real work (`work`: each side's count of answers,
+    samples or tokens); NothingMeasured names the side that measured nothing."""
+    empty = [side for side, amount in work.items() if not amount or amount <= 0]
+    if empty or not ours or not baseline:
+        raise NothingMeasured(f"no ratio: {', '.join(empty) or 'a rate'} measured nothing ({work})")
+    return ours / baseline

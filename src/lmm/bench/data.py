@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from lmm.bench import save_result
+from lmm.bench import checked_ratio, save_result
 from lmm.data.collate import Collator
 from lmm.data.conversation import encode
 from lmm.data.convert import convert
@@ -84,14 +84,15 @@ def forever(loader):
         yield from loader
 
 
-def samples_per_second(loader, batches: int, warmup: int = 3) -> float:
+def samples_per_second(loader, batches: int, warmup: int = 3) -> tuple[int, float]:
+    """(samples loaded in the timed batches, seconds)."""
     iterator = forever(loader)
     for _ in range(warmup):
         next(iterator)
     start, count = time.perf_counter(), 0
     for _ in range(batches):
         count += next(iterator).input_ids.shape[0]
-    return count / (time.perf_counter() - start)
+    return count, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -121,20 +122,23 @@ def main(argv: list[str] | None = None) -> dict:
                                   num_workers=args.workers, collate_fn=Collator(tokenizer.pad_token_id), persistent_workers=args.workers > 0)
         # Alternate the two, twice, so a slow spell of the machine hits both alike.
         rounds = [(samples_per_second(llava_loader, args.batches), samples_per_second(lmm_loader, args.batches)) for _ in range(2)]
-        baseline = sum(r[0] for r in rounds) / len(rounds)
-        ours = sum(r[1] for r in rounds) / len(rounds)
+    samples = {"lmm": sum(r[1][0] for r in rounds), "llava": sum(r[0][0] for r in rounds)}
+    baseline = samples["llava"] / sum(r[0][1] for r in rounds)
+    ours = samples["lmm"] / sum(r[1][1] for r in rounds)
     result = {
         "benchmark": "data",
         "lmm_samples_per_s": round(ours, 1),
         "llava_map_style_samples_per_s": round(baseline, 1),
-        "ratio": round(ours / baseline, 3),
+        "samples_timed": samples,  # each side's, over both rounds
+        "ratio": round(checked_ratio(ours, baseline, samples), 3),
         "lmm_samples_per_s_per_worker": round(ours / max(1, args.workers), 1),
         "workers": args.workers,
         "batch_size": args.batch_size,
         "image_size": SIZE,
     }
-    print(f"lmm streaming      {ours:8.1f} samples/s  ({result['lmm_samples_per_s_per_worker']} per worker, {args.workers} workers)")
-    print(f"LLaVA map-style    {baseline:8.1f} samples/s")
+    print(f"lmm streaming      {ours:8.1f} samples/s  ({samples['lmm']} samples; {result['lmm_samples_per_s_per_worker']} per worker, "
+          f"{args.workers} workers)")
+    print(f"LLaVA map-style    {baseline:8.1f} samples/s  ({samples['llava']} samples)")
     print(f"ratio              {result['ratio']:8.3f}x")
     return save_result(result, args.out, argv)
 

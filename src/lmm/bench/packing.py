@@ -26,7 +26,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lmm.bench import save_result
+from lmm.bench import checked_ratio, save_result
 from lmm.data.collate import Batch, Collator
 from lmm.data.sample import Example
 from lmm.model.attention import use_packed_attention
@@ -99,10 +99,10 @@ def measure(shape: str, items: list[Example], plan: list[list[Example]], repeats
     for _ in range(repeats):  # interleaved, so drifts in machine load hit both
         for mode in times:
             times[mode].append(run(model, batches[mode]))
-    real = sum(len(x.input_ids) for x in items)
-    rate = {mode: real / statistics.median(seconds) for mode, seconds in times.items()}
-    ratios = [round(padded / packed, 3) for padded, packed in zip(times["padded"], times["packed"])]
-    print(f"{shape:6s} 2 × {hidden}: padded {rate['padded']:9.1f}  packed {rate['packed']:9.1f} real tokens/s  "
+    real = {mode: sum(sum(b.sample_lengths) for b in mode_batches) for mode, mode_batches in batches.items()}  # each side's: the same samples
+    rate = {mode: real[mode] / statistics.median(seconds) for mode, seconds in times.items()}
+    ratios = [round(checked_ratio(1 / packed, 1 / padded, real), 3) for padded, packed in zip(times["padded"], times["packed"])]
+    print(f"{shape:6s} 2 × {hidden}: {real['packed']} real tokens each; padded {rate['padded']:9.1f}  packed {rate['packed']:9.1f} real tokens/s  "
           f"ratio {statistics.median(ratios):.2f}x (median of {repeats}: {ratios})")
     return {
         "model": f"Llama 2 layers × {hidden} ({heads} heads, random init), fp32",

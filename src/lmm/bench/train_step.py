@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from lmm.bench import save_result
+from lmm.bench import checked_ratio, save_result
 from lmm.config import register_resolvers
 from lmm.export import save_hf
 from lmm.train.module import LMMModule
@@ -44,17 +44,19 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter())
 
 
-def lmm_tokens_per_s(model, batches: list[Batch], steps: int) -> float:
+def lmm_tokens_per_s(model, batches: list[Batch], steps: int) -> tuple[int, float]:
+    """(tokens trained in the timed steps, seconds they took)."""
     module = LMMModule(model, Stage(train={"connector": True, "llm": True}, optim={"lr": 1e-4, "warmup_ratio": 0.0}))
     timer = StepTimer()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0)
     trainer.fit(module, DataLoader(batches, batch_size=None))
-    tokens = sum(int(b.attention_mask.sum()) for b in batches[WARMUP:steps])
-    return tokens / (timer.times[steps - 1] - timer.times[WARMUP - 1])
+    trained = timer.times[WARMUP - 1 : steps]  # the ends of the warm-up's last step and of each timed step
+    tokens = sum(int(b.attention_mask.sum()) for b in batches[WARMUP : WARMUP + len(trained) - 1])
+    return tokens, trained[-1] - trained[0] if len(trained) > 1 else 0.0
 
 
-def bare_tokens_per_s(hf, batches: list[Batch], steps: int) -> float:
+def bare_tokens_per_s(hf, batches: list[Batch], steps: int) -> tuple[int, float]:
     hf.train()
     hf.model.vision_tower.requires_grad_(False)
     hf.model.vision_tower.eval()
@@ -68,20 +70,21 @@ def bare_tokens_per_s(hf, batches: list[Batch], steps: int) -> float:
         optimizer.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
     tokens = sum(int(b.attention_mask.sum()) for b in batches[WARMUP:steps])
-    return tokens / (marks[steps - 1] - marks[WARMUP - 1])
+    return tokens, marks[steps - 1] - marks[WARMUP - 1]
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data", default="data", help="paths.data: where data/synthetic is (generated when absent)")
     parser.add_argument("--out", default="experiments/bench/train_step.json")
     args = parser.parse_args(argv)
     from transformers import LlavaForConditionalGeneration
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["llm=small", "run_dir=/tmp/lmm-bench-train-step"])
+        cfg = compose("config", overrides=["llm=small", "run_dir=/tmp/lmm-bench-train-step", f"paths.data={args.data}"])
     data = instantiate(cfg.data, seed=0, num_workers=0)
     data.ensure_data()
     torch.manual_seed(0)
@@ -93,23 +96,27 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         save_hf(model, processor, cfg, Path(tmp) / "hf")
         hf_path = Path(tmp) / "hf"
-        rates = {"lmm": [], "bare": []}
+        work = {"lmm": [], "bare": []}  # (tokens, seconds) per repeat
         for _ in range(args.repeats):  # interleaved, from the same starting weights each time
             model.load_state_dict(initial)
-            rates["lmm"].append(lmm_tokens_per_s(model, batches, args.steps))
-            rates["bare"].append(bare_tokens_per_s(LlavaForConditionalGeneration.from_pretrained(hf_path), batches, args.steps))
-    ratios = [a / b for a, b in zip(rates["lmm"], rates["bare"])]
+            work["lmm"].append(lmm_tokens_per_s(model, batches, args.steps))
+            work["bare"].append(bare_tokens_per_s(LlavaForConditionalGeneration.from_pretrained(hf_path), batches, args.steps))
+    rates = {side: [tokens / seconds if seconds else 0.0 for tokens, seconds in runs] for side, runs in work.items()}
+    ratios = [checked_ratio(a, b, {"lmm tokens": ta, "bare tokens": tb})
+              for a, b, (ta, _), (tb, _) in zip(rates["lmm"], rates["bare"], work["lmm"], work["bare"], strict=True)]
+    tokens = {side: sum(t for t, _ in runs) for side, runs in work.items()}
     result = {
         "benchmark": "train_step",
         "lmm_tokens_per_s": round(statistics.median(rates["lmm"]), 1),
         "bare_llava_tokens_per_s": round(statistics.median(rates["bare"]), 1),
+        "tokens_timed": tokens,  # each side's, over all repeats: the same batches
         "ratio": round(statistics.median(ratios), 3),
         "ratios_per_repeat": [round(r, 3) for r in ratios],
         "steps_timed": args.steps - WARMUP,
         "model": "vision=tiny + connector=mlp + llm=small (random init), fp32, batch 16, AdamW",
     }
-    print(f"lmm (Lightning)        {result['lmm_tokens_per_s']:9.1f} tokens/s")
-    print(f"bare loop over HF Llava {result['bare_llava_tokens_per_s']:9.1f} tokens/s")
+    print(f"lmm (Lightning)        {result['lmm_tokens_per_s']:9.1f} tokens/s  ({tokens['lmm']} tokens timed)")
+    print(f"bare loop over HF Llava {result['bare_llava_tokens_per_s']:9.1f} tokens/s  ({tokens['bare']} tokens timed)")
     print(f"ratio {result['ratio']:.3f}x (median of {args.repeats}; per repeat {result['ratios_per_repeat']})")
     return save_result(result, args.out, argv)
 
