@@ -22,8 +22,11 @@ def fake_sweep(root, runs):
         (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
         if status == "finished":
             (run / "results.json").write_text(json.dumps({"metrics": metrics}))
-        elif status == "failed":
+        elif status == "failed":  # failed while training: it has a checkpoint
             (run / "run.log").write_text("Error executing job with overrides: [...]\nTraceback (most recent call last):\n")
+            (run / "checkpoints").mkdir()
+        elif status == "not started":  # the command stopped before training (a mistyped key, a refused config)
+            (run / "status.json").write_text(json.dumps({"status": "failed", "task": "train", "error": "ValueError: unknown key"}))
     return root
 
 
@@ -48,13 +51,13 @@ def test_markdown_exact(tmp_path):
         "|---|---:|---:|---:|\n"
         "| linear | 3 | 0.60 [0.35, 0.85] | **1.80 [1.30, 2.30]** |\n"  # t intervals: 0.6 ± 4.30 · 0.1/√3
         # one of its 2 finished seeds has a loss: shown with n, not bold; acc +0.3 on both paired seeds: shown (†)
-        "| mlp | 3 | **0.85 [0.21, 1.49]**† | 1.50 (n=1) |\n"
+        "| mlp | 3 | **0.85 [0.21, 1.00]**† | 1.50 (n=1) |\n"  # 0.85 ± 0.64 would pass 1: an accuracy's interval stays inside [0, 1]
         "| qformer | 2 | 0.43 [0.11, 0.74] | 2.45 [1.81, 3.09] |\n"
         "\n"
         "- connector=mlp: run 5 failed\n"
         "- connector=qformer: 2 run(s), fewer than the 3 of other rows\n"
         "\n"
-        "Mean over seeds [95% interval: t over seeds]; † = differs from linear (paired by seed and by question where both are known, "
+        "Mean over seeds [95% interval: t over seeds; t over seeds, clipped to the metric's range [0, 1]]; † = differs from linear (paired by seed and by question where both are known, "
         "Holm-corrected p < 0.05 across the table; every comparison in ablation_summary.md); n = runs per row (a cell's own n "
         "when fewer of them have the metric; such cells are never bold); best per column in bold; — = no value. "
         "Method: lmm.stats (docs/ablations.md).\n"
@@ -74,7 +77,7 @@ def test_latex_csv_and_files(tmp_path):
     table = build_table(find_runs([str(root)]), metrics=["acc"])
     tex = latex(table, decimals=2)
     assert tex.startswith("\\begin{tabular}{lrr}\n\\toprule\nconnector & n & acc \\\\\n\\midrule\n")
-    assert "mlp & 3 & \\textbf{0.85 [0.21, 1.49]}$^\\dagger$ \\\\" in tex and tex.endswith("\\bottomrule\n\\end{tabular}\n")
+    assert "mlp & 3 & \\textbf{0.85 [0.21, 1.00]}$^\\dagger$ \\\\" in tex and tex.endswith("\\bottomrule\n\\end{tabular}\n")
     rows = csv_text(table).splitlines()
     assert rows[0] == "connector,n,acc_mean,acc_std,acc_n,acc_low,acc_high"
     assert rows[1] == "linear,3,0.6,0.1,3,0.351586,0.848414"
@@ -253,3 +256,20 @@ def test_past_llava15_ablations_change_one_thing(layout, sweep_name):
         assert (first["vision"]["image_aspect"], second["vision"]["image_aspect"]) == ("pad", "anyres")
     else:
         assert (first["data"]["train_split"], second["data"]["train_split"]) == ("train_single_image", "train")
+
+
+def test_commands_that_never_trained_are_footnotes_and_never_the_baseline(tmp_path):
+    root = fake_sweep(tmp_path / "sweep", [
+        (["connector=conector", "seed=0"], {}, "not started"),  # a mistyped value: stopped before training
+        (["connector=linear", "seed=0"], {"acc": 0.5}, "finished"),
+        (["connector=linear", "seed=1"], {"acc": 0.6}, "finished"),
+        (["connector=mlp", "seed=0"], {"acc": 0.8}, "finished"),
+        (["connector=mlp", "seed=1"], {"acc": 0.9}, "finished"),
+        (["connector=qformer", "seed=0"], {}, "failed"),  # trained, then failed: a row without values
+    ])
+    table = build_table(find_runs([str(root)]))
+    assert [row for row in table.rows] == [("linear",), ("mlp",), ("qformer",)]
+    assert table.reference_text == "linear" and "not started: 0: ValueError: unknown key" in table.notes
+    with pytest.raises(SystemExit, match="--baseline 'qformer': that row has no finished run; rows that could be the baseline: "
+                                         "linear; mlp"):
+        build_table(find_runs([str(root)]), baseline="qformer")

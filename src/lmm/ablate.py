@@ -38,7 +38,8 @@ from omegaconf import OmegaConf
 
 from lmm import stats
 from lmm.config import run_name_excluded_keys
-from lmm.rundir import HYDRA_DIR, PREDICTIONS, RESULTS, RUN_LOG, read_results, read_status, saved_hydra_config, saved_overrides
+from lmm.rundir import (CHECKPOINTS, FINAL_WEIGHTS, HYDRA_DIR, PREDICTIONS, RESULTS, RUN_LOG, read_results, read_status,
+                        saved_hydra_config, saved_overrides)
 
 SEED_KEYS = {"seed"}
 # results.json "cost" entries shown as columns (when any run has them), with their headers.
@@ -85,6 +86,16 @@ class Run:
         return stats.RunScores(self.seed, self.metrics[metric], self.question_scores(metric))
 
 
+NOT_STARTED = "not started"
+
+
+def never_trained(path: Path, status: str) -> bool:
+    """A directory left by a command that stopped before training (a refused or mistyped config):
+    failed or incomplete with no checkpoint, weights or results, and not running now."""
+    return (status in ("failed", "incomplete") and read_status(path).get("status") != "running"
+            and not any((path / name).exists() for name in (CHECKPOINTS, FINAL_WEIGHTS, RESULTS)))
+
+
 def _status(path: Path) -> str:
     """The run's own status.json (lmm.rundir: "finished" is written last); runs from before it
     existed: results.json, or a traceback in run.log."""
@@ -112,6 +123,8 @@ def find_runs(paths: list[str]) -> list[Run]:
                 if overrides.get("task", "train") != "train" or read_status(run_dir).get("task", "train") != "train":
                     continue  # task=eval / task=export directories score or copy a run; they are not runs
                 status = _status(run_dir)
+                if never_trained(run_dir, status):
+                    status = NOT_STARTED
                 try:
                     results = (read_results(run_dir) or {}) if status == "finished" else {}
                 except (json.JSONDecodeError, UnicodeDecodeError):  # a torn results.json: the run did not finish writing
@@ -192,8 +205,9 @@ def _table(factors: list[str], metrics: list[str], groups: dict[tuple[str, ...],
         for metric in metrics:
             cell = _aggregate([r.metrics[metric] for r in members if metric in r.metrics])
             cell.partial = 0 < cell.n < done
-            cell.interval = stats.cell_interval([r.scores(metric) for r in members if metric in r.metrics],
-                                                stats.generator(*key, metric))
+            values = [r.metrics[metric] for r in members if metric in r.metrics]
+            cell.interval = stats.within_range(stats.cell_interval([r.scores(metric) for r in members if metric in r.metrics],
+                                                                   stats.generator(*key, metric)), metric, values)
             cells[(key, metric)] = cell
         for cost in costs:
             cells[(key, f"cost/{cost}")] = _aggregate([r.cost[cost] for r in members if cost in r.cost])
@@ -231,6 +245,7 @@ def build_table(
     factor values in the wanted order; rows are sorted by it, unlisted values after, alphabetically.
     Every row is compared with the `baseline` row (a factor value, or "value, value" for several
     factors; default: the first row)."""
+    runs, notes = started(runs)
     factors = rows or varying_factors(runs)
     metrics = metrics or sorted({m for r in runs for m in r.metrics})
     grouped: dict[tuple[str, ...], list[Run]] = {}
@@ -238,21 +253,36 @@ def build_table(
         grouped.setdefault(tuple(run.overrides.get(f, "—") for f in factors), []).append(run)
     rank = {value: i for i, value in enumerate(order or [])}
     ordered = sorted(grouped, key=lambda key: [(rank.get(v, len(rank)), v) for v in key])
-    reference = _baseline_row(ordered, baseline)
+    reference = _baseline_row(ordered, baseline, {key: any(r.status == "finished" for r in grouped[key]) for key in ordered})
     references = {row: reference for row in ordered if reference is not None and row != reference}
     label = ", ".join(reference) if reference else ""
-    return _table(factors, metrics, {key: grouped[key] for key in ordered}, [], references, label, effect)
+    return _table(factors, metrics, {key: grouped[key] for key in ordered}, notes, references, label, effect)
 
 
-def _baseline_row(rows: list[tuple[str, ...]], baseline: str | None) -> tuple[str, ...] | None:
-    if not rows:
-        return None
+def started(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """The runs that trained (rows), and a footnote line for each directory whose command stopped
+    before training ("not started: reason"): never a row, never a baseline."""
+    notes = [f"not started: {r.path.name}: {read_status(r.path).get('error') or 'stopped before training'}"
+             for r in runs if r.status == NOT_STARTED]
+    kept = [r for r in runs if r.status != NOT_STARTED]
+    if not kept:
+        raise SystemExit("no run under these paths trained; " + "; ".join(notes[:5]))
+    return kept, notes
+
+
+def _baseline_row(rows: list[tuple[str, ...]], baseline: str | None, finished: dict[tuple[str, ...], bool]) -> tuple[str, ...] | None:
+    """The row every other row is compared with: the one --baseline names (it must have a finished
+    run), or by default the first row that has one."""
+    candidates = [row for row in rows if finished[row]]
     if baseline is None:
-        return rows[0]
+        return candidates[0] if candidates else None
     matches = [row for row in rows if ", ".join(row) == baseline or baseline in row]
     if len(matches) != 1:
         raise SystemExit(f"--baseline {baseline!r} names {len(matches)} rows; rows are: "
                          + "; ".join(", ".join(row) for row in rows))
+    if not finished[matches[0]]:
+        raise SystemExit(f"--baseline {baseline!r}: that row has no finished run; rows that could be the baseline: "
+                         + ("; ".join(", ".join(row) for row in candidates) or "none (no row has a finished run)"))
     return matches[0]
 
 
@@ -284,6 +314,7 @@ def build_recipe_table(runs: list[Run], spec: RecipeSpec, metrics: list[str] | N
                        effect: float | None = None) -> tuple[Table, dict[str, str]]:
     """One row per spec row (its runs over seeds, or "not run"), each compared with the row above
     it (the step it adds); runs outside the spec are footnoted."""
+    runs, not_started = started(runs)
     by_experiment = {experiment: (label,) for label, experiment in spec.rows}
     groups: dict[tuple[str, ...], list[Run]] = {(label,): [] for label, _ in spec.rows}
     outside = []
@@ -293,7 +324,7 @@ def build_recipe_table(runs: list[Run], spec: RecipeSpec, metrics: list[str] | N
             outside.append(f"{run.path.name} (experiment={run.overrides.get('experiment', 'none')})")
         else:
             groups[key].append(run)
-    notes = [f"{len(outside)} run(s) not in the spec, left out: {', '.join(sorted(outside))}"] if outside else []
+    notes = not_started + ([f"{len(outside)} run(s) not in the spec, left out: {', '.join(sorted(outside))}"] if outside else [])
     metrics = metrics or list(spec.columns) or sorted({m for r in runs for m in r.metrics})
     keys = list(groups)
     references = {keys[i]: keys[i - 1] for i in range(1, len(keys))}

@@ -109,6 +109,32 @@ def _t_interval(values: list[float]) -> tuple[float, float]:
     return float(low), float(high)
 
 
+FRACTION_SUFFIXES = ("exact_match", "accuracy", "acc", "acc_iou50", "f1", "precision", "recall", "em")
+
+
+def metric_range(metric: str, values: list[float] = ()) -> tuple[float, float]:
+    """The values a metric can take: fractions (exact match, accuracies, F1) in [0, 1] (or [0, 100]
+    when its values are percentages), losses >= 0, anything else (MME's scores, counts) unbounded."""
+    name = metric.rsplit("/", 1)[-1].lower()
+    if name.endswith(FRACTION_SUFFIXES) and all(0 <= v <= 100 for v in values):
+        return (0.0, 1.0) if all(v <= 1 for v in values) else (0.0, 100.0)
+    if name.endswith("loss") or name.endswith("perplexity"):
+        return 0.0, math.inf
+    return -math.inf, math.inf
+
+
+def within_range(interval: Interval | None, metric: str, values: list[float] = ()) -> Interval | None:
+    """A t interval kept inside the metric's range (metric_range: a loss's cannot go below 0, an
+    accuracy's above 1); the method says so when it had to be cut. Bootstrap intervals never leave it."""
+    if interval is None:
+        return None
+    low, high = metric_range(metric, values)
+    if low <= interval.low and interval.high <= high:
+        return interval
+    bounds = f"[{low:g}, {high:g}]".replace("inf", "∞")
+    return Interval(max(interval.low, low), min(interval.high, high), f"{interval.method}, clipped to the metric's range {bounds}")
+
+
 def cell_interval(runs: list[RunScores], rng: np.random.Generator, draws: int = DRAWS) -> Interval | None:
     """The 95% interval of a cell's mean over its seeds (None with fewer than 2 seeds)."""
     if len(runs) < 2:
