@@ -181,3 +181,25 @@ def test_a_refused_command_changes_no_byte_of_the_run(data_root, tmp_path):
     refused = subprocess.run([*base, "connector=linear"], cwd=root, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 1 and "[lmm] RunMismatch:" in refused.stderr
     assert snapshot(run) == before
+
+
+def test_regenerated_data_is_another_run(data_root, tmp_path):
+    """A run records its data's manifest fingerprint: the same command on regenerated data is
+    refused with the reason (a new name=, or force=true, trains on the new data)."""
+    import shutil
+
+    from lmm.data.synthetic import GenerationConfig, MixtureExists, generate
+    from tests.conftest import SMALL, compose_config
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root / "synthetic", data / "synthetic")
+    run = tmp_path / "run"
+    make = lambda *extra: compose_config(["vision=tiny", "llm=tiny", *QUICK, *extra], data, run)  # noqa: E731
+    train(make())
+    other = GenerationConfig(**{**SMALL.__dict__, "seed": 7})
+    with pytest.raises(MixtureExists, match=r"made with other options \(seed: 0 -> 7\).*--force"):
+        generate(data / "synthetic", other)
+    generate(data / "synthetic", other, force=True)
+    with pytest.raises(RunMismatch, match=r"was trained on other data: .*manifest.json has changed since"):
+        train(make())
+    train(make("force=true"))

@@ -195,21 +195,48 @@ def save_run_config(run_dir: Path, cfg: DictConfig, replace: bool = False) -> No
         tmp.replace(folder / name)
 
 
+def data_manifest_sha256(cfg: DictConfig) -> str | None:
+    """The sha256 of the training data's manifest.json (None while the data does not exist yet)."""
+    from lmm.save import file_sha256
+
+    root = str(OmegaConf.select(cfg, "data.root", default="") or "")
+    manifest = Path(root) / "manifest.json"
+    return file_sha256(manifest) if root and "://" not in root and manifest.is_file() else None
+
+
 def claim_identity(run_dir: Path, cfg: DictConfig) -> None:
-    """Record this run's config in a new run directory, or check it against the one recorded:
-    a directory is never resumed, or reported finished, for a different config."""
+    """Record this run's config (and its data's manifest fingerprint) in a new run directory, or
+    check them against the ones recorded: a directory is never resumed, or reported finished,
+    for a different config or on regenerated or reconverted data."""
     config = identity_config(cfg)
     path = Path(run_dir) / IDENTITY
+    data = data_manifest_sha256(cfg)
     if path.exists():
-        recorded = json.loads(path.read_text())["config"]
+        record = json.loads(path.read_text())
+        recorded = record["config"]
         current = config if "global_batch" in recorded else legacy_identity_config(cfg)  # an older run: compared as then
         if fingerprint(recorded) != fingerprint(current):
             diff = differences(recorded, current)
             raise RunMismatch(f"{run_dir} holds a run with a different config ({'; '.join(diff[:8])}"
                               f"{'; ...' if len(diff) > 8 else ''}); use another name=, or force=true to replace that run")
+        trained_on = record.get("data_manifest_sha256")
+        if trained_on and data and trained_on != data:
+            raise RunMismatch(f"{run_dir} was trained on other data: {cfg.data.root}/manifest.json has changed since "
+                              f"(sha256 {trained_on[:12]}... -> {data[:12]}...; regenerated or reconverted); use another name=, "
+                              "or force=true to train this run again on the new data")
         return
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    write_json(path, {"fingerprint": fingerprint(config), "config": config})
+    write_json(path, {"fingerprint": fingerprint(config), "config": config, "data_manifest_sha256": data})
+
+
+def record_data(run_dir: Path, cfg: DictConfig) -> None:
+    """Once the data exists (a synthetic mixture generated on first use), the run records its
+    manifest's fingerprint if it could not when it started."""
+    path = Path(run_dir) / IDENTITY
+    record = json.loads(path.read_text()) if path.exists() else None
+    if record is not None and not record.get("data_manifest_sha256"):
+        record["data_manifest_sha256"] = data_manifest_sha256(cfg)
+        write_json(path, record)
 
 
 def read_status(run_dir: Path) -> dict:

@@ -396,8 +396,15 @@ def _baselines(train_records: list[dict]) -> dict:
     return {"majority_answer": majority, "centred_box": [round(0.5 - w / 2, 2), round(0.5 - h / 2, 2), round(0.5 + w / 2, 2), round(0.5 + h / 2, 2)]}
 
 
-def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), train_tokenizer: bool = True) -> dict:
+class MixtureExists(ValueError):
+    """`out` holds a mixture generated with other options: not overwritten unless asked (force)."""
+
+
+def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), train_tokenizer: bool = True,
+             force: bool = False) -> dict:
     """Write all splits, the manifest and the tokenizer; skip if `out` already holds this config.
+    A mixture made with other options is not overwritten (runs trained on it would silently see
+    other data) unless `force`: MixtureExists says what differs.
 
     Runs started side by side (a joblib or SLURM sweep on a fresh checkout) all find the mixture
     missing: one generates it, holding OUT/.generate.lock, and the others wait for it and then
@@ -413,6 +420,11 @@ def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), tra
         manifest = read_manifest(out)
         if manifest is not None and manifest.get("config") == asdict(config):
             return manifest  # made by the process that held the lock first
+        if manifest is not None and not force:
+            old = manifest.get("config") or {}
+            diff = [f"{k}: {old.get(k, '<absent>')!r} -> {v!r}" for k, v in asdict(config).items() if old.get(k, "<absent>") != v]
+            raise MixtureExists(f"{out} holds a synthetic mixture made with other options ({'; '.join(diff[:6])}); runs trained "
+                                "on it would see other data: generate into another --out, or pass --force to replace it")
         return _generate(out, config, train_tokenizer)
 
 
@@ -464,9 +476,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("seed", "pretrain", "train", "val", "test", "shard_size"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default: the preset's ({getattr(GenerationConfig(), name)} for default)")
     parser.add_argument("--placement", choices=("grid", "free"))
+    parser.add_argument("--force", action="store_true", help="replace a mixture at --out that was made with other options")
     args = parser.parse_args(argv)
     given = {f: getattr(args, f) for f in ("seed", "pretrain", "train", "val", "test", "shard_size", "placement") if getattr(args, f) is not None}
-    manifest = generate(args.out, replace(PRESETS[args.preset], **given))
+    try:
+        manifest = generate(args.out, replace(PRESETS[args.preset], **given), force=args.force)
+    except MixtureExists as e:
+        raise SystemExit(f"[lmm] {e}") from None
     print(f"synthetic mixture in {args.out}:")
     for split, counts in manifest["counts"].items():
         print(f"  {split:15s} {sum(counts.values()):6d}  " + "  ".join(f"{s}={n}" for s, n in counts.items()))

@@ -20,7 +20,7 @@ from lmm.eval.evaluate import evaluate, format_table, new_results, save_results
 from lmm.factory import build_for_stage, build_trained, build_run, init_weights_path, pretrained_ids
 from lmm.model.lmm import LMM
 from lmm.rundir import (CHECKPOINTS, FINAL_WEIGHTS, IDENTITY, STATUS, RunLock, batch_layout, claim_identity, finished,
-                        first_process, read_results, read_status, save_run_config, set_status)
+                        first_process, read_results, read_status, record_data, save_run_config, set_status)
 from lmm.save import file_sha256, save_weights
 from lmm.train.materialize import host_memory, parameters_on_meta, reset_peak_host_memory
 from lmm.train.module import LMMModule
@@ -172,6 +172,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.ensure_data()
+    if first_process():
+        record_data(run_dir, cfg)
     strategy = instantiate(cfg.strategy)
     # enable_version_counter=False: last.ckpt is replaced in place, never joined by a last-v1.ckpt no re-run would read.
     checkpoints = AtomicCheckpoint(dirpath=run_dir / CHECKPOINTS, save_last=True, every_n_train_steps=cfg.checkpoint_every,
