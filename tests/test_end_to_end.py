@@ -17,12 +17,14 @@ FAST = ["vision=tiny", "llm=tiny", "data.batch_size=4", "trainer.enable_progress
 
 @pytest.fixture(scope="module")
 def pretrain_run(data_root, tmp_path_factory):
+    """A pretraining stage: it scores nothing, so it prints no re-score command."""
     from tests.conftest import compose_config
 
     run_dir = tmp_path_factory.mktemp("pretrain")
     cfg = compose_config(["experiment=demo_pretrain", "trainer.max_steps=6", *FAST], data_root, run_dir)
     results = train(cfg)  # pretraining does not evaluate, but reports its cost
     assert results["benchmarks"] == {} and results["cost"]["steps"] == 6 and results["cost"]["tokens_seen"] > 0
+    assert results["cost"]["samples_seen"] == 6 * 4  # training samples only: steps × batch (validation is not counted)
     return run_dir
 
 
@@ -46,6 +48,7 @@ def test_finetune_from_pretrain_then_eval(pretrain_run, make_config, tmp_path, c
     out = capsys.readouterr().out
     assert "initialised connector, vision, llm from" in out
     assert "| vqa/exact_match |" in out
+    assert "[lmm] samples seen 32, skipped 0" in out  # 8 steps × 4: the validation batches are not training samples
     on_disk = json.loads((run_dir / RESULTS).read_text())
     assert on_disk["metrics"] == results["metrics"]
     synthetic = results["benchmarks"]["synthetic"]

@@ -35,6 +35,8 @@ def test_a_second_process_can_wait_for_the_lock(tmp_path):
 def test_same_directory_other_config_is_refused_not_reported_finished(tmp_path, make_config, data_root, capsys):
     run = tmp_path / "run"
     results = train(make_config(*QUICK, run_dir=run))
+    out = capsys.readouterr().out  # it scored nothing: it says so, and offers no re-score
+    assert "(no benchmark was scored)" in out and "[lmm] next: a finetune stage that starts from it" in out and "re-score" not in out
     assert finished(run) and read_status(run)["status"] == "finished"
     assert (run / RESULTS).exists() and (run / FINAL_WEIGHTS).exists()
     assert train(make_config(*QUICK, run_dir=run)) == results  # the same command: reported, not redone

@@ -26,9 +26,11 @@ def new_results(cfg: DictConfig, cost: dict | None) -> dict:
 
 
 def save_results(run_dir: Path, results: dict) -> None:
-    """results.json, written by rank 0 only."""
+    """results.json, written by rank 0 only (a run that scored nothing keeps its cost there)."""
     if is_main_process():
-        print(f"[lmm] results written to {write_results(run_dir, results)}")
+        path = write_results(run_dir, results)
+        print(f"[lmm] results written to {path}" if results["benchmarks"] else
+              f"[lmm] cost written to {path} (no benchmark was scored)")
 
 
 def evaluate(

@@ -30,7 +30,9 @@ class SkipAccounting(L.Callback):
         self.seen_total = self.skipped_total = 0  # over all ranks (agreed every step)
         self.skipped: Counter = Counter()  # this rank's skips by kind
 
-    def agree(self, trainer: L.Trainer, module: L.LightningModule, batch: Batch) -> None:
+    def agree(self, trainer: L.Trainer, module: L.LightningModule, batch: Batch, training: bool = True) -> None:
+        """`training=False` (a validation batch): checked alike, but not counted in the run's totals
+        (samples seen are the training samples: steps × global batch + skips)."""
         model = module.model
         local = [batch.seen, sum(batch.skipped.values()), int((batch.input_ids == model.image_token_id).sum()),
                  model.expected_placeholders(batch.pixel_values, batch.image_sizes)]
@@ -38,9 +40,10 @@ class SkipAccounting(L.Callback):
         for detail in batch.skip_details:
             if sum(self.skipped.values()) < MAX_SHOWN_SKIPS:
                 print(f"[lmm] skipped {detail}")
-        self.skipped.update(batch.skipped)
-        self.seen_total += int(facts[:, 0].sum())
-        self.skipped_total += int(facts[:, 1].sum())
+        if training:
+            self.skipped.update(batch.skipped)
+            self.seen_total += int(facts[:, 0].sum())
+            self.skipped_total += int(facts[:, 1].sum())
         mismatched = ranks_where(facts[:, 2] != facts[:, 3])
         if mismatched:
             details = "; ".join(f"rank {r}: {int(facts[r, 2])} placeholder ids, {int(facts[r, 3])} image tokens" for r in mismatched)
@@ -70,7 +73,7 @@ class SkipAccounting(L.Callback):
         self.agree(trainer, module, batch)
 
     def on_validation_batch_start(self, trainer, module, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.agree(trainer, module, batch)
+        self.agree(trainer, module, batch, training=False)
 
     def on_train_batch_end(self, trainer, module, outputs, batch: Batch, batch_idx: int) -> None:
         module.log("train/skipped_samples", float(self.skipped_total), batch_size=1)

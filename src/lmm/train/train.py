@@ -157,9 +157,13 @@ def accept_run(run_dir: Path, cfg: DictConfig, lock: RunLock) -> dict | None:
 
 
 def print_next_commands(run_dir: Path) -> None:
-    """The commands that re-score and export this run, exactly as they can be pasted (lmm.cli)."""
+    """The commands that re-score and export this run, exactly as they can be pasted (lmm.cli); for
+    a run that scored nothing (a pretraining stage), the stage that builds on it."""
     from lmm.cli import command
 
+    if not (read_results(run_dir) or {}).get("benchmarks"):
+        print(f"[lmm] next: a finetune stage that starts from it, stage.init_from={run_dir}")
+        return
     print(f"[lmm] re-score: {command('eval', run_dir)}")
     print(f"[lmm] export:   {command('export', run_dir)}   (export.format=hf for transformers' Llava)")
 
