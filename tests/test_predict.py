@@ -119,3 +119,12 @@ def test_predict_reads_only_regular_image_files_and_says_a_missing_input_in_one_
         assert isinstance(skip, Skip) and skip.reason.startswith("image: ") and reason in skip.reason
     with pytest.raises(SystemExit, match=r"^\[lmm\] --input .*missing.jsonl: no such file"):
         read_questions(tmp_path / "missing.jsonl", tmp_path)
+
+
+def test_command_usage_answers_without_loading_torch():
+    """`python -m lmm.predict` (and chat, convert_llava) with no arguments prints usage at once:
+    importing the command does not import torch, transformers or the model code."""
+    code = ("import sys, lmm.predict, lmm.chat, lmm.convert_llava; "
+            "heavy = sorted(m for m in ('torch', 'transformers', 'lightning') if m in sys.modules); print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

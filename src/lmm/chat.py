@@ -15,13 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from transformers import TextStreamer
-
-from lmm.data.collate import Collator
 from lmm.data.conversation import IMAGE_TOKEN
-from lmm.data.image import ImageError, decode_image, read_image_file
-from lmm.data.sample import Example, image_entries
-from lmm.eval.generate import end_of_turn_ids
+
+# torch, transformers and the model code are imported where they are used: `--help` and a usage
+# error answer at once.
 
 
 class Chat:
@@ -33,6 +30,8 @@ class Chat:
         self.turns: list[dict] = []
 
     def add_image(self, path: str) -> str:
+        from lmm.data.image import ImageError, decode_image, read_image_file
+
         try:
             data = read_image_file(Path(path).expanduser())  # a regular file only: /dev/zero or a FIFO never ends
             decode_image(data)  # refuse it now, not mid-answer
@@ -48,6 +47,10 @@ class Chat:
 
     def ask(self, text: str, out=sys.stdout) -> str | None:
         """Stream the answer to `out` and keep it in the conversation; None if it cannot be answered."""
+        from lmm.data.collate import Collator
+        from lmm.data.sample import Example, image_entries
+        from lmm.eval.generate import end_of_turn_ids
+
         value = IMAGE_TOKEN * self.unasked + "\n" + text if self.unasked else text
         turns = [*self.turns, {"from": "human", "value": value}]
         sample = {"__key__": "chat", **image_entries(self.images)} if self.images else {"__key__": "chat"}
@@ -57,7 +60,7 @@ class Chat:
             return None
         batch = Collator(self.processor.tokenizer.pad_token_id, "left")([item]).to(self.device)
         tokenizer = self.processor.tokenizer
-        streamer = TextStreamer(tokenizer, skip_special_tokens=True)
+        streamer = answer_streamer(tokenizer, out)
         print("ASSISTANT:", end=" ", flush=True, file=out)
         new_ids = self.model.generate(
             **batch.model_inputs(labels=False), max_new_tokens=self.max_new_tokens,
@@ -65,8 +68,30 @@ class Chat:
             do_sample=self.temperature > 0, temperature=self.temperature or 1.0, streamer=streamer,
         )
         answer = tokenizer.decode(new_ids[0], skip_special_tokens=True).strip()
+        if not answer:  # said, not shown as a blank line; and not kept: an empty turn cannot be rendered again
+            print("[lmm] (the model ended its turn without a word)", file=out, flush=True)
+            return answer
         self.turns, self.unasked = [*turns, {"from": "gpt", "value": answer}], 0
         return answer
+
+
+def answer_streamer(tokenizer, out):
+    """transformers' TextStreamer to `out`, without the reply's leading space ("ASSISTANT: Yes",
+    not "ASSISTANT:  Yes": SentencePiece decodes the first token with its "▁")."""
+    from transformers import TextStreamer
+
+    class AnswerStreamer(TextStreamer):
+        def __init__(self):
+            super().__init__(tokenizer, skip_special_tokens=True)
+            self.started = False
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if not self.started:
+                text = text.lstrip()
+                self.started = bool(text)
+            print(text, flush=True, end="" if not stream_end else None, file=out)
+
+    return AnswerStreamer()
 
 
 def main(argv: list[str] | None = None) -> None:

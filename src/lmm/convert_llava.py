@@ -26,13 +26,8 @@ import json
 import re
 from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
-from safetensors.torch import load_file
-
-from lmm.save import save_weights
-from lmm.factory import LMM_CONFIG, LMM_FORMAT_VERSION, LMM_WEIGHTS
-from lmm.weights import resolve_weights
+# torch, transformers and the model code are imported where they are used: `--help` and a usage
+# error answer at once.
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -63,8 +58,11 @@ class ConversionError(ValueError):
     """A checkpoint this converter does not understand; the message says what it found."""
 
 
-def read_state(path: Path) -> dict[str, torch.Tensor]:
+def read_state(path: Path) -> dict:
     """Every tensor in the checkpoint's weight files (safetensors preferred)."""
+    import torch
+    from safetensors.torch import load_file
+
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin")) or sorted(path.glob("mm_projector.bin"))
     state: dict[str, torch.Tensor] = {}
     for file in files:
@@ -161,8 +159,12 @@ def copy_tokenizer(path: Path, out: Path) -> None:
 
 
 def convert(path: Path, out: Path, vision_tower: str | None = None, base_llm: str | None = None) -> Path:
+    from omegaconf import OmegaConf
+
+    from lmm.factory import LMM_CONFIG, LMM_FORMAT_VERSION, LMM_WEIGHTS, build_run
     from lmm.model.language import build_language_model
-    from lmm.factory import build_run
+    from lmm.save import save_weights
+    from lmm.weights import resolve_weights
 
     config_file = path / "config.json"
     if not config_file.exists():

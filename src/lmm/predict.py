@@ -18,13 +18,16 @@ import sys
 from pathlib import Path
 
 from lmm.data.conversation import IMAGE_TOKEN
-from lmm.data.sample import Skip, decode_json
-from lmm.eval.answer import answer_questions, write_jsonl
-from lmm.eval.official import Question, question_example
+
+# torch, transformers and the model code are imported where they are used: `--help` and a usage
+# error answer at once.
 
 
 def parse_question(raw: bytes, n: int, image_folder: Path) -> Question:
     """One input line as a question; ValueError says what is wrong with it."""
+    from lmm.data.sample import decode_json
+    from lmm.eval.official import Question
+
     record = decode_json(raw)
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
@@ -74,6 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    from lmm.data.sample import Skip
+    from lmm.eval.answer import answer_questions, write_jsonl
+    from lmm.eval.official import question_example
     from lmm.factory import load_for_command
 
     questions, errors = read_questions(args.input, args.image_folder or args.input.parent)  # before the model loads
