@@ -80,6 +80,7 @@ def test_run_ids_never_merge_two_overrides():
     ("data.max_skip_rate=5", "data.max_skip_rate=5: must be a fraction"),
     ("trainer.max_steps=0", "trainer.max_steps=0: must be a number >= 1"),
     ("stage.optim.lr=0", "stage.optim.lr=0: must be a number > 0"),
+    ("llm.model.attn_implementation=flash_attention_2", "attn_implementation=flash_attention_2 needs the flash-attn package"),
 ])
 def test_numbers_out_of_range_stop_before_any_work(tmp_path, make_config, override, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(")):

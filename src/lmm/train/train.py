@@ -56,6 +56,22 @@ def check_numbers(cfg: DictConfig) -> None:
         raise ValueError(f"data.max_skip_rate={rate!r}: must be a fraction between 0 and 1 (0.01 = 1%)")
 
 
+# Attention implementations that need a package beside torch and transformers: (package, its check).
+ATTENTION_PACKAGES = {"flash_attention_2": ("flash-attn", "is_flash_attn_2_available"),
+                      "flash_attention_3": ("flash-attn 3 (flash_attn_interface)", "is_flash_attn_3_available")}
+
+
+def check_attention(implementation: str) -> None:
+    """An attention implementation whose package is missing stops before any work, in one line."""
+    import transformers.utils as available
+
+    if implementation in ATTENTION_PACKAGES:
+        package, check = ATTENTION_PACKAGES[implementation]
+        if not getattr(available, check, lambda: False)():
+            raise ValueError(f"llm.model.attn_implementation={implementation} needs the {package} package (and a CUDA GPU), "
+                             "which is not installed here; install it, or use llm.model.attn_implementation=sdpa")
+
+
 def check_data(cfg: DictConfig) -> bool:
     """The training (and validation) shards can be listed and every URL checked, unless the
     synthetic mixture will be generated first. Returns whether it will be."""
@@ -88,6 +104,7 @@ def preflight(cfg: DictConfig) -> BatchPlan:
     generates_data = check_data(cfg)
     if cfg.eval_after_train and cfg.eval.benchmarks:
         check_benchmarks(cfg, Path(cfg.data.root) if generates_data else None)
+    check_attention(OmegaConf.select(cfg, "llm.model.attn_implementation", default="sdpa"))
     if cfg.stage.template not in TEMPLATE_NAMES:
         raise ValueError(f"stage.template={cfg.stage.template!r} is not one of {TEMPLATE_NAMES}")
     for component, name in pretrained_ids(cfg).items():
