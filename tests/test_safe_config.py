@@ -96,7 +96,7 @@ def test_lmm_directory_entry_points_refuse(lmm_dir, tmp_path, capsys):
                 lambda: chat([str(poisoned)])):
         with pytest.raises(SystemExit, match=r"^\[lmm\] cannot load .*UntrustedConfig: .*builtins\.open.*\(refused\)$"):
             run()
-    with pytest.raises(UntrustedConfig):
+    with pytest.raises(SystemExit, match=r"^\[lmm\] lmms-eval --model lmm: UntrustedConfig: "):  # lmms-eval would exit 0 on an Exception
         LmmsEvalModel(pretrained=str(poisoned))
     from lmm.eval.evaluate import evaluate_run
 

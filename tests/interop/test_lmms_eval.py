@@ -66,7 +66,7 @@ def lmms_eval_run(data_root, tmp_path_factory):
     samples = {path.name.split("_samples_")[1].removesuffix(".jsonl"): [json.loads(line) for line in path.read_text().splitlines()]
                for path in out.rglob("*_samples_*.jsonl")}
     return SimpleNamespace(model=model, processor=processor, tasks=tasks, counts=counts, results=results,
-                           samples=samples, log=done.stdout + done.stderr)
+                           samples=samples, log=done.stdout + done.stderr, model_dir=model_dir)
 
 
 @pytest.mark.slow
@@ -127,3 +127,16 @@ def test_tasks_of_the_multi_image_mixture_carry_every_image(tmp_path):
     assert all(len(doc_to_visual(doc)) == 2 == doc["question"].count("<image>") for doc in docs)
     vqa = [json.loads(line) for line in (tmp_path / "tasks" / "lmm_synthetic_vqa.jsonl").read_text().splitlines()]
     assert all(len(doc_to_visual(doc)) == 1 for doc in vqa)
+
+
+def test_a_bad_model_argument_fails_the_command(lmms_eval_run):
+    """lmms-eval prints an Exception from a model and exits 0; the plugin's own errors end the
+    command in one line with a non-zero status."""
+    import torch
+
+    from lmm.interop.lmms_eval_model import LmmModel
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.raises(SystemExit, match=r"^\[lmm\] lmms-eval --model lmm: ValueError: device=cuda asked for, but this machine has no CUDA"):
+        LmmModel(pretrained=str(lmms_eval_run.model_dir), device="cuda")

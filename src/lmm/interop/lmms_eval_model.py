@@ -104,6 +104,13 @@ class LmmModel(lmms):
     def __init__(self, pretrained: str, device: str | None = None, batch_size: int | str = 8,
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, **unknown):
         super().__init__()
+        try:
+            self._setup(pretrained, device, batch_size, max_new_tokens, unknown)
+        except (ValueError, FileNotFoundError) as e:
+            # lmms-eval prints any Exception from a model and exits 0; a bad model argument must fail the command.
+            raise SystemExit(f"[lmm] lmms-eval --model lmm: {type(e).__name__}: {e}") from None
+
+    def _setup(self, pretrained: str, device: str | None, batch_size: int | str, max_new_tokens: int, unknown: dict) -> None:
         pretrained = unquoted(str(pretrained))
         unknown = {k: v for k, v in unknown.items() if k not in HARNESS_ARGS}
         if unknown:
