@@ -127,8 +127,9 @@ def test_every_collective_gets_tensors_on_the_module_device(model):
     trainer = FakeTrainer()
     with torch.device("meta"):
         module.skips.on_train_batch_start(trainer, module, batch, 0)
+        module.throughput.on_train_batch_start(trainer, module, batch, 0)
         module._agree_on_loss(loss)
         module.throughput.cost_summary(trainer, module)
-    assert len(FakeTrainer.strategy.devices) == 4  # batch facts, loss finiteness, cost totals, model-load memory
+    assert len(FakeTrainer.strategy.devices) == 4  # batch facts, the step's work (world totals), loss finiteness, model-load memory
     assert set(FakeTrainer.strategy.devices) == {module.device}
     assert (module.skips.seen_total, module.skips.skipped_total) == (2, 1)
