@@ -4,8 +4,10 @@ import hydra
 from omegaconf import DictConfig
 
 from lmm.config import register_resolvers
+from lmm.tasks import one_line_submission_errors
 
 register_resolvers()
+one_line_submission_errors()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

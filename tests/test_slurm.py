@@ -70,6 +70,13 @@ def test_unknown_slurm_option_fails_before_submitting(slurm, data_root, tmp_path
     assert cluster.sh("squeue", "-h").stdout.strip() == ""
 
 
+def test_a_refused_submission_is_one_line(slurm, data_root, tmp_path):
+    done = subprocess.run([sys.executable, "run.py", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=no_such_partition",
+                           *common(data_root, tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "[lmm] SLURM refused the submission: " in done.stderr, done.stderr[-2000:]
+    assert "partition" in done.stderr.lower() and "Traceback" not in done.stderr
+
+
 @pytest.mark.slow
 def test_local_launcher_runs_the_same_sweep(data_root, tmp_path):
     """hydra/launcher=local: the sweep's runs as local submitit processes, side by side, same run directories."""

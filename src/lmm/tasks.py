@@ -12,6 +12,38 @@ class UserError(CompactHydraException):
     """Printed by Hydra as its message alone (the traceback with HYDRA_FULL_ERROR=1)."""
 
 
+class SubmissionRefused(CompactHydraException):
+    """SLURM refused a sweep's job (sbatch's own words), printed by Hydra as one line."""
+
+
+def one_line_submission_errors() -> None:
+    """hydra/launcher=slurm: when sbatch refuses a job (an unknown partition or account, a limit),
+    submitit raises FailedJobError with sbatch's stderr under a long traceback, in Hydra's process
+    before any lmm code runs. The launcher submits through submitit's AutoExecutor.map_array, which
+    is wrapped here to raise that as one `[lmm]` line (the launcher class itself cannot be: Hydra
+    re-imports its plugin modules when it scans them)."""
+    try:
+        from submitit import AutoExecutor
+        from submitit.core.utils import FailedJobError
+    except ImportError:  # no SLURM support installed: nothing to wrap
+        return
+    if getattr(AutoExecutor.map_array, "one_line", False):
+        return
+    original = AutoExecutor.map_array
+
+    def map_array(self, *args, **kwargs):
+        try:
+            return original(self, *args, **kwargs)
+        except FailedJobError as e:
+            said = " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:500]
+            who = "SLURM" if getattr(self, "cluster", "slurm") == "slurm" else f"submitit ({self.cluster})"
+            raise SubmissionRefused(f"[lmm] {who} refused the submission: {said or type(e).__name__} "
+                                    "(check hydra.launcher.partition / account / qos and the cluster's limits)") from e
+
+    map_array.one_line = True
+    AutoExecutor.map_array = map_array
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that describe a bad config, input or run directory, each with its fix in the message."""
     from lmm.rundir import RunDirectoryInUse, RunMismatch
