@@ -255,3 +255,13 @@ def test_make_table2_runs_side_by_side_without_changing_run_directories():
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
     assert cfg.cpu_threads == 1 and cfg.data.num_workers == 0
     assert {"cpu_threads", "data.num_workers"} <= set(cfg.hydra.job.config.override_dirname.exclude_keys)
+
+
+def test_the_finetune_learning_rate_follows_the_llm_size():
+    """`python run.py` (tiny pretrained parts, a fresh connector) finetunes at 1e-3, which beats the
+    trivial baseline on every metric in its 400 steps (README); real LLMs keep LLaVA's 2e-5."""
+    assert compose_config([]).stage.optim.lr == 1.0e-3
+    assert compose_config(["llm=small"]).stage.optim.lr == 1.0e-3
+    assert compose_config(["llm=vicuna13b"]).stage.optim.lr == 2.0e-5
+    assert compose_config(["experiment=llava15_7b"]).stage.optim.lr == 2.0e-5
+    assert compose_config(["stage=pretrain"]).stage.optim.lr == 1.0e-3
