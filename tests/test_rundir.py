@@ -46,10 +46,10 @@ def test_same_directory_other_config_is_refused_not_reported_finished(tmp_path, 
     other.symlink_to(data_root)
     with pytest.raises(RunMismatch, match=r"data.root: .* -> .*other_data"):
         train(make_config(*QUICK, f"data.root={other}/synthetic", run_dir=run))
-    with pytest.raises(RunMismatch, match=r"stage.optim.lr: 2e-05 -> 0.001"):
-        train(make_config(*QUICK, "stage.optim.lr=1e-3", run_dir=run))
-    train(make_config(*QUICK, "stage.optim.lr=1e-3", "force=true", run_dir=run))  # force replaces the run
-    assert json.loads((run / "run.json").read_text())["config"]["stage"]["optim"]["lr"] == 1e-3
+    with pytest.raises(RunMismatch, match=r"stage.optim.lr: 0.001 -> 0.0005"):
+        train(make_config(*QUICK, "stage.optim.lr=5e-4", run_dir=run))
+    train(make_config(*QUICK, "stage.optim.lr=5e-4", "force=true", run_dir=run))  # force replaces the run
+    assert json.loads((run / "run.json").read_text())["config"]["stage"]["optim"]["lr"] == 5e-4
 
 
 def test_weights_without_the_finished_status_are_not_finished(tmp_path, make_config):
