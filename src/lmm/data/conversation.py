@@ -3,7 +3,7 @@
 A conversation is a list of LLaVA turns `{"from": "human"|"gpt", "value": str}`.
 Rendering produces *segments* (text, is_target).
 
-Two tokenization rules (docs/templates.md says which template follows which):
+Two tokenization rules (docs/parity.md says which template follows which):
 - LLaVA's templates (`plain`, `vicuna_v1`, `llama2`) follow haotian-liu/LLaVA exactly: the prompt
   is cut at each `<image>` and every piece is tokenized on its own (`tokenizer_image_token`, so
   the text after an image starts with SentencePiece's "▁" whatever the tokenizer's `legacy`
@@ -19,6 +19,7 @@ Two tokenization rules (docs/templates.md says which template follows which):
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 IGNORE_INDEX = -100
@@ -253,17 +254,22 @@ def image_chunk_ids(tokenizer, text: str, image_token_id: int) -> list[int]:
     return _bos(tokenizer) + _prompt_tokens(tokenizer, text, image_token_id, per_image=True)[0]
 
 
+_LEGACY_BY_BEHAVIOUR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> bool, probed once
+
+
 def is_legacy(tokenizer) -> bool:
     """The tokenizer's `legacy` flag, which LLaVA reads (LlamaTokenizer has it). One without the
     flag is legacy iff text after a special token is tokenized as at the start of a text (the
-    property the flag names: SentencePiece's "▁" prefix repeated after `</s>`)."""
+    property the flag names: SentencePiece's "▁" prefix repeated after `</s>`), probed once per
+    tokenizer (this runs for every training sample)."""
     flag = getattr(tokenizer, "legacy", None)
     if flag is not None:
         return bool(flag)
-    if not tokenizer.eos_token:
-        return True
-    after = tokenizer(tokenizer.eos_token + "USER", add_special_tokens=False)["input_ids"][1:]
-    return after == tokenizer("USER", add_special_tokens=False)["input_ids"]
+    if tokenizer not in _LEGACY_BY_BEHAVIOUR:
+        eos = tokenizer.eos_token
+        after = tokenizer(eos + "USER", add_special_tokens=False)["input_ids"][1:] if eos else None
+        _LEGACY_BY_BEHAVIOUR[tokenizer] = not eos or after == tokenizer("USER", add_special_tokens=False)["input_ids"]
+    return _LEGACY_BY_BEHAVIOUR[tokenizer]
 
 
 def _llava_round_labels(tokenizer, template: Template, text: str, ids: list[int], image_token_id: int) -> list[int]:
@@ -300,6 +306,21 @@ def _llava_round_labels(tokenizer, template: Template, text: str, ids: list[int]
     return labels
 
 
+def _offset_labels(pieces: list[tuple[str, bool]], body: list[int], starts: list[int], image_token_id: int, template: str,
+                   label_end_of_turn: bool) -> list[int]:
+    """A token is trained iff it starts inside a reply segment (reply + end-of-turn; without the
+    end-of-turn when `label_end_of_turn` is false)."""
+    # Every target piece ends with the end-of-turn ("\n" for plain); it can be left unlabelled.
+    unlabelled_tail = 0 if label_end_of_turn else len(TEMPLATES[template].end_of_turn if template in TEMPLATES else "\n")
+    target_spans, start = [], 0
+    for piece, is_target in pieces:
+        if is_target:
+            target_spans.append((start, start + len(piece) - unlabelled_tail))
+        start += len(piece)
+    return [t if t != image_token_id and any(a <= b < z for a, z in target_spans) else IGNORE_INDEX
+            for t, b in zip(body, starts, strict=True)]
+
+
 def llava_tokenized(template: str) -> bool:
     """Whether a template follows LLaVA's tokenization (per-image pieces, LLaVA's label counts)."""
     return template == PLAIN or (template in TEMPLATES and TEMPLATES[template].llava_assistant_sep is not None)
@@ -329,23 +350,17 @@ def encode(
     pieces = segments(template, turns, generation_prompt)
     text = "".join(piece for piece, _ in pieces)
     llava = llava_tokenized(template)
-    # Every target piece ends with the end-of-turn ("\n" for plain); it can be left unlabelled.
-    unlabelled_tail = 0 if label_end_of_turn else len(TEMPLATES[template].end_of_turn if template in TEMPLATES else "\n")
-    target_spans, start = [], 0
-    for piece, is_target in pieces:
-        if is_target:
-            target_spans.append((start, start + len(piece) - unlabelled_tail))
-        start += len(piece)
     body, starts = _prompt_tokens(tokenizer, text, image_token_id, per_image=llava)
     ids = _bos(tokenizer) + body
-    labels = [IGNORE_INDEX] * (len(ids) - len(body))
-    labels += [t if t != image_token_id and any(a <= b < z for a, z in target_spans) else IGNORE_INDEX for t, b in zip(body, starts, strict=True)]
-    if llava and not generation_prompt and label_end_of_turn:
+    if llava and not generation_prompt and label_end_of_turn:  # a training sample: LLaVA's own labels
         if template == PLAIN:  # preprocess_plain: everything after tokenizer_image_token(<image>) is trained
             masked = len(image_chunk_ids(tokenizer, pieces[0][0], image_token_id))
             labels = [IGNORE_INDEX] * masked + ids[masked:]
         else:
             labels = _llava_round_labels(tokenizer, TEMPLATES[template], text, ids, image_token_id)
+    else:
+        labels = [IGNORE_INDEX] * (len(ids) - len(body)) + _offset_labels(pieces, body, starts, image_token_id, template,
+                                                                         label_end_of_turn)
     out_ids: list[int] = []
     out_labels: list[int] = []
     num_images = 0
