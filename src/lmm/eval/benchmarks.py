@@ -75,6 +75,12 @@ class SyntheticBenchmark:
             questions += [(sample, question, meta) for question, meta in question_turns(record)]
         return questions, descriptions, skipped
 
+    @staticmethod
+    def encode(processor: SampleProcessor, question: tuple[dict, str, dict]) -> Example | Skip:
+        """One question of _items as a generation-ready example (or the Skip saying why not)."""
+        sample, text, meta = question
+        return processor.encode(sample, [{"from": "human", "value": text}], generation_prompt=True, meta=meta)
+
     def _description_loss(self, model: LMM, descriptions: list[Example], pad_token_id: int, device) -> MeanMetric:
         """Teacher-forced loss of the description answers, weighted by their token counts."""
         description_loss = MeanMetric()
@@ -90,12 +96,8 @@ class SyntheticBenchmark:
         tokenizer = processor.tokenizer
         baselines = read_manifest(self.root, "the synthetic mixture's baselines")["baselines"]
         questions, descriptions, skipped = self._items(processor)
-
-        def encode(question: tuple[dict, str, dict]) -> Example | Skip:
-            sample, text, meta = question
-            return processor.encode(sample, [{"from": "human", "value": text}], generation_prompt=True, meta=meta)
-
-        answers = answer_questions(model, processor, questions, encode, self.batch_size, self.max_new_tokens, device)
+        answers = answer_questions(model, processor, questions, lambda q: self.encode(processor, q), self.batch_size,
+                                   self.max_new_tokens, device)
         rank, world = rank_and_world()
         with evaluating(model):
             description_loss = self._description_loss(model, descriptions[rank::world], tokenizer.pad_token_id, device)
