@@ -89,7 +89,7 @@ def check_tower_settings(tower_config: dict, stats: dict, tower: Path, keys: tup
     """The tower's copied settings are plain values and its normalisation three numbers each (refused otherwise)."""
     processor = tower / "preprocessor_config.json"
     for key in keys:
-        if key in tower_config and not (tower_config[key] is None or isinstance(tower_config[key], (bool, int, float, str))):
+        if key in tower_config and not scalar(tower_config[key]):
             raise ConversionError(f"{tower / 'config.json'}: {key}={tower_config[key]!r} is not a plain setting (refused)"[:300])
     for key in ("image_mean", "image_std"):
         value = stats.get(key, CLIP_MEAN)
@@ -121,9 +121,12 @@ def vision_config(config: dict, tower: Path) -> dict:
     }
 
 
+def scalar(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def plain(value) -> bool:
     """A setting's value as data: a scalar, a list of scalars, or (rope scaling) a dict of those."""
-    scalar = lambda v: v is None or isinstance(v, (bool, int, float, str))  # noqa: E731
     flat = lambda v: scalar(v) or (isinstance(v, list) and all(scalar(x) for x in v))  # noqa: E731
     return flat(value) or (isinstance(value, dict) and all(isinstance(k, str) and not k.startswith("_") and flat(v) for k, v in value.items()))
 

@@ -14,7 +14,7 @@ from lmm.data.image import check_options
 from lmm.data.mixture import Source, TrainingStream, World, worker_slot
 from lmm.data.sample import SampleProcessor
 from lmm.data.shards import (expand_shards, expected_shards, has_manifest, list_complete_shards, list_shards, local_directory,
-                             read_manifest, shard_problem)
+                             read_manifest, shard_problems)
 
 
 class ValidationBatches(IterableDataset):
@@ -121,11 +121,11 @@ class LMMDataModule(L.LightningDataModule):
             return Source(name, list_shards(folder, self.allow_pipe_urls), weight)
         if not expected:
             raise FileNotFoundError(f"no .tar shards at {folder} (its manifest lists none)")
+        problems = shard_problems(folder, expected)
+        if problems:
+            print(f"[lmm] {folder}: {len(problems)} of {len(expected)} shards missing or not their recorded size "
+                  f"({', '.join(name for name, _, _ in problems[:5])}{', ...' if len(problems) > 5 else ''}); their samples count as skipped")
         urls = {str(folder / shard): record for shard, record in expected.items()}
-        missing = [Path(url).name for url, record in urls.items() if shard_problem(url, record)]
-        if missing:
-            print(f"[lmm] {folder}: {len(missing)} of {len(urls)} shards missing or not their recorded size "
-                  f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); their samples count as skipped")
         return Source(name, list(urls), weight, urls)
 
     def mixture(self) -> list[Source]:

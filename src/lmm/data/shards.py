@@ -121,6 +121,12 @@ def shard_problem(path: str | Path, expected: dict) -> str | None:
     return None
 
 
+def shard_problems(folder: str | Path, expected: dict[str, dict]) -> list[tuple[str, str, int | None]]:
+    """(name, why, samples it should hold) for each shard of `folder` that does not match its record."""
+    return [(name, problem, record.get("samples")) for name, record in expected.items()
+            if (problem := shard_problem(Path(folder) / name, record))]
+
+
 def list_complete_shards(spec: str | Path, allow_pipe: bool = False) -> list[str]:
     """The shards of a split that must be whole (evaluation, validation): the manifest's list,
     each present with its recorded size, or FileNotFoundError naming what is missing or short
@@ -128,11 +134,10 @@ def list_complete_shards(spec: str | Path, allow_pipe: bool = False) -> list[str
     expected = expected_shards(spec)
     if expected is None:
         return list_shards(spec, allow_pipe)
-    problems = [(problem, record.get("samples")) for name, record in expected.items()
-                if (problem := shard_problem(Path(spec) / name, record))]
+    problems = shard_problems(spec, expected)
     if problems:
-        lost = sum(samples or 0 for _, samples in problems)
-        raise FileNotFoundError(f"{spec} is incomplete: {'; '.join(p for p, _ in problems[:5])}{'; ...' if len(problems) > 5 else ''} "
+        lost = sum(samples or 0 for _, _, samples in problems)
+        raise FileNotFoundError(f"{spec} is incomplete: {'; '.join(why for _, why, _ in problems[:5])}{'; ...' if len(problems) > 5 else ''} "
                                 f"({len(problems)} of {len(expected)} shards{f', {lost} samples' if lost else ''}); "
                                 "convert or generate the data again")
     if not expected:
