@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from lmm.data.conversation import IMAGE_TOKEN
 from lmm.data.image import ImageError, decode_image
+from lmm.data.index import index_path, write_index
 from lmm.data.shards import MANIFEST, local_directory, shard_records, write_manifest
 from lmm.data.sources import SOURCES, classify, entry_images
 
@@ -114,6 +115,7 @@ def _write_shard(task: tuple) -> dict:
             except Rejected as reason:
                 rejected.append({"index": index, "id": entry.get("id"), "source": source, "reason": str(reason)})
     tmp.rename(shard_path)
+    write_index(shard_path)
     stats = {"shard": shard_path.name, "samples": written, "image_bytes": size, "rejected": rejected}
     shard_path.with_suffix(".json").write_text(json.dumps(stats) + "\n")
     return stats
@@ -217,6 +219,8 @@ def convert(
     shard_samples: dict[str, dict[str, int]] = defaultdict(dict)
     for path, _ in shards:  # every shard's sidecar, fresh or from an earlier run
         stats = json.loads(path.with_suffix(".json").read_text())
+        if not Path(index_path(path)).is_file():  # converted before shards had indexes
+            write_index(path)
         source = path.parent.name
         counts[source] += stats["samples"]
         image_bytes[source] += stats["image_bytes"]

@@ -9,12 +9,15 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
+from lmm.data.catalog import Catalog
 from lmm.data.collate import Collator
 from lmm.data.image import check_options
 from lmm.data.mixture import Source, TrainingStream, World, worker_slot
 from lmm.data.sample import SampleProcessor
 from lmm.data.shards import (expand_shards, expected_shards, has_manifest, list_complete_shards, list_shards, local_directory,
                              read_manifest, shard_problems)
+
+PLANS = ("index", "raw")  # index: from the shard indexes (reads only what it trains); raw: from the tar stream
 
 
 class ValidationBatches(IterableDataset):
@@ -67,6 +70,7 @@ class LMMDataModule(L.LightningDataModule):
         max_skip_rate: float = 0.01,
         skip_check_after: int = 1000,
         allow_pipe_urls: bool = False,
+        plan: str = "index",
         packing: bool = False,
         seed: int = 0,
         generate_if_missing: bool = False,
@@ -79,6 +83,9 @@ class LMMDataModule(L.LightningDataModule):
         for name, value in switches.items():  # a typo ("packing=ture") must not read as true
             if not isinstance(value, bool):
                 raise ValueError(f"data.{name} must be true or false, got {value!r}")
+        if plan not in PLANS:
+            raise ValueError(f"data.plan must be one of {PLANS}, got {plan!r}")
+        self.plan = plan
         self.image = dict(image or {})  # read by the factory's ImageTransform (lmm.factory.image_options); checked here
         check_options(self.image.get("alpha", "drop"), self.image.get("exif", "ignore"))
         self.root, self.train_split, self.val_split = Path(root), train_split, val_split
@@ -142,6 +149,13 @@ class LMMDataModule(L.LightningDataModule):
             if float(spec.get("weight", 1.0)) > 0 and counts[name] > 0
         ]
 
+    def catalog(self, sources: list[Source]) -> Catalog:
+        """The sources' samples from their shard indexes (built here, in the rank's main process:
+        the DataLoader's workers inherit it)."""
+        processor = self._processor()
+        tokens = processor.tokens_of_sizes if callable(processor.image_tokens) else processor.image_tokens
+        return Catalog(sources, tokens, processor.image_transform.exif)
+
     def _processor(self) -> SampleProcessor:
         if self.processor is None:
             raise RuntimeError("LMMDataModule.attach(processor, pad_token_id) must be called before loading")
@@ -151,10 +165,12 @@ class LMMDataModule(L.LightningDataModule):
         # Batches already trained on (a resumed run) are skipped, not replayed. Every rank plans
         # the same global batches (lmm.data.mixture) and takes its share.
         trainer, world = self.trainer, self._world()
+        sources = self.mixture()
         stream = TrainingStream(
-            self.mixture(), self._processor(), Collator(self.pad_token_id, packed=self.packing),
+            sources, self._processor(), Collator(self.pad_token_id, packed=self.packing),
             self.batch_size, self.seed, self.shuffle_buffer, self.group_size,
             resume_batches=trainer.global_step * world.accumulation if trainer else 0, world=world,
+            catalog=self.catalog(sources) if self.plan == "index" else None,
         )
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 

@@ -102,19 +102,33 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, alpha: str = "drop",
     return to_rgb(image, alpha)
 
 
-def image_size(data: bytes, exif: str = "ignore") -> tuple[int, int]:
-    """(height, width) of an encoded image as it will be decoded (with `exif="apply"`, EXIF
-    rotation included), from its header alone: no pixel is decoded. ImageError for one that
-    cannot be opened."""
+def header_size(data: bytes) -> tuple[int, int, bool]:
+    """(height, width) of an encoded image as stored, and whether its EXIF orientation turns it
+    by 90° (so that `exif="apply"` swaps the sides), from its header alone: no pixel is decoded.
+    ImageError for one that cannot be opened."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
-            rotated = exif == "apply" and image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
     except Exception as e:
         raise ImageError(f"unreadable image ({type(e).__name__}: {e})") from None
-    return (width, height) if rotated else (height, width)
+    try:
+        turned = image.getexif().get(ORIENTATION_TAG, 1) in (5, 6, 7, 8)
+    except Exception:  # a damaged EXIF block: the pixels are still read as stored
+        turned = False
+    return height, width, turned
+
+
+def decoded_size(height: int, width: int, turned: bool, exif: str) -> tuple[int, int]:
+    """(height, width) once decoded with the `exif` option, from header_size's answer."""
+    return (width, height) if turned and exif == "apply" else (height, width)
+
+
+def image_size(data: bytes, exif: str = "ignore") -> tuple[int, int]:
+    """(height, width) of an encoded image as it will be decoded (with `exif="apply"`, EXIF
+    rotation included), from its header alone. ImageError for one that cannot be opened."""
+    return decoded_size(*header_size(data), exif)
 
 
 def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:

@@ -1,23 +1,28 @@
 """The training stream: weighted mixture of per-source resampled shard streams, planned as
 global batches (one seeded plan for every rank), processed in workers, resumable without replay.
 
-[Contract] Every rank and every DataLoader worker draws the same raw sample stream (its RNGs
-are seeded by (seed, epoch, source), never by rank or worker) and cuts it into the same global
+[Contract] Every rank and every DataLoader worker draws the same sample stream (its RNGs are
+seeded by (seed, epoch, source), never by rank or worker) and cuts it into the same global
 steps. A step holds per-device batch × ranks × accumulation samples of ONE modality (all with
 an image, or all text-only), of similar lengths, dealt into micro-batches with about the same
 number of tokens; rank r takes micro-batch r of each of the step's accumulation slots. So
 on every rank the same micro-batch runs the same modules (no collective is skipped by one rank)
-and no rank waits long for a straggler. Each worker decodes only the micro-batches it serves
-(DataLoader takes workers round-robin); the others it only plans, from raw bytes (no image
-decoding): every worker reads the raw stream of the whole world, which costs I/O, not compute.
+and no rank waits long for a straggler.
+
+Planning reads no sample bytes (`data.plan=index`, the default): the stream is drawn over the
+catalog (lmm.data.catalog: each sample's length and modality from the shard indexes, read once
+per rank), and each worker reads, by byte range, only the samples of the micro-batches it
+serves (DataLoader takes workers round-robin). `data.plan=raw` plans from the raw tar stream
+instead (every worker reads the whole world's bytes): the same plan, for shards without an index.
 
 Resume: a resumed run re-plans from the start and skips the micro-batches already trained on
-(planning only), then continues with exactly the batches an uninterrupted run would have seen,
-whatever the number of workers.
+(planning only: from the catalog that reads nothing), then continues with exactly the batches an
+uninterrupted run would have seen, whatever the number of workers.
 """
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from lmm.data.catalog import Catalog
 from lmm.data.collate import Collator
 from lmm.data.sample import SampleProcessor, count_images
 from lmm.data.shards import ERROR_KEY, expand_shards
@@ -64,41 +70,48 @@ def approximate_length(sample: dict, image_tokens: int | Callable[[dict], int]) 
     return len(sample.get("json", b"")) // 4 + images
 
 
-def deal(samples: list[dict], shares: int, per_share: int, length) -> list[list[dict]]:
+def deal(samples: list, shares: int, per_share: int, length) -> list[list]:
     """Split samples into `shares` lists of `per_share` with about equal total length: longest
-    first, each to the share with the fewest tokens so far that still has room."""
-    out: list[list[dict]] = [[] for _ in range(shares)]
-    totals = [0] * shares
+    first, each to the share with the fewest tokens so far that still has room (ties: the lowest
+    share), kept in a heap so that a step of thousands of ranks deals in milliseconds."""
+    out: list[list] = [[] for _ in range(shares)]
+    room = [(0, i) for i in range(shares)]  # (tokens so far, share) of the shares with room: a heap
     for sample in sorted(samples, key=length, reverse=True):
-        share = min((i for i in range(shares) if len(out[i]) < per_share), key=lambda i: (totals[i], i))
+        tokens, share = heapq.heappop(room)
         out[share].append(sample)
-        totals[share] += length(sample)
+        if len(out[share]) < per_share:
+            heapq.heappush(room, (tokens + length(sample), share))
     return out
 
 
+def is_marker(sample) -> bool:
+    """A shard-error marker (a dict with ERROR_KEY): a counted skip, not a sample to plan."""
+    return isinstance(sample, dict) and ERROR_KEY in sample
+
+
 def plan_steps(
-    samples: Iterator[dict], per_device: int, world: World, group_size: int, rng: random.Random,
-    image_tokens: int | Callable[[dict], int],
-) -> Iterator[list[list[list[dict]]]]:
+    samples: Iterator, per_device: int, world: World, group_size: int, rng: random.Random,
+    length: Callable, modality: Callable = has_image,
+) -> Iterator[list[list[list]]]:
     """LLaVA's get_modality_length_grouped_indices, streamed and global. Image and text-only
-    samples fill separate pools of `group_size` global batches; a full pool is sorted by
-    length and cut into steps (global batches of similar lengths); each step is dealt into
-    accumulation × ranks micro-batches of per_device samples with about equal tokens, and the
-    steps are emitted in shuffled order. A step is `step[slot][rank]`.
+    samples (`modality`) fill separate pools of `group_size` global batches; a full pool is
+    sorted by `length` and cut into steps (global batches of similar lengths); each step is
+    dealt into accumulation × ranks micro-batches of per_device samples with about equal tokens,
+    and the steps are emitted in shuffled order. A step is `step[slot][rank]`. Samples are raw
+    samples or catalog positions: the plan only calls `length` and `modality` on them.
 
     The micro-batches depend only on the global batch and per_device, not on how they are
     spread over ranks and accumulation: 2 ranks × 1 slot train exactly the micro-batches that
     1 rank × 2 accumulation slots train, so the two runs take the same optimizer steps."""
-    length = lambda s: approximate_length(s, image_tokens)  # noqa: E731
     units = world.size * world.accumulation  # micro-batches per step
     step_size = per_device * units
-    pools: dict[bool, list[dict]] = {True: [], False: []}
+    pools: dict[bool, list] = {True: [], False: []}
     unreadable: list[dict] = []  # shard-error markers: counted as skips in the next step (rank 0), not pooled
     for sample in samples:
-        if ERROR_KEY in sample:
+        if is_marker(sample):
             unreadable.append(sample)
             continue
-        pool = pools[has_image(sample)]
+        pool = pools[modality(sample)]
         pool.append(sample)
         if len(pool) == step_size * group_size:
             pool.sort(key=length)
@@ -112,7 +125,9 @@ def plan_steps(
 
 
 class TrainingStream(IterableDataset):
-    """Infinite stream of this rank's collated training micro-batches (DataLoader(batch_size=None))."""
+    """Infinite stream of this rank's collated training micro-batches (DataLoader(batch_size=None)).
+    With a `catalog` the plan is made from the shard indexes and each served sample is read by
+    byte range; without one, from the raw tar stream."""
 
     def __init__(
         self,
@@ -125,20 +140,20 @@ class TrainingStream(IterableDataset):
         group_size: int = 8,
         resume_batches: int = 0,
         world: World = World(),
+        catalog: Catalog | None = None,
     ):
         if not sources or sum(s.weight for s in sources) <= 0:
             raise ValueError("the data mixture has no source with a positive weight")
         self.sources, self.processor, self.collator = sources, processor, collator
         self.batch_size, self.seed, self.shuffle_buffer, self.group_size = batch_size, seed, shuffle_buffer, group_size
-        self.resume_batches, self.world = resume_batches, world
+        self.resume_batches, self.world, self.catalog = resume_batches, world, catalog
         self.epoch = 0  # counts __iter__ calls in this process (persistent workers keep it)
 
-    def _source(self, source: Source) -> Iterator[dict]:
+    def _source(self, source: Source) -> Iterator:
         seed = f"{self.seed}/{self.epoch}/{source.name}"
-        urls = self._shard_draws(source.shards, random.Random(seed), source.expected or {})
-        return wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=random.Random(seed + "/shuffle"))(
-            expand_shards(urls)
-        )
+        draws = self._shard_draws(source.shards, random.Random(seed), source.expected or {})
+        samples = expand_shards(draws) if self.catalog is None else (s for draw in draws for s in self.catalog.samples_of(draw))
+        return wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=random.Random(seed + "/shuffle"))(samples)
 
     @staticmethod
     def _shard_draws(shards: list[str], rng: random.Random, expected: dict[str, dict]) -> Iterator[dict]:
@@ -148,20 +163,33 @@ class TrainingStream(IterableDataset):
             url = rng.choice(shards)
             yield {"url": url, **expected.get(url, {})}
 
-    def raw_samples(self, rng: random.Random) -> Iterator[dict]:
+    def raw_samples(self, rng: random.Random) -> Iterator:
+        """The mixture's sample stream: raw samples, or catalog positions when planning from indexes."""
         streams = [self._source(s) for s in self.sources]
         weights = [s.weight for s in self.sources]
         while True:
             (stream,) = rng.choices(streams, weights=weights)
             yield next(stream)
 
-    def micro_batches(self) -> Iterator[list[dict]]:
-        """This rank's raw micro-batches, in training order (the same plan on every rank)."""
+    def length(self, sample) -> int:
+        """The plan's length of a sample (tokens: JSON bytes / 4 + its images' planned tokens)."""
+        if self.catalog is None:
+            return approximate_length(sample, self.processor.planned_image_tokens)
+        return self.catalog.length[sample]
+
+    def modality(self, sample) -> bool:
+        return has_image(sample) if self.catalog is None else self.catalog.has_image[sample]
+
+    def micro_batches(self) -> Iterator[list]:
+        """This rank's planned micro-batches, in training order (the same plan on every rank)."""
         rng = random.Random(f"{self.seed}/{self.epoch}")
-        steps = plan_steps(self.raw_samples(rng), self.batch_size, self.world, self.group_size, rng, self.processor.planned_image_tokens)
+        steps = plan_steps(self.raw_samples(rng), self.batch_size, self.world, self.group_size, rng, self.length, self.modality)
         for step in steps:
             for slot in step:
                 yield slot[self.world.rank]
+
+    def read(self, sample) -> dict:
+        return sample if self.catalog is None else self.catalog.read(sample)
 
     def __iter__(self) -> Iterator[dict]:
         self.epoch += 1
@@ -172,4 +200,4 @@ class TrainingStream(IterableDataset):
         # (n − resumed) % num_workers == w.
         for n, plan in enumerate(self.micro_batches()):
             if n >= resumed and (n - resumed) % num_workers == worker:
-                yield self.collator([self.processor(sample) for sample in plan])
+                yield self.collator([self.processor(self.read(sample)) for sample in plan])

@@ -142,9 +142,13 @@ class SampleProcessor:
             keys = image_keys(sample)
             if not callable(self.image_tokens):  # one count for every image: no header to read
                 return self.image_tokens * len(keys)
-            return sum(self.tokens_for(*self.image_transform.size_of(sample[k])) for k in keys)
+            return self.tokens_of_sizes([self.image_transform.size_of(sample[k]) for k in keys])
         except ImageError:
             return 0
+
+    def tokens_of_sizes(self, sizes: list[tuple[int, int]]) -> int:
+        """The visual tokens of images of these (height, width) as decoded (what the plan counts)."""
+        return sum(self.tokens_for(*size) for size in sizes)
 
     def instructions(self, turns: list[dict]) -> list[list[int]] | None:
         """One question per `<image>` tag: the text of the turn that holds it (tags removed)."""

@@ -88,9 +88,18 @@ def list_shards(spec: str | Path, allow_pipe: bool = False) -> list[str]:
     return shards
 
 
+INDEX_SUFFIX = ".idx.npz"  # a shard's index (lmm.data.index) lies beside it: x.tar -> x.tar.idx.npz
+
+
 def shard_records(folder: Path, samples: dict[str, int]) -> dict[str, dict]:
-    """The manifest's record of a folder's shards: name -> {"bytes", "samples"} (what completeness is checked against)."""
-    return {name: {"bytes": (Path(folder) / name).stat().st_size, "samples": count} for name, count in sorted(samples.items())}
+    """The manifest's record of a folder's shards: name -> {"bytes", "samples"} (what completeness
+    is checked against), and "index_bytes" for a shard with an index."""
+    records = {}
+    for name, count in sorted(samples.items()):
+        shard = Path(folder) / name
+        index = shard.with_name(name + INDEX_SUFFIX)
+        records[name] = {"bytes": shard.stat().st_size, "samples": count, **({"index_bytes": index.stat().st_size} if index.is_file() else {})}
+    return records
 
 
 def expected_shards(folder: str | Path) -> dict[str, dict] | None:
