@@ -110,6 +110,7 @@ def converted_llava(tmp_path_factory):
     import webdataset as wds
 
     from lmm.data.convert import convert
+    from lmm.data.index import index_root
     from tests.data.broken_samples import catalogue
     from lmm.data.miniature import build_mix665k
 
@@ -123,6 +124,7 @@ def converted_llava(tmp_path_factory):
     manifest = json.loads((root / "shards" / "manifest.json").read_text())
     manifest["counts"]["broken"] = len(catalogue())
     (root / "shards" / "manifest.json").write_text(json.dumps(manifest))
+    index_root(root / "shards")  # as a user who adds a source runs `python -m lmm.data.index ROOT`
     return root / "shards"
 
 

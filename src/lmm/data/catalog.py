@@ -64,8 +64,8 @@ class Catalog:
             self.problems[url] = (f"shard: {problem} ({url})", record.get("samples") or 1)
             return None
         if local and not Path(index_path(url)).is_file():
-            raise MissingIndex(f"{index_path(url)} is missing: index the data with `python -m lmm.data.index ROOT` "
-                               "(the converter and the generator write indexes), or set data.plan=raw")
+            raise MissingIndex(f"{index_path(url)} is missing: index the data with `python -m lmm.data.index "
+                               f"{Path(url).parent.parent}` (the converter and the generator write indexes), or set data.plan=raw")
         arrays = read_arrays(url, PLAN_ARRAYS + ("shard_bytes",) + (SIZE_ARRAYS if sizes else ()), self.index_bytes)
         if local and (size := Path(url).stat().st_size) != int(arrays["shard_bytes"]):
             self.problems[url] = (f"shard: {Path(url).name} has {size} bytes, its index says {int(arrays['shard_bytes'])} "

@@ -213,8 +213,8 @@ def index_root(root: str | Path, force: bool = False) -> dict[str, int]:
     manifest. Returns {folder: shards indexed}."""
     root = Path(root)
     manifest = read_manifest(root)
-    folders = sorted(manifest.get("shard_info", {}) or manifest.get("shards", {})) if manifest else \
-        sorted({p.parent.name for p in root.glob("*/*.tar")})
+    listed = (manifest.get("shard_info") or manifest.get("shards") or {}) if manifest else {}
+    folders = sorted(set(listed) | {p.parent.name for p in root.glob("*/*.tar")})
     done: dict[str, int] = {}
     for folder in folders:
         shards = sorted((root / folder).glob("*.tar"))

@@ -1,0 +1,200 @@
+"""Shard indexes: they describe the tars byte for byte, plans read nothing else, a worker reads
+only its samples (locally by seek, remotely by HTTP Range), and what is damaged is counted."""
+
+import http.server
+import json
+import random
+import tarfile
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmm.data.catalog import Catalog, MissingIndex
+from lmm.data.index import INDEX_SUFFIX, build_index, index_root, main, parse_sample, read_arrays, read_span
+from lmm.data.mixture import Source
+from lmm.data.sample import SampleProcessor, Skip
+from lmm.data.shards import ERROR_KEY, expand_shards, list_shards, read_manifest
+
+DETAIL = ("key", "source", "span_start", "span_bytes", "text_tokens", "image_start", "image_height", "image_width",
+          "member_start", "member_name", "member_offset", "member_size")
+
+
+def shards_of(root: Path) -> list[str]:
+    return [s for folder in sorted(p for p in root.iterdir() if p.is_dir()) for s in list_shards(folder)]
+
+
+def test_the_index_of_a_converted_miniature_is_its_tars_byte_for_byte(multi_image_root):
+    """Every shard of the converted mix665k and multi-image miniatures (text-only, multi-turn,
+    one- and several-image samples): each sample's key, source and members (name, data offset,
+    size) are the tar's, its span re-reads to webdataset's own sample, the estimate is JSON/4."""
+    from PIL import Image
+    import io
+
+    root = multi_image_root / "shards"
+    checked = 0
+    for shard in shards_of(root / "llava_mix665k") + shards_of(root / "multi_image_mix"):
+        a = read_arrays(shard, DETAIL)
+        with tarfile.open(shard) as tar:
+            members = [(m.name, m.offset_data, m.size) for m in tar.getmembers() if m.isreg()]
+        indexed = [(f"{a['key'][i]}.{a['member_name'][j]}", int(a["member_offset"][j]), int(a["member_size"][j]))
+                   for i in range(len(a["key"])) for j in range(a["member_start"][i], a["member_start"][i + 1])]
+        assert indexed == members, shard
+        for i, sample in enumerate(expand_shards([{"url": shard}])):
+            assert parse_sample(read_span(shard, int(a["span_start"][i]), int(a["span_bytes"][i])), shard) == sample
+            record = json.loads(sample["json"])
+            assert a["source"][i] == record["source"] and a["text_tokens"][i] == len(sample["json"]) // 4
+            images = [k for k in sample if k.endswith(("jpg", "png"))]
+            assert a["image_start"][i + 1] - a["image_start"][i] == len(images)
+            for k, j in zip(sorted(images), range(a["image_start"][i], a["image_start"][i + 1]), strict=True):
+                width, height = Image.open(io.BytesIO(sample[k])).size
+                assert (a["image_height"][j], a["image_width"][j]) == (height, width)
+            checked += 1
+    counts = np.concatenate([np.diff(read_arrays(s, ("image_start",))["image_start"]) for s in shards_of(root / "multi_image_mix")])
+    assert checked > 40 and {0, 1, 2} <= set(counts.tolist())  # text-only, one-image and several-image samples were among them
+
+
+def test_the_manifest_records_each_index(mix665k_root):
+    manifest = read_manifest(mix665k_root / "shards" / "llava_mix665k")
+    for folder, records in manifest["shard_info"].items():
+        for name, record in records.items():
+            index = mix665k_root / "shards" / "llava_mix665k" / folder / (name + INDEX_SUFFIX)
+            assert record["index_bytes"] == index.stat().st_size
+
+
+def copy_root(source: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def catalog_of(folder: Path, **tokens) -> Catalog:
+    from lmm.data.shards import expected_shards
+
+    expected = expected_shards(folder)
+    urls = {str(folder / name): record for name, record in expected.items()}
+    return Catalog([Source(folder.name, list(urls), 1.0, urls)], tokens.get("image_tokens", 4))
+
+
+def test_the_index_command_indexes_what_lacks_one(data_root, tmp_path, capsys):
+    root = copy_root(data_root / "synthetic", tmp_path / "synthetic")
+    for index in root.glob(f"*/*{INDEX_SUFFIX}"):
+        index.unlink()
+    with pytest.raises(MissingIndex, match=rf"python -m lmm.data.index {root}` .*data.plan=raw"):
+        catalog_of(root / "train")
+    main([str(root)])
+    assert "shard(s) indexed" in capsys.readouterr().out
+    catalog = catalog_of(root / "train")
+    assert len(catalog) == sum(r["samples"] for r in read_manifest(root)["shard_info"]["train"].values())
+    assert all("index_bytes" in r for r in read_manifest(root)["shard_info"]["train"].values())
+    main([str(root)])  # nothing left to do
+    assert "train: 0 shard(s) indexed" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not a directory"):
+        main([str(tmp_path / "nowhere")])
+
+
+def test_a_gzip_shard_is_refused(tmp_path):
+    import gzip
+
+    shard = tmp_path / "x.tar"
+    shard.write_bytes(gzip.compress(b"not a plain tar"))
+    with pytest.raises(ValueError, match="gzip-compressed"):
+        build_index(shard)
+
+
+def test_damage_after_indexing_is_counted(data_root, tmp_path, tokenizer):
+    """A member corrupted in place (same size) is read and skipped as an unreadable image; a shard
+    cut after indexing gives one counted skip per sample its index holds; neither crashes."""
+    from lmm.data.image import ImageTransform
+
+    root = copy_root(data_root / "synthetic", tmp_path / "synthetic")
+    shards = sorted((root / "train").glob("*.tar"))
+    a = read_arrays(str(shards[0]), DETAIL)
+    png = next(j for j, name in enumerate(a["member_name"]) if name == "png")
+    with open(shards[0], "r+b") as f:  # overwrite the first image's bytes, keep the size
+        f.seek(int(a["member_offset"][png]))
+        f.write(b"\0" * int(a["member_size"][png]))
+    shards[1].write_bytes(shards[1].read_bytes()[:2048])  # cut
+    catalog = Catalog([Source("train", [str(s) for s in shards], 1.0)], 4)
+    process = SampleProcessor(tokenizer, "vicuna_v1", ImageTransform(16, (0.5,) * 3, (0.5,) * 3), image_tokens=4, max_length=512)
+    first = [process(catalog.read(i)) for i in catalog.samples_of({"url": str(shards[0])})]
+    assert [r.kind for r in first if isinstance(r, Skip)] == ["image"]
+    cut = catalog.samples_of({"url": str(shards[1])})
+    assert len(cut) == len(read_arrays(str(shards[1]), ("key",))["key"]) and all(ERROR_KEY in m for m in cut)
+    assert "its index says" in cut[0][ERROR_KEY]
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """A static file server that honours single Range requests (as object stores do)."""
+
+    honour_range = True
+
+    def log_message(self, *args):
+        pass
+
+    def send_head(self):
+        header = self.headers.get("Range")
+        if not header or not self.honour_range:
+            return super().send_head()
+        path = Path(self.translate_path(self.path))
+        data = path.read_bytes()
+        start, end = (int(x) for x in header.removeprefix("bytes=").split("-"))
+        body = data[start : end + 1]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        import io
+
+        return io.BytesIO(body)
+
+
+@pytest.fixture
+def http_root(data_root):
+    handler = partial(RangeHandler, directory=str(data_root / "synthetic"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    RangeHandler.honour_range = True
+
+
+def test_http_shards_plan_from_their_index_and_read_by_range(data_root, http_root):
+    """The same catalog from http(s) shards as from the local files; samples are read with Range
+    requests; a server that ignores Range gives counted skips, not whole-shard downloads."""
+    names = sorted(p.name for p in (data_root / "synthetic" / "train").glob("*.tar"))
+    local = Catalog([Source("train", [str(data_root / "synthetic" / "train" / n) for n in names], 1.0)], 4)
+    remote = Catalog([Source("train", [f"{http_root}/train/{n}" for n in names], 1.0)], 4)
+    assert remote.length == local.length and remote.has_image == local.has_image
+    assert remote.index_bytes[0] > 0
+    picks = random.Random(0).sample(range(len(local)), 5)
+    for i in picks:
+        got, want = remote.read(i), local.read(i)
+        assert {k: v for k, v in got.items() if k != "__url__"} == {k: v for k, v in want.items() if k != "__url__"}
+    assert remote.bytes_read == local.bytes_read == sum(int(local.span_bytes[i]) for i in picks)
+    RangeHandler.honour_range = False
+    refused = remote.read(picks[0])
+    assert "must honour Range" in refused[ERROR_KEY]
+
+
+def test_planned_lengths_follow_the_image_sizes(data_root):
+    """With size-dependent image tokens (AnyRes) the catalog's lengths are the raw plan's."""
+    from lmm.data.image import ImageTransform
+    from lmm.data.mixture import approximate_length
+
+    folder = data_root / "synthetic" / "train"
+    catalog = catalog_of(folder, image_tokens=lambda sizes: sum(h * 3 + w for h, w in sizes))
+    transform = ImageTransform(16, (0.5,) * 3, (0.5,) * 3)
+    raw = list(expand_shards({"url": url} for url in catalog.urls))
+
+    def planned(sample):
+        from lmm.data.sample import image_keys
+
+        return sum(h * 3 + w for h, w in (transform.size_of(sample[k]) for k in image_keys(sample)))
+
+    assert catalog.length == [approximate_length(s, planned) for s in raw]
+    assert np.array(catalog.has_image).all()  # the synthetic mixture: every sample has an image
