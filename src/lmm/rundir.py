@@ -196,12 +196,22 @@ def save_run_config(run_dir: Path, cfg: DictConfig, replace: bool = False) -> No
 
 
 def data_manifest_sha256(cfg: DictConfig) -> str | None:
-    """The sha256 of the training data's manifest.json (None while the data does not exist yet)."""
-    from lmm.save import file_sha256
-
+    """The fingerprint of the training data's manifest.json (None while the data does not exist
+    yet): the sha256 of its text as lmm writes it, without the shard indexes' sizes, so that
+    indexing a data root (`python -m lmm.data.index`) does not read as other data."""
     root = str(OmegaConf.select(cfg, "data.root", default="") or "")
-    manifest = Path(root) / "manifest.json"
-    return file_sha256(manifest) if root and "://" not in root and manifest.is_file() else None
+    path = Path(root) / "manifest.json"
+    if not root or "://" in root or not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError:  # not JSON: its bytes are what identify it
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    for records in (manifest.get("shard_info") or {}).values():
+        for record in records.values():
+            if isinstance(record, dict):
+                record.pop("index_bytes", None)
+    return hashlib.sha256((json.dumps(manifest, indent=2) + "\n").encode()).hexdigest()
 
 
 def claim_identity(run_dir: Path, cfg: DictConfig) -> None:

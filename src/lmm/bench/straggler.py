@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     streams = [per_rank_batches(raw_samples(seed=rank), args.batch_size, random.Random(rank)) for rank in range(args.ranks)]
     per_rank = [[next(stream) for stream in streams] for _ in range(args.steps)]
-    planned = plan_steps(raw_samples(seed=0), args.batch_size, World(0, args.ranks, 1), GROUP, random.Random(0), IMAGE_TOKENS)
+    planned = plan_steps(raw_samples(seed=0), args.batch_size, World(0, args.ranks, 1), GROUP, random.Random(0), tokens)
     global_plan = [next(planned)[0] for _ in range(args.steps)]  # accumulation 1: slot 0 holds every rank's share
     (old, old_mixed), (new, new_mixed) = factor(per_rank), factor(global_plan)
     result = {

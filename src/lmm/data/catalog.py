@@ -41,15 +41,16 @@ class Catalog:
                 arrays = self._arrays(url, (source.expected or {}).get(url, {}), callable(image_tokens))
                 if arrays is None:
                     continue
-                n, first = len(arrays["span_start"]), sum(map(len, starts))
+                bounds = arrays["span_start"].astype(np.int64)  # sample i: [bounds[i], bounds[i + 1])
+                n, first = len(bounds) - 1, sum(map(len, starts))
                 self.rows[url] = range(first, first + n)
                 self.urls.append(url)
-                starts.append(arrays["span_start"])
-                spans.append(arrays["span_bytes"])
+                starts.append(bounds[:-1])
+                spans.append(np.diff(bounds))
                 shard_of.append(np.full(n, len(self.urls) - 1, dtype=np.int32))
-                counts = np.diff(arrays["image_start"])
+                counts = arrays["image_count"].astype(np.int64)
                 images.append(counts)
-                lengths.append(arrays["text_tokens"] + self._image_tokens(arrays, counts, image_tokens, exif))
+                lengths.append(arrays["text_tokens"].astype(np.int64) + self._image_tokens(arrays, counts, image_tokens, exif))
         self.span_start = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
         self.span_bytes = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
         self.shard_of = np.concatenate(shard_of) if shard_of else np.zeros(0, dtype=np.int32)
@@ -69,7 +70,7 @@ class Catalog:
         arrays = read_arrays(url, PLAN_ARRAYS + ("shard_bytes",) + (SIZE_ARRAYS if sizes else ()), self.index_bytes)
         if local and (size := Path(url).stat().st_size) != int(arrays["shard_bytes"]):
             self.problems[url] = (f"shard: {Path(url).name} has {size} bytes, its index says {int(arrays['shard_bytes'])} "
-                                  f"(re-index with `python -m lmm.data.index`) ({url})", len(arrays["span_start"]))
+                                  f"(re-index with `python -m lmm.data.index`) ({url})", len(arrays["text_tokens"]))
             return None
         return arrays
 
@@ -80,7 +81,7 @@ class Catalog:
         if not callable(image_tokens):
             return counts * image_tokens
         out = np.zeros(len(counts), dtype=np.int64)
-        bounds = arrays["image_start"]
+        bounds = np.concatenate([[0], np.cumsum(counts)])  # sample i: images [bounds[i], bounds[i + 1])
         heights, widths, turned = arrays["image_height"], arrays["image_width"], arrays["image_turned"]
         for i in np.flatnonzero(counts):
             lo, hi = bounds[i], bounds[i + 1]

@@ -8,7 +8,7 @@ suffix, fetched once per shard). It is an uncompressed .npz of plain arrays (rea
 allow_pickle=False), one row per sample, samples grouped exactly as webdataset groups a tar
 (its own group_by_keys): the sample's span (from its first member's header to the end of its
 last member, so one read returns the whole sample), its text tokens (the plan's estimate: JSON
-bytes / 4), its images and their header sizes, and, for people and tests, its key, source and
+bytes / 4), its image count and their header sizes, and, for people and tests, its key, source and
 members (name, data offset, size). Members of an .npz load one at a time, so the plan reads only
 the few bytes per sample it needs (`PLAN_ARRAYS`), never the keys.
 """
@@ -33,7 +33,7 @@ from lmm.data.sample import image_keys
 from lmm.data.shards import INDEX_SUFFIX, MANIFEST, read_manifest, shard_records, write_manifest
 
 FORMAT = "lmm-shard-index/1"
-PLAN_ARRAYS = ("span_start", "span_bytes", "text_tokens", "image_start")  # what a plan loads: ~20 bytes a sample
+PLAN_ARRAYS = ("span_start", "text_tokens", "image_count")  # what a plan loads: ~7 bytes a sample
 SIZE_ARRAYS = ("image_height", "image_width", "image_turned")  # loaded only when image tokens depend on sizes (AnyRes)
 SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's tar_file_iterator skips these members (its skip_meta default)
 BLOCK = 512  # tar block: headers and member data start on its multiples
@@ -98,22 +98,31 @@ def build_index(shard: str | Path) -> dict[str, np.ndarray]:
         rows = [_sample_row(s) for s in group_by_keys(tar_members(stream, str(shard)))]
     sizes = [size for row in rows for size in row["sizes"]]
     members = [m for row in rows for m in row["members"]]
+    # Sample i's span is [span_start[i], span_start[i + 1]): from its first header to the next
+    # sample's (or, for the last, to the end of its data rounded to a block). The plan's arrays
+    # take the smallest integer type that holds them: a few bytes a sample, read by every rank.
+    ends = [r["span"][0] + r["span"][1] for r in rows]
+    starts = [r["span"][0] for r in rows] + ends[-1:]
     return {
         "format": np.array(FORMAT), "shard_bytes": np.array(shard.stat().st_size, dtype=np.int64),
-        "span_start": np.array([r["span"][0] for r in rows], dtype=np.int64),
-        "span_bytes": np.array([r["span"][1] for r in rows], dtype=np.int64),
-        "text_tokens": np.array([r["text_tokens"] for r in rows], dtype=np.int32),
-        "image_start": np.cumsum([0] + [len(r["sizes"]) for r in rows]).astype(np.int32),  # sample i: images [s[i], s[i+1])
+        "span_start": compact(starts or [0]),
+        "text_tokens": compact([r["text_tokens"] for r in rows]),
+        "image_count": compact([len(r["sizes"]) for r in rows]),
         "image_height": np.array([s[0] for s in sizes], dtype=np.int32),
         "image_width": np.array([s[1] for s in sizes], dtype=np.int32),
         "image_turned": np.array([s[2] for s in sizes], dtype=bool),
         "key": np.array([r["key"] for r in rows], dtype=str),
         "source": np.array([r["source"] for r in rows], dtype=str),
-        "member_start": np.cumsum([0] + [len(r["members"]) for r in rows]).astype(np.int32),
+        "member_start": np.cumsum([0] + [len(r["members"]) for r in rows]).astype(np.int64),
         "member_name": np.array([m[0] for m in members], dtype=str),
         "member_offset": np.array([m[1] for m in members], dtype=np.int64),
         "member_size": np.array([m[2] for m in members], dtype=np.int64),
     }
+
+
+def compact(values: list[int]) -> np.ndarray:
+    """Non-negative integers in the smallest unsigned type that holds them."""
+    return np.array(values, dtype=np.min_scalar_type(max(values, default=0)))
 
 
 def write_index(shard: str | Path) -> Path:

@@ -180,24 +180,32 @@ class TrainingStream(IterableDataset):
     def modality(self, sample) -> bool:
         return has_image(sample) if self.catalog is None else self.catalog.has_image[sample]
 
-    def micro_batches(self) -> Iterator[list]:
-        """This rank's planned micro-batches, in training order (the same plan on every rank)."""
+    def steps(self) -> Iterator[list[list[list]]]:
+        """The epoch's global steps, `step[slot][rank]` (the same plan on every rank)."""
         rng = random.Random(f"{self.seed}/{self.epoch}")
-        steps = plan_steps(self.raw_samples(rng), self.batch_size, self.world, self.group_size, rng, self.length, self.modality)
-        for step in steps:
+        return plan_steps(self.raw_samples(rng), self.batch_size, self.world, self.group_size, rng, self.length, self.modality)
+
+    def micro_batches(self) -> Iterator[list]:
+        """This rank's planned micro-batches, in training order."""
+        for step in self.steps():
             for slot in step:
                 yield slot[self.world.rank]
 
     def read(self, sample) -> dict:
         return sample if self.catalog is None else self.catalog.read(sample)
 
-    def __iter__(self) -> Iterator[dict]:
+    def served(self, worker: int, num_workers: int) -> Iterator[list[dict]]:
+        """The raw samples of the micro-batches that DataLoader worker `worker` of `num_workers`
+        serves on this rank, read (only those), in training order; one call is one epoch."""
         self.epoch += 1
-        worker, num_workers = worker_slot()
         resumed = self.resume_batches if self.epoch == 1 else 0
         # A new DataLoader starts its round-robin at worker 0: the first batch it hands out is
         # micro-batch `resumed`, so worker w serves the micro-batches n ≥ resumed with
         # (n − resumed) % num_workers == w.
         for n, plan in enumerate(self.micro_batches()):
             if n >= resumed and (n - resumed) % num_workers == worker:
-                yield self.collator([self.processor(self.read(sample)) for sample in plan])
+                yield [self.read(sample) for sample in plan]
+
+    def __iter__(self) -> Iterator[dict]:
+        for raw in self.served(*worker_slot()):
+            yield self.collator([self.processor(sample) for sample in raw])
