@@ -58,6 +58,23 @@ def test_data_benchmark_measures_both_loaders(tmp_path, data_root):
     assert json.loads((tmp_path / "data.json").read_text()) == result
     assert result["lmm_samples_per_s"] > 0 and result["llava_map_style_samples_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["lmm_samples_per_s"] / result["llava_map_style_samples_per_s"], rel=0.01)
+    assert result["index_plan_vs_raw_plan"] == pytest.approx(result["lmm_samples_per_s"] / result["lmm_raw_plan_samples_per_s"], rel=0.01)
+    assert result["samples_timed"] == {"llava": 16, "lmm": 16, "lmm_raw_plan": 16}  # 2 rounds × 2 batches × 4 on each side
+
+
+def test_data_scale_benchmark_counts_the_bytes_each_rank_reads(tmp_path):
+    """At a tiny size: planning from indexes reads about what a rank trains on, the raw stream
+    about ranks × workers times that; a resume reads less than a global step."""
+    from lmm.bench.data_scale import main
+
+    result = main(["--samples", "1200", "--ranks", "4", "16", "--workers", "2", "--global-batch", "16", "--steps", "4",
+                   "--out", str(tmp_path / "scale.json")])
+    assert json.loads((tmp_path / "scale.json").read_text()) == result
+    for ranks, row in result["per_W"].items():
+        assert 1.0 <= row["read_per_trained_index_samples_only"] <= row["read_per_trained_index"] < 1.3
+        assert row["read_per_trained_raw"] > int(ranks)  # each of a rank's workers reads the whole world's samples
+        assert row["planning_ms_per_step"] > 0 and row["straggler_factor"] >= 1.0
+    assert [row["index_read_per_global_step"] < 1 < row["raw_read_per_global_step"] for row in result["resume"]["at"].values()] == [True] * 3
 
 
 def test_eval_benchmark_answers_every_question_on_both_sides(tmp_path, data_root):

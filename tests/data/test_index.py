@@ -219,3 +219,24 @@ def test_planned_lengths_follow_the_image_sizes(data_root):
 
     assert catalog.length == [approximate_length(s, planned) for s in raw]
     assert np.array(catalog.has_image).all()  # the synthetic mixture: every sample has an image
+
+
+def test_an_index_that_is_not_the_manifests_stops_before_any_work(data_root, tmp_path):
+    root = copy_root(data_root / "synthetic", tmp_path / "synthetic")
+    index = next((root / "train").glob(f"*{INDEX_SUFFIX}"))
+    index.write_bytes(index.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match=r"the manifest says .*python -m lmm.data.index"):
+        catalog_of(root / "train")
+    index.write_bytes(b"not an npz")
+    manifest = read_manifest(root)
+    manifest["shard_info"]["train"][index.name.removesuffix(INDEX_SUFFIX)]["index_bytes"] = len(b"not an npz")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="cannot be read .*re-index"):
+        catalog_of(root / "train")
+
+
+def test_unknown_plan_is_refused(data_root):
+    from lmm.data.datamodule import LMMDataModule
+
+    with pytest.raises(ValueError, match=r"data.plan must be one of \('index', 'raw'\)"):
+        LMMDataModule(str(data_root / "synthetic"), plan="fast")

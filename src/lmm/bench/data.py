@@ -7,8 +7,9 @@ Both paths decode a COCO-sized JPEG, pad it to a square with the tower's mean co
 LLaVA's `LazySupervisedDataset` does: a JSON list in memory, `Image.open` from an image folder,
 `expand2square`, transformers' PIL `CLIPImageProcessor` (CLIPImageProcessorPil in transformers 5:
 the one LLaVA ran), shuffled map-style DataLoader. Both make the same pixels (tests/data/test_llava_pixels.py). lmm reads
-WebDataset shards written by `lmm.data.convert` through `TrainingStream`. Prints samples/s of
-each, the ratio, and samples/s per worker; writes experiments/bench/data.json.
+WebDataset shards written by `lmm.data.convert` through `TrainingStream`, planned from the shard
+indexes (the default) and, for comparison, from the raw tar stream (data.plan=raw). Prints
+samples/s of each, the ratios, and samples/s per worker; writes experiments/bench/data.json.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lmm.bench import checked_ratio, save_result
+from lmm.data.catalog import Catalog
 from lmm.data.collate import Collator
 from lmm.data.conversation import encode
 from lmm.data.convert import convert
@@ -115,31 +117,43 @@ def main(argv: list[str] | None = None) -> dict:
         convert(json_path, images, Path(tmp) / "shards", workers=args.workers, shard_size=64, progress=False)
         transform = ImageTransform(SIZE, CLIP_MEAN, CLIP_STD, "pad")
         processor = SampleProcessor(tokenizer, "vicuna_v1", transform, IMAGE_TOKENS, max_length=2048)
-        stream = TrainingStream([Source("llava", list_shards(Path(tmp) / "shards" / "llava_instruct"), 1.0)], processor,
-                                Collator(tokenizer.pad_token_id), args.batch_size, seed=0, group_size=1)
-        lmm_loader = DataLoader(stream, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0)
-        llava_loader = DataLoader(LazySupervisedStyle(json_path, images, tokenizer), batch_size=args.batch_size, shuffle=True,
-                                  num_workers=args.workers, collate_fn=Collator(tokenizer.pad_token_id), persistent_workers=args.workers > 0)
-        # Alternate the two, twice, so a slow spell of the machine hits both alike.
-        rounds = [(samples_per_second(llava_loader, args.batches), samples_per_second(lmm_loader, args.batches)) for _ in range(2)]
-    samples = {"lmm": sum(r[1][0] for r in rounds), "llava": sum(r[0][0] for r in rounds)}
-    baseline = samples["llava"] / sum(r[0][1] for r in rounds)
-    ours = samples["lmm"] / sum(r[1][1] for r in rounds)
+        sources = [Source("llava", list_shards(Path(tmp) / "shards" / "llava_instruct"), 1.0)]
+        loaders = {"llava": DataLoader(LazySupervisedStyle(json_path, images, tokenizer), batch_size=args.batch_size, shuffle=True,
+                                       num_workers=args.workers, collate_fn=Collator(tokenizer.pad_token_id),
+                                       persistent_workers=args.workers > 0)}
+        for plan, catalog in (("lmm", Catalog(sources, IMAGE_TOKENS)), ("lmm_raw_plan", None)):
+            stream = TrainingStream(sources, processor, Collator(tokenizer.pad_token_id), args.batch_size, seed=0, group_size=1,
+                                    catalog=catalog)
+            loaders[plan] = DataLoader(stream, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0)
+        # Alternate the three, twice, so a slow spell of the machine hits all alike.
+        timed = {name: [0, 0.0] for name in loaders}
+        for _ in range(2):
+            for name, loader in loaders.items():
+                count, seconds = samples_per_second(loader, args.batches)
+                timed[name][0] += count
+                timed[name][1] += seconds
+    samples = {name: count for name, (count, _) in timed.items()}
+    rate = {name: count / seconds for name, (count, seconds) in timed.items()}
+    ours, baseline = rate["lmm"], rate["llava"]
     result = {
         "benchmark": "data",
         "lmm_samples_per_s": round(ours, 1),
+        "lmm_raw_plan_samples_per_s": round(rate["lmm_raw_plan"], 1),
         "llava_map_style_samples_per_s": round(baseline, 1),
         "samples_timed": samples,  # each side's, over both rounds
-        "ratio": round(checked_ratio(ours, baseline, samples), 3),
+        "ratio": round(checked_ratio(ours, baseline, {"lmm": samples["lmm"], "llava": samples["llava"]}), 3),
+        "index_plan_vs_raw_plan": round(checked_ratio(ours, rate["lmm_raw_plan"],
+                                                      {"lmm": samples["lmm"], "lmm_raw_plan": samples["lmm_raw_plan"]}), 3),
         "lmm_samples_per_s_per_worker": round(ours / max(1, args.workers), 1),
         "workers": args.workers,
         "batch_size": args.batch_size,
         "image_size": SIZE,
     }
     print(f"lmm streaming      {ours:8.1f} samples/s  ({samples['lmm']} samples; {result['lmm_samples_per_s_per_worker']} per worker, "
-          f"{args.workers} workers)")
+          f"{args.workers} workers; planned from the shard indexes)")
+    print(f"lmm, raw plan      {rate['lmm_raw_plan']:8.1f} samples/s  ({samples['lmm_raw_plan']} samples; planned from the tar bytes)")
     print(f"LLaVA map-style    {baseline:8.1f} samples/s  ({samples['llava']} samples)")
-    print(f"ratio              {result['ratio']:8.3f}x")
+    print(f"ratio              {result['ratio']:8.3f}x  (index plan / raw plan: {result['index_plan_vs_raw_plan']:.3f}x)")
     return save_result(result, args.out, argv)
 
 

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "planning_ms_per_step": round(planning_ms, 3),
                 "straggler_factor": round(straggler, 4),
             }
-            result["per_W"][ranks] = row
+            result["per_W"][str(ranks)] = row
             print(f"W={ranks:4d} (per-device {per_device}, global {per_device * ranks}): bytes read / trained per rank: "
                   f"index {row['read_per_trained_index']:.3f} (samples {row['read_per_trained_index_samples_only']:.3f}), "
                   f"raw stream {row['read_per_trained_raw']:.1f}; planning {planning_ms:.2f} ms/step; straggler {straggler:.3f}")
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
             row = {"step": at, "index_read_per_global_step": round(index["read"] / index["global_step_bytes"], 4),
                    "raw_read_per_global_step": round(raw["read"] / index["global_step_bytes"], 2),
                    "index_bytes": index["index"], "index_seconds_to_first_batch": round(index["seconds"], 3)}
-            result["resume"]["at"][fraction] = row
+            result["resume"]["at"][str(fraction)] = row
             print(f"resume at {fraction:.0%} of an epoch (step {at}, W={ranks}): bytes before the first batch / one global step: "
                   f"index {row['index_read_per_global_step']:.3f}, raw stream {row['raw_read_per_global_step']:.2f} "
                   f"({row['index_seconds_to_first_batch']:.2f} s to the first batch)")

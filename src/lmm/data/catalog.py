@@ -67,6 +67,10 @@ class Catalog:
         if local and not Path(index_path(url)).is_file():
             raise MissingIndex(f"{index_path(url)} is missing: index the data with `python -m lmm.data.index "
                                f"{Path(url).parent.parent}` (the converter and the generator write indexes), or set data.plan=raw")
+        wanted = record.get("index_bytes") if local and record else None
+        if wanted is not None and (size := Path(index_path(url)).stat().st_size) != wanted:
+            raise ValueError(f"{index_path(url)} has {size} bytes, the manifest says {wanted}: re-index with "
+                             f"`python -m lmm.data.index {Path(url).parent.parent}`")
         arrays = read_arrays(url, PLAN_ARRAYS + ("shard_bytes",) + (SIZE_ARRAYS if sizes else ()), self.index_bytes)
         if local and (size := Path(url).stat().st_size) != int(arrays["shard_bytes"]):
             self.problems[url] = (f"shard: {Path(url).name} has {size} bytes, its index says {int(arrays['shard_bytes'])} "
