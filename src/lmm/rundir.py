@@ -38,9 +38,10 @@ CHECKPOINTS, PREDICTIONS, TENSORBOARD = "checkpoints", "predictions", "tb"
 HYDRA_DIR = ".hydra"
 # Keys that cannot change what a run trains or scores: where things are written, how it is shown.
 # Where a run writes, how it shows progress, what it logs to, and task=simulate's settings.
-# data.plan changes how the plan is read (shard indexes or tar bytes), never the plan (tests/data/test_mixture.py).
+# data.plan changes how the plan is read (shard indexes or tar bytes), never the plan (tests/data/test_mixture.py);
+# model.loss how the loss is computed, not its value (equal within 1e-5 in fp32, tests/model/test_loss.py).
 NOT_IDENTITY = ("run_dir", "paths.runs", "force", "run_lock_wait_s", "trainer.enable_progress_bar", "data.num_workers", "name",
-                "logger", "simulate", "data.plan")
+                "logger", "simulate", "data.plan", "model.loss")
 # How the global batch is laid out over devices: a run may resume with another layout of the same
 # global batch (the global batch plan makes the data and the updates the same), so these are left
 # out of the identity and the global batch itself is in it.

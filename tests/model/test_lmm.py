@@ -34,15 +34,20 @@ def test_placeholder_count_mismatch_is_a_clear_error(model):
         model.embed(ids, torch.randn(1, 3, 64, 64))
 
 
-def test_loss_ignores_masked_labels(model):
+@pytest.mark.parametrize("loss", ["plain", "fused"])
+def test_loss_ignores_masked_labels(model, loss):
     n = model.num_image_tokens
     ids = torch.tensor([[1, *[IMAGE_ID] * n, 20, 21, 22]])
     labels = torch.full_like(ids, -100)
     labels[0, -2:] = ids[0, -2:]
-    out = model(ids, torch.ones_like(ids), torch.randn(1, 3, 64, 64), labels=labels)
-    logits = out.logits[0, -3:-1]
-    expected = torch.nn.functional.cross_entropy(logits, ids[0, -2:])
-    torch.testing.assert_close(out.loss, expected)
+    pixels = torch.randn(1, 3, 64, 64)
+    logits = model(ids, torch.ones_like(ids), pixels).logits[0, -3:-1]  # no labels: the full logits
+    model.loss_path = loss
+    try:
+        out = model(ids, torch.ones_like(ids), pixels, labels=labels)
+    finally:
+        model.loss_path = "fused"
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(logits, ids[0, -2:]))
 
 
 def test_batched_generation_matches_one_by_one(model):

@@ -55,8 +55,9 @@ class StepBatches(IterableDataset):
                 yield self.batches[2 * step + slot]
 
 
-def module(workdir: Path) -> RecordingModule:
-    model = build_model(compose_config(["vision=tiny", "llm=tiny"]), image_token_id=int(os.environ.get("LMM_TEST_IMAGE_TOKEN", "4")))
+def module(workdir: Path, loss: str = "fused") -> RecordingModule:
+    model = build_model(compose_config(["vision=tiny", "llm=tiny", f"model.loss={loss}"]),
+                        image_token_id=int(os.environ.get("LMM_TEST_IMAGE_TOKEN", "4")))
     model.load_state_dict(load_file(str(workdir / "init.safetensors")))
     return RecordingModule(model, Stage(train={"connector": True, "llm": True}, optim={"lr": 1e-3, "warmup_ratio": 0.2}))
 
@@ -70,9 +71,10 @@ def trainer(strategy, callbacks=(), accumulate: int = 1, devices: int = 1) -> L.
 
 
 def single_process(workdir: Path) -> list[float]:
-    """Per-step losses (mean of the step's two micro-batches) of the reference run."""
+    """Per-step losses (mean of the step's two micro-batches) of the reference run: one process,
+    transformers' loss on the full logits (the FSDP run takes the fused loss, model.loss's default)."""
     batches = torch.load(workdir / "batches.pt", weights_only=False)
-    lit = module(workdir)
+    lit = module(workdir, loss="plain")
     trainer("auto", accumulate=2).fit(lit, DataLoader(StepBatches(batches, 0, [0, 1]), batch_size=None))
     losses = [loss for _, loss in lit.losses]
     return [(a + b) / 2 for a, b in zip(losses[::2], losses[1::2])]

@@ -20,14 +20,8 @@ def labelled_logprobs(model: LMM, batches: Iterable[Batch], device: torch.device
         if not batch.rows:
             continue
         batch = batch.to(device)
-        logits = model(**batch.model_inputs(labels=False)).logits.float()  # [B, T, V]
-        # Position t predicts token t + 1.
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # [B, T-1, V]
-        targets = batch.labels[:, 1:]  # [B, T-1]
-        scored = targets != IGNORE_INDEX
-        token_logprobs = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [B, T-1]
-        greedy = logprobs.argmax(-1) == targets
-        for row in range(targets.shape[0]):
-            keep = scored[row]
-            results.append((float(token_logprobs[row][keep].sum()), bool(greedy[row][keep].all())))
+        logprobs, greedy = model.token_scores(batch.labels, **batch.model_inputs(labels=False))  # [N], [N]: row by row
+        counts = (batch.labels[:, 1:] != IGNORE_INDEX).sum(1).tolist()  # each row's labelled tokens (position t predicts t + 1)
+        for row_logprobs, row_greedy in zip(logprobs.split(counts), greedy.split(counts), strict=True):
+            results.append((float(row_logprobs.sum()), bool(row_greedy.all())))
     return results

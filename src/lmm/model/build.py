@@ -34,4 +34,4 @@ def build_model(cfg: DictConfig, image_token_id: int, load_weights: bool = True)
     connector = instantiate(cfg.connector, vision_dim=vision.hidden_size, llm_dim=llm.config.hidden_size)
     if load_weights:
         connector.load_pretrained()  # e.g. the Q-Former's BERT initialisation
-    return LMM(vision, connector, llm, image_token_id, anyres)
+    return LMM(vision, connector, llm, image_token_id, anyres, loss=cfg.get("model", {}).get("loss", "plain"))

@@ -7,10 +7,12 @@ import math
 import torch
 from torch import nn
 from transformers import GenerationConfig
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from lmm.data.anyres import AnyRes
 from lmm.model.anyres import AnyResTokens
 from lmm.model.connectors import Connector
+from lmm.model.loss import IGNORE_INDEX, LOSSES, causal_lm_loss, labelled_token_scores, output_head, shifted_targets
 from lmm.model.vision import VisionTower
 
 COMPONENTS = ("vision", "connector", "llm")
@@ -26,10 +28,17 @@ class LMM(nn.Module):
     table, so the image token may lie outside the LLM's vocabulary.
     """
 
-    def __init__(self, vision: VisionTower, connector: Connector, llm: nn.Module, image_token_id: int, anyres: AnyRes | None = None):
+    def __init__(self, vision: VisionTower, connector: Connector, llm: nn.Module, image_token_id: int, anyres: AnyRes | None = None,
+                 loss: str = "plain"):
+        """`loss`: "fused" computes the loss from the final hidden states in chunks, never holding
+        [B, T, V] logits (lmm.model.loss); "plain" takes transformers' loss on the full logits."""
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"model.loss must be one of {LOSSES}, got {loss!r}")
         self.vision, self.connector, self.llm = vision, connector, llm
-        self.image_token_id, self.anyres = image_token_id, anyres
+        self.image_token_id, self.anyres, self.loss_path = image_token_id, anyres, loss
+        if loss == "fused":
+            output_head(llm)  # a head the fused loss cannot compute fails here, before any work
         if anyres is not None and anyres.pool > 1 and self.token_grid_side is None:
             raise ValueError(f"vision.tile_pool={anyres.pool} pools a grid of tokens, but {type(connector).__name__}'s "
                              f"{self.num_image_tokens} tokens are not one: use tile_pool=1 or a grid connector (linear, mlp, pixel_shuffle, ...)")
@@ -37,7 +46,9 @@ class LMM(nn.Module):
             self.connector.anyres_tokens = AnyResTokens(anyres, llm.config.hidden_size, self.token_grid_side)
         # Counting placeholders reads a value from the batch; lmm.simulate runs on fake tensors,
         # which have no values, and builds its batches with the right count by construction.
+        # For the same reason it has the fused loss project every position (static shapes).
         self.check_placeholders = True
+        self.loss_all_positions = False
 
     @property
     def num_image_tokens(self) -> int:
@@ -171,10 +182,34 @@ class LMM(nn.Module):
         sample boundaries (`cu_seq_lens_q/k` offsets, `max_length_q/k`), read by the attention.
         `always_encode`: see `embed` (the training module sets it)."""
         embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, always_encode, image_sizes)
+        packed = dict(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q, max_length_k=max_length_k)
+        if labels is not None and self.loss_path == "fused":
+            hidden = self.final_hidden(embeds, attention_mask, position_ids, **packed)  # [B, T, D]
+            return CausalLMOutputWithPast(loss=causal_lm_loss(hidden, labels, output_head(self.llm), self.loss_all_positions))
         # No KV cache in a training forward: packed attention needs the whole row at once.
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, position_ids=position_ids,
-                        use_cache=False, cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k,
-                        max_length_q=max_length_q, max_length_k=max_length_k)
+                        use_cache=False, **packed)
+
+    def final_hidden(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                     **packed) -> torch.Tensor:
+        """The LLM's last hidden states [B, T, D] (after its final norm), before the output projection."""
+        return self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                      use_cache=False, **packed).last_hidden_state
+
+    @torch.no_grad()
+    def token_scores(self, labels: torch.Tensor, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each labelled token, row by row: its log-probability [N] and whether greedy decoding
+        picks it [N] (teacher-forced; without [B, T, V] logits under model.loss=fused)."""
+        if self.loss_path == "fused":
+            image = ("input_ids", "pixel_values", "instruction_ids", "instruction_mask", "image_sizes")
+            embeds = self.embed(*(inputs.get(key) for key in image[:4]), image_sizes=inputs.get("image_sizes"))
+            hidden = self.final_hidden(embeds, **{key: value for key, value in inputs.items() if key not in image})
+            return labelled_token_scores(hidden, labels, output_head(self.llm))
+        logprobs = torch.log_softmax(self(**inputs).logits.float(), dim=-1)  # [B, T, V]
+        targets = shifted_targets(labels)  # position t predicts token t + 1
+        keep = targets != IGNORE_INDEX
+        token_logprobs = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [B, T]
+        return token_logprobs[keep], (logprobs.argmax(-1) == targets)[keep]
 
     @torch.no_grad()
     def generate(

@@ -159,6 +159,7 @@ def simulate_step(cfg: DictConfig, world: int, per_device_batch: int, sample_len
         with torch.device("meta"):
             model = build_model(cfg, image_token_id=-1, load_weights=False)
         model.check_placeholders = False  # fake tensors hold no values to count
+        model.loss_all_positions = True  # nor labels to select by (model.loss=fused projects every position, in chunks)
         module = LMMModule(model, stage_of(cfg), activation_checkpointing=activation_checkpointing)
         flops = FlopCounter.from_model(module.model).step_flops(lengths, images=len(lengths))
         strategy.shard(module.model, mesh)
