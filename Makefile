@@ -16,7 +16,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-data-scale bench-mfu bench ablate table table2 ablate-anyres ablate-multi-image gpu-check simulate scale-out
+.PHONY: install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-data-scale bench-loss bench-mfu bench ablate table table2 ablate-anyres ablate-multi-image gpu-check simulate scale-out
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
@@ -37,6 +37,7 @@ help:
 	@echo "make bench-packing     packed rows vs LLaVA's grouped padded batches (real tokens/s, waste)"
 	@echo "make bench-straggler   slowest rank / mean tokens per step: per-rank batch plans vs the global plan (8 ranks)"
 	@echo "make bench-data-scale  bytes a rank reads per byte it trains on, at 8/64/512 ranks: shard indexes vs the raw stream"
+	@echo "make bench-loss   peak memory and time of a step: the fused loss vs full logits (Qwen2's and Vicuna's vocabularies)"
 	@echo "make bench-mfu    (GPU) MFU under FSDP2 bf16, with/without checkpointing and compile"
 	@echo "make gpu-check    (GPU) FSDP recipe with text-only steps, LoRA under FSDP, packing, MFU: one PASS/FAIL line each"
 	@echo "make table SWEEP=experiments/runs/NAME   ablation table (md/tex/csv/png) of a sweep"
@@ -95,6 +96,9 @@ bench-straggler: install
 bench-data-scale: install
 	$(PY) -m lmm.bench.data_scale
 
+bench-loss: install
+	$(PY) -m lmm.bench.loss
+
 # GPU only: MFU under FSDP2 + bf16, with/without activation checkpointing and torch.compile.
 bench-mfu: install
 	$(PY) -m lmm.bench.mfu
@@ -104,7 +108,7 @@ gpu-check: install
 	$(PY) -m lmm.gpu_check
 
 # Every CPU benchmark; each prints ratios measured side by side and writes experiments/bench/<name>.json.
-bench: bench-data bench-eval bench-train-step bench-packing bench-straggler bench-data-scale
+bench: bench-data bench-eval bench-train-step bench-packing bench-straggler bench-data-scale bench-loss
 
 # Ablation table of a sweep: Markdown, LaTeX, CSV and PNG next to it.
 # The connector ablation (4 connectors × 3 seeds on the embedded default), then its table and

@@ -62,6 +62,17 @@ def test_data_benchmark_measures_both_loaders(tmp_path, data_root):
     assert result["samples_timed"] == {"llava": 16, "lmm": 16, "lmm_raw_plan": 16}  # 2 rounds × 2 batches × 4 on each side
 
 
+def test_loss_benchmark_measures_both_losses(tmp_path):
+    from lmm.bench.loss import main
+
+    result = main(["--tokens", "256", "--batch", "2", "--hidden", "64", "--vocab-override", "20000", "--vocabularies", "qwen2",
+                   "--repeats", "1", "--out", str(tmp_path / "loss.json")])
+    row = result["vocabularies"]["qwen2"]
+    assert row["loss_difference"] < 1e-4  # the same loss
+    assert row["step_peak_reduction"] > 1.5 and row["loss_part_reduction"] > 2  # no [B, T, V] logits
+    assert row["step_peak_mib"]["plain"] > row["step_peak_mib"]["fused"] > 0
+
+
 def test_data_scale_benchmark_counts_the_bytes_each_rank_reads(tmp_path):
     """At a tiny size: planning from indexes reads about what a rank trains on, the raw stream
     about ranks × workers times that; a resume reads less than a global step."""

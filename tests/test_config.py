@@ -194,9 +194,12 @@ def test_describe_llava15_recipe_stages(capsys):
     assert memory["parameters (sharded)"] == pytest.approx((13_047_331_840 * 4 + (13_350_839_296 - 13_047_331_840) * 2) / 8)
     assert memory["AdamW moments (sharded)"] == pytest.approx(2 * 13_047_331_840 * 4 / 8)
     # No accumulation at 8 GPUs: the gradients are not live at the forward's peak.
-    live = memory["activations"] + memory["logits + gradient (fp32)"]
+    forward = memory["activations"] + memory["loss"]
+    backward = memory["gradients (sharded)"] + memory["backward working set"]
     assert memory["total"] == pytest.approx(memory["parameters (sharded)"] + memory["AdamW moments (sharded)"]
-                                            + memory["gathered units (×2 prefetch)"] + max(live, memory["gradients (sharded)"]))
+                                            + memory["gathered units (×2 prefetch)"] + max(forward, backward))
+    # model.loss=fused (the default) holds no [tokens, V] logits: a chunk, the hidden states' and the head's gradients.
+    assert memory["loss"] < 2 * 4 * 2048 * 16 * 32_000 / 4
     out = capsys.readouterr().out
     assert "gradient-accumulation" in out and "FSDP memory per GPU" in out
     one_gpu = describe(compose_config(["experiment=llava15_7b", "task=describe", "trainer.devices=1"]), overrides=["trainer.devices=1"])
