@@ -23,6 +23,7 @@ uninterrupted run would have seen, whatever the number of workers.
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -166,9 +167,9 @@ class TrainingStream(IterableDataset):
     def raw_samples(self, rng: random.Random) -> Iterator:
         """The mixture's sample stream: raw samples, or catalog positions when planning from indexes."""
         streams = [self._source(s) for s in self.sources]
-        weights = [s.weight for s in self.sources]
+        cumulative = list(itertools.accumulate(s.weight for s in self.sources))  # what choices(weights=) computes per call
         while True:
-            (stream,) = rng.choices(streams, weights=weights)
+            (stream,) = rng.choices(streams, cum_weights=cumulative)
             yield next(stream)
 
     def length(self, sample) -> int:
@@ -183,7 +184,10 @@ class TrainingStream(IterableDataset):
     def steps(self) -> Iterator[list[list[list]]]:
         """The epoch's global steps, `step[slot][rank]` (the same plan on every rank)."""
         rng = random.Random(f"{self.seed}/{self.epoch}")
-        return plan_steps(self.raw_samples(rng), self.batch_size, self.world, self.group_size, rng, self.length, self.modality)
+        # From the catalog: its lists' own lookups (C-level calls; planning is per sample).
+        length, modality = ((self.length, self.modality) if self.catalog is None else
+                            (self.catalog.length.__getitem__, self.catalog.has_image.__getitem__))
+        return plan_steps(self.raw_samples(rng), self.batch_size, self.world, self.group_size, rng, length, modality)
 
     def micro_batches(self) -> Iterator[list]:
         """This rank's planned micro-batches, in training order."""
