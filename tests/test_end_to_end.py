@@ -291,3 +291,15 @@ def test_damaged_final_weights_are_refused_in_one_line(pretrain_run, make_config
     set_status(run, "finished")  # no record: the file itself is checked
     with pytest.raises(ValueError, match="cannot be read as safetensors"):
         lmm.load_pretrained(run)
+
+
+@pytest.mark.slow
+def test_training_reads_a_data_root_over_http(data_root, make_config, tmp_path, capsys):
+    """data.root=http://...: run.py's training plans from the fetched indexes and reads by Range."""
+    from tests.http_server import serve
+
+    with serve(data_root / "synthetic") as url:
+        train(make_config(f"data.root={url}", "eval_after_train=false", "trainer.max_steps=2", *FAST, run_dir=tmp_path / "run"))
+    assert (tmp_path / "run" / FINAL_WEIGHTS).exists()
+    summary = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("[lmm] samples seen"))
+    assert summary == "[lmm] samples seen 8, skipped 0", summary

@@ -1,12 +1,10 @@
 """Shard indexes: they describe the tars byte for byte, plans read nothing else, a worker reads
 only its samples (locally by seek, remotely by HTTP Range), and what is damaged is counted."""
 
-import http.server
+import itertools
 import json
 import random
 import tarfile
-import threading
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from lmm.data.index import INDEX_SUFFIX, build_index, index_root, main, parse_sa
 from lmm.data.mixture import Source
 from lmm.data.sample import SampleProcessor, Skip
 from lmm.data.shards import ERROR_KEY, expand_shards, list_shards, read_manifest
+from tests.http_server import RangeHandler, serve
 
 DETAIL = ("key", "source", "span_start", "text_tokens", "image_count", "image_height", "image_width",
           "member_start", "member_name", "member_offset", "member_size")
@@ -143,45 +142,10 @@ def test_damage_after_indexing_is_counted(data_root, tmp_path, tokenizer):
     assert "its index says" in cut[0][ERROR_KEY]
 
 
-class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """A static file server that honours single Range requests (as object stores do)."""
-
-    honour_range = True
-
-    def log_message(self, *args):
-        pass
-
-    def send_head(self):
-        header = self.headers.get("Range")
-        if not header or not self.honour_range:
-            return super().send_head()
-        path = Path(self.translate_path(self.path))
-        data = path.read_bytes()
-        start, end = (int(x) for x in header.removeprefix("bytes=").split("-"))
-        body = data[start : end + 1]
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        import io
-
-        return io.BytesIO(body)
-
-
-class QuietServer(http.server.ThreadingHTTPServer):
-    def handle_error(self, request, client_address):  # a client that hangs up early (a refused Range read) is expected
-        pass
-
-
 @pytest.fixture
 def http_root(data_root):
-    handler = partial(RangeHandler, directory=str(data_root / "synthetic"))
-    server = QuietServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    RangeHandler.honour_range = True
+    with serve(data_root / "synthetic") as url:
+        yield url
 
 
 def test_http_shards_plan_from_their_index_and_read_by_range(data_root, http_root):
@@ -198,7 +162,10 @@ def test_http_shards_plan_from_their_index_and_read_by_range(data_root, http_roo
         assert {k: v for k, v in got.items() if k != "__url__"} == {k: v for k, v in want.items() if k != "__url__"}
     assert remote.bytes_read == local.bytes_read == sum(int(local.span_bytes[i]) for i in picks)
     RangeHandler.honour_range = False
-    refused = remote.read(picks[0])
+    try:
+        refused = remote.read(picks[0])
+    finally:
+        RangeHandler.honour_range = True
     assert "must honour Range" in refused[ERROR_KEY]
 
 
@@ -240,3 +207,20 @@ def test_unknown_plan_is_refused(data_root):
 
     with pytest.raises(ValueError, match=r"data.plan must be one of \('index', 'raw'\)"):
         LMMDataModule(str(data_root / "synthetic"), plan="fast")
+
+
+def test_a_data_root_over_http_trains_and_validates_as_the_local_one(data_root, http_root, tokenizer):
+    """data.root=http(s)://...: the manifest, indexes and shards are fetched; the training batches
+    and the validation split are the local root's."""
+    from lmm.data.datamodule import LMMDataModule
+    from tests.data.test_mixture import processor
+
+    batches = {}
+    for root in (str(data_root / "synthetic"), http_root):
+        module = LMMDataModule(root, train_split="train", val_split="val", batch_size=4, num_workers=0)
+        module.attach(processor(tokenizer), tokenizer.pad_token_id)
+        train = [b.meta for b in itertools.islice(module.train_dataloader(), 3)]
+        val = [b.meta for b in module.val_dataloader()]
+        batches[root] = ([[m["key"] for m in meta] for meta in train], [[m["key"] for m in meta] for meta in val])
+    local, remote = batches.values()
+    assert remote == local and len(local[1]) > 1

@@ -14,8 +14,8 @@ from lmm.data.collate import Collator
 from lmm.data.image import check_options
 from lmm.data.mixture import Source, TrainingStream, World, worker_slot
 from lmm.data.sample import SampleProcessor
-from lmm.data.shards import (expand_shards, expected_shards, has_manifest, list_complete_shards, list_shards, local_directory,
-                             read_manifest, shard_problems)
+from lmm.data.shards import (check_url, child, expand_shards, expected_shards, has_manifest, is_remote, list_complete_shards,
+                             list_shards, local_directory, read_manifest, shard_problems)
 
 PLANS = ("index", "raw")  # index: from the shard indexes (reads only what it trains); raw: from the tar stream
 
@@ -88,7 +88,8 @@ class LMMDataModule(L.LightningDataModule):
         self.plan = plan
         self.image = dict(image or {})  # read by the factory's ImageTransform (lmm.factory.image_options); checked here
         check_options(self.image.get("alpha", "drop"), self.image.get("exif", "ignore"))
-        self.root, self.train_split, self.val_split = Path(root), train_split, val_split
+        # A local folder, or an http(s) URL (shards, indexes and the manifest are then fetched).
+        self.root, self.train_split, self.val_split = (str(root).rstrip("/") if is_remote(root) else Path(root)), train_split, val_split
         self.sources = {name: dict(spec or {}) for name, spec in (sources or {}).items()}
         self.strip_format_prompts = strip_format_prompts
         self.batch_size, self.num_workers, self.max_length = batch_size, num_workers, max_length
@@ -110,7 +111,9 @@ class LMMDataModule(L.LightningDataModule):
 
     def needs_generation(self) -> bool:
         """Whether ensure_data will generate the synthetic mixture (asked to, and absent); the root
-        must then be a local directory, never a URL or pipe: command."""
+        must then be a local directory, never a pipe: command. An http(s) root is read, never generated."""
+        if is_remote(self.root):
+            return False
         return self.generate_if_missing and not has_manifest(local_directory(self.root, "data.root (generate_if_missing)"))
 
     def attach(self, processor: SampleProcessor, pad_token_id: int) -> None:
@@ -122,17 +125,17 @@ class LMMDataModule(L.LightningDataModule):
         """A folder's shards: the manifest's list with each shard's recorded size and sample count
         (a missing or cut shard is then a counted, named skip of all its samples), or its *.tar
         when there is no manifest."""
-        folder = self.root / name
+        folder = child(self.root, name)
         expected = expected_shards(folder)
         if expected is None:
             return Source(name, list_shards(folder, self.allow_pipe_urls), weight)
         if not expected:
             raise FileNotFoundError(f"no .tar shards at {folder} (its manifest lists none)")
-        problems = shard_problems(folder, expected)
+        problems = [] if is_remote(folder) else shard_problems(folder, expected)  # remote: a shard that cannot be read is a counted skip
         if problems:
             print(f"[lmm] {folder}: {len(problems)} of {len(expected)} shards missing or not their recorded size "
                   f"({', '.join(name for name, _, _ in problems[:5])}{', ...' if len(problems) > 5 else ''}); their samples count as skipped")
-        urls = {str(folder / shard): record for shard, record in expected.items()}
+        urls = {check_url(str(child(folder, shard))): record for shard, record in expected.items()}
         return Source(name, list(urls), weight, urls)
 
     def mixture(self) -> list[Source]:
@@ -177,7 +180,7 @@ class LMMDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_split:
             return []
-        stream = ValidationBatches(list_complete_shards(self.root / self.val_split, self.allow_pipe_urls), self._processor(),
+        stream = ValidationBatches(list_complete_shards(child(self.root, self.val_split), self.allow_pipe_urls), self._processor(),
                                    Collator(self.pad_token_id), self.batch_size, self._world())
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 

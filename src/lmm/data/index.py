@@ -30,14 +30,13 @@ from webdataset.tariterators import group_by_keys, meta_prefix, meta_suffix
 
 from lmm.data.image import ImageError, header_size
 from lmm.data.sample import image_keys
-from lmm.data.shards import INDEX_SUFFIX, MANIFEST, read_manifest, shard_records, write_manifest
+from lmm.data.shards import FETCH_TIMEOUT_S, INDEX_SUFFIX, MANIFEST, is_remote, read_manifest, shard_records, write_manifest
 
 FORMAT = "lmm-shard-index/1"
 PLAN_ARRAYS = ("span_start", "text_tokens", "image_count")  # what a plan loads: ~7 bytes a sample
 SIZE_ARRAYS = ("image_height", "image_width", "image_turned")  # loaded only when image tokens depend on sizes (AnyRes)
 SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's tar_file_iterator skips these members (its skip_meta default)
 BLOCK = 512  # tar block: headers and member data start on its multiples
-FETCH_TIMEOUT_S = 60
 
 
 def index_path(shard: str | Path) -> str:
@@ -139,7 +138,7 @@ def read_arrays(url: str, names: tuple[str, ...], counter: list[int] | None = No
     """Some arrays of a shard's index (a local file, or an http(s) URL fetched whole); `counter[0]`
     grows by the bytes read. FileNotFoundError / ValueError say what is wrong."""
     where = index_path(url)
-    if url.startswith(("http://", "https://")):
+    if is_remote(url):
         with urllib.request.urlopen(where, timeout=FETCH_TIMEOUT_S) as response:
             source = io.BytesIO(response.read())
     else:
@@ -191,7 +190,7 @@ class CountingFile(io.RawIOBase):
 def read_span(url: str, start: int, length: int) -> bytes:
     """Bytes [start, start + length) of a shard: a seek for a local file, an HTTP Range request
     for a remote one. OSError when fewer bytes come back (a cut file, a server without Range)."""
-    if url.startswith(("http://", "https://")):
+    if is_remote(url):
         request = urllib.request.Request(url, headers={"Range": f"bytes={start}-{start + length - 1}"})
         with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
             if response.status != 206:

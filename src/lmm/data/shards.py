@@ -16,22 +16,51 @@ ERROR_KEY = "__error__"
 MANIFEST = "manifest.json"  # per data root: counts per split/source, shard lists and sizes (+ the synthetic baselines)
 
 
+REMOTE_SCHEMES = ("http://", "https://")  # read by webdataset through curl, and by the catalog with Range requests
+FETCH_TIMEOUT_S = 60
+
+
+def is_remote(location: str | Path) -> bool:
+    return str(location).startswith(REMOTE_SCHEMES)
+
+
+def child(root: str | Path, name: str) -> str | Path:
+    """ROOT/name: a Path under a local root, a URL under an http(s) one (a Path would fold its //)."""
+    return f"{str(root).rstrip('/')}/{name}" if is_remote(root) else Path(root) / name
+
+
 def has_manifest(root: str | Path) -> bool:
     return (Path(root) / MANIFEST).is_file()
 
 
 def read_manifest(root: str | Path, needed_for: str | None = None) -> dict | None:
-    """The data root's manifest.json (written by lmm.data.convert and lmm.data.synthetic). Absent:
-    None, or, when it is `needed_for` something, a FileNotFoundError that says so."""
-    path = Path(root) / MANIFEST
-    if not path.is_file():
+    """The data root's manifest.json (written by lmm.data.convert and lmm.data.synthetic; for an
+    http(s) root, fetched). Absent: None, or, when it is `needed_for` something, a
+    FileNotFoundError that says so."""
+    path = child(root, MANIFEST)
+    text = fetch_text(path) if is_remote(root) else (Path(path).read_text() if Path(path).is_file() else None)
+    if text is None:
         if needed_for is None:
             return None
         raise FileNotFoundError(f"no {MANIFEST} in {root} ({needed_for})")
     try:
-        return json.loads(path.read_text())
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); regenerate it (convert or generate the data again)") from None
+
+
+def fetch_text(url: str) -> str | None:
+    """A remote file's text; None when the server has none (404)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(check_url(url), timeout=FETCH_TIMEOUT_S) as response:
+            return response.read().decode("utf-8")
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise OSError(f"{url}: HTTP {e.code} {e.reason}") from None
 
 
 def write_manifest(root: str | Path, manifest: dict) -> Path:
@@ -43,7 +72,6 @@ def write_manifest(root: str | Path, manifest: dict) -> Path:
     return path
 
 
-REMOTE_SCHEMES = ("http://", "https://")  # read by webdataset through curl
 URL_UNSAFE = set("'\"`$;&|<>\\ \t\n")  # a remote URL reaches a shell command line (curl): none of these
 
 
@@ -103,16 +131,16 @@ def shard_records(folder: Path, samples: dict[str, int]) -> dict[str, dict]:
 
 
 def expected_shards(folder: str | Path) -> dict[str, dict] | None:
-    """What the data root's manifest says `folder` (ROOT/<split or source>) holds: name ->
-    {"bytes", "samples"} (None values from a manifest that lists names only); None for a folder
-    with no manifest above it, or a remote one."""
-    text = str(folder)
-    if "://" in text or text.startswith("pipe:") or "{" in text:
+    """What the data root's manifest says `folder` (ROOT/<split or source>, local or http(s)) holds:
+    name -> {"bytes", "samples"} (None values from a manifest that lists names only); None for a
+    folder with no manifest above it, or a URL pattern."""
+    text = str(folder).rstrip("/")
+    if (("://" in text or text.startswith("pipe:")) and not is_remote(text)) or "{" in text:
         return None
-    manifest = read_manifest(Path(text).parent)
+    parent, name = text.rsplit("/", 1) if is_remote(text) else (Path(text).parent, Path(text).name)
+    manifest = read_manifest(parent)
     if manifest is None:
         return None
-    name = Path(text).name
     records = manifest.get("shard_info", {}).get(name)
     if records is None and name in manifest.get("shards", {}):
         records = {shard: {"bytes": None, "samples": None} for shard in manifest["shards"][name]}
@@ -143,6 +171,8 @@ def list_complete_shards(spec: str | Path, allow_pipe: bool = False) -> list[str
     expected = expected_shards(spec)
     if expected is None:
         return list_shards(spec, allow_pipe)
+    if is_remote(spec):  # sizes cannot be checked without a request per shard: a shard that fails to read is reported then
+        return [check_url(str(child(spec, name))) for name in expected]
     problems = shard_problems(spec, expected)
     if problems:
         lost = sum(samples or 0 for _, _, samples in problems)
