@@ -224,3 +224,31 @@ def test_a_data_root_over_http_trains_and_validates_as_the_local_one(data_root, 
         batches[root] = ([[m["key"] for m in meta] for meta in train], [[m["key"] for m in meta] for meta in val])
     local, remote = batches.values()
     assert remote == local and len(local[1]) > 1
+
+
+def test_exact_text_tokens_plan_runs_with_that_tokenizer_and_template(data_root, tmp_path, tokenizer, capsys):
+    """Indexed with --tokenizer and --template, a run with both plans by each sample's exact length
+    (its encoded ids, image placeholders included); a run with another template by the estimate."""
+    from lmm.data.image import ImageTransform
+    from lmm.data.index import exact_key
+    from lmm.data.mixture import approximate_length
+
+    root = copy_root(data_root / "synthetic", tmp_path / "synthetic")
+    tokenizer_dir = data_root / "synthetic" / "tokenizer"
+    with pytest.raises(SystemExit, match="go together"):
+        main([str(root), "--tokenizer", str(tokenizer_dir)])
+    main([str(root), "--tokenizer", str(tokenizer_dir), "--template", "vicuna_v1"])
+    folder = root / "train"
+    urls = [str(p) for p in sorted(folder.glob("*.tar"))]
+    process = SampleProcessor(tokenizer, "vicuna_v1", ImageTransform(16, (0.5,) * 3, (0.5,) * 3), image_tokens=4, max_length=100_000)
+    exact = Catalog([Source("train", urls, 1.0)], 4, exact_for=exact_key(tokenizer_dir, "vicuna_v1"))
+    other = Catalog([Source("train", urls, 1.0)], 4, exact_for=exact_key(tokenizer_dir, "plain"))
+    raw = list(expand_shards({"url": url} for url in urls))
+    assert exact.exact_shards == len(urls) and other.exact_shards == 0
+    assert exact.length == [len(process(sample).input_ids) for sample in raw]
+    assert other.length == [approximate_length(sample, 4) for sample in raw] != exact.length
+    from lmm.data.datamodule import LMMDataModule
+
+    module = LMMDataModule(str(root), train_split="train")
+    module.attach(process, tokenizer.pad_token_id)  # the run's tokenizer is the indexed one: its catalog plans by exact counts
+    assert module.catalog(module.mixture()).length == exact.length

@@ -28,8 +28,11 @@ class MissingIndex(FileNotFoundError):
 
 
 class Catalog:
-    def __init__(self, sources: list, image_tokens: ImageTokens, exif: str = "ignore"):
-        """`sources`: lmm.data.mixture.Source (its shards, and the manifest's record of each)."""
+    def __init__(self, sources: list, image_tokens: ImageTokens, exif: str = "ignore", exact_for: str | None = None):
+        """`sources`: lmm.data.mixture.Source (its shards, and the manifest's record of each).
+        `exact_for`: this run's lmm.data.index.exact_key; a shard indexed with exact text tokens
+        for it is planned by them, any other by the estimate (JSON bytes / 4)."""
+        self.exact_for, self.exact_shards = exact_for, 0
         self.urls: list[str] = []
         self.rows: dict[str, range] = {}  # url -> the catalog positions of its samples
         self.problems: dict[str, tuple[str, int]] = {}  # url -> (why its samples are skips, how many)
@@ -71,7 +74,11 @@ class Catalog:
         if wanted is not None and (size := Path(index_path(url)).stat().st_size) != wanted:
             raise ValueError(f"{index_path(url)} has {size} bytes, the manifest says {wanted}: re-index with "
                              f"`python -m lmm.data.index {Path(url).parent.parent}`")
-        arrays = read_arrays(url, PLAN_ARRAYS + ("shard_bytes",) + (SIZE_ARRAYS if sizes else ()), self.index_bytes)
+        arrays = read_arrays(url, PLAN_ARRAYS + ("shard_bytes",) + (SIZE_ARRAYS if sizes else ()), self.index_bytes,
+                             optional=("exact_for", "text_tokens_exact") if self.exact_for else ())
+        if self.exact_for and "exact_for" in arrays and str(arrays["exact_for"]) == self.exact_for:
+            arrays["text_tokens"] = arrays["text_tokens_exact"]
+            self.exact_shards += 1
         if local and (size := Path(url).stat().st_size) != int(arrays["shard_bytes"]):
             self.problems[url] = (f"shard: {Path(url).name} has {size} bytes, its index says {int(arrays['shard_bytes'])} "
                                   f"(re-index with `python -m lmm.data.index`) ({url})", len(arrays["text_tokens"]))

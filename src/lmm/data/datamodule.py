@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from lmm.data.catalog import Catalog
 from lmm.data.collate import Collator
 from lmm.data.image import check_options
+from lmm.data.index import exact_key
 from lmm.data.mixture import Source, TrainingStream, World, worker_slot
 from lmm.data.sample import SampleProcessor
 from lmm.data.shards import (check_url, child, expand_shards, expected_shards, has_manifest, is_remote, list_complete_shards,
@@ -157,7 +158,9 @@ class LMMDataModule(L.LightningDataModule):
         the DataLoader's workers inherit it)."""
         processor = self._processor()
         tokens = processor.tokens_of_sizes if callable(processor.image_tokens) else processor.image_tokens
-        return Catalog(sources, tokens, processor.image_transform.exif)
+        tokenizer_dir = Path(str(getattr(processor.tokenizer, "name_or_path", "")))
+        exact_for = exact_key(tokenizer_dir, processor.template) if tokenizer_dir.is_dir() and str(tokenizer_dir) != "." else None
+        return Catalog(sources, tokens, processor.image_transform.exif, exact_for)
 
     def _processor(self) -> SampleProcessor:
         if self.processor is None:

@@ -8,7 +8,8 @@ suffix, fetched once per shard). It is an uncompressed .npz of plain arrays (rea
 allow_pickle=False), one row per sample, samples grouped exactly as webdataset groups a tar
 (its own group_by_keys): the sample's span (from its first member's header to the end of its
 last member, so one read returns the whole sample), its text tokens (the plan's estimate: JSON
-bytes / 4), its image count and their header sizes, and, for people and tests, its key, source and
+bytes / 4; indexed with `--tokenizer DIR --template NAME`, also the exact count under those,
+which runs with the same tokenizer files and template plan by), its image count and their header sizes, and, for people and tests, its key, source and
 members (name, data offset, size). Members of an .npz load one at a time, so the plan reads only
 the few bytes per sample it needs (`PLAN_ARRAYS`), never the keys.
 """
@@ -16,6 +17,7 @@ the few bytes per sample it needs (`PLAN_ARRAYS`), never the keys.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -56,7 +58,38 @@ def tar_members(stream, url: str) -> Iterator[dict]:
         tar.members = []  # a stream: keep no member list (as webdataset does)
 
 
-def _sample_row(sample: dict) -> dict:
+class ExactLengths:
+    """The exact text tokens of a sample's conversation under one tokenizer and template (what an
+    index records when they are known), and the key a run compares with its own (exact_key)."""
+
+    def __init__(self, tokenizer_dir: str | Path, template: str):
+        from lmm.data.conversation import IMAGE_TOKEN
+        from lmm.data.tokenizer import load_tokenizer
+
+        self.tokenizer, self.template, self.key = load_tokenizer(str(tokenizer_dir)), template, exact_key(tokenizer_dir, template)
+        self.image_token, self.image_token_id = IMAGE_TOKEN, self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+    def __call__(self, raw_json: bytes) -> int | None:
+        """Tokens of the rendered conversation without its image placeholders; None: not countable."""
+        from lmm.data.conversation import encode
+
+        try:
+            turns = json.loads(raw_json)["conversations"]
+            images = sum(turn["value"].count(self.image_token) for turn in turns)
+            return len(encode(self.tokenizer, self.template, turns, 1, self.image_token_id).input_ids) - images
+        except Exception:  # a malformed sample: the estimate stands (reading it is a counted skip)
+            return None
+
+
+def exact_key(tokenizer_dir: str | Path, template: str) -> str:
+    """`template:sha256 of the tokenizer's files` (16 hex digits): which exact counts fit which run."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(tokenizer_dir).iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{template}:{digest.hexdigest()[:16]}"
+
+
+def _sample_row(sample: dict, exact: ExactLengths | None = None) -> dict:
     """One grouped sample (entries: (header offset, data offset, size, bytes)) -> its index row."""
     members = sorted(((name, *value) for name, value in sample.items() if not name.startswith("__")), key=lambda m: m[1])
     start = members[0][1]
@@ -75,6 +108,7 @@ def _sample_row(sample: dict) -> dict:
     return {
         "key": sample["__key__"], "source": _source(raw.get("json", b"")), "span": (start, -(-end // BLOCK) * BLOCK - start),
         "text_tokens": len(raw.get("json", b"")) // 4, "sizes": sizes,
+        "exact": exact(raw.get("json", b"")) if exact is not None else None,
         "members": [(name, offset, size) for name, _, offset, size, _ in members],
     }
 
@@ -87,14 +121,15 @@ def _source(raw: bytes) -> str:
         return ""
 
 
-def build_index(shard: str | Path) -> dict[str, np.ndarray]:
-    """The index arrays of a local shard (reads it once)."""
+def build_index(shard: str | Path, exact: ExactLengths | None = None) -> dict[str, np.ndarray]:
+    """The index arrays of a local shard (reads it once); with `exact`, also each sample's exact
+    text tokens under that tokenizer and template (`text_tokens_exact`, `exact_for`)."""
     shard = Path(shard)
     with open(shard, "rb") as stream:
         if stream.read(2) == b"\x1f\x8b":
             raise ValueError(f"{shard} is gzip-compressed: an index needs an uncompressed tar (byte ranges)")
         stream.seek(0)
-        rows = [_sample_row(s) for s in group_by_keys(tar_members(stream, str(shard)))]
+        rows = [_sample_row(s, exact) for s in group_by_keys(tar_members(stream, str(shard)))]
     sizes = [size for row in rows for size in row["sizes"]]
     members = [m for row in rows for m in row["members"]]
     # Sample i's span is [span_start[i], span_start[i + 1]): from its first header to the next
@@ -116,6 +151,8 @@ def build_index(shard: str | Path) -> dict[str, np.ndarray]:
         "member_name": np.array([m[0] for m in members], dtype=str),
         "member_offset": np.array([m[1] for m in members], dtype=np.int64),
         "member_size": np.array([m[2] for m in members], dtype=np.int64),
+        **({"exact_for": np.array(exact.key),
+            "text_tokens_exact": compact([r["text_tokens"] if r["exact"] is None else r["exact"] for r in rows])} if exact else {}),
     }
 
 
@@ -124,19 +161,21 @@ def compact(values: list[int]) -> np.ndarray:
     return np.array(values, dtype=np.min_scalar_type(max(values, default=0)))
 
 
-def write_index(shard: str | Path) -> Path:
+def write_index(shard: str | Path, exact: ExactLengths | None = None) -> Path:
     """Index one local shard (written whole or not at all); returns the index's path."""
     path = Path(index_path(shard))
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     with open(partial, "wb") as f:
-        np.savez(f, **build_index(shard))
+        np.savez(f, **build_index(shard, exact))
     os.replace(partial, path)
     return path
 
 
-def read_arrays(url: str, names: tuple[str, ...], counter: list[int] | None = None) -> dict[str, np.ndarray]:
-    """Some arrays of a shard's index (a local file, or an http(s) URL fetched whole); `counter[0]`
-    grows by the bytes read. FileNotFoundError / ValueError say what is wrong."""
+def read_arrays(url: str, names: tuple[str, ...], counter: list[int] | None = None,
+                optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Some arrays of a shard's index (a local file, or an http(s) URL fetched whole), and those
+    of `optional` it holds; `counter[0]` grows by the bytes read. FileNotFoundError / ValueError
+    say what is wrong."""
     where = index_path(url)
     if is_remote(url):
         with urllib.request.urlopen(where, timeout=FETCH_TIMEOUT_S) as response:
@@ -149,7 +188,7 @@ def read_arrays(url: str, names: tuple[str, ...], counter: list[int] | None = No
         with np.load(source, allow_pickle=False) as archive:
             if str(archive["format"]) != FORMAT:
                 raise ValueError(f"{where} is not an lmm shard index ({FORMAT})")
-            arrays = {name: archive[name] for name in names}
+            arrays = {name: archive[name] for name in names} | {name: archive[name] for name in optional if name in archive.files}
     except (OSError, KeyError, ValueError) as e:
         raise ValueError(f"{where} cannot be read ({type(e).__name__}: {e}); re-index with `python -m lmm.data.index`") from None
     finally:
@@ -215,10 +254,11 @@ def parse_sample(span: bytes, url: str) -> dict:
     return samples[0]
 
 
-def index_root(root: str | Path, force: bool = False) -> dict[str, int]:
+def index_root(root: str | Path, force: bool = False, exact: ExactLengths | None = None) -> dict[str, int]:
     """Index every shard of a data root (the manifest's folders, else every folder of *.tar) that
-    lacks an index or whose index is older than the shard; record the indexes' sizes in the
-    manifest. Returns {folder: shards indexed}."""
+    lacks an index or whose index is older than the shard (`force`, or exact counts asked for:
+    every shard); record the indexes' sizes in the manifest. Returns {folder: shards indexed}."""
+    force = force or exact is not None
     root = Path(root)
     manifest = read_manifest(root)
     listed = (manifest.get("shard_info") or manifest.get("shards") or {}) if manifest else {}
@@ -229,7 +269,7 @@ def index_root(root: str | Path, force: bool = False) -> dict[str, int]:
         stale = [s for s in shards if force or not Path(index_path(s)).is_file()
                  or Path(index_path(s)).stat().st_mtime < s.stat().st_mtime]
         for shard in stale:
-            write_index(shard)
+            write_index(shard, exact)
         done[folder] = len(stale)
         if manifest is not None and folder in manifest.get("shard_info", {}):
             samples = {name: (record or {}).get("samples") for name, record in manifest["shard_info"][folder].items()}
@@ -243,10 +283,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("root", help=f"a data root (with {MANIFEST}) written by lmm.data.convert or lmm.data.synthetic")
     parser.add_argument("--force", action="store_true", help="re-index shards that already have an index")
+    parser.add_argument("--tokenizer", help="also record exact text tokens under this tokenizer (a local directory) ...")
+    parser.add_argument("--template", help="... and this chat template (vicuna_v1, plain, ...): runs with both plan by them")
     args = parser.parse_args(argv)
     if not Path(args.root).is_dir():
         raise SystemExit(f"{args.root} is not a directory")
-    done = index_root(args.root, args.force)
+    if bool(args.tokenizer) != bool(args.template):
+        raise SystemExit("--tokenizer and --template go together (exact token counts hold for one tokenizer and one template)")
+    exact = ExactLengths(args.tokenizer, args.template) if args.tokenizer else None
+    done = index_root(args.root, args.force, exact)
     if not done:
         raise SystemExit(f"no shards under {args.root} (expected ROOT/<folder>/*.tar)")
     for folder, count in done.items():
