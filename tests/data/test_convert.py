@@ -64,6 +64,27 @@ def test_deterministic_and_resumable(mix, tmp_path, capsys):
     assert resumed["counts"] == manifest["counts"] and digest(tmp_path / "again") == digest(root / "shards")
 
 
+def test_exact_token_counts_at_conversion(mix, tmp_path, data_root):
+    """--tokenizer/--template: every index records exact text tokens under them; a re-run with
+    other ones rewrites the indexes, not the shards; indexes are byte-identical run to run."""
+    from lmm.data.index import exact_key, read_arrays
+
+    root, json_path, images, *_ = mix
+    tokenizer = str(data_root / "synthetic" / "tokenizer")
+    out = tmp_path / "exact"
+    convert(json_path, images, out, workers=1, shard_size=2, progress=False, exact=(tokenizer, "vicuna_v1"))
+    indexes = sorted(out.glob("*/*.idx.npz"))
+    assert indexes and all(str(read_arrays(str(p).removesuffix(".idx.npz"), ("exact_for",))["exact_for"]) ==
+                           exact_key(tokenizer, "vicuna_v1") for p in indexes)
+    shards_before = digest(out)
+    convert(json_path, images, out, workers=1, shard_size=2, progress=False, exact=(tokenizer, "plain"))
+    assert digest(out) == shards_before
+    assert str(read_arrays(str(indexes[0]).removesuffix(".idx.npz"), ("exact_for",))["exact_for"]) == exact_key(tokenizer, "plain")
+    again = tmp_path / "again"
+    convert(json_path, images, again, workers=1, shard_size=2, progress=False, exact=(tokenizer, "plain"))
+    assert [p.read_bytes() for p in indexes] == [(again / p.relative_to(out)).read_bytes() for p in indexes]
+
+
 def test_pretrain_set(tmp_path):
     json_path, images = build_pretrain558k(tmp_path)
     manifest = convert(json_path, images, tmp_path / "shards", workers=1, progress=False)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from lmm.data.conversation import IMAGE_TOKEN
 from lmm.data.image import ImageError, decode_image
-from lmm.data.index import index_path, write_index
+from lmm.data.index import ExactLengths, exact_key, index_path, read_arrays, write_index
 from lmm.data.shards import MANIFEST, local_directory, shard_records, write_manifest
 from lmm.data.sources import SOURCES, classify, entry_images
 
@@ -94,9 +94,19 @@ def read_image(root: Path, relative: str, resize: int | None, verify: bool, foll
     return extension, data
 
 
+def index_outdated(shard: Path, exact: tuple[str, str] | None) -> bool:
+    """Whether a shard's index is missing, or lacks the exact counts asked for."""
+    if not Path(index_path(shard)).is_file():
+        return True
+    if exact is None:
+        return False
+    recorded = read_arrays(str(shard), (), optional=("exact_for",)).get("exact_for")
+    return recorded is None or str(recorded) != exact_key(*exact)
+
+
 def _write_shard(task: tuple) -> dict:
     """Worker: write one shard (tmp file, then rename) and its sidecar; return its stats."""
-    shard_path, entries, images_root, resize, verify, follow_symlinks = task
+    shard_path, entries, images_root, resize, verify, follow_symlinks, exact = task
     shard_path = Path(shard_path)
     written, size, rejected = 0, 0, []
     tmp = shard_path.with_suffix(".tar.tmp")
@@ -115,7 +125,7 @@ def _write_shard(task: tuple) -> dict:
             except Rejected as reason:
                 rejected.append({"index": index, "id": entry.get("id"), "source": source, "reason": str(reason)})
     tmp.rename(shard_path)
-    write_index(shard_path)
+    write_index(shard_path, ExactLengths(*exact) if exact else None)
     stats = {"shard": shard_path.name, "samples": written, "image_bytes": size, "rejected": rejected}
     shard_path.with_suffix(".json").write_text(json.dumps(stats) + "\n")
     return stats
@@ -187,7 +197,10 @@ def convert(
     verify_images: bool = True,
     progress: bool = True,
     follow_symlinks: bool = False,
+    exact: tuple[str, str] | None = None,
 ) -> dict:
+    """`exact`: (tokenizer directory, template): the indexes also record each sample's exact text
+    tokens under them (lmm.data.index)."""
     out, images = local_directory(out, "--out").resolve(), Path(images)
     if not images.is_dir():
         raise SystemExit(f"--images {images} is not a directory (it should hold coco/, gqa/, ... or the pretraining folders)")
@@ -206,7 +219,7 @@ def convert(
     todo = [s for s in shards if not (s[0].exists() and s[0].with_suffix(".json").exists())]
     for path, _ in todo:
         path.parent.mkdir(parents=True, exist_ok=True)
-    tasks = [(str(path), chunk, images, resize, verify_images, follow_symlinks) for path, chunk in todo]
+    tasks = [(str(path), chunk, images, resize, verify_images, follow_symlinks, exact) for path, chunk in todo]
     print(f"[lmm] {len(entries)} entries -> {len(shards)} shards ({len(shards) - len(todo)} already done)")
     workers = workers or os.cpu_count() or 1
     if tasks:
@@ -219,8 +232,8 @@ def convert(
     shard_samples: dict[str, dict[str, int]] = defaultdict(dict)
     for path, _ in shards:  # every shard's sidecar, fresh or from an earlier run
         stats = json.loads(path.with_suffix(".json").read_text())
-        if not Path(index_path(path)).is_file():  # converted before shards had indexes
-            write_index(path)
+        if index_outdated(path, exact):  # converted before shards had indexes, or with other exact counts
+            write_index(path, ExactLengths(*exact) if exact else None)
         source = path.parent.name
         counts[source] += stats["samples"]
         image_bytes[source] += stats["image_bytes"]
@@ -256,9 +269,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-verify-images", action="store_true", help="skip decoding each image (faster, less safe)")
     parser.add_argument("--follow-symlinks", action="store_true",
                         help="read images through symlinks that point outside --images (e.g. a linked-in coco/)")
+    parser.add_argument("--tokenizer", help="the LLM's tokenizer (a local directory): indexes record exact text tokens ...")
+    parser.add_argument("--template", help="... under it and this chat template (vicuna_v1, plain, ...)")
     args = parser.parse_args(argv)
+    if bool(args.tokenizer) != bool(args.template):
+        raise SystemExit("--tokenizer and --template go together (exact token counts hold for one tokenizer and one template)")
     manifest = convert(args.json, args.images, args.out, args.workers, args.shard_size, args.resize, not args.no_verify_images,
-                       follow_symlinks=args.follow_symlinks)
+                       follow_symlinks=args.follow_symlinks, exact=(args.tokenizer, args.template) if args.tokenizer else None)
     print(json.dumps({k: manifest[k] for k in ("entries", "counts", "rejected")}, indent=2))
     print(f"[lmm] manifest: {Path(args.out) / MANIFEST}; rejected entries: {Path(args.out) / 'rejected.jsonl'}")
 

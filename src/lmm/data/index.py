@@ -24,6 +24,7 @@ import os
 import re
 import tarfile
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,10 +166,19 @@ def write_index(shard: str | Path, exact: ExactLengths | None = None) -> Path:
     """Index one local shard (written whole or not at all); returns the index's path."""
     path = Path(index_path(shard))
     partial = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(partial, "wb") as f:
-        np.savez(f, **build_index(shard, exact))
+    save_arrays(partial, build_index(shard, exact))
     os.replace(partial, path)
     return path
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez's format (an uncompressed zip of .npy members), with fixed member times: the same
+    shard gives the same index bytes, as the converter's shards are byte-identical run to run."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue())
 
 
 def read_arrays(url: str, names: tuple[str, ...], counter: list[int] | None = None,
