@@ -10,6 +10,7 @@ Parts (each a real `python run.py ...` command on generated data, under NCCL and
   packing       data.packing=true under FSDP (torch's varlen flash kernel), after checking that
                 kernel against one SDPA per sample, forward and backward
   mfu           python -m lmm.bench.mfu (its table is printed)
+  loss          python -m lmm.bench.loss --device cuda: peak memory and time of a step, model.loss=fused vs plain
 Takes a few minutes on one H100; CPU-only machines are told so and nothing runs, unless `--cpu`
 asks for the training parts on 2 CPU processes (how the suite checks this script's commands).
 """
@@ -116,7 +117,19 @@ def mfu(root: Path, devices: int) -> str:
     return "; ".join(f"ckpt={r['activation_checkpointing']} compile={r['compile']}: MFU {r['mfu']:.1%}" for r in runs if r.get("mfu"))
 
 
-PARTS = {"fsdp_recipe": fsdp_recipe, "lora_fsdp": lora_fsdp, "packing": packing, "mfu": mfu}
+def loss(root: Path, devices: int) -> str:
+    out = root / "loss.json"
+    done = subprocess.run([sys.executable, "-m", "lmm.bench.loss", "--device", "cuda", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=420)
+    print(done.stdout[-2000:])
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2500:])
+    rows = json.loads(out.read_text())["vocabularies"]
+    return "; ".join(f"{name}: peak {r['step_peak_mib']['plain']:.0f} -> {r['step_peak_mib']['fused']:.0f} MiB, "
+                     f"time fused/plain {r['time_fused_over_plain']:.2f}" for name, r in rows.items())
+
+
+PARTS = {"fsdp_recipe": fsdp_recipe, "lora_fsdp": lora_fsdp, "packing": packing, "mfu": mfu, "loss": loss}
 CPU_PARTS = ("fsdp_recipe", "lora_fsdp")  # the others need CUDA (the varlen kernel, a GPU's peak FLOPs)
 
 

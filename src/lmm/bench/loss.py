@@ -1,7 +1,8 @@
 """Benchmark: one training step with the fused loss (model.loss=fused) vs transformers' loss on the
 full logits (model.loss=plain): peak tensor memory and time, at Qwen2's and Vicuna's vocabularies.
 
-    python -m lmm.bench.loss [--tokens 2048 --batch 4 --hidden 256 --labelled 0.5]   (make bench-loss)
+    python -m lmm.bench.loss [--tokens 2048 --batch 4 --hidden 256 --labelled 0.5 --device cpu]   (make bench-loss;
+                                                                               make gpu-check runs it with --device cuda)
 
 A narrow Llama (2 layers, hidden 256) with each vocabulary runs one forward and backward on
 batch × tokens ids, of which the last `labelled` share of each row is labelled (LLaVA's image
@@ -58,9 +59,12 @@ def measure(run, model: torch.nn.Module) -> tuple[int, float, float]:
     model.zero_grad(set_to_none=True)
     tracker = MemTracker()
     tracker.track_external(model)
+    device = next(model.parameters()).device
     start = time.perf_counter()
     with tracker:
         value = run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     return peak_bytes(tracker), time.perf_counter() - start, value
 
 
@@ -73,20 +77,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--vocabularies", nargs="+", default=list(VOCABULARIES), choices=list(VOCABULARIES))
     parser.add_argument("--vocab-override", type=int, default=None, help="(tests) one small vocabulary instead")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (make gpu-check)")
     parser.add_argument("--out", default="experiments/bench/loss.json")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    result = {"benchmark": "loss", "tokens": args.tokens, "batch": args.batch, "hidden": args.hidden, "labelled": args.labelled,
+    result = {"benchmark": "loss", "device": args.device, "tokens": args.tokens, "batch": args.batch, "hidden": args.hidden, "labelled": args.labelled,
               "vocabularies": {}}
     for name in args.vocabularies:
         vocabulary = args.vocab_override or VOCABULARIES[name]
         config = LlamaConfig(hidden_size=args.hidden, intermediate_size=2 * args.hidden, num_hidden_layers=2, num_attention_heads=4,
                              num_key_value_heads=2, vocab_size=vocabulary, tie_word_embeddings=False)
-        llm = LlamaForCausalLM(config)
-        ids = torch.randint(0, vocabulary, (args.batch, args.tokens))
+        llm = LlamaForCausalLM(config).to(args.device)
+        ids = torch.randint(0, vocabulary, (args.batch, args.tokens), device=args.device)
         labels = ids.clone()
         labels[:, : int(args.tokens * (1 - args.labelled))] = -100
-        hidden = torch.randn(args.batch, args.tokens, args.hidden)
+        hidden = torch.randn(args.batch, args.tokens, args.hidden, device=args.device)
         rows = {}
         for loss in ("plain", "fused") * args.repeats:  # alternated: a slow spell of the machine hits both
             step = measure(lambda: llm_step(llm, ids, labels, loss), llm)  # noqa: B023
