@@ -252,3 +252,13 @@ def test_exact_text_tokens_plan_runs_with_that_tokenizer_and_template(data_root,
     module = LMMDataModule(str(root), train_split="train")
     module.attach(process, tokenizer.pad_token_id)  # the run's tokenizer is the indexed one: its catalog plans by exact counts
     assert module.catalog(module.mixture()).length == exact.length
+
+
+def test_a_missing_index_stops_training_before_any_work(data_root, tmp_path, make_config):
+    from lmm.train.train import train
+
+    root = copy_root(data_root / "synthetic", tmp_path / "synthetic")
+    next((root / "train").glob(f"*{INDEX_SUFFIX}")).unlink()
+    with pytest.raises(MissingIndex, match=rf"python -m lmm.data.index {root}`"):
+        train(make_config(f"data.root={root}", "trainer.max_steps=2", "data.num_workers=0", run_dir=tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()

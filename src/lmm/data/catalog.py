@@ -27,6 +27,20 @@ class MissingIndex(FileNotFoundError):
     """A shard without an index: planning from indexes needs every one."""
 
 
+def check_indexes(sources: list) -> None:
+    """Every local shard of the sources has its index (MissingIndex naming the command otherwise):
+    checked before any work, by stat alone."""
+    for source in sources:
+        for url in source.shards:
+            if "://" not in url and Path(url).is_file() and not Path(index_path(url)).is_file():
+                raise missing_index(url)
+
+
+def missing_index(url: str) -> MissingIndex:
+    return MissingIndex(f"{index_path(url)} is missing: index the data with `python -m lmm.data.index "
+                        f"{Path(url).parent.parent}` (the converter and the generator write indexes), or set data.plan=raw")
+
+
 class Catalog:
     def __init__(self, sources: list, image_tokens: ImageTokens, exif: str = "ignore", exact_for: str | None = None):
         """`sources`: lmm.data.mixture.Source (its shards, and the manifest's record of each).
@@ -68,8 +82,7 @@ class Catalog:
             self.problems[url] = (f"shard: {problem} ({url})", record.get("samples") or 1)
             return None
         if local and not Path(index_path(url)).is_file():
-            raise MissingIndex(f"{index_path(url)} is missing: index the data with `python -m lmm.data.index "
-                               f"{Path(url).parent.parent}` (the converter and the generator write indexes), or set data.plan=raw")
+            raise missing_index(url)
         wanted = record.get("index_bytes") if local and record else None
         if wanted is not None and (size := Path(index_path(url)).stat().st_size) != wanted:
             raise ValueError(f"{index_path(url)} has {size} bytes, the manifest says {wanted}: re-index with "

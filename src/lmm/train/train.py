@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmm import runlog
 from lmm.checkpoint import LAST, AtomicCheckpoint, resume_point
 from lmm.data.conversation import TEMPLATE_NAMES
+from lmm.data.catalog import check_indexes
 from lmm.data.shards import child, list_complete_shards
 from lmm.eval.evaluate import evaluate, format_table, new_results, save_results
 from lmm.factory import build_for_stage, build_trained, build_run, init_weights_path, pretrained_ids
@@ -78,7 +79,9 @@ def check_data(cfg: DictConfig) -> bool:
     data = instantiate(cfg.data, seed=cfg.seed)
     if data.needs_generation():
         return True
-    data.mixture()
+    sources = data.mixture()
+    if data.plan == "index":
+        check_indexes(sources)
     if data.val_split:
         list_complete_shards(child(data.root, data.val_split), data.allow_pipe_urls)
     return False
