@@ -106,25 +106,24 @@ def packing(root: Path, devices: int) -> str:
     return f"varlen vs per-sample SDPA: max |Δ| {difference:.2g} (bf16)"
 
 
-def mfu(root: Path, devices: int) -> str:
-    out = root / "mfu.json"
-    done = subprocess.run([sys.executable, "-m", "lmm.bench.mfu", "--steps", "12", "--out", str(out)], cwd=ROOT,
+def benchmark(root: Path, name: str, *args: str) -> dict:
+    """Run `python -m lmm.bench.<name> ARGS` (its output printed); returns its result JSON."""
+    out = root / f"{name}.json"
+    done = subprocess.run([sys.executable, "-m", f"lmm.bench.{name}", *args, "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=420)
     print(done.stdout[-3000:])
     if done.returncode:
         raise RuntimeError(done.stderr[-2500:])
-    runs = json.loads(out.read_text())["runs"]
+    return json.loads(out.read_text())
+
+
+def mfu(root: Path, devices: int) -> str:
+    runs = benchmark(root, "mfu", "--steps", "12")["runs"]
     return "; ".join(f"ckpt={r['activation_checkpointing']} compile={r['compile']}: MFU {r['mfu']:.1%}" for r in runs if r.get("mfu"))
 
 
 def loss(root: Path, devices: int) -> str:
-    out = root / "loss.json"
-    done = subprocess.run([sys.executable, "-m", "lmm.bench.loss", "--device", "cuda", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=420)
-    print(done.stdout[-2000:])
-    if done.returncode:
-        raise RuntimeError(done.stderr[-2500:])
-    rows = json.loads(out.read_text())["vocabularies"]
+    rows = benchmark(root, "loss", "--device", "cuda")["vocabularies"]
     return "; ".join(f"{name}: peak {r['step_peak_mib']['plain']:.0f} -> {r['step_peak_mib']['fused']:.0f} MiB, "
                      f"time fused/plain {r['time_fused_over_plain']:.2f}" for name, r in rows.items())
 
