@@ -39,7 +39,7 @@ help:
 	@echo "make bench-data-scale  bytes a rank reads per byte it trains on, at 8/64/512 ranks: shard indexes vs the raw stream"
 	@echo "make bench-loss   peak memory and time of a step: the fused loss vs full logits (Qwen2's and Vicuna's vocabularies)"
 	@echo "make bench-mfu    (GPU) MFU under FSDP2 bf16, with/without checkpointing and compile"
-	@echo "make gpu-check    (GPU) FSDP recipe with text-only steps, LoRA under FSDP, packing, MFU: one PASS/FAIL line each"
+	@echo "make gpu-check    (GPU) FSDP recipe with text-only steps, LoRA under FSDP, packing, MFU, fused loss: one PASS/FAIL line each"
 	@echo "make table SWEEP=experiments/runs/NAME   ablation table (md/tex/csv/png) of a sweep"
 	@echo "make lock      rewrite requirements.lock from the current environment"
 
