@@ -52,8 +52,9 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                rows: int) -> torch.Tensor:
-        # hidden [N, D], weight [V, D], bias [V] or None, targets [N] -> loss sum (fp32 scalar)
+                rows: int, masked: bool = True) -> torch.Tensor:
+        # hidden [N, D], weight [V, D], bias [V] or None, targets [N] -> loss sum (fp32 scalar).
+        # masked=False: the caller kept only labelled rows, so the masking pass over each chunk is spared.
         grad_h, grad_w, grad_b = ctx.needs_input_grad[:3]
         grad_hidden = torch.empty_like(hidden) if grad_h else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if grad_w else None
@@ -70,7 +71,8 @@ class LinearCrossEntropy(torch.autograd.Function):
                 continue
             grad_logits = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place [c, V]
             grad_logits[torch.arange(len(y), device=y.device), y] -= 1.0
-            grad_logits *= valid.unsqueeze(1)
+            if masked:
+                grad_logits *= valid.unsqueeze(1)
             if grad_h:
                 grad_hidden[start : start + rows] = grad_logits.to(weight.dtype) @ weight  # [c, D]
             if grad_w:
@@ -87,7 +89,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         weight_dtype, bias_dtype = ctx.dtypes
         return (None if grad_hidden is None else grad_hidden * grad_total,
                 None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
-                None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype), None, None)
+                None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype), None, None, None)
 
 
 def labelled_rows(hidden: torch.Tensor, labels: torch.Tensor, all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,7 +106,7 @@ def labelled_rows(hidden: torch.Tensor, labels: torch.Tensor, all_positions: boo
 def causal_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Linear, all_positions: bool = False) -> torch.Tensor:
     """The mean cross-entropy of the labelled tokens, from hidden [B, T, D] (fused)."""
     rows, targets, count = labelled_rows(hidden, labels, all_positions)
-    total = LinearCrossEntropy.apply(rows, head.weight, head.bias, targets, chunk_rows(head.out_features))
+    total = LinearCrossEntropy.apply(rows, head.weight, head.bias, targets, chunk_rows(head.out_features), all_positions)
     return total / count
 
 
