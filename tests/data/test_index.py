@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from lmm.data.catalog import Catalog, MissingIndex
-from lmm.data.index import INDEX_SUFFIX, build_index, index_root, main, parse_sample, read_arrays, read_span
+from lmm.data.index import build_index, main, parse_sample, read_arrays, read_span
 from lmm.data.mixture import Source
 from lmm.data.sample import SampleProcessor, Skip
-from lmm.data.shards import ERROR_KEY, expand_shards, list_shards, read_manifest
+from lmm.data.shards import ERROR_KEY, INDEX_SUFFIX, expand_shards, list_shards, read_manifest
 from tests.http_server import RangeHandler, serve
 
 DETAIL = ("key", "source", "span_start", "text_tokens", "image_count", "image_height", "image_width",

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from lmm.data.image import decoded_size
-from lmm.data.index import PLAN_ARRAYS, SIZE_ARRAYS, index_path, parse_sample, read_arrays, read_span
-from lmm.data.shards import ERROR_KEY, shard_markers, shard_problem
+from lmm.data.index import PLAN_ARRAYS, SIZE_ARRAYS, parse_sample, read_arrays, read_span
+from lmm.data.shards import ERROR_KEY, index_path, shard_markers, shard_problem
 
 ImageTokens = int | Callable[[list[tuple[int, int]]], int]  # per image, or a function of the images' (height, width)
 
@@ -53,14 +53,16 @@ class Catalog:
         self.index_bytes = [0]  # bytes of index read to build the catalog
         self.bytes_read = 0  # sample bytes read since (this process)
         starts, spans, lengths, images, shard_of = [], [], [], [], []
+        first = 0  # catalog position of the next shard's first sample
         for source in sources:
             for url in source.shards:
                 arrays = self._arrays(url, (source.expected or {}).get(url, {}), callable(image_tokens))
                 if arrays is None:
                     continue
                 bounds = arrays["span_start"].astype(np.int64)  # sample i: [bounds[i], bounds[i + 1])
-                n, first = len(bounds) - 1, sum(map(len, starts))
+                n = len(bounds) - 1
                 self.rows[url] = range(first, first + n)
+                first += n
                 self.urls.append(url)
                 starts.append(bounds[:-1])
                 spans.append(np.diff(bounds))

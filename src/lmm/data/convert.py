@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from lmm.data.conversation import IMAGE_TOKEN
 from lmm.data.image import ImageError, decode_image
-from lmm.data.index import ExactLengths, exact_key, index_path, read_arrays, write_index
-from lmm.data.shards import MANIFEST, local_directory, shard_records, write_manifest
+from lmm.data.index import ExactLengths, exact_key, read_arrays, write_index
+from lmm.data.shards import MANIFEST, index_path, local_directory, shard_records, write_manifest
 from lmm.data.sources import SOURCES, classify, entry_images
 
 EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".gif": "gif", ".bmp": "bmp"}

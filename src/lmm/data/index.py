@@ -33,17 +33,13 @@ from webdataset.tariterators import group_by_keys, meta_prefix, meta_suffix
 
 from lmm.data.image import ImageError, header_size
 from lmm.data.sample import image_keys
-from lmm.data.shards import FETCH_TIMEOUT_S, INDEX_SUFFIX, MANIFEST, is_remote, read_manifest, shard_records, write_manifest
+from lmm.data.shards import FETCH_TIMEOUT_S, MANIFEST, index_path, is_remote, read_manifest, shard_records, write_manifest
 
 FORMAT = "lmm-shard-index/1"
 PLAN_ARRAYS = ("span_start", "text_tokens", "image_count")  # what a plan loads: ~7 bytes a sample
 SIZE_ARRAYS = ("image_height", "image_width", "image_turned")  # loaded only when image tokens depend on sizes (AnyRes)
 SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's tar_file_iterator skips these members (its skip_meta default)
 BLOCK = 512  # tar block: headers and member data start on its multiples
-
-
-def index_path(shard: str | Path) -> str:
-    return f"{shard}{INDEX_SUFFIX}"
 
 
 def tar_members(stream, url: str) -> Iterator[dict]:

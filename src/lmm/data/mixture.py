@@ -172,21 +172,13 @@ class TrainingStream(IterableDataset):
             (stream,) = rng.choices(streams, cum_weights=cumulative)
             yield next(stream)
 
-    def length(self, sample) -> int:
-        """The plan's length of a sample (tokens: JSON bytes / 4 + its images' planned tokens)."""
-        if self.catalog is None:
-            return approximate_length(sample, self.processor.planned_image_tokens)
-        return self.catalog.length[sample]
-
-    def modality(self, sample) -> bool:
-        return has_image(sample) if self.catalog is None else self.catalog.has_image[sample]
-
     def steps(self) -> Iterator[list[list[list]]]:
         """The epoch's global steps, `step[slot][rank]` (the same plan on every rank)."""
         rng = random.Random(f"{self.seed}/{self.epoch}")
-        # From the catalog: its lists' own lookups (C-level calls; planning is per sample).
-        length, modality = ((self.length, self.modality) if self.catalog is None else
-                            (self.catalog.length.__getitem__, self.catalog.has_image.__getitem__))
+        if self.catalog is None:  # from the raw bytes: JSON bytes / 4 + the images' planned tokens
+            length, modality = (lambda s: approximate_length(s, self.processor.planned_image_tokens)), has_image
+        else:  # from the catalog: its lists' own lookups (C-level calls; planning is per sample)
+            length, modality = self.catalog.length.__getitem__, self.catalog.has_image.__getitem__
         return plan_steps(self.raw_samples(rng), self.batch_size, self.world, self.group_size, rng, length, modality)
 
     def micro_batches(self) -> Iterator[list]:

@@ -119,13 +119,17 @@ def list_shards(spec: str | Path, allow_pipe: bool = False) -> list[str]:
 INDEX_SUFFIX = ".idx.npz"  # a shard's index (lmm.data.index) lies beside it: x.tar -> x.tar.idx.npz
 
 
+def index_path(shard: str | Path) -> str:
+    return f"{shard}{INDEX_SUFFIX}"
+
+
 def shard_records(folder: Path, samples: dict[str, int]) -> dict[str, dict]:
     """The manifest's record of a folder's shards: name -> {"bytes", "samples"} (what completeness
     is checked against), and "index_bytes" for a shard with an index."""
     records = {}
     for name, count in sorted(samples.items()):
         shard = Path(folder) / name
-        index = shard.with_name(name + INDEX_SUFFIX)
+        index = Path(index_path(shard))
         records[name] = {"bytes": shard.stat().st_size, "samples": count, **({"index_bytes": index.stat().st_size} if index.is_file() else {})}
     return records
 
