@@ -109,6 +109,9 @@ def test_the_index_command_indexes_what_lacks_one(data_root, tmp_path, capsys):
     assert "train: 0 shard(s) indexed" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="not a directory"):
         main([str(tmp_path / "nowhere")])
+    (root / "train" / "shard-999999.tar").write_bytes(b"not a tar")
+    with pytest.raises(SystemExit, match=r"shard-999999.tar cannot be indexed: not a readable tar \(ReadError"):
+        main([str(root)])
 
 
 def test_a_gzip_shard_is_refused(tmp_path):

@@ -126,7 +126,10 @@ def build_index(shard: str | Path, exact: ExactLengths | None = None) -> dict[st
         if stream.read(2) == b"\x1f\x8b":
             raise ValueError(f"{shard} is gzip-compressed: an index needs an uncompressed tar (byte ranges)")
         stream.seek(0)
-        rows = [_sample_row(s, exact) for s in group_by_keys(tar_members(stream, str(shard)))]
+        try:
+            rows = [_sample_row(s, exact) for s in group_by_keys(tar_members(stream, str(shard)))]
+        except (tarfile.TarError, ValueError) as e:  # not a tar, cut mid-member, a duplicate member name
+            raise ValueError(f"{shard} cannot be indexed: not a readable tar ({type(e).__name__}: {e})") from None
     sizes = [size for row in rows for size in row["sizes"]]
     members = [m for row in rows for m in row["members"]]
     # Sample i's span is [span_start[i], span_start[i + 1]): from its first header to the next
@@ -297,7 +300,10 @@ def main(argv: list[str] | None = None) -> None:
     if bool(args.tokenizer) != bool(args.template):
         raise SystemExit("--tokenizer and --template go together (exact token counts hold for one tokenizer and one template)")
     exact = ExactLengths(args.tokenizer, args.template) if args.tokenizer else None
-    done = index_root(args.root, args.force, exact)
+    try:
+        done = index_root(args.root, args.force, exact)
+    except ValueError as e:
+        raise SystemExit(f"[lmm] {e}") from None
     if not done:
         raise SystemExit(f"no shards under {args.root} (expected ROOT/<folder>/*.tar)")
     for folder, count in done.items():
