@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+LMM := $(VENV)/bin/lmm
 STAMP := $(VENV)/.installed
 LMMS_EVAL_STAMP := $(VENV)/.installed-lmms-eval
 
@@ -16,11 +17,12 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-data-scale bench-loss bench-mfu bench ablate table table2 ablate-anyres ablate-multi-image gpu-check simulate scale-out
+.PHONY: lint format install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-data-scale bench-loss bench-mfu bench ablate table table2 ablate-anyres ablate-multi-image gpu-check simulate scale-out
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
 	@echo "make test      install (with the lmms-eval extra) and run the test suite"
+	@echo "make lint      ruff: the formatter's check and the linter (make format fixes what it can)"
 	@echo "make install-lmms-eval   add lmms-eval 0.7.3 (lmms-eval --model lmm ...) to .venv"
 	@echo "make data      generate the synthetic shards under data/synthetic"
 	@echo "make pretrain-tiny  rebuild pretrained/tiny/: the tiny CLIP-style tower and chat LLM"
@@ -60,52 +62,52 @@ $(LMMS_EVAL_STAMP): $(STAMP)
 	touch $(LMMS_EVAL_STAMP)
 
 data: install
-	$(PY) -m lmm.data.synthetic --out data/synthetic
+	$(LMM) synthetic --out data/synthetic
 
 # The tiny pretrained tower (CLIP-style) and LLM shipped in pretrained/tiny/ (vision=tiny_pretrained,
 # llm=tiny_pretrained); deterministic on one machine. pretrained/tiny/pretrain.json says how it went.
 pretrain-tiny: install
-	$(PY) -m lmm.pretrain_tiny --out pretrained/tiny
+	$(LMM) pretrain-tiny --out pretrained/tiny
 
 # Pretrain (connector only) -> finetune (connector + LLM, connector initialised from the
 # pretrain run) -> greedy evaluation on the test split. Re-running resumes/skips finished runs.
 demo: install data
-	$(PY) run.py experiment=demo_pretrain
-	$(PY) run.py experiment=demo_finetune
+	$(LMM) train experiment=demo_pretrain
+	$(LMM) train experiment=demo_finetune
 
 # LLaVA-format JSON + image root -> WebDataset shards, one folder per source (resumable).
 convert: install
 	@test -n "$(JSON)" -a -n "$(IMAGES)" -a -n "$(NAME)" || { echo "usage: make convert JSON=file.json IMAGES=/image/root NAME=llava_mix665k"; exit 2; }
-	$(PY) -m lmm.data.convert --json $(JSON) --images $(IMAGES) --out data/shards/$(NAME)
+	$(LMM) convert --json $(JSON) --images $(IMAGES) --out data/shards/$(NAME)
 
 bench-data: install
-	$(PY) -m lmm.bench.data
+	$(LMM) bench data
 
 bench-eval: install
-	$(PY) -m lmm.bench.eval
+	$(LMM) bench eval
 
 bench-train-step: install
-	$(PY) -m lmm.bench.train_step
+	$(LMM) bench train-step
 
 bench-packing: install
-	$(PY) -m lmm.bench.packing
+	$(LMM) bench packing
 
 bench-straggler: install
-	$(PY) -m lmm.bench.straggler
+	$(LMM) bench straggler
 
 bench-data-scale: install
-	$(PY) -m lmm.bench.data_scale
+	$(LMM) bench data-scale
 
 bench-loss: install
-	$(PY) -m lmm.bench.loss
+	$(LMM) bench loss
 
 # GPU only: MFU under FSDP2 + bf16, with/without activation checkpointing and torch.compile.
 bench-mfu: install
-	$(PY) -m lmm.bench.mfu
+	$(LMM) bench mfu
 
 # GPU only: the FSDP recipe, LoRA under FSDP, packing with the varlen kernel, and bench-mfu (a few minutes on one H100).
 gpu-check: install
-	$(PY) -m lmm.gpu_check
+	$(LMM) gpu-check
 
 # Every CPU benchmark; each prints ratios measured side by side and writes experiments/bench/<name>.json.
 bench: bench-data bench-eval bench-train-step bench-packing bench-straggler bench-data-scale bench-loss
@@ -114,8 +116,8 @@ bench: bench-data bench-eval bench-train-step bench-packing bench-straggler benc
 # The connector ablation (4 connectors × 3 seeds on the embedded default), then its table and
 # plots in experiments/results/ablate_connectors/. Re-running resumes/skips finished runs.
 ablate: install data
-	$(PY) run.py -m experiment=ablate_connectors trainer.enable_progress_bar=false
-	$(PY) -m lmm.ablate experiments/runs/ablate_connectors --out experiments/results/ablate_connectors \
+	$(LMM) train -m experiment=ablate_connectors trainer.enable_progress_bar=false
+	$(LMM) ablate experiments/runs/ablate_connectors --out experiments/results/ablate_connectors \
 		--metrics synthetic/vqa/exact_match,synthetic/ocr/exact_match,synthetic/region/caption_exact_match,synthetic/region/grounding_acc_iou50,synthetic/description/loss \
 		--order linear mlp qformer_tiny resampler_tiny --baseline linear \
 		--rename synthetic/vqa/exact_match="VQA EM" synthetic/ocr/exact_match="OCR EM" \
@@ -130,35 +132,44 @@ ablate: install data
 TABLE2_JOBS ?= 2
 TABLE2_THREADS ?= 1
 table2: install
-	$(PY) run.py -m +sweep=table2 hydra/launcher=joblib hydra.launcher.n_jobs=$(TABLE2_JOBS) cpu_threads=$(TABLE2_THREADS) \
+	$(LMM) train -m +sweep=table2 hydra/launcher=joblib hydra.launcher.n_jobs=$(TABLE2_JOBS) cpu_threads=$(TABLE2_THREADS) \
 		data.num_workers=0 trainer.enable_progress_bar=false
-	$(PY) -m lmm.ablate experiments/runs/table2 --spec conf/experiment/table2/table.yml --out experiments/results/table2
+	$(LMM) ablate experiments/runs/table2 --spec conf/experiment/table2/table.yml --out experiments/results/table2
 
 # Past LLaVA-1.5 (issue 19): pad vs AnyRes on small text, and single- vs multi-image training on
 # two-image questions; 2 rows × 3 seeds each on the pretrained tiny parts, run like make table2.
 ablate-anyres: install
-	$(PY) run.py -m +sweep=anyres hydra/launcher=joblib hydra.launcher.n_jobs=$(TABLE2_JOBS) cpu_threads=$(TABLE2_THREADS) \
+	$(LMM) train -m +sweep=anyres hydra/launcher=joblib hydra.launcher.n_jobs=$(TABLE2_JOBS) cpu_threads=$(TABLE2_THREADS) \
 		data.num_workers=0 trainer.enable_progress_bar=false
-	$(PY) -m lmm.ablate experiments/runs/high_res --spec conf/experiment/high_res/table.yml --out experiments/results/anyres
+	$(LMM) ablate experiments/runs/high_res --spec conf/experiment/high_res/table.yml --out experiments/results/anyres
 
 ablate-multi-image: install
-	$(PY) run.py -m +sweep=multi_image hydra/launcher=joblib hydra.launcher.n_jobs=$(TABLE2_JOBS) cpu_threads=$(TABLE2_THREADS) \
+	$(LMM) train -m +sweep=multi_image hydra/launcher=joblib hydra.launcher.n_jobs=$(TABLE2_JOBS) cpu_threads=$(TABLE2_THREADS) \
 		data.num_workers=0 trainer.enable_progress_bar=false
-	$(PY) -m lmm.ablate experiments/runs/two_image --spec conf/experiment/two_image/table.yml --out experiments/results/multi_image
+	$(LMM) ablate experiments/runs/two_image --spec conf/experiment/two_image/table.yml --out experiments/results/multi_image
 
 table: install
 	@test -n "$(SWEEP)" || { echo "usage: make table SWEEP=experiments/runs/<name>"; exit 2; }
-	$(PY) -m lmm.ablate $(SWEEP)
+	$(LMM) ablate $(SWEEP)
+
+# ruff: format and lint (rules E/F/W/B/I, 120 columns; [tool.ruff] in pyproject.toml). `make format` fixes what it can.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # With the lmms-eval extra, whose round-trip test must then run (not skip).
 test: install-lmms-eval
 	LMM_TEST_EXTRAS=required $(PY) -m pytest -q tests
 
 describe: install
-	$(PY) run.py task=describe connector=mlp llm=vicuna13b vision=clip_l14_336
+	$(LMM) train task=describe connector=mlp llm=vicuna13b vision=clip_l14_336
 
 simulate: install
-	$(PY) run.py experiment=llava15_13b task=simulate trainer.devices=8 simulate.gpu_memory_gib=40
+	$(LMM) train experiment=llava15_13b task=simulate trainer.devices=8 simulate.gpu_memory_gib=40
 
 # The simulated tables and plots in docs/scale_out/ (~7 minutes on 2 cores). The paper's global
 # batches (256, 128) cannot be split over 512 GPUs; the last run shows 13B at a global batch of 1024.
@@ -166,10 +177,10 @@ SCALE_OUT_RUNS := llava15_7b_pretrain llava15_7b llava15_13b_pretrain llava15_13
 scale-out: install
 	rm -rf docs/scale_out && mkdir -p docs/scale_out
 	for e in $(SCALE_OUT_RUNS); do \
-	  $(PY) run.py experiment=$$e task=simulate trainer.devices=8 simulate.gpu_memory_gib=40 simulate.world_sizes=[8,64,512] simulate.out=docs/scale_out/$$e || exit 1; done
-	$(PY) run.py experiment=llava15_13b task=simulate trainer.devices=8 stage.global_batch_size=1024 simulate.world_sizes=[8,64,512] \
+	  $(LMM) train experiment=$$e task=simulate trainer.devices=8 simulate.gpu_memory_gib=40 simulate.world_sizes=[8,64,512] simulate.out=docs/scale_out/$$e || exit 1; done
+	$(LMM) train experiment=llava15_13b task=simulate trainer.devices=8 stage.global_batch_size=1024 simulate.world_sizes=[8,64,512] \
 	  simulate.out=docs/scale_out/llava15_13b_global1024
-	$(PY) -m lmm.simulate.docs docs/scale_out.md $(addprefix docs/scale_out/,$(SCALE_OUT_RUNS)) docs/scale_out/llava15_13b_global1024
+	$(LMM) scale-out-docs docs/scale_out.md $(addprefix docs/scale_out/,$(SCALE_OUT_RUNS)) docs/scale_out/llava15_13b_global1024
 
 lock: install-lmms-eval
 	{ head -n 3 requirements.lock; $(PY) -m pip freeze --exclude-editable | grep -v -E '^(torch==|torchvision==|nvidia-|triton==|cuda-)'; } > requirements.lock.new

@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from lmm.config import register_resolvers
-from lmm.tasks import one_line_submission_errors
+from lmm.commands.tasks import one_line_submission_errors
+from lmm.core.config import register_resolvers
 
 register_resolvers()
 one_line_submission_errors()
@@ -12,7 +12,7 @@ one_line_submission_errors()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from lmm.tasks import run_task
+    from lmm.commands.tasks import run_task
 
     run_task(cfg)
 

@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from lmm.config import register_resolvers
+from lmm.core.config import register_resolvers
 from lmm.data.synthetic import GenerationConfig, generate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -41,7 +41,7 @@ class Conversation:
         if self.sep_style == SeparatorStyle.TWO:
             seps = [self.sep, self.sep2]
             ret = self.system + seps[0]
-            for i, (role, message) in enumerate(messages):
+            for i, (role, message) in enumerate(messages):  # noqa: B007 - as in LLaVA
                 if message:
                     ret += role + ": " + message + seps[i % 2]
                 else:
@@ -50,7 +50,7 @@ class Conversation:
             wrap_sys = lambda msg: f"<<SYS>>\n{msg}\n<</SYS>>\n\n" if len(msg) > 0 else msg  # noqa: E731
             wrap_inst = lambda msg: f"[INST] {msg} [/INST]"  # noqa: E731
             ret = ""
-            for i, (role, message) in enumerate(messages):
+            for i, (role, message) in enumerate(messages):  # noqa: B007 - as in LLaVA
                 if message:
                     if i == 0:
                         message = wrap_sys(self.system) + message
@@ -65,7 +65,7 @@ class Conversation:
         elif self.sep_style == SeparatorStyle.PLAIN:
             seps = [self.sep, self.sep2]
             ret = self.system
-            for i, (role, message) in enumerate(messages):
+            for i, (role, message) in enumerate(messages):  # noqa: B007 - as in LLaVA
                 if message:
                     ret += message + seps[i % 2]
                 else:
@@ -76,20 +76,44 @@ class Conversation:
         self.messages.append([role, message])
 
     def copy(self):
-        return Conversation(self.system, self.roles, [[x, y] for x, y in self.messages], self.offset, self.sep_style,
-                            self.sep, self.sep2, self.version)
+        return Conversation(
+            self.system,
+            self.roles,
+            [[x, y] for x, y in self.messages],
+            self.offset,
+            self.sep_style,
+            self.sep,
+            self.sep2,
+            self.version,
+        )
 
 
 conv_vicuna_v1 = Conversation(
     system="A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions.",
-    roles=("USER", "ASSISTANT"), version="v1", messages=[], offset=0, sep_style=SeparatorStyle.TWO, sep=" ", sep2="</s>")
+    roles=("USER", "ASSISTANT"),
+    version="v1",
+    messages=[],
+    offset=0,
+    sep_style=SeparatorStyle.TWO,
+    sep=" ",
+    sep2="</s>",
+)
 conv_llava_llama_2 = Conversation(
     system="You are a helpful language and vision assistant. "
-           "You are able to understand the visual content that the user provides, "
-           "and assist the user with a variety of tasks using natural language.",
-    roles=("USER", "ASSISTANT"), version="llama_v2", messages=[], offset=0, sep_style=SeparatorStyle.LLAMA_2, sep="<s>", sep2="</s>")
-conv_llava_plain = Conversation(system="", roles=("", ""), messages=[], offset=0, sep_style=SeparatorStyle.PLAIN, sep="\n")
+    "You are able to understand the visual content that the user provides, "
+    "and assist the user with a variety of tasks using natural language.",
+    roles=("USER", "ASSISTANT"),
+    version="llama_v2",
+    messages=[],
+    offset=0,
+    sep_style=SeparatorStyle.LLAMA_2,
+    sep="<s>",
+    sep2="</s>",
+)
+conv_llava_plain = Conversation(
+    system="", roles=("", ""), messages=[], offset=0, sep_style=SeparatorStyle.PLAIN, sep="\n"
+)
 
 
 def expand2square(pil_img, background_color):  # llava/mm_utils.py
@@ -107,10 +131,10 @@ def expand2square(pil_img, background_color):  # llava/mm_utils.py
 
 
 def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX, return_tensors=None):
-    prompt_chunks = [tokenizer(chunk).input_ids for chunk in prompt.split('<image>')]
+    prompt_chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
 
     def insert_separator(X, sep):
-        return [ele for sublist in zip(X, [sep] * len(X)) for ele in sublist][:-1]
+        return [ele for sublist in zip(X, [sep] * len(X), strict=True) for ele in sublist][:-1]
 
     input_ids = []
     offset = 0
@@ -122,19 +146,19 @@ def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX
         input_ids.extend(x[offset:])
 
     if return_tensors is not None:
-        if return_tensors == 'pt':
+        if return_tensors == "pt":
             return torch.tensor(input_ids, dtype=torch.long)
-        raise ValueError(f'Unsupported tensor type: {return_tensors}')
+        raise ValueError(f"Unsupported tensor type: {return_tensors}")
     return input_ids
 
 
 def preprocess_multimodal(sources, mm_use_im_start_end=False):
     for source in sources:
         for sentence in source:
-            if DEFAULT_IMAGE_TOKEN in sentence['value']:
-                sentence['value'] = sentence['value'].replace(DEFAULT_IMAGE_TOKEN, '').strip()
-                sentence['value'] = DEFAULT_IMAGE_TOKEN + '\n' + sentence['value']
-                sentence['value'] = sentence['value'].strip()
+            if DEFAULT_IMAGE_TOKEN in sentence["value"]:
+                sentence["value"] = sentence["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
+                sentence["value"] = DEFAULT_IMAGE_TOKEN + "\n" + sentence["value"]
+                sentence["value"] = sentence["value"].strip()
             replace_token = DEFAULT_IMAGE_TOKEN
             sentence["value"] = sentence["value"].replace(DEFAULT_IMAGE_TOKEN, replace_token)
     return sources
@@ -158,15 +182,17 @@ def _apply_template(conv, sources):
 def preprocess_v1(sources, tokenizer, has_image=False, model_max_length=2048):
     conv = conv_vicuna_v1.copy()
     conversations = _apply_template(conv, sources)
-    input_ids = torch.stack([tokenizer_image_token(prompt, tokenizer, return_tensors='pt') for prompt in conversations], dim=0)
+    input_ids = torch.stack(
+        [tokenizer_image_token(prompt, tokenizer, return_tensors="pt") for prompt in conversations], dim=0
+    )
     targets = input_ids.clone()
     sep = conv.sep + conv.roles[1] + ": "
-    for conversation, target in zip(conversations, targets):
+    for conversation, target in zip(conversations, targets, strict=True):
         total_len = int(target.ne(tokenizer.pad_token_id).sum())
         rounds = conversation.split(conv.sep2)
         cur_len = 1
         target[:cur_len] = IGNORE_INDEX
-        for i, rou in enumerate(rounds):
+        for i, rou in enumerate(rounds):  # noqa: B007 - as in LLaVA
             if rou == "":
                 break
             parts = rou.split(sep)
@@ -178,7 +204,7 @@ def preprocess_v1(sources, tokenizer, has_image=False, model_max_length=2048):
             if i != 0 and not tokenizer.legacy and IS_TOKENIZER_GREATER_THAN_0_14:
                 round_len -= 1
                 instruction_len -= 1
-            target[cur_len: cur_len + instruction_len] = IGNORE_INDEX
+            target[cur_len : cur_len + instruction_len] = IGNORE_INDEX
             cur_len += round_len
         target[cur_len:] = IGNORE_INDEX
         if cur_len < model_max_length:
@@ -190,15 +216,17 @@ def preprocess_v1(sources, tokenizer, has_image=False, model_max_length=2048):
 def preprocess_llama_2(sources, tokenizer, has_image=False, model_max_length=2048):
     conv = conv_llava_llama_2.copy()
     conversations = _apply_template(conv, sources)
-    input_ids = torch.stack([tokenizer_image_token(prompt, tokenizer, return_tensors='pt') for prompt in conversations], dim=0)
+    input_ids = torch.stack(
+        [tokenizer_image_token(prompt, tokenizer, return_tensors="pt") for prompt in conversations], dim=0
+    )
     targets = input_ids.clone()
     sep = "[/INST] "
-    for conversation, target in zip(conversations, targets):
+    for conversation, target in zip(conversations, targets, strict=True):
         total_len = int(target.ne(tokenizer.pad_token_id).sum())
         rounds = conversation.split(conv.sep2)
         cur_len = 1
         target[:cur_len] = IGNORE_INDEX
-        for i, rou in enumerate(rounds):
+        for i, rou in enumerate(rounds):  # noqa: B007 - as in LLaVA
             if rou == "":
                 break
             parts = rou.split(sep)
@@ -207,7 +235,7 @@ def preprocess_llama_2(sources, tokenizer, has_image=False, model_max_length=204
             parts[0] += sep
             round_len = len(tokenizer_image_token(rou, tokenizer))
             instruction_len = len(tokenizer_image_token(parts[0], tokenizer)) - 2
-            target[cur_len: cur_len + instruction_len] = IGNORE_INDEX
+            target[cur_len : cur_len + instruction_len] = IGNORE_INDEX
             cur_len += round_len
         target[cur_len:] = IGNORE_INDEX
         if cur_len < model_max_length:
@@ -220,20 +248,21 @@ def preprocess_plain(sources, tokenizer):
     conversations = []
     for source in sources:
         assert len(source) == 2
-        assert DEFAULT_IMAGE_TOKEN in source[0]['value']
-        source[0]['value'] = DEFAULT_IMAGE_TOKEN
-        conversation = source[0]['value'] + source[1]['value'] + conv_llava_plain.sep
+        assert DEFAULT_IMAGE_TOKEN in source[0]["value"]
+        source[0]["value"] = DEFAULT_IMAGE_TOKEN
+        conversation = source[0]["value"] + source[1]["value"] + conv_llava_plain.sep
         conversations.append(conversation)
-    input_ids = [tokenizer_image_token(prompt, tokenizer, return_tensors='pt') for prompt in conversations]
+    input_ids = [tokenizer_image_token(prompt, tokenizer, return_tensors="pt") for prompt in conversations]
     targets = copy.deepcopy(input_ids)
-    for target, source in zip(targets, sources):
-        tokenized_len = len(tokenizer_image_token(source[0]['value'], tokenizer))
+    for target, source in zip(targets, sources, strict=True):
+        tokenized_len = len(tokenizer_image_token(source[0]["value"], tokenizer))
         target[:tokenized_len] = IGNORE_INDEX
     return dict(input_ids=input_ids, labels=targets)
 
 
-def llava_training_ids(template: str, turns: list[dict], tokenizer, has_image: bool = True,
-                       move_image_first: bool = True) -> tuple[list[int], list[int]]:
+def llava_training_ids(
+    template: str, turns: list[dict], tokenizer, has_image: bool = True, move_image_first: bool = True
+) -> tuple[list[int], list[int]]:
     """LazySupervisedDataset.__getitem__'s text half: preprocess_multimodal, then preprocess.
     `move_image_first=False` skips preprocess_multimodal (LLaVA-NeXT's interleaved images)."""
     sources = copy.deepcopy([turns])
@@ -251,6 +280,6 @@ def llava_training_ids(template: str, turns: list[dict], tokenizer, has_image: b
 def llava_generation_ids(template: str, question: str, tokenizer) -> list[int]:
     """llava/eval/model_vqa.py: the question after "<image>\\n", the template's prompt, tokenizer_image_token."""
     conv = {"vicuna_v1": conv_vicuna_v1, "llama2": conv_llava_llama_2}[template].copy()
-    conv.append_message(conv.roles[0], DEFAULT_IMAGE_TOKEN + '\n' + question)
+    conv.append_message(conv.roles[0], DEFAULT_IMAGE_TOKEN + "\n" + question)
     conv.append_message(conv.roles[1], None)
     return tokenizer_image_token(conv.get_prompt(), tokenizer)

@@ -4,12 +4,11 @@ comparisons, n, footnotes, bold, the generated summary."""
 import json
 
 import pytest
-
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from lmm.ablate import RecipeSpec, build_table, csv_text, find_runs, latex, main, markdown, summary
+from lmm.analysis.ablate import RecipeSpec, build_table, csv_text, find_runs, latex, main, markdown, summary
 from tests.conftest import CONF, compose_config
 
 
@@ -23,24 +22,31 @@ def fake_sweep(root, runs):
         if status == "finished":
             (run / "results.json").write_text(json.dumps({"metrics": metrics}))
         elif status == "failed":  # failed while training: it has a checkpoint
-            (run / "run.log").write_text("Error executing job with overrides: [...]\nTraceback (most recent call last):\n")
+            (run / "run.log").write_text(
+                "Error executing job with overrides: [...]\nTraceback (most recent call last):\n"
+            )
             (run / "checkpoints").mkdir()
         elif status == "not started":  # the command stopped before training (a mistyped key, a refused config)
-            (run / "status.json").write_text(json.dumps({"status": "failed", "task": "train", "error": "ValueError: unknown key"}))
+            (run / "status.json").write_text(
+                json.dumps({"status": "failed", "task": "train", "error": "ValueError: unknown key"})
+            )
     return root
 
 
 def sweep(tmp_path):
-    return fake_sweep(tmp_path / "sweep", [
-        (["connector=linear", "seed=0"], {"acc": 0.50, "loss": 2.0}, "finished"),
-        (["connector=linear", "seed=1"], {"acc": 0.60, "loss": 1.8}, "finished"),
-        (["connector=linear", "seed=2"], {"acc": 0.70, "loss": 1.6}, "finished"),
-        (["connector=mlp", "seed=0"], {"acc": 0.80, "loss": 1.5}, "finished"),
-        (["connector=mlp", "seed=1"], {"acc": 0.90}, "finished"),            # lacks the loss
-        (["connector=mlp", "seed=2"], {}, "failed"),
-        (["connector=qformer", "seed=0"], {"acc": 0.40, "loss": 2.5}, "finished"),
-        (["connector=qformer", "seed=1"], {"acc": 0.45, "loss": 2.4}, "finished"),  # a missing seed
-    ])
+    return fake_sweep(
+        tmp_path / "sweep",
+        [
+            (["connector=linear", "seed=0"], {"acc": 0.50, "loss": 2.0}, "finished"),
+            (["connector=linear", "seed=1"], {"acc": 0.60, "loss": 1.8}, "finished"),
+            (["connector=linear", "seed=2"], {"acc": 0.70, "loss": 1.6}, "finished"),
+            (["connector=mlp", "seed=0"], {"acc": 0.80, "loss": 1.5}, "finished"),
+            (["connector=mlp", "seed=1"], {"acc": 0.90}, "finished"),  # lacks the loss
+            (["connector=mlp", "seed=2"], {}, "failed"),
+            (["connector=qformer", "seed=0"], {"acc": 0.40, "loss": 2.5}, "finished"),
+            (["connector=qformer", "seed=1"], {"acc": 0.45, "loss": 2.4}, "finished"),  # a missing seed
+        ],
+    )
 
 
 def test_markdown_exact(tmp_path):
@@ -51,23 +57,28 @@ def test_markdown_exact(tmp_path):
         "|---|---:|---:|---:|\n"
         "| linear | 3 | 0.60 [0.35, 0.85] | **1.80 [1.30, 2.30]** |\n"  # t intervals: 0.6 ± 4.30 · 0.1/√3
         # one of its 2 finished seeds has a loss: shown with n, not bold; acc +0.3 on both paired seeds: shown (†)
-        "| mlp | 3 | **0.85 [0.21, 1.00]**† | 1.50 (n=1) |\n"  # 0.85 ± 0.64 would pass 1: an accuracy's interval stays inside [0, 1]
+        # 0.85 ± 0.64 would pass 1: an accuracy's interval stays inside [0, 1]
+        "| mlp | 3 | **0.85 [0.21, 1.00]**† | 1.50 (n=1) |\n"
         "| qformer | 2 | 0.43 [0.11, 0.74] | 2.45 [1.81, 3.09] |\n"
         "\n"
         "- connector=mlp: run 5 failed\n"
         "- connector=qformer: 2 run(s), fewer than the 3 of other rows\n"
         "\n"
-        "Mean over seeds [95% interval: t over seeds; t over seeds, clipped to the metric's range [0, 1]]; † = differs from linear (paired by seed and by question where both are known, "
-        "Holm-corrected p < 0.05 across the table; every comparison in ablation_summary.md); n = runs per row (a cell's own n "
+        "Mean over seeds [95% interval: t over seeds; t over seeds, clipped to the metric's range [0, 1]]; † = "
+        "differs from linear (paired by seed and by question where both are known, "
+        "Holm-corrected p < 0.05 across the table; every comparison in ablation_summary.md); n = runs per row (a "
+        "cell's own n "
         "when fewer of them have the metric; such cells are never bold); best per column in bold; — = no value. "
-        "Method: lmm.stats (docs/ablations.md).\n"
+        "Method: lmm.analysis.stats (docs/ablations.md).\n"
     )
     # Paired t-tests over the common seeds, Holm across the three: qformer's acc −0.125 ± 0.035 on
     # 2 seeds (raw p 0.126), its loss +0.55 ± 0.07 (raw p 0.058, ×2 = 0.12).
     assert summary(table, decimals=2).splitlines()[4:] == [
         "- mlp vs linear, acc: +0.30 [+0.30, +0.30], p < 0.001 (paired t-test over seeds), 2 seeds — shown",
-        "- qformer vs linear, acc: −0.12 [−0.44, +0.19], p = 0.13 (paired t-test over seeds), 2 seeds — not shown; ~3 seeds would be needed",
-        "- qformer vs linear, loss: +0.55 [−0.09, +1.19], p = 0.12 (paired t-test over seeds), 2 seeds — not shown; ~3 seeds would be needed",
+        "- qformer vs linear, acc: −0.12 [−0.44, +0.19], p = 0.13 (paired t-test over seeds), 2 seeds — not shown; "
+        "~3 seeds would be needed",
+        "- qformer vs linear, loss: +0.55 [−0.09, +1.19], p = 0.12 (paired t-test over seeds), 2 seeds — not shown; "
+        "~3 seeds would be needed",
         "- mlp vs linear, loss: no test (1 and 3 seeds with a value; each side needs 2 or more)",
     ]
 
@@ -77,7 +88,9 @@ def test_latex_csv_and_files(tmp_path):
     table = build_table(find_runs([str(root)]), metrics=["acc"])
     tex = latex(table, decimals=2)
     assert tex.startswith("\\begin{tabular}{lrr}\n\\toprule\nconnector & n & acc \\\\\n\\midrule\n")
-    assert "mlp & 3 & \\textbf{0.85 [0.21, 1.00]}$^\\dagger$ \\\\" in tex and tex.endswith("\\bottomrule\n\\end{tabular}\n")
+    assert "mlp & 3 & \\textbf{0.85 [0.21, 1.00]}$^\\dagger$ \\\\" in tex and tex.endswith(
+        "\\bottomrule\n\\end{tabular}\n"
+    )
     rows = csv_text(table).splitlines()
     assert rows[0] == "connector,n,acc_mean,acc_std,acc_n,acc_low,acc_high"
     assert rows[1] == "linear,3,0.6,0.1,3,0.351586,0.848414"
@@ -90,8 +103,15 @@ def test_latex_csv_and_files(tmp_path):
 TABLE2 = CONF / "experiment" / "llava15_table2"
 # What each row changes relative to the row before it (LLaVA-1.5's Table 2).
 ROW_DELTAS = {
-    "r02_vqav2": {"data"}, "r03_format_prompt": {"data"}, "r04_mlp": {"connector"}, "r05_okvqa_ocr": {"data"},
-    "r06_region": {"data"}, "r07_res336": {"vision"}, "r08_gqa": {"data"}, "r09_sharegpt": {"data"}, "r10_vicuna13b": {"llm"},
+    "r02_vqav2": {"data"},
+    "r03_format_prompt": {"data"},
+    "r04_mlp": {"connector"},
+    "r05_okvqa_ocr": {"data"},
+    "r06_region": {"data"},
+    "r07_res336": {"vision"},
+    "r08_gqa": {"data"},
+    "r09_sharegpt": {"data"},
+    "r10_vicuna13b": {"llm"},
 }
 
 
@@ -100,10 +120,13 @@ def test_table2_rows_are_cumulative_deltas():
     assert rows == ["r01_llava", *ROW_DELTAS]
     configs = {row: OmegaConf.to_container(compose_config([f"experiment=llava15_table2/{row}"])) for row in rows}
     first = configs["r01_llava"]
-    assert (first["connector"]["_target_"], first["llm"]["model"]["pretrained"], first["vision"]["arch"]["image_size"]) == (
-        "lmm.model.connectors.LinearConnector", "lmsys/vicuna-7b-v1.5", 224)
+    assert (
+        first["connector"]["_target_"],
+        first["llm"]["model"]["pretrained"],
+        first["vision"]["arch"]["image_size"],
+    ) == ("lmm.model.connectors.LinearConnector", "lmsys/vicuna-7b-v1.5", 224)
     assert first["data"]["strip_format_prompts"] is True and set(first["eval"]["benchmarks"]) >= {"vqav2", "gqa", "mme"}
-    for previous, row in zip(rows, rows[1:]):
+    for previous, row in zip(rows, rows[1:], strict=True):
         changed = {k for k in configs[row] if configs[row][k] != configs[previous][k]}
         assert changed == ROW_DELTAS[row] | {"name"}, row
     last = configs["r10_vicuna13b"]
@@ -114,8 +137,13 @@ def test_table2_rows_are_cumulative_deltas():
 MINI_TABLE2 = CONF / "experiment" / "table2"
 SHIPPED = CONF.parent / "pretrained"
 # make table2 (the miniature on the pretrained tiny parts): what each row changes.
-MINI_ROW_DELTAS = {"r2_format_prompt": {"data"}, "r3_mlp": {"connector"}, "r4_region": {"data"},
-                   "r5_res128": {"vision"}, "r6_larger_llm": {"llm"}}
+MINI_ROW_DELTAS = {
+    "r2_format_prompt": {"data"},
+    "r3_mlp": {"connector"},
+    "r4_region": {"data"},
+    "r5_res128": {"vision"},
+    "r6_larger_llm": {"llm"},
+}
 
 
 def test_miniature_table2_rows_are_cumulative_deltas():
@@ -124,13 +152,19 @@ def test_miniature_table2_rows_are_cumulative_deltas():
     configs = {row: OmegaConf.to_container(compose_config([f"experiment=table2/{row}"]), resolve=True) for row in rows}
     first = configs["r1_llava"]
     assert first["data"]["strip_format_prompts"] is True and first["data"]["train_split"] == "train_no_region"
-    assert (first["vision"]["pretrained"], first["llm"]["model"]["pretrained"]) == (str(SHIPPED / "tiny" / "vision"), str(SHIPPED / "tiny" / "llm"))
+    assert (first["vision"]["pretrained"], first["llm"]["model"]["pretrained"]) == (
+        str(SHIPPED / "tiny" / "vision"),
+        str(SHIPPED / "tiny" / "llm"),
+    )
     assert first["eval"]["benchmarks"]["synthetic"]["root"] == first["data"]["root"] == "data/synthetic_table2"
-    for previous, row in zip(rows, rows[1:]):
+    for previous, row in zip(rows, rows[1:], strict=True):
         changed = {k for k in configs[row] if configs[row][k] != configs[previous][k]}
         assert changed == MINI_ROW_DELTAS[row] | {"name"}, row
     last = configs["r6_larger_llm"]
-    assert (last["vision"]["arch"]["image_size"], last["llm"]["model"]["pretrained"]) == (128, str(SHIPPED / "tiny" / "llm_x2"))
+    assert (last["vision"]["arch"]["image_size"], last["llm"]["model"]["pretrained"]) == (
+        128,
+        str(SHIPPED / "tiny" / "llm_x2"),
+    )
     assert last["data"]["strip_format_prompts"] is False and last["data"]["train_split"] == "train"
 
 
@@ -147,11 +181,20 @@ def test_table2_sweep_and_spec_name_every_row(layout, sweep_name):
 
 def test_recipe_layout_exact(tmp_path):
     spec = tmp_path / "table.yml"
-    spec.write_text(yaml.safe_dump({
-        "row_header": "Recipe",
-        "rows": [{"label": "LLaVA", "experiment": "t/r1"}, {"label": "+VQA-v2", "experiment": "t/r2"}, {"label": "+MLP", "experiment": "t/r3"}],
-        "columns": {"vqav2/accuracy": "VQAv2", "mme/perception": "MME"},
-    }, sort_keys=False))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "row_header": "Recipe",
+                "rows": [
+                    {"label": "LLaVA", "experiment": "t/r1"},
+                    {"label": "+VQA-v2", "experiment": "t/r2"},
+                    {"label": "+MLP", "experiment": "t/r3"},
+                ],
+                "columns": {"vqav2/accuracy": "VQAv2", "mme/perception": "MME"},
+            },
+            sort_keys=False,
+        )
+    )
     cost = {"trainable_parameters": 7.0e9, "tokens_seen": 2.5e9, "train_wall_s": 5400.0, "flops": 1.2e20}
     root = tmp_path / "runs"
     root.mkdir()
@@ -176,18 +219,23 @@ def test_recipe_layout_exact(tmp_path):
         "- Recipe=LLaVA: 1 run(s), fewer than the 2 of other rows\n"
         "- Recipe=+MLP: not run\n"
         "\n"
-        "Mean over seeds [95% interval: t over seeds]; † = differs from the row above (paired by seed and by question where both are known, "
-        "Holm-corrected p < 0.05 across the table; every comparison in ablation_summary.md); n = runs per row (a cell's own n "
+        "Mean over seeds [95% interval: t over seeds]; † = differs from the row above (paired by seed and by "
+        "question where both are known, "
+        "Holm-corrected p < 0.05 across the table; every comparison in ablation_summary.md); n = runs per row (a "
+        "cell's own n "
         "when fewer of them have the metric; such cells are never bold); best per column in bold; — = no value. "
-        "Method: lmm.stats (docs/ablations.md).\n"
+        "Method: lmm.analysis.stats (docs/ablations.md).\n"
     )
-    assert "- +VQA-v2 vs LLaVA, VQAv2: no test (2 and 1 seeds with a value" in (tmp_path / "out" / "ablation_summary.md").read_text()
+    assert (
+        "- +VQA-v2 vs LLaVA, VQAv2: no test (2 and 1 seeds with a value"
+        in (tmp_path / "out" / "ablation_summary.md").read_text()
+    )
     assert "+MLP & 0 & -- & -- & -- & -- & -- & -- \\\\" in (tmp_path / "out" / "ablation.tex").read_text()
 
 
 def test_row_order_and_labels(tmp_path):
     table = build_table(find_runs([str(sweep(tmp_path))]), metrics=["acc"], order=["qformer", "linear"])
-    assert [row for row, in table.rows] == ["qformer", "linear", "mlp"]
+    assert [row for (row,) in table.rows] == ["qformer", "linear", "mlp"]
     text = markdown(table, decimals=2, labels={"qformer": "Q-Former (32 queries)"})
     assert text.splitlines()[2] == "| Q-Former (32 queries) | 2 | 0.43 [0.11, 0.74] |"
 
@@ -195,11 +243,14 @@ def test_row_order_and_labels(tmp_path):
 def test_status_files_decide_and_eval_directories_are_not_rows(tmp_path):
     """A run's status.json (written last by the run) says finished or failed, even when run.log
     shows nothing; task=eval / task=export directories are not runs of the sweep."""
-    root = fake_sweep(tmp_path / "sweep", [
-        (["connector=linear", "seed=0"], {"acc": 0.5}, "finished"),
-        (["connector=mlp", "seed=0"], {"acc": 0.8}, "finished"),
-        (["task=eval", "ckpt=x"], {"acc": 0.9}, "finished"),
-    ])
+    root = fake_sweep(
+        tmp_path / "sweep",
+        [
+            (["connector=linear", "seed=0"], {"acc": 0.5}, "finished"),
+            (["connector=mlp", "seed=0"], {"acc": 0.8}, "finished"),
+            (["task=eval", "ckpt=x"], {"acc": 0.9}, "finished"),
+        ],
+    )
     runs = find_runs([str(root)])
     assert len(runs) == 2 and all("task" not in r.overrides for r in runs)
     mlp = next(r for r in runs if r.overrides["connector"] == "mlp")
@@ -222,17 +273,33 @@ def test_runs_with_predictions_are_resampled_by_question(tmp_path):
     for connector, rate in (("linear", 0.4), ("mlp", 0.8)):
         for seed in range(3):
             scores = [float(rng.random() < rate) for _ in range(50)]
-            runs.append(([f"connector={connector}", f"seed={seed}"], {"synthetic/vqa/exact_match": sum(scores) / 50}, "finished", scores))
+            runs.append(
+                (
+                    [f"connector={connector}", f"seed={seed}"],
+                    {"synthetic/vqa/exact_match": sum(scores) / 50},
+                    "finished",
+                    scores,
+                )
+            )
     root = fake_sweep(tmp_path / "sweep", [r[:3] for r in runs])
     for i, (*_, scores) in enumerate(runs):
-        lines = [json.dumps({"id": f"s{q // 2}", "turn": q % 2, "metric": "vqa/exact_match", "score": v}) for q, v in enumerate(scores)]
+        lines = [
+            json.dumps({"id": f"s{q // 2}", "turn": q % 2, "metric": "vqa/exact_match", "score": v})
+            for q, v in enumerate(scores)
+        ]
         (root / str(i) / "predictions").mkdir()
         (root / str(i) / "predictions" / "synthetic.jsonl").write_text("\n".join(lines) + "\n{torn")
     table = build_table(find_runs([str(root)]), baseline="linear")
     cell = table.cells[(("mlp",), "synthetic/vqa/exact_match")]
-    assert cell.interval.method == "bootstrap over seeds and questions" and cell.interval.low < cell.mean < cell.interval.high
+    assert (
+        cell.interval.method == "bootstrap over seeds and questions"
+        and cell.interval.low < cell.mean < cell.interval.high
+    )
     (line,) = summary(table, decimals=2, names={"synthetic/vqa/exact_match": "VQA EM"}).splitlines()[4:]
-    assert line.startswith("- mlp vs linear, VQA EM: +0.") and "(bootstrap over seeds and questions), 3 seeds × 50 questions — shown" in line
+    assert (
+        line.startswith("- mlp vs linear, VQA EM: +0.")
+        and "(bootstrap over seeds and questions), 3 seeds × 50 questions — shown" in line
+    )
     assert "†" in markdown(table).splitlines()[3]
 
 
@@ -246,7 +313,9 @@ def test_past_llava15_ablations_change_one_thing(layout, sweep_name):
     rows = [experiment for _, experiment in spec.rows]
     assert sorted(rows) == [f"{layout}/{p.stem}" for p in sorted((CONF / "experiment" / layout).glob("*.yaml"))]
     sweep = yaml.safe_load((CONF / "sweep" / f"{sweep_name}.yaml").read_text())
-    (override,) = OverridesParser.create().parse_overrides([f"experiment={sweep['hydra']['sweeper']['params']['experiment']}"])
+    (override,) = OverridesParser.create().parse_overrides(
+        [f"experiment={sweep['hydra']['sweeper']['params']['experiment']}"]
+    )
     assert sorted(override.sweep_string_iterator()) == sorted(rows)
     first, second = (OmegaConf.to_container(compose_config([f"experiment={row}"]), resolve=True) for row in rows)
     changed_row, groups = PAST_LLAVA15[layout]
@@ -259,17 +328,22 @@ def test_past_llava15_ablations_change_one_thing(layout, sweep_name):
 
 
 def test_commands_that_never_trained_are_footnotes_and_never_the_baseline(tmp_path):
-    root = fake_sweep(tmp_path / "sweep", [
-        (["connector=conector", "seed=0"], {}, "not started"),  # a mistyped value: stopped before training
-        (["connector=linear", "seed=0"], {"acc": 0.5}, "finished"),
-        (["connector=linear", "seed=1"], {"acc": 0.6}, "finished"),
-        (["connector=mlp", "seed=0"], {"acc": 0.8}, "finished"),
-        (["connector=mlp", "seed=1"], {"acc": 0.9}, "finished"),
-        (["connector=qformer", "seed=0"], {}, "failed"),  # trained, then failed: a row without values
-    ])
+    root = fake_sweep(
+        tmp_path / "sweep",
+        [
+            (["connector=conector", "seed=0"], {}, "not started"),  # a mistyped value: stopped before training
+            (["connector=linear", "seed=0"], {"acc": 0.5}, "finished"),
+            (["connector=linear", "seed=1"], {"acc": 0.6}, "finished"),
+            (["connector=mlp", "seed=0"], {"acc": 0.8}, "finished"),
+            (["connector=mlp", "seed=1"], {"acc": 0.9}, "finished"),
+            (["connector=qformer", "seed=0"], {}, "failed"),  # trained, then failed: a row without values
+        ],
+    )
     table = build_table(find_runs([str(root)]))
     assert [row for row in table.rows] == [("linear",), ("mlp",), ("qformer",)]
     assert table.reference_text == "linear" and "not started: 0: ValueError: unknown key" in table.notes
-    with pytest.raises(SystemExit, match="--baseline 'qformer': that row has no finished run; rows that could be the baseline: "
-                                         "linear; mlp"):
+    with pytest.raises(
+        SystemExit,
+        match="--baseline 'qformer': that row has no finished run; rows that could be the baseline: linear; mlp",
+    ):
         build_table(find_runs([str(root)]), baseline="qformer")

@@ -53,20 +53,58 @@ def test_mfu_benchmark_smoke_runs_all_four_variants_on_cpu(tmp_path, isolated_pr
 def test_data_benchmark_measures_both_loaders(tmp_path, data_root):
     from lmm.bench.data import main
 
-    result = main(["--images", "24", "--workers", "0", "--batch-size", "4", "--batches", "2",
-                   "--tokenizer", str(data_root / "synthetic" / "tokenizer"), "--out", str(tmp_path / "data.json")])
+    result = main(
+        [
+            "--images",
+            "24",
+            "--workers",
+            "0",
+            "--batch-size",
+            "4",
+            "--batches",
+            "2",
+            "--tokenizer",
+            str(data_root / "synthetic" / "tokenizer"),
+            "--out",
+            str(tmp_path / "data.json"),
+        ]
+    )
     assert json.loads((tmp_path / "data.json").read_text()) == result
     assert result["lmm_samples_per_s"] > 0 and result["llava_map_style_samples_per_s"] > 0
-    assert result["ratio"] == pytest.approx(result["lmm_samples_per_s"] / result["llava_map_style_samples_per_s"], rel=0.01)
-    assert result["index_plan_vs_raw_plan"] == pytest.approx(result["lmm_samples_per_s"] / result["lmm_raw_plan_samples_per_s"], rel=0.01)
-    assert result["samples_timed"] == {"llava": 16, "lmm": 16, "lmm_raw_plan": 16}  # 2 rounds × 2 batches × 4 on each side
+    assert result["ratio"] == pytest.approx(
+        result["lmm_samples_per_s"] / result["llava_map_style_samples_per_s"], rel=0.01
+    )
+    assert result["index_plan_vs_raw_plan"] == pytest.approx(
+        result["lmm_samples_per_s"] / result["lmm_raw_plan_samples_per_s"], rel=0.01
+    )
+    assert result["samples_timed"] == {
+        "llava": 16,
+        "lmm": 16,
+        "lmm_raw_plan": 16,
+    }  # 2 rounds × 2 batches × 4 on each side
 
 
 def test_loss_benchmark_measures_both_losses(tmp_path):
     from lmm.bench.loss import main
 
-    result = main(["--tokens", "256", "--batch", "2", "--hidden", "64", "--vocab-override", "20000", "--vocabularies", "qwen2",
-                   "--repeats", "1", "--out", str(tmp_path / "loss.json")])
+    result = main(
+        [
+            "--tokens",
+            "256",
+            "--batch",
+            "2",
+            "--hidden",
+            "64",
+            "--vocab-override",
+            "20000",
+            "--vocabularies",
+            "qwen2",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "loss.json"),
+        ]
+    )
     row = result["vocabularies"]["qwen2"]
     assert row["loss_difference"] < 1e-4  # the same loss
     assert row["step_peak_reduction"] > 1.5 and row["loss_part_reduction"] > 2  # no [B, T, V] logits
@@ -78,20 +116,40 @@ def test_data_scale_benchmark_counts_the_bytes_each_rank_reads(tmp_path):
     about ranks × workers times that; a resume reads less than a global step."""
     from lmm.bench.data_scale import main
 
-    result = main(["--samples", "1200", "--ranks", "4", "16", "--workers", "2", "--global-batch", "16", "--steps", "4",
-                   "--out", str(tmp_path / "scale.json")])
+    result = main(
+        [
+            "--samples",
+            "1200",
+            "--ranks",
+            "4",
+            "16",
+            "--workers",
+            "2",
+            "--global-batch",
+            "16",
+            "--steps",
+            "4",
+            "--out",
+            str(tmp_path / "scale.json"),
+        ]
+    )
     assert json.loads((tmp_path / "scale.json").read_text()) == result
     for ranks, row in result["per_W"].items():
         assert 1.0 <= row["read_per_trained_index_samples_only"] <= row["read_per_trained_index"] < 1.3
         assert row["read_per_trained_raw"] > int(ranks)  # each of a rank's workers reads the whole world's samples
         assert row["planning_ms_per_step"] > 0 and row["straggler_factor"] >= 1.0
-    assert [row["index_read_per_global_step"] < 1 < row["raw_read_per_global_step"] for row in result["resume"]["at"].values()] == [True] * 3
+    assert [
+        row["index_read_per_global_step"] < 1 < row["raw_read_per_global_step"]
+        for row in result["resume"]["at"].values()
+    ] == [True] * 3
 
 
 def test_eval_benchmark_answers_every_question_on_both_sides(tmp_path, data_root):
     from lmm.bench.eval import main
 
-    result = main(["--questions", "4", "--batch-size", "4", "--data", str(data_root), "--out", str(tmp_path / "eval.json")])
+    result = main(
+        ["--questions", "4", "--batch-size", "4", "--data", str(data_root), "--out", str(tmp_path / "eval.json")]
+    )
     assert result["questions"] > 0 and set(result["answers"].values()) == {result["questions"]}
     assert result["batch_1_answers_per_s"] > 0 and result["ratio"] > 0 and result["same_answers"]
 
@@ -99,7 +157,18 @@ def test_eval_benchmark_answers_every_question_on_both_sides(tmp_path, data_root
 def test_train_step_benchmark_times_the_same_tokens_on_both_sides(tmp_path, data_root):
     from lmm.bench.train_step import WARMUP, main
 
-    result = main(["--steps", str(WARMUP + 2), "--repeats", "1", "--data", str(data_root), "--out", str(tmp_path / "train_step.json")])
+    result = main(
+        [
+            "--steps",
+            str(WARMUP + 2),
+            "--repeats",
+            "1",
+            "--data",
+            str(data_root),
+            "--out",
+            str(tmp_path / "train_step.json"),
+        ]
+    )
     assert result["tokens_timed"]["lmm"] == result["tokens_timed"]["bare"] > 0
     assert result["lmm_tokens_per_s"] > 0 and result["bare_llava_tokens_per_s"] > 0 and result["ratio"] > 0
 

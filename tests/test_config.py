@@ -1,17 +1,16 @@
 """Every config option composes; bad options fail with Hydra's list; describe counts are exact."""
 
-
-import pytest
 import functools
 
+import pytest
 import torch
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lmm.describe import describe
-from lmm.train.stage import stage_of
-from lmm.model.build import build_tower
+from lmm.analysis.describe import describe
+from lmm.build.model import build_tower
+from lmm.build.stage import stage_of
 from tests.conftest import CONF, compose_config
 
 GROUPS = ["vision", "connector", "llm", "data", "stage", "trainer", "strategy", "eval", "experiment"]
@@ -94,7 +93,11 @@ def test_every_group_has_options():
 def meta_component(group: str, option: str):
     cfg = compose_config([f"{group}={option}"])
     with torch.device("meta"):
-        return build_tower(cfg.vision, load_weights=False) if group == "vision" else instantiate(cfg.llm.model, load_weights=False)
+        return (
+            build_tower(cfg.vision, load_weights=False)
+            if group == "vision"
+            else instantiate(cfg.llm.model, load_weights=False)
+        )
 
 
 @functools.cache
@@ -159,7 +162,7 @@ def test_describe_pretrain_stage_trains_only_the_connector():
 
 
 def test_run_dir_is_derived_from_overrides():
-    from lmm.config import run_id
+    from lmm.core.config import run_id
 
     assert run_id("") == "default"
     assert run_id("connector=mlp,seed=1") == "connector=mlp,seed=1"
@@ -187,23 +190,39 @@ def test_describe_llava15_recipe_stages(capsys):
     pretrain, finetune = table["stages"]["llava15_13b_pretrain"], table["stages"]["llava15_13b"]
     assert pretrain["trainable"] == {"vision": 0, "connector": 31_467_520, "llm": 0}
     assert finetune["trainable"] == {"vision": 0, "connector": 31_467_520, "llm": 13_015_864_320}
-    assert (pretrain["global_batch"], pretrain["accumulation"], finetune["global_batch"], finetune["accumulation"]) == (256, 1, 128, 1)
+    assert (pretrain["global_batch"], pretrain["accumulation"], finetune["global_batch"], finetune["accumulation"]) == (
+        256,
+        1,
+        128,
+        1,
+    )
     memory = finetune["memory_per_gpu_bytes"]
     # fp32 master shards of the 13.05B trained parameters, the frozen tower in bf16, over 8 GPUs;
     # AdamW moments twice the trainable shard.
-    assert memory["parameters (sharded)"] == pytest.approx((13_047_331_840 * 4 + (13_350_839_296 - 13_047_331_840) * 2) / 8)
+    assert memory["parameters (sharded)"] == pytest.approx(
+        (13_047_331_840 * 4 + (13_350_839_296 - 13_047_331_840) * 2) / 8
+    )
     assert memory["AdamW moments (sharded)"] == pytest.approx(2 * 13_047_331_840 * 4 / 8)
     # No accumulation at 8 GPUs: the gradients are not live at the forward's peak.
     forward = memory["activations"] + memory["loss"]
     backward = memory["gradients (sharded)"] + memory["backward working set"]
-    assert memory["total"] == pytest.approx(memory["parameters (sharded)"] + memory["AdamW moments (sharded)"]
-                                            + memory["gathered units (×2 prefetch)"] + max(forward, backward))
+    assert memory["total"] == pytest.approx(
+        memory["parameters (sharded)"]
+        + memory["AdamW moments (sharded)"]
+        + memory["gathered units (×2 prefetch)"]
+        + max(forward, backward)
+    )
     # model.loss=fused (the default) holds no [tokens, V] logits: a chunk, the hidden states' and the head's gradients.
     assert memory["loss"] < 2 * 4 * 2048 * 16 * 32_000 / 4
     out = capsys.readouterr().out
     assert "gradient-accumulation" in out and "FSDP memory per GPU" in out
-    one_gpu = describe(compose_config(["experiment=llava15_7b", "task=describe", "trainer.devices=1"]), overrides=["trainer.devices=1"])
-    assert one_gpu["stages"]["llava15_7b_pretrain"]["accumulation"] == 8 and one_gpu["stages"]["llava15_7b"]["accumulation"] == 8
+    one_gpu = describe(
+        compose_config(["experiment=llava15_7b", "task=describe", "trainer.devices=1"]), overrides=["trainer.devices=1"]
+    )
+    assert (
+        one_gpu["stages"]["llava15_7b_pretrain"]["accumulation"] == 8
+        and one_gpu["stages"]["llava15_7b"]["accumulation"] == 8
+    )
 
 
 def test_describe_refuses_an_indivisible_global_batch():
@@ -222,17 +241,18 @@ def test_lora_stage_trains_adapters_and_the_connector():
 
 def test_unknown_top_level_keys_are_refused_with_a_hint():
     """`+conector=mlp` (what Hydra suggests for a misspelt group) must not train the default connector."""
-    from lmm.config import check_top_level_keys
+    from lmm.core.config import check_top_level_keys
 
     with pytest.raises(ValueError, match=r"'conector' \(did you mean 'connector'\?\)"):
         check_top_level_keys(compose_config(["+conector=mlp"]))
-    for experiment in sorted(p.relative_to(CONF / "experiment").with_suffix("").as_posix()
-                             for p in (CONF / "experiment").rglob("*.yaml")):
+    for experiment in sorted(
+        p.relative_to(CONF / "experiment").with_suffix("").as_posix() for p in (CONF / "experiment").rglob("*.yaml")
+    ):
         check_top_level_keys(compose_config([f"experiment={experiment}"]))  # every shipped experiment passes
 
 
 def test_cpu_threads_sets_this_process_share_and_refuses_nonsense():
-    from lmm.tasks import limit_cpu_threads
+    from lmm.commands.tasks import limit_cpu_threads
 
     before = torch.get_num_threads()
     try:
@@ -252,7 +272,13 @@ def test_make_table2_runs_side_by_side_without_changing_run_directories():
     are resources, not part of what a run is, so they stay out of its directory name."""
     from hydra import compose, initialize_config_dir
 
-    overrides = ["+sweep=table2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "cpu_threads=1", "data.num_workers=0"]
+    overrides = [
+        "+sweep=table2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "cpu_threads=1",
+        "data.num_workers=0",
+    ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, "run_dir=/x"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2

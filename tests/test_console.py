@@ -1,9 +1,9 @@
-"""lmm.console: Lightning's lines once, no tip, the checked warnings filtered, the stage's progress bar."""
+"""lmm.core.console: Lightning's lines once, no tip, the checked warnings filtered, the stage's progress bar."""
 
 import logging
 import warnings
 
-from lmm import console
+from lmm.core import console
 from lmm.train.progress import StageProgressBar
 
 
@@ -14,7 +14,9 @@ def test_lightning_lines_once_and_no_tip(caplog):
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     with caplog.at_level(logging.INFO):
         rank_zero.info("GPU available: False, used: False")
-        rank_zero.info("💡 Tip: For seamless cloud logging ... try installing [litlogger](https://pypi.org/project/litlogger/)")
+        rank_zero.info(
+            "💡 Tip: For seamless cloud logging ... try installing [litlogger](https://pypi.org/project/litlogger/)"
+        )
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
 
 
@@ -22,13 +24,28 @@ def test_only_the_checked_warnings_are_filtered():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         console.setup()
-        warnings.warn_explicit("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, "_pytree.py", 21,
-                               module="lightning.pytorch.utilities._pytree")
-        warnings.warn("FSDP2-wrapped module (FSDPMLPConnector) returned a view tensor. An in-place op ...", UserWarning)
-        warnings.warn("FSDP2-wrapped module (FSDPDecoderLayer) returned a view tensor. An in-place op ...", UserWarning)
-        warnings.warn("something else", UserWarning)
+        warnings.warn_explicit(
+            "`isinstance(treespec, LeafSpec)` is deprecated, use ...",
+            FutureWarning,
+            "_pytree.py",
+            21,
+            module="lightning.pytorch.utilities._pytree",
+        )
+        warnings.warn(
+            "FSDP2-wrapped module (FSDPMLPConnector) returned a view tensor. An in-place op ...",
+            UserWarning,
+            stacklevel=1,
+        )
+        warnings.warn(
+            "FSDP2-wrapped module (FSDPDecoderLayer) returned a view tensor. An in-place op ...",
+            UserWarning,
+            stacklevel=1,
+        )
+        warnings.warn("something else", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == [
-        "FSDP2-wrapped module (FSDPDecoderLayer) returned a view tensor. An in-place op ...", "something else"]
+        "FSDP2-wrapped module (FSDPDecoderLayer) returned a view tensor. An in-place op ...",
+        "something else",
+    ]
 
 
 def test_the_progress_bar_names_the_stage():

@@ -5,8 +5,8 @@ import torch
 from omegaconf import OmegaConf
 
 import lmm
-from lmm.export import ExportError, save_hf, save_lmm
-from lmm.factory import build_run
+from lmm.build.factory import build_run
+from lmm.interop.export import ExportError, save_hf, save_lmm
 from tests.conftest import compose_config
 
 
@@ -44,15 +44,25 @@ def test_hf_llava_matches_lmm(trained, data_root, tmp_path):
     from lmm.eval.generate import end_of_turn_ids
 
     stops = end_of_turn_ids(processor.tokenizer, processor.template)
-    mine = model.generate(input_ids, mask, pixels, max_new_tokens=12, eos_token_ids=stops, pad_token_id=processor.tokenizer.pad_token_id)
-    hf_ids = hf.generate(input_ids=input_ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=12, do_sample=False)
-    assert hf_ids[0, input_ids.shape[1]:].tolist()[: mine.shape[1]] == mine[0].tolist()
+    mine = model.generate(
+        input_ids, mask, pixels, max_new_tokens=12, eos_token_ids=stops, pad_token_id=processor.tokenizer.pad_token_id
+    )
+    hf_ids = hf.generate(
+        input_ids=input_ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=12, do_sample=False
+    )
+    assert hf_ids[0, input_ids.shape[1] :].tolist()[: mine.shape[1]] == mine[0].tolist()
     # The processor (tokenizer + chat template + image processor) loads too.
     hf_processor = AutoProcessor.from_pretrained(tmp_path / "hf")
-    prompt = hf_processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi?"}]}])
-    assert prompt == "<s>" + processor.tokenizer.decode(processor.tokenizer(
-        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
-        "and polite answers to the user's questions. USER: <image>\nHi? ASSISTANT:")["input_ids"])
+    prompt = hf_processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi?"}]}]
+    )
+    assert prompt == "<s>" + processor.tokenizer.decode(
+        processor.tokenizer(
+            "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+            "detailed, "
+            "and polite answers to the user's questions. USER: <image>\nHi? ASSISTANT:"
+        )["input_ids"]
+    )
 
 
 def test_hf_export_refuses_other_connectors(data_root, tmp_path):
@@ -72,7 +82,10 @@ def test_lmm_format_round_trip(data_root, tmp_path):
     mask = torch.ones_like(input_ids)
     with torch.no_grad():
         assert torch.equal(model(input_ids, mask, pixels).logits, loaded(input_ids, mask, pixels).logits)
-    assert loaded_processor.template == processor.template and OmegaConf.load(tmp_path / "out" / "config.yaml").format_version == 1
+    assert (
+        loaded_processor.template == processor.template
+        and OmegaConf.load(tmp_path / "out" / "config.yaml").format_version == 1
+    )
 
 
 def test_exported_model_runs_in_the_transformers_pipeline(trained, tmp_path):
@@ -90,21 +103,32 @@ def test_exported_model_runs_in_the_transformers_pipeline(trained, tmp_path):
     save_hf(model, processor, cfg, tmp_path / "hf")
     pipe = pipeline("image-text-to-text", model=str(tmp_path / "hf"))
     image = Image.new("RGB", (80, 40), (250, 20, 20))  # not square: padded to square like LLaVA-1.5
-    out = pipe(text=[{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Colour?"}]}],
-               max_new_tokens=4)
+    out = pipe(
+        text=[{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Colour?"}]}],
+        max_new_tokens=4,
+    )
     assert out[0]["generated_text"][-1]["role"] == "assistant"
-    hf_pixels = AutoProcessor.from_pretrained(tmp_path / "hf").image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+    hf_pixels = AutoProcessor.from_pretrained(tmp_path / "hf").image_processor(images=image, return_tensors="pt")[
+        "pixel_values"
+    ][0]
     within_pixel_tolerance(hf_pixels, processor.image_transform(image), model.vision.std)
 
     png = io.BytesIO()
     image.save(png, format="PNG")
-    item = processor.encode({"__key__": "q", "png": png.getvalue()}, [{"from": "human", "value": "<image>\nColour?"}],
-                            generation_prompt=True)
+    item = processor.encode(
+        {"__key__": "q", "png": png.getvalue()},
+        [{"from": "human", "value": "<image>\nColour?"}],
+        generation_prompt=True,
+    )
     batch = Collator(processor.tokenizer.pad_token_id, "left")([item]).replace(pixel_values=hf_pixels[None])
     tokenizer = processor.tokenizer
     with torch.no_grad():
-        ids = model.generate(**batch.model_inputs(labels=False), max_new_tokens=4, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_ids=end_of_turn_ids(tokenizer, processor.template))
+        ids = model.generate(
+            **batch.model_inputs(labels=False),
+            max_new_tokens=4,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_ids=end_of_turn_ids(tokenizer, processor.template),
+        )
     ours = tokenizer.decode(ids[0], skip_special_tokens=True).strip()
     assert ours and out[0]["generated_text"][-1]["content"].strip() == ours
 
@@ -135,29 +159,54 @@ def test_anyres_exports_as_llava_next_with_equal_logits_and_answers(data_root, t
         image.save(png, format="PNG")
         encoded.append(png.getvalue())
     sample = {"__key__": "q", "0.png": encoded[0], "1.png": encoded[1]}
-    item = processor.encode(sample, [{"from": "human", "value": "<image>\n<image>\nWhich is red?"}], generation_prompt=True)
+    item = processor.encode(
+        sample, [{"from": "human", "value": "<image>\n<image>\nWhich is red?"}], generation_prompt=True
+    )
     batch = Collator(processor.tokenizer.pad_token_id, "left")([item])
     with torch.no_grad():
         ours = model(**batch.model_inputs(labels=False)).logits
-        theirs = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
-                    image_sizes=batch.image_sizes).logits
+        theirs = hf(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            pixel_values=batch.pixel_values,
+            image_sizes=batch.image_sizes,
+        ).logits
     assert theirs.shape == ours.shape and torch.allclose(ours, theirs, atol=1e-5)
     tokenizer = processor.tokenizer
     stops = end_of_turn_ids(tokenizer, processor.template)
     with torch.no_grad():
-        mine = model.generate(**batch.model_inputs(labels=False), max_new_tokens=8, eos_token_ids=stops, pad_token_id=tokenizer.pad_token_id)
-        hf_ids = hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
-                             image_sizes=batch.image_sizes, max_new_tokens=8, do_sample=False)
-    assert hf_ids[0, batch.input_ids.shape[1]:].tolist()[: mine.shape[1]] == mine[0].tolist()
+        mine = model.generate(
+            **batch.model_inputs(labels=False),
+            max_new_tokens=8,
+            eos_token_ids=stops,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        hf_ids = hf.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            pixel_values=batch.pixel_values,
+            image_sizes=batch.image_sizes,
+            max_new_tokens=8,
+            do_sample=False,
+        )
+    assert hf_ids[0, batch.input_ids.shape[1] :].tolist()[: mine.shape[1]] == mine[0].tolist()
     # The exported processor writes the same prompt, the same number of placeholders per image and the same tiles.
     hf_processor = AutoProcessor.from_pretrained(tmp_path / "hf")
-    prompt = hf_processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "image"},
-                                                                            {"type": "text", "text": "Which is red?"}]}])
+    prompt = hf_processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Which is red?"}]}]
+    )
     inputs = hf_processor(images=images, text=prompt, return_tensors="pt")
-    assert item.input_ids[0] == processor.tokenizer.bos_token_id  # lmm prepends BOS; this tokenizer adds none: the template does
+    assert (
+        item.input_ids[0] == processor.tokenizer.bos_token_id
+    )  # lmm prepends BOS; this tokenizer adds none: the template does
     assert inputs["input_ids"][0].tolist() == item.input_ids
     assert inputs["image_sizes"].tolist() == batch.image_sizes.tolist() == [[40, 150], [90, 50]]
-    views = torch.cat([pixels[: model.anyres.num_views(h, w)] for pixels, (h, w) in zip(inputs["pixel_values"], [(40, 150), (90, 50)])])
+    views = torch.cat(
+        [
+            pixels[: model.anyres.num_views(h, w)]
+            for pixels, (h, w) in zip(inputs["pixel_values"], [(40, 150), (90, 50)], strict=True)
+        ]
+    )
     assert views.shape == batch.pixel_values.shape
     within_pixel_tolerance(views, batch.pixel_values, model.vision.std)
 
@@ -165,7 +214,10 @@ def test_anyres_exports_as_llava_next_with_equal_logits_and_answers(data_root, t
 def within_pixel_tolerance(theirs: torch.Tensor, ours: torch.Tensor, std) -> None:
     """Issue 30's bound for another pipeline's pixels: mean |diff| ≤ 0.5/255, ≤ 1% beyond 2/255 (in [0, 1] units)."""
     diff = (theirs - ours).abs() * torch.tensor(list(std)).view(3, 1, 1)
-    assert diff.mean() <= 0.5 / 255 and (diff > 2 / 255).float().mean() <= 0.01, (float(diff.mean() * 255), float((diff > 2 / 255).float().mean()))
+    assert diff.mean() <= 0.5 / 255 and (diff > 2 / 255).float().mean() <= 0.01, (
+        float(diff.mean() * 255),
+        float((diff > 2 / 255).float().mean()),
+    )
 
 
 def test_anyres_hf_export_refuses_what_llava_next_cannot_hold(data_root, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 @pytest.mark.slow
 def test_gpu_check_training_parts_pass_on_cpu(tmp_path, capsys):
-    from lmm.gpu_check import main
+    from lmm.commands.gpu_check import main
 
     assert main(["--cpu", "--out", str(tmp_path / "check.json")]) == 0, capsys.readouterr().out
     parts = json.loads((tmp_path / "check.json").read_text())["parts"]
@@ -20,13 +20,27 @@ def test_gpu_check_training_parts_pass_on_cpu(tmp_path, capsys):
 
 def test_the_loss_part_reports_the_benchmarks_numbers(tmp_path, monkeypatch):
     """The part's line is made from lmm.bench.loss's result (here run on CPU at a tiny size in place of CUDA)."""
-    from lmm import gpu_check
     from lmm.bench import loss
+    from lmm.commands import gpu_check
 
     def tiny(root, name, *args):
         assert (name, args) == ("loss", ("--device", "cuda"))
-        return loss.main(["--tokens", "64", "--batch", "1", "--hidden", "32", "--vocab-override", "3000", "--repeats", "1",
-                          "--out", str(root / "loss.json")])
+        return loss.main(
+            [
+                "--tokens",
+                "64",
+                "--batch",
+                "1",
+                "--hidden",
+                "32",
+                "--vocab-override",
+                "3000",
+                "--repeats",
+                "1",
+                "--out",
+                str(root / "loss.json"),
+            ]
+        )
 
     monkeypatch.setattr(gpu_check, "benchmark", tiny)
     line = gpu_check.loss(tmp_path, 1)

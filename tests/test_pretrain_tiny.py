@@ -1,4 +1,4 @@
-"""The pretrained tiny parts: lmm.pretrain_tiny's pieces, and the shipped weights in pretrained/tiny."""
+"""The pretrained tiny parts: lmm.commands.pretrain_tiny's pieces, and the shipped weights in pretrained/tiny."""
 
 import json
 import random
@@ -7,10 +7,19 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from lmm.build.model import build_tower
+from lmm.commands.pretrain_tiny import (
+    DEFAULT_SETTINGS,
+    ContrastivePair,
+    Settings,
+    at_resolution,
+    llm_arch,
+    pretrain_tiny,
+    scene_text_pairs,
+    tower_arch,
+)
 from lmm.data.synthetic import describe_scene, make_sample
 from lmm.data.tokenizer import load_tokenizer
-from lmm.pretrain_tiny import DEFAULT_SETTINGS, ContrastivePair, Settings, at_resolution, llm_arch, pretrain_tiny, scene_text_pairs, tower_arch
-from lmm.model.build import build_tower
 from tests.conftest import CONF, compose_config
 
 SHIPPED = CONF.parent / "pretrained"
@@ -24,7 +33,9 @@ def test_wider_tower_interpolates_position_embeddings():
     wide = at_resolution(pair, 128)
     wide_table = wide.vision.embeddings.position_embedding.weight
     assert wide_table.shape == (1 + 16 * 16, table.shape[1])
-    assert torch.equal(wide_table[0], table[0]) and torch.allclose(wide_table[1:], table[1:2].expand(256, -1), atol=1e-6)
+    assert torch.equal(wide_table[0], table[0]) and torch.allclose(
+        wide_table[1:], table[1:2].expand(256, -1), atol=1e-6
+    )
     same = at_resolution(pair, 64)  # the same size: the same tower
     pixels = torch.randn(2, 3, 64, 64)
     assert torch.allclose(same.embed_images(pixels), pair.embed_images(pixels), atol=1e-6)
@@ -48,7 +59,9 @@ def test_pretrain_tiny_writes_loadable_parts_deterministically(tmp_path):
     pretrain_tiny(tmp_path / "b", **settings)
     weights = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.safetensors"))
     assert [str(p.parent) for p in weights] == ["llm", "llm_x2", "vision", "vision_128"]
-    assert all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in weights)  # same args, same bytes
+    assert all(
+        (tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in weights
+    )  # same args, same bytes
     assert {"vision", "vision_128", "llm", "llm_x2", "seconds"} <= set(report)
     assert json.loads((tmp_path / "a" / "pretrain.json").read_text())["settings"]["tower_steps"] == 2
     tokenizer = load_tokenizer(str(tmp_path / "a" / "tokenizer"))

@@ -8,13 +8,18 @@ import time
 
 import pytest
 
-from lmm.config import run_id
-from lmm.rundir import RunDirectoryInUse, RunLock, RunMismatch, read_status
-from lmm.rundir import FINAL_WEIGHTS, RESULTS, finished
+from lmm.core.config import run_id
+from lmm.run.directory import FINAL_WEIGHTS, RESULTS, RunDirectoryInUse, RunLock, RunMismatch, finished, read_status
 from lmm.train.train import train
 
-QUICK = ["trainer.max_steps=2", "eval_after_train=false", "data.batch_size=4", "trainer.limit_val_batches=0",
-         "data.num_workers=0", "trainer.enable_progress_bar=false"]
+QUICK = [
+    "trainer.max_steps=2",
+    "eval_after_train=false",
+    "data.batch_size=4",
+    "trainer.limit_val_batches=0",
+    "data.num_workers=0",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def test_a_held_run_directory_says_who_holds_it(tmp_path, make_config):
@@ -36,7 +41,11 @@ def test_same_directory_other_config_is_refused_not_reported_finished(tmp_path, 
     run = tmp_path / "run"
     results = train(make_config(*QUICK, run_dir=run))
     out = capsys.readouterr().out  # it scored nothing: it says so, and offers no re-score
-    assert "(no benchmark was scored)" in out and "[lmm] next: a finetune stage that starts from it" in out and "re-score" not in out
+    assert (
+        "(no benchmark was scored)" in out
+        and "[lmm] next: a finetune stage that starts from it" in out
+        and "re-score" not in out
+    )
     assert finished(run) and read_status(run)["status"] == "finished"
     assert (run / RESULTS).exists() and (run / FINAL_WEIGHTS).exists()
     assert train(make_config(*QUICK, run_dir=run)) == results  # the same command: reported, not redone
@@ -55,16 +64,18 @@ def test_same_directory_other_config_is_refused_not_reported_finished(tmp_path, 
 def test_weights_without_the_finished_status_are_not_finished(tmp_path, make_config):
     run = tmp_path / "run"
     train(make_config(*QUICK, run_dir=run))
-    (run / "status.json").write_text(json.dumps({"status": "running"}))  # killed after final.safetensors, before the end
+    (run / "status.json").write_text(
+        json.dumps({"status": "running"})
+    )  # killed after final.safetensors, before the end
     assert not finished(run)
-    from lmm.ablate import _status
+    from lmm.analysis.ablate import _status
 
     assert _status(run) == "incomplete"
 
 
 def test_a_failed_run_says_so(tmp_path, make_config):
     run = tmp_path / "run"
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         train(make_config(*QUICK, "stage.template=nonsense", run_dir=run))
     status = read_status(run)
     assert status["status"] == "failed" and "stage.template='nonsense'" in status["error"]
@@ -75,13 +86,19 @@ def test_run_ids_never_merge_two_overrides():
     assert run_id("connector=mlp,seed=1") == "connector=mlp,seed=1"
 
 
-@pytest.mark.parametrize("override,words", [
-    ("data.batch_size=0", "data.batch_size=0: must be a number >= 1"),
-    ("data.max_skip_rate=5", "data.max_skip_rate=5: must be a fraction"),
-    ("trainer.max_steps=0", "trainer.max_steps=0: must be a number >= 1"),
-    ("stage.optim.lr=0", "stage.optim.lr=0: must be a number > 0"),
-    ("llm.model.attn_implementation=flash_attention_2", "attn_implementation=flash_attention_2 needs the flash-attn package"),
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("data.batch_size=0", "data.batch_size=0: must be a number >= 1"),
+        ("data.max_skip_rate=5", "data.max_skip_rate=5: must be a fraction"),
+        ("trainer.max_steps=0", "trainer.max_steps=0: must be a number >= 1"),
+        ("stage.optim.lr=0", "stage.optim.lr=0: must be a number > 0"),
+        (
+            "llm.model.attn_implementation=flash_attention_2",
+            "attn_implementation=flash_attention_2 needs the flash-attn package",
+        ),
+    ],
+)
 def test_numbers_out_of_range_stop_before_any_work(tmp_path, make_config, override, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(")):
         train(make_config(*QUICK, override, run_dir=tmp_path / "run"))
@@ -116,7 +133,9 @@ def test_a_user_error_ends_in_one_line(data_root, tmp_path):
     assert "Traceback" not in done.stderr
     log = (tmp_path / "default" / "data.batch_size=0" / "run.log").read_text()
     assert "[lmm] ValueError: data.batch_size=0: must be a number >= 1" in log  # the run directory explains itself
-    full = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    full = subprocess.run(
+        cmd, cwd=root, capture_output=True, text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"}
+    )
     assert "Traceback" in full.stderr and "data.batch_size=0" in full.stderr
 
 
@@ -126,17 +145,26 @@ def test_a_saved_config_resolves_its_hydra_references_outside_hydra(tmp_path):
     it meant when the run started, with no Hydra app around."""
     from omegaconf import OmegaConf
 
-    from lmm.rundir import load_saved_config
+    from lmm.run.directory import load_saved_config
 
     hydra = tmp_path / "run" / ".hydra"
     hydra.mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create({
-        "paths": {"runs": "/runs"}, "pretrain_name": "llava15_7b_pretrain", "run_dir": "${hydra:runtime.output_dir}",
-        "stage": {"init_from": "${paths.runs}/${pretrain_name}/${run_id:${hydra:job.override_dirname}}"},
-    }), hydra / "config.yaml")
-    (hydra / "hydra.yaml").write_text("hydra:\n  runtime:\n    output_dir: /runs/llava15_7b/connector=mlp,seed=1\n"
-                                      "  job:\n    name: run\n    override_dirname: connector=mlp,seed=1\n"
-                                      "    log: ${hydra.runtime.output_dir}/${hydra.job.name}.log\n")
+    OmegaConf.save(
+        OmegaConf.create(
+            {
+                "paths": {"runs": "/runs"},
+                "pretrain_name": "llava15_7b_pretrain",
+                "run_dir": "${hydra:runtime.output_dir}",
+                "stage": {"init_from": "${paths.runs}/${pretrain_name}/${run_id:${hydra:job.override_dirname}}"},
+            }
+        ),
+        hydra / "config.yaml",
+    )
+    (hydra / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    output_dir: /runs/llava15_7b/connector=mlp,seed=1\n"
+        "  job:\n    name: run\n    override_dirname: connector=mlp,seed=1\n"
+        "    log: ${hydra.runtime.output_dir}/${hydra.job.name}.log\n"
+    )
     cfg = load_saved_config(tmp_path / "run")
     assert cfg.stage.init_from == "/runs/llava15_7b_pretrain/connector=mlp,seed=1"
     assert cfg.run_dir == "/runs/llava15_7b/connector=mlp,seed=1"
@@ -148,7 +176,7 @@ def test_saved_overrides_are_read_as_written(tmp_path):
     string it was, never resolved (ablate groups runs by these strings)."""
     import yaml
 
-    from lmm.rundir import saved_overrides
+    from lmm.run.directory import saved_overrides
 
     (tmp_path / ".hydra").mkdir()
     written = ["stage.init_from=${paths.runs}/pretrain/default", "seed=1"]
@@ -172,8 +200,16 @@ def test_a_refused_command_changes_no_byte_of_the_run(data_root, tmp_path):
     import yaml
 
     root, run = Path(__file__).resolve().parents[1], tmp_path / "run"
-    base = [sys.executable, "run.py", f"paths.data={data_root}", f"paths.runs={tmp_path}", f"hydra.run.dir={run}", "vision=tiny",
-            "llm=tiny", *QUICK]
+    base = [
+        sys.executable,
+        "run.py",
+        f"paths.data={data_root}",
+        f"paths.runs={tmp_path}",
+        f"hydra.run.dir={run}",
+        "vision=tiny",
+        "llm=tiny",
+        *QUICK,
+    ]
     done = subprocess.run([*base, "connector=mlp"], cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())

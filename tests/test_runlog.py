@@ -2,7 +2,7 @@
 
 import io
 
-from lmm.runlog import _Tee
+from lmm.run.log import _Tee
 
 
 def test_tee_copies_lmm_lines_and_forgets_redraws():

@@ -7,7 +7,7 @@ import stat
 import pytest
 import torch
 
-from lmm.save import save_weights
+from lmm.core.save import save_weights
 
 
 @pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o027, 0o640)])
@@ -30,7 +30,7 @@ class Exploit:
 
 
 def test_consolidating_a_checkpoint_never_runs_pickled_code(tmp_path):
-    from lmm.checkpoint import model_state
+    from lmm.commands.consolidate import model_state
 
     marker = tmp_path / "pwned"
     checkpoint = tmp_path / "last.ckpt"

@@ -7,23 +7,36 @@ import json
 import pytest
 import torch
 
-from lmm.describe import meta_model
-from lmm.simulate.fake_step import StepMeasurement, simulate_step
-from lmm.simulate.hardware import GIB, GPU
-from lmm.simulate.scaling import Allowance, predicted_peak, scale_point, scaling_table, wire_bytes
-from lmm.simulate.task import SCALING_PLOT, SIMULATION, SIMULATION_TABLES, simulate
+from lmm.analysis.describe import meta_model
+from lmm.analysis.simulate.fake_step import StepMeasurement, simulate_step
+from lmm.analysis.simulate.hardware import GIB, GPU
+from lmm.analysis.simulate.scaling import Allowance, predicted_peak, scale_point, scaling_table, wire_bytes
+from lmm.analysis.simulate.task import SCALING_PLOT, SIMULATION, SIMULATION_TABLES, simulate
 from lmm.train.memory import fsdp_memory_estimate
 from tests.conftest import compose_config
 
 # Vicuna-7B at full width, half its layers, 4 × 2048 tokens per GPU, no accumulation.
-SEVEN_B_SHORT = ["trainer.devices=8", "llm.model.arch.num_hidden_layers=16", "data.batch_size=4", "stage.global_batch_size=32"]
+SEVEN_B_SHORT = [
+    "trainer.devices=8",
+    "llm.model.arch.num_hidden_layers=16",
+    "data.batch_size=4",
+    "stage.global_batch_size=32",
+]
 
 
-@pytest.mark.parametrize("experiment, checkpointing", [("llava15_7b", True), ("llava15_7b", False), ("llava15_7b_pretrain", False)])
+@pytest.mark.parametrize(
+    "experiment, checkpointing", [("llava15_7b", True), ("llava15_7b", False), ("llava15_7b_pretrain", False)]
+)
 def test_describe_formula_agrees_with_the_simulation_within_10_percent(experiment, checkpointing):
     cfg = compose_config([f"experiment={experiment}", f"activation_checkpointing={checkpointing}", *SEVEN_B_SHORT])
-    measured = simulate_step(cfg, world=8, per_device_batch=4, sample_lengths=[2048], activation_checkpointing=checkpointing,
-                             accumulating=False)
+    measured = simulate_step(
+        cfg,
+        world=8,
+        per_device_batch=4,
+        sample_lengths=[2048],
+        activation_checkpointing=checkpointing,
+        accumulating=False,
+    )
     formula = fsdp_memory_estimate(meta_model(cfg), cfg, world=8)
     # The sharded state is exact; the peak within 10%.
     assert formula["AdamW moments (sharded)"] == pytest.approx(measured.optimizer, rel=1e-3)
@@ -35,13 +48,21 @@ def test_collectives_move_each_unit_and_each_gradient():
     """Tiny model, 2 fake ranks, fp32 reduce: the reduce-scatters carry every trainable
     parameter's gradient once; the all-gathers every parameter at least once (the forward), in bf16."""
     cfg = compose_config(["strategy=fsdp", "trainer.devices=2"])
-    m = simulate_step(cfg, world=2, per_device_batch=4, sample_lengths=[int(cfg.data.max_length)], activation_checkpointing=False,
-                      accumulating=False)
+    m = simulate_step(
+        cfg,
+        world=2,
+        per_device_batch=4,
+        sample_lengths=[int(cfg.data.max_length)],
+        activation_checkpointing=False,
+        accumulating=False,
+    )
     model = meta_model(cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     reduce_scatter = sum(m.collectives["reduce_scatter"].values())
-    assert trainable * 4 <= reduce_scatter <= trainable * 4 + 2 * 4 * len(list(model.parameters()))  # dim-0 padding to 2
+    assert (
+        trainable * 4 <= reduce_scatter <= trainable * 4 + 2 * 4 * len(list(model.parameters()))
+    )  # dim-0 padding to 2
     assert sum(m.collectives["all_gather"].values()) >= total * 2
     assert m.collectives["reduce_scatter"]["vision"] == 0  # the frozen tower gets no gradient
     assert m.collectives["all_gather"]["vision"] > 0
@@ -50,12 +71,27 @@ def test_collectives_move_each_unit_and_each_gradient():
 
 
 def measurement(**overrides) -> StepMeasurement:
-    values = dict(world=8, per_device_batch=4, sample_lengths=[100], activation_checkpointing=True, accumulating=False,
-                  parameter_count=10, parameters=8 * GIB, gradients=8 * GIB, optimizer=16 * GIB, peak=40 * GIB,
-                  peak_breakdown={"Sharded Param": 8 * GIB, "OptState": 16 * GIB, "Activation": 12 * GIB, "Temp": 2 * GIB,
-                                  "Unsharded Param": 2 * GIB},
-                  collectives={"all_gather": {"llm": 10 * GIB}, "reduce_scatter": {"llm": 6 * GIB}, "all_reduce": {"llm": 0}},
-                  flops=4e15)
+    values = dict(
+        world=8,
+        per_device_batch=4,
+        sample_lengths=[100],
+        activation_checkpointing=True,
+        accumulating=False,
+        parameter_count=10,
+        parameters=8 * GIB,
+        gradients=8 * GIB,
+        optimizer=16 * GIB,
+        peak=40 * GIB,
+        peak_breakdown={
+            "Sharded Param": 8 * GIB,
+            "OptState": 16 * GIB,
+            "Activation": 12 * GIB,
+            "Temp": 2 * GIB,
+            "Unsharded Param": 2 * GIB,
+        },
+        collectives={"all_gather": {"llm": 10 * GIB}, "reduce_scatter": {"llm": 6 * GIB}, "all_reduce": {"llm": 0}},
+        flops=4e15,
+    )
     return StepMeasurement(**{**values, **overrides})
 
 
@@ -72,10 +108,13 @@ def test_scaling_model_on_a_known_measurement():
     assert point.compute_s == pytest.approx(2 * 4e15 / 5e14)  # two micro-steps of 4e15 FLOPs at 500 TFLOP/s
     assert point.comm_s == pytest.approx(2 * 7 / 8 * 16 * GIB / 400e9)
     assert point.step_s == point.compute_s and point.note == ""
-    across_nodes = scale_point(measurement(flops=4e13), world=64, global_batch=64, max_batch=4, gpu_name="g", gpu=gpu, allowance=allowance)
+    across_nodes = scale_point(
+        measurement(flops=4e13), world=64, global_batch=64, max_batch=4, gpu_name="g", gpu=gpu, allowance=allowance
+    )
     assert across_nodes.per_device_batch == 1 and across_nodes.comm_s == pytest.approx(63 / 64 * 16 * GIB / 50e9)
     assert across_nodes.note == "communication-bound"
-    # 38 GiB: batch 1 × 8 accumulation (24 sharded + 8 live gradients + 2 fixed + 3.5 per sample) fits, batch 2 does not.
+    # 38 GiB: batch 1 × 8 accumulation (24 sharded + 8 live gradients + 2 fixed + 3.5 per sample) fits, batch 2 does
+    # not.
     small = GPU(memory_gib=38, bf16_tflops=1000, nvlink_gbps=400, network_gbps=50)
     fitted = scale_point(m, world=8, global_batch=64, max_batch=4, gpu_name="s", gpu=small, allowance=allowance)
     assert (fitted.per_device_batch, fitted.accumulation, fitted.peak_gib) == (1, 8, pytest.approx(37.5))
@@ -85,10 +124,19 @@ def test_scaling_model_on_a_known_measurement():
 
 
 def test_simulate_task_writes_tables_and_answers_the_memory_question(tmp_path, capsys):
-    common = ["task=simulate", "strategy=fsdp", "trainer.devices=2", "stage.global_batch_size=16", "data.batch_size=4",
-              "simulate.world_sizes=[2,4,8,32]", f"simulate.out={tmp_path}"]
+    common = [
+        "task=simulate",
+        "strategy=fsdp",
+        "trainer.devices=2",
+        "stage.global_batch_size=16",
+        "data.batch_size=4",
+        "simulate.world_sizes=[2,4,8,32]",
+        f"simulate.out={tmp_path}",
+    ]
     result = simulate(compose_config([*common, "simulate.gpu_memory_gib=1000"]))
-    assert result["fit"].startswith("fits 1000 GiB on 2 GPUs: data.batch_size=8 (accumulation 1)")  # the rank's whole share
+    assert result["fit"].startswith(
+        "fits 1000 GiB on 2 GPUs: data.batch_size=8 (accumulation 1)"
+    )  # the rank's whole share
     saved = json.loads((tmp_path / SIMULATION).read_text())
     assert saved["measured"]["checkpointing"]["peak"] > 0 and saved["accumulation"] == 2
     assert {p["world"] for p in saved["scaling"]} == {2, 4, 8, 32}
@@ -101,12 +149,15 @@ def test_simulate_task_writes_tables_and_answers_the_memory_question(tmp_path, c
     assert tiny["fit"].startswith("does not fit 0.0001 GiB on 2 GPUs at any batch")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["trainer.devices=3", "stage.global_batch_size=16"], "not a multiple of data.batch_size=4 × 3 device(s)"),
-    (["strategy=auto"], "task=simulate simulates strategy=fsdp"),
-    (["simulate.sample_lengths=[3]"], "simulate.sample_lengths holds 3"),
-    (["simulate.mfu=0"], "simulate.mfu=0: must be a number > 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trainer.devices=3", "stage.global_batch_size=16"], "not a multiple of data.batch_size=4 × 3 device(s)"),
+        (["strategy=auto"], "task=simulate simulates strategy=fsdp"),
+        (["simulate.sample_lengths=[3]"], "simulate.sample_lengths holds 3"),
+        (["simulate.mfu=0"], "simulate.mfu=0: must be a number > 0"),
+    ],
+)
 def test_bad_input_gets_one_line(overrides, message):
     base = ["task=simulate", "strategy=fsdp", "trainer.devices=2", "data.batch_size=4", "stage.global_batch_size=16"]
     with pytest.raises(ValueError, match=None) as error:
@@ -116,7 +167,7 @@ def test_bad_input_gets_one_line(overrides, message):
 
 
 def test_docs_section_is_written_between_its_markers(tmp_path):
-    from lmm.simulate.docs import BEGIN, END, write_section
+    from lmm.analysis.simulate.docs import BEGIN, END, write_section
 
     run = tmp_path / "docs" / "scale_out" / "llava15_13b"
     run.mkdir(parents=True)

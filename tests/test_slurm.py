@@ -21,9 +21,16 @@ def slurm():
 
 
 def common(data_root: Path, runs: Path) -> list[str]:
-    return [f"paths.data={data_root}", f"paths.runs={runs}", "trainer.max_steps=60", "checkpoint_every=5",
-            "trainer.val_check_interval=30", "eval.benchmarks.synthetic.limit=24", "data.num_workers=0",
-            "trainer.enable_progress_bar=false"]
+    return [
+        f"paths.data={data_root}",
+        f"paths.runs={runs}",
+        "trainer.max_steps=60",
+        "checkpoint_every=5",
+        "trainer.val_check_interval=30",
+        "eval.benchmarks.synthetic.limit=24",
+        "data.num_workers=0",
+        "trainer.enable_progress_bar=false",
+    ]
 
 
 def final_metrics(run_dir: Path) -> dict:
@@ -35,7 +42,10 @@ def test_sweep_through_sbatch_with_a_requeued_job(slurm, data_root, tmp_path):
     runs = tmp_path / "runs"
     sweep = subprocess.Popen(
         [sys.executable, "run.py", "-m", "hydra/launcher=slurm", "connector=linear,mlp", *common(data_root, runs)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.time() + 300
     while time.time() < deadline and not list(runs.glob("default/*connector=mlp*/checkpoints/last.ckpt")):
@@ -57,22 +67,51 @@ def test_sweep_through_sbatch_with_a_requeued_job(slurm, data_root, tmp_path):
     assert sum(f"resuming from {mlp}" in log for log in logs) == 1
 
     # The same run without SLURM and without interruption ends with the same metrics.
-    reference = subprocess.run([sys.executable, "run.py", "connector=mlp", *common(data_root, tmp_path / "reference")],
-                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+    reference = subprocess.run(
+        [sys.executable, "run.py", "connector=mlp", *common(data_root, tmp_path / "reference")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
     assert final_metrics(mlp) == final_metrics(tmp_path / "reference" / "default" / mlp.name)
 
 
 def test_unknown_slurm_option_fails_before_submitting(slurm, data_root, tmp_path):
-    done = subprocess.run([sys.executable, "run.py", "-m", "hydra/launcher=slurm", "hydra.launcher.partitionn=gpu",
-                           *common(data_root, tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partitionn=gpu",
+            *common(data_root, tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and "partitionn" in done.stderr
     assert cluster.sh("squeue", "-h").stdout.strip() == ""
 
 
 def test_a_refused_submission_is_one_line(slurm, data_root, tmp_path):
-    done = subprocess.run([sys.executable, "run.py", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=no_such_partition",
-                           *common(data_root, tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=no_such_partition",
+            *common(data_root, tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and "[lmm] SLURM refused the submission: " in done.stderr, done.stderr[-2000:]
     assert "partition" in done.stderr.lower() and "Traceback" not in done.stderr
 
@@ -81,10 +120,25 @@ def test_a_refused_submission_is_one_line(slurm, data_root, tmp_path):
 def test_local_launcher_runs_the_same_sweep(data_root, tmp_path):
     """hydra/launcher=local: the sweep's runs as local submitit processes, side by side, same run directories."""
     runs = tmp_path / "runs"
-    overrides = [f"paths.data={data_root}", f"paths.runs={runs}", "trainer.max_steps=4", "eval.benchmarks.synthetic.limit=8",
-                 "data.num_workers=0", "trainer.enable_progress_bar=false"]
-    done = subprocess.run([sys.executable, "run.py", "-m", "hydra/launcher=local", "connector=linear,mlp", *overrides],
-                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+    overrides = [
+        f"paths.data={data_root}",
+        f"paths.runs={runs}",
+        "trainer.max_steps=4",
+        "eval.benchmarks.synthetic.limit=8",
+        "data.num_workers=0",
+        "trainer.enable_progress_bar=false",
+    ]
+    done = subprocess.run(
+        [sys.executable, "run.py", "-m", "hydra/launcher=local", "connector=linear,mlp", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     finished = sorted(p.parent.name for p in runs.glob("default/*/results.json"))
-    assert len(finished) == 2 and any("connector=linear" in n for n in finished) and any("connector=mlp" in n for n in finished)
+    assert (
+        len(finished) == 2
+        and any("connector=linear" in n for n in finished)
+        and any("connector=mlp" in n for n in finished)
+    )

@@ -1,14 +1,16 @@
-"""lmm.stats on sweeps with known answers: a difference that must be shown, one that must not,
+"""lmm.analysis.stats on sweeps with known answers: a difference that must be shown, one that must not,
 one that only pairing shows; Holm's correction; seeds needed."""
 
 import numpy as np
 import pytest
 
-from lmm import stats
-from lmm.stats import RunScores
+from lmm.analysis import stats
+from lmm.analysis.stats import RunScores
 
 
-def bernoulli_runs(rate: float, seeds: int, questions: int, seed: int, shared: np.ndarray | None = None) -> list[RunScores]:
+def bernoulli_runs(
+    rate: float, seeds: int, questions: int, seed: int, shared: np.ndarray | None = None
+) -> list[RunScores]:
     """Runs whose per-question scores are 0/1 draws at `rate` (or `shared` answers plus extra right ones)."""
     rng = np.random.default_rng(seed)
     runs = []
@@ -35,7 +37,7 @@ def test_pairing_by_seed_shows_what_unpaired_cannot():
     """Seeds move both rows by ±0.2 together; the row is +0.02 on every seed."""
     base = [0.30, 0.50, 0.70]
     reference = [RunScores(str(s), v) for s, v in enumerate(base)]
-    row = [RunScores(str(s), v + d) for s, (v, d) in enumerate(zip(base, [0.020, 0.022, 0.018]))]
+    row = [RunScores(str(s), v + d) for s, (v, d) in enumerate(zip(base, [0.020, 0.022, 0.018], strict=True))]
     paired = stats.compare(row, reference, stats.generator("p"))
     unpaired = stats.compare(row, reference, stats.generator("u"), paired=False)
     assert paired.method == stats.PAIRED_T and unpaired.method == stats.WELCH
@@ -49,7 +51,10 @@ def test_pairing_by_question_with_a_shared_answer_set():
     question-paired differences have almost no noise."""
     rng = np.random.default_rng(7)
     shared = rng.random((3, 600)) < 0.5
-    reference = [RunScores(str(s), float(shared[s].mean()), {f"q{i}": float(v) for i, v in enumerate(shared[s])}) for s in range(3)]
+    reference = [
+        RunScores(str(s), float(shared[s].mean()), {f"q{i}": float(v) for i, v in enumerate(shared[s])})
+        for s in range(3)
+    ]
     row = bernoulli_runs(0.03, 3, 600, seed=8, shared=shared)
     comparison = stats.compare(row, reference, stats.generator("q"))
     assert comparison.method == stats.BOOTSTRAP and 0.005 < comparison.difference < 0.03
@@ -58,7 +63,10 @@ def test_pairing_by_question_with_a_shared_answer_set():
 
 def test_cell_intervals():
     t = stats.cell_interval([RunScores("0", 0.5), RunScores("1", 0.6), RunScores("2", 0.7)], stats.generator("t"))
-    assert t.method == stats.T_SEEDS and (t.low, t.high) == (pytest.approx(0.351586, abs=1e-6), pytest.approx(0.848414, abs=1e-6))
+    assert t.method == stats.T_SEEDS and (t.low, t.high) == (
+        pytest.approx(0.351586, abs=1e-6),
+        pytest.approx(0.848414, abs=1e-6),
+    )
     runs = bernoulli_runs(0.6, 3, 300, seed=5)
     first = stats.cell_interval(runs, stats.generator("cell"))
     again = stats.cell_interval(runs, stats.generator("cell"))

@@ -31,15 +31,17 @@ def import_graph() -> dict[str, set[str]]:
                 targets |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 # `from lmm.eval import answer` imports the module lmm.eval.answer
-                targets |= {f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in names else node.module
-                            for alias in node.names}
+                targets |= {
+                    f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in names else node.module
+                    for alias in node.names
+                }
         graph[name] = {t for t in targets if t in names and t != name and not name.startswith(f"{t}.")}
     return graph
 
 
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
-    assert len(graph) > 50 and "lmm.train.train" in graph["lmm.tasks"]  # the walk sees lazy imports
+    assert len(graph) > 50 and "lmm.train.train" in graph["lmm.commands.tasks"]  # the walk sees lazy imports
     try:
         order = list(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as error:
@@ -47,14 +49,64 @@ def test_the_import_graph_has_no_cycle():
     assert set(order) == set(graph)
 
 
-def test_layers_import_only_downwards():
-    """model and data never import train, eval or the tasks; train/train.py does not import export."""
+# The layers, lowest first: a module imports only from its own layer and the ones below it. The
+# tree tells the architecture: core helpers < the data path < the model < a run directory < the
+# assembly layer (config -> model) < evaluation < interop with other tools < training < analysis
+# of runs < benchmarks < the commands users type.
+LAYERS = (
+    "lmm.core",
+    "lmm.data",
+    "lmm.model",
+    "lmm.run",
+    "lmm.build",
+    "lmm.eval",
+    "lmm.interop",
+    "lmm.train",
+    "lmm.analysis",
+    "lmm.bench",
+    "lmm.commands",
+)
+# Above every layer: the package, the `lmm` console script, `python -m` entry points, and the
+# former `python -m lmm.X` names (each forwards to its subcommand).
+ENTRY = {"lmm", "lmm.cli", "lmm.__main__"}
+
+
+def layer_of(name: str) -> int:
+    if name in ENTRY or name.endswith(".__main__"):
+        return len(LAYERS)
+    for i, layer in enumerate(LAYERS):
+        if name == layer or name.startswith(f"{layer}."):
+            return i
+    if name.count(".") == 1 and (SRC / Path(*name.split(".")).with_suffix(".py")).is_file():
+        return len(LAYERS)  # a former `python -m` name (test_the_top_level_holds_only_entry_points)
+    raise AssertionError(f"{name} is in no layer: put it in one of {LAYERS}")
+
+
+def test_every_module_imports_only_its_own_layer_or_lower():
     graph = import_graph()
-    upper = ("lmm.train", "lmm.eval", "lmm.export", "lmm.tasks", "lmm.ablate", "lmm.factory")
-    for name, targets in graph.items():
-        if name.startswith(("lmm.model", "lmm.data")):
-            assert not [t for t in targets if t.startswith(upper)], name
-    assert "lmm.export" not in graph["lmm.train.train"]
+    upward = [
+        f"{name} ({LAYERS[layer_of(name)] if layer_of(name) < len(LAYERS) else 'entry'}) imports {target}"
+        for name, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if layer_of(target) > layer_of(name)
+    ]
+    assert upward == []
+
+
+def test_the_top_level_holds_only_entry_points():
+    """Modules at the top of lmm/ are the package, the console script and the former `python -m`
+    names, each a forward to its subcommand; everything else lives in its layer."""
+    top = [
+        name
+        for name in module_names()
+        if name.count(".") == 1 and name not in ENTRY and (SRC / Path(*name.split(".")).with_suffix(".py")).is_file()
+    ]
+    for name in top:
+        path = SRC / Path(*name.split(".")).with_suffix(".py")
+        assert "from lmm.cli import main" in path.read_text() and len(path.read_text().splitlines()) <= 10, name
+    assert {n.split(".")[1] for n in module_names() if n.count(".") >= 2} <= {
+        layer.split(".")[1] for layer in LAYERS
+    } | {"__main__"}
 
 
 def _import_alone(name: str) -> str | None:
@@ -77,7 +129,9 @@ def test_every_module_imports_on_its_own():
         # This pytest process has lmm loaded: fork from a clean child interpreter instead.
         import subprocess
 
-        code = ("import sys; sys.path.insert(0, %r); import tests.test_structure as t; t.check_all_alone()" % str(SRC.parent))
+        code = "import sys; sys.path.insert(0, %r); import tests.test_structure as t; t.check_all_alone()" % str(
+            SRC.parent
+        )
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "imported alone:" in done.stdout
@@ -88,13 +142,26 @@ def test_every_module_imports_on_its_own():
 def check_all_alone() -> None:
     import importlib
 
-    for heavy in ("torch", "lightning", "transformers", "transformers.models.llama.modeling_llama", "hydra", "timm", "peft",
-                  "webdataset", "torchmetrics", "accelerate", "PIL.Image"):
+    for heavy in (
+        "torch",
+        "lightning",
+        "transformers",
+        "transformers.models.llama.modeling_llama",
+        "hydra",
+        "timm",
+        "peft",
+        "webdataset",
+        "torchmetrics",
+        "accelerate",
+        "PIL.Image",
+    ):
         importlib.import_module(heavy)  # third-party imports shared by the forks: each child loads only lmm
 
     names = module_names()
     context = multiprocessing.get_context("fork")
     with context.Pool(2, maxtasksperchild=1) as pool:  # one module per forked child
-        failures = {name: error for name, error in zip(names, pool.map(_import_alone, names, chunksize=1)) if error}
+        failures = {
+            name: error for name, error in zip(names, pool.map(_import_alone, names, chunksize=1), strict=True) if error
+        }
     assert not failures, "\n".join(f"{name}:\n{error}" for name, error in failures.items())
     print(f"imported alone: {len(names)} modules")

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
+from lmm.core.weights import WeightsNotFoundError, resolve_weights
 from lmm.train.train import train
-from lmm.weights import WeightsNotFoundError, resolve_weights
 
 
 def test_missing_weights_message(tmp_path, monkeypatch):
@@ -19,7 +19,9 @@ def test_missing_weights_message(tmp_path, monkeypatch):
     message = str(error.value)
     assert "lmsys/vicuna-13b-v1.5" in message and "LMM_WEIGHTS" in message and "Hugging Face cache" in message
     assert "hf download" in message
-    assert "llm.model.pretrained=" in message and "vision.pretrained=" in message  # keys that exist (not llm.pretrained)
+    assert (
+        "llm.model.pretrained=" in message and "vision.pretrained=" in message
+    )  # keys that exist (not llm.pretrained)
 
 
 def test_local_directory_wins(tmp_path, monkeypatch):
@@ -34,5 +36,9 @@ def test_train_with_real_llm_fails_before_any_work(make_config, tmp_path, monkey
     cfg = make_config("llm=vicuna7b", "vision=clip_l14_336")
     with pytest.raises(WeightsNotFoundError, match="openai/clip-vit-large-patch14-336"):
         train(cfg)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.json", "run.lock", "status.json"]  # no work, only the record
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "run.json",
+        "run.lock",
+        "status.json",
+    ]  # no work, only the record
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"

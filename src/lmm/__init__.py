@@ -5,6 +5,6 @@ __version__ = "0.1.0"
 
 def load_pretrained(path, device="cpu"):
     """(model, processor) from an `export.format=lmm` directory or a finished run directory."""
-    from lmm.factory import load_pretrained as load
+    from lmm.build.factory import load_pretrained as load
 
     return load(path, device)

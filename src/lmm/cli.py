@@ -1,64 +1,88 @@
-"""A run directory as a plain argument: `python -m lmm.eval RUN_DIR [overrides]` and
-`python -m lmm.export RUN_DIR [overrides]`.
+"""`lmm`: one command with a subcommand per job; `lmm --help` lists them.
 
-A sweep's run directory is named by its overrides (`connector=mlp,seed=1`), which Hydra's
-override grammar cannot take back unquoted (`ckpt=.../connector=mlp,seed=1` fails at the `=`).
-These commands take the directory as is, and run `run.py` with the run's own overrides (so the
-model is built as it was trained), `task=`, the directory quoted for Hydra, and the command's
-overrides last (they replace the run's own for the same key, e.g. `eval=llava15`).
+`lmm train [overrides]` is `python run.py [overrides]` (Hydra: `-m` sweeps, `task=`, `experiment=`);
+`lmm eval RUN_DIR` and `lmm export RUN_DIR` take a run directory as is (lmm.commands.run_dir);
+every other subcommand is its module's own argparse command (`lmm SUBCOMMAND --help`). The
+`python -m lmm.<module>` forms keep working.
 """
 
 from __future__ import annotations
 
-import re
-import runpy
-import shlex
+import importlib
+import os
 import sys
-from pathlib import Path
 
-from lmm.rundir import HYDRA_DIR, saved_overrides
-from lmm.safe_config import UntrustedConfig, check_overrides
+from lmm.core.config import RUN_PY
 
-ROOT = Path(__file__).resolve().parents[2]
-# Overrides of the training command that are not the run's model or data: never carried over.
-NOT_CARRIED = {"task", "ckpt", "force", "run_lock_wait_s", "hydra/launcher"}
+# subcommand -> (module whose main() runs it, what it does). Modules are imported only when chosen,
+# so `lmm --help` answers at once.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": (
+        "run.py",
+        "train (or task=eval|describe|simulate|export) from Hydra overrides: the same as python run.py",
+    ),
+    "eval": ("lmm.commands.run_dir", "score a run directory (or an lmm directory) as it was trained"),
+    "export": (
+        "lmm.commands.run_dir",
+        "export a run as transformers' Llava/LlavaNext (export.format=hf) or an lmm directory",
+    ),
+    "predict": ("lmm.commands.predict", "answer a JSONL question file (LLaVA's model_vqa format) with a trained model"),
+    "chat": ("lmm.commands.chat", "chat with a trained model about one or more images"),
+    "ablate": ("lmm.analysis.ablate", "the ablation table of a sweep: mean, intervals, paired tests; md/tex/csv/png"),
+    "convert": ("lmm.data.convert", "LLaVA JSON + image folders -> WebDataset shards with indexes"),
+    "convert-llava": ("lmm.interop.convert_llava", "an official LLaVA-1.5 checkpoint -> an lmm directory"),
+    "index": ("lmm.data.index", "index shards made elsewhere, so each rank reads only its own samples"),
+    "synthetic": ("lmm.data.synthetic", "generate the synthetic mixture (make data)"),
+    "consolidate": ("lmm.commands.consolidate", "a run's latest (sharded) checkpoint -> one safetensors file"),
+    "pretrain-tiny": ("lmm.commands.pretrain_tiny", "rebuild pretrained/tiny/: the tiny CLIP-style tower and chat LLM"),
+    "bench": (
+        "lmm.bench",
+        "run one benchmark: lmm bench {" + "data, eval, train-step, packing, straggler, data-scale, loss, mfu}",
+    ),
+    "gpu-check": (
+        "lmm.commands.gpu_check",
+        "(GPU) one PASS/FAIL line per GPU path: FSDP recipe, LoRA, packing, MFU, fused loss",
+    ),
+    "lmms-eval-tasks": ("lmm.interop.lmms_eval_tasks", "write lmms-eval task folders for the synthetic benchmarks"),
+    "scale-out-docs": ("lmm.analysis.simulate.docs", "write task=simulate results into a docs page (make scale-out)"),
+}
+RUN_DIRECTORY_TASKS = ("eval", "export")
 
 
-def hydra_quoted(value: str) -> str:
-    """`value` as a Hydra single-quoted string. Hydra reads a backslash as an escape only before
-    a quote or at the end, so those are doubled; quotes and `${` (an interpolation) are escaped."""
-    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
-    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
-    return "'" + text.replace("${", "\\${") + "'"
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    return "usage: lmm SUBCOMMAND [arguments]   (lmm SUBCOMMAND --help for its own)\n\nsubcommands:\n" + "\n".join(
+        lines
+    )
 
 
-def override_key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
-def task_arguments(task: str, run_dir: Path, overrides: list[str]) -> list[str]:
-    """run.py's arguments for `task` on `run_dir`: its saved overrides, then these."""
-    given = {override_key(o) for o in overrides}
-    replayed = saved_overrides(run_dir) or []
-    check_overrides(replayed, str(run_dir / HYDRA_DIR / "overrides.yaml"))  # data, never code
-    saved = [o for o in replayed if override_key(o) not in NOT_CARRIED | given]
-    return [*saved, f"task={task}", f"ckpt={hydra_quoted(str(run_dir))}", *overrides]
-
-
-def command(task: str, run_dir: Path, overrides: tuple[str, ...] = ()) -> str:
-    """The shell command that runs `task` on `run_dir` (what a finished run prints)."""
-    return " ".join(["python", "-m", f"lmm.{task}", shlex.quote(str(run_dir)), *map(shlex.quote, overrides)])
-
-
-def main(task: str, argv: list[str]) -> None:
-    if not argv or argv[0] in ("-h", "--help"):
-        sys.exit(f"usage: python -m lmm.{task} RUN_DIR [overrides ...]   (a run directory or an lmm directory)")
-    run_dir = Path(argv[0])
-    if not run_dir.is_dir():
-        sys.exit(f"[lmm] {run_dir}: not a directory; python -m lmm.{task} takes a run directory (or an lmm directory) first")
+def run(name: str, argv: list[str]):
+    """Run subcommand `name` with `argv`; returns what its main() returns."""
+    module, _ = SUBCOMMANDS[name]
+    saved, sys.argv = sys.argv, [f"lmm {name}", *argv]  # argparse's prog, and what Hydra parses
     try:
-        arguments = task_arguments(task, run_dir.resolve(), argv[1:])
-    except UntrustedConfig as e:
-        sys.exit(f"[lmm] UntrustedConfig: {e}")
-    sys.argv = [str(ROOT / "run.py"), *arguments]
-    runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
+        if name == "train":  # this process becomes `python run.py ...`: Hydra's sweeps and launchers see run.py itself
+            os.execv(sys.executable, [sys.executable, str(RUN_PY), *argv])
+        if name in RUN_DIRECTORY_TASKS:
+            return importlib.import_module(module).main(name, argv)
+        return importlib.import_module(module).main(argv)
+    finally:
+        sys.argv = saved
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        sys.exit(f"lmm: no subcommand {name!r}; one of: {', '.join(SUBCOMMANDS)} (lmm --help)")
+    result = run(name, rest)
+    if isinstance(result, int) and not isinstance(result, bool):  # an exit status (gpu-check's)
+        sys.exit(result)
+
+
+if __name__ == "__main__":
+    main()

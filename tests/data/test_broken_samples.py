@@ -1,7 +1,6 @@
 """Every broken sample is skipped and counted by kind; unusual-but-valid ones are used correctly;
 a shard cut mid-file costs only its own samples."""
 
-
 import pytest
 import webdataset as wds
 
@@ -14,7 +13,9 @@ from tests.data.broken_samples import catalogue
 
 @pytest.fixture(scope="module")
 def process(tokenizer):
-    return SampleProcessor(tokenizer, "vicuna_v1", ImageTransform(16, (0.5,) * 3, (0.5,) * 3), image_tokens=4, max_length=300)
+    return SampleProcessor(
+        tokenizer, "vicuna_v1", ImageTransform(16, (0.5,) * 3, (0.5,) * 3), image_tokens=4, max_length=300
+    )
 
 
 @pytest.mark.parametrize("name", sorted(catalogue()))

@@ -41,7 +41,9 @@ def test_the_manifest_records_each_shard(root):
 def test_evaluation_refuses_an_incomplete_split(root):
     (root / "test" / "shard-000001.tar").unlink()
     (root / "test" / "shard-000003.tar").unlink()
-    message = r"test is incomplete: shard-000001.tar is missing; shard-000003.tar is missing \(2 of 5 shards, 20 samples\)"
+    message = (
+        r"test is incomplete: shard-000001.tar is missing; shard-000003.tar is missing \(2 of 5 shards, 20 samples\)"
+    )
     with pytest.raises(FileNotFoundError, match=message):
         SyntheticBenchmark(str(root)).check()
     with pytest.raises(FileNotFoundError, match=message):
@@ -63,14 +65,19 @@ def test_training_counts_every_sample_of_a_lost_shard(root, capsys):
     lost.unlink()
     data = instantiate(compose_config([f"paths.data={root.parent}"]).data, seed=0)
     sources = data.mixture()
-    assert "1 of 6 shards missing or not their recorded size (shard-000004.tar); their samples count as skipped" in capsys.readouterr().out
+    assert (
+        "1 of 6 shards missing or not their recorded size (shard-000004.tar); their samples count as skipped"
+        in capsys.readouterr().out
+    )
     stream = TrainingStream(sources, processor=None, collator=None, batch_size=4, seed=0)
     raw = [next(samples) for samples in [stream.raw_samples(random.Random(0))] for _ in range(600)]
     markers = [s for s in raw if "__error__" in s]
     assert markers and all("shard: shard-000004.tar is missing" in s["__error__"] for s in markers)
     (source,) = sources
     one_draw = list(expand_shards([{"url": str(lost), **source.expected[str(lost)]}]))
-    assert len(one_draw) == 10 == source.expected[str(lost)]["samples"]  # a draw of the lost shard: each of its samples a skip
+    assert (
+        len(one_draw) == 10 == source.expected[str(lost)]["samples"]
+    )  # a draw of the lost shard: each of its samples a skip
 
 
 @pytest.mark.slow
@@ -79,8 +86,20 @@ def test_training_with_most_shards_lost_stops_at_the_skip_rate(root, tmp_path):
 
     for name in ("shard-000000.tar", "shard-000001.tar", "shard-000002.tar", "shard-000003.tar", "shard-000004.tar"):
         (root / "train" / name).unlink()
-    cfg = compose_config(["vision=tiny", "llm=tiny", "trainer.max_steps=40", "eval_after_train=false", "data.batch_size=4",
-                          "trainer.limit_val_batches=0", "data.num_workers=0", "trainer.enable_progress_bar=false",
-                          "data.skip_check_after=40"], root.parent, tmp_path / "run")
+    cfg = compose_config(
+        [
+            "vision=tiny",
+            "llm=tiny",
+            "trainer.max_steps=40",
+            "eval_after_train=false",
+            "data.batch_size=4",
+            "trainer.limit_val_batches=0",
+            "data.num_workers=0",
+            "trainer.enable_progress_bar=false",
+            "data.skip_check_after=40",
+        ],
+        root.parent,
+        tmp_path / "run",
+    )
     with pytest.raises(Exception, match=r"data.max_skip_rate.*'shard'"):
         train(cfg)

@@ -63,7 +63,7 @@ def test_label_mask_is_exact(tokenizer):
     trained = [(i, t) for i, t in enumerate(enc.labels) if t != IGNORE_INDEX]
     assert all(enc.input_ids[i] == t for i, t in trained)
     spans, current = [], []
-    for i, t in enumerate(enc.labels):
+    for t in enc.labels:
         if t != IGNORE_INDEX:
             current.append(t)
         elif current:
@@ -92,10 +92,17 @@ def sentencepiece_like_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     corpus = [SYSTEM, "USER: ASSISTANT: What color is the square? red How many objects are in the image? 2"] * 5
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<image>"], show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<image>"], show_progress=False
+    )
     backend.train_from_iterator(corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   extra_special_tokens={"image_token": "<image>"})
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
 
 
 def test_label_mask_with_sentencepiece_style_tokenizer():
@@ -119,22 +126,29 @@ def test_llava_count_mismatch_is_a_skip_not_a_silent_mask():
         encode(tok, "vicuna_v1", TWO_TURNS, image_tokens=3, image_token_id=tok.convert_tokens_to_ids("<image>"))
 
 
-ONE = [{"from": "human", "value": "<image>\nHi?"}, {"from": "gpt", "value": "Yes."}, {"from": "human", "value": "And?"}, {"from": "gpt", "value": "No."}]
+ONE = [
+    {"from": "human", "value": "<image>\nHi?"},
+    {"from": "gpt", "value": "Yes."},
+    {"from": "human", "value": "And?"},
+    {"from": "gpt", "value": "No."},
+]
 EXPECTED = {  # each model's own chat format, written out by hand from its chat template
     "chatml": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nHi?<|im_end|>\n"
-              "<|im_start|>assistant\nYes.<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n<|im_start|>assistant\nNo.<|im_end|>",
-    "llama3": "<|start_header_id|>system<|end_header_id|>\n\nYou are a helpful language and vision assistant. You are able to "
-              "understand the visual content that the user provides, and assist the user with a variety of tasks using natural "
-              "language.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n<image>\nHi?<|eot_id|><|start_header_id|>assistant"
-              "<|end_header_id|>\n\nYes.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnd?<|eot_id|><|start_header_id|>"
-              "assistant<|end_header_id|>\n\nNo.<|eot_id|>",
-    "llama2": "[INST] <<SYS>>\nYou are a helpful language and vision assistant. You are able to understand the visual content "
-              "that the user provides, and assist the user with a variety of tasks using natural language.\n<</SYS>>\n\n"
-              "<image>\nHi? [/INST] Yes. </s><s>[INST] And? [/INST] No. </s>",
+    "<|im_start|>assistant\nYes.<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n<|im_start|>assistant\nNo.<|im_end|>",
+    "llama3": "<|start_header_id|>system<|end_header_id|>\n\nYou are a helpful language and vision assistant. "
+    "You are able to understand the visual content that the user provides, "
+    "and assist the user with a variety of tasks using natural language.<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n<image>\nHi?<|eot_id|><|start_header_id|>assistant"
+    "<|end_header_id|>\n\nYes.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnd?<|eot_id|><|start_header_id|>"
+    "assistant<|end_header_id|>\n\nNo.<|eot_id|>",
+    "llama2": "[INST] <<SYS>>\nYou are a helpful language and vision assistant. You are able to understand "
+    "the visual content that the user provides, and assist the user with a variety of tasks using natural language."
+    "\n<</SYS>>\n\n"
+    "<image>\nHi? [/INST] Yes. </s><s>[INST] And? [/INST] No. </s>",
     "mistral": "[INST] <image>\nHi? [/INST] Yes.</s>[INST] And? [/INST] No.</s>",
     "phi2": "Instruct: <image>\nHi?\nOutput: Yes.<|endoftext|>\nInstruct: And?\nOutput: No.<|endoftext|>",
     "zephyr": "<|system|>\nYou are a helpful assistant.</s>\n<|user|>\n<image>\nHi?</s>\n<|assistant|>\nYes.</s>\n"
-              "<|user|>\nAnd?</s>\n<|assistant|>\nNo.</s>",
+    "<|user|>\nAnd?</s>\n<|assistant|>\nNo.</s>",
 }
 
 

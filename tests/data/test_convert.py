@@ -7,8 +7,8 @@ import json
 import pytest
 
 from lmm.data.convert import convert
-from lmm.data.sources import classify, strip_format_prompts
 from lmm.data.miniature import build_mix665k, build_pretrain558k
+from lmm.data.sources import classify, strip_format_prompts
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,9 @@ def test_counts_per_source(mix):
 
 def test_rejected_report(mix):
     root, _, _, _, broken, manifest = mix
-    rejected = {r["id"]: r["reason"] for r in map(json.loads, (root / "shards" / "rejected.jsonl").read_text().splitlines())}
+    rejected = {
+        r["id"]: r["reason"] for r in map(json.loads, (root / "shards" / "rejected.jsonl").read_text().splitlines())
+    }
     assert set(rejected) == set(broken)
     for key, reason in broken.items():
         assert rejected[key].startswith(reason), (key, rejected[key])
@@ -49,7 +51,10 @@ def test_original_bytes_and_sources_in_samples(mix):
 
 
 def digest(folder):
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.tar"))}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.tar"))
+    }
 
 
 def test_deterministic_and_resumable(mix, tmp_path, capsys):
@@ -74,12 +79,17 @@ def test_exact_token_counts_at_conversion(mix, tmp_path, data_root):
     out = tmp_path / "exact"
     convert(json_path, images, out, workers=1, shard_size=2, progress=False, exact=(tokenizer, "vicuna_v1"))
     indexes = sorted(out.glob("*/*.idx.npz"))
-    assert indexes and all(str(read_arrays(str(p).removesuffix(".idx.npz"), ("exact_for",))["exact_for"]) ==
-                           exact_key(tokenizer, "vicuna_v1") for p in indexes)
+    assert indexes and all(
+        str(read_arrays(str(p).removesuffix(".idx.npz"), ("exact_for",))["exact_for"])
+        == exact_key(tokenizer, "vicuna_v1")
+        for p in indexes
+    )
     shards_before = digest(out)
     convert(json_path, images, out, workers=1, shard_size=2, progress=False, exact=(tokenizer, "plain"))
     assert digest(out) == shards_before
-    assert str(read_arrays(str(indexes[0]).removesuffix(".idx.npz"), ("exact_for",))["exact_for"]) == exact_key(tokenizer, "plain")
+    assert str(read_arrays(str(indexes[0]).removesuffix(".idx.npz"), ("exact_for",))["exact_for"]) == exact_key(
+        tokenizer, "plain"
+    )
     again = tmp_path / "again"
     convert(json_path, images, again, workers=1, shard_size=2, progress=False, exact=(tokenizer, "plain"))
     assert [p.read_bytes() for p in indexes] == [(again / p.relative_to(out)).read_bytes() for p in indexes]
@@ -99,7 +109,12 @@ def test_malformed_json_file_is_a_clear_error(tmp_path):
 
 
 def test_classify_and_strip():
-    entry = {"image": "coco/train2017/1.jpg", "conversations": [{"from": "human", "value": "<image>\nQ?\nAnswer the question using a single word or phrase."}]}
+    entry = {
+        "image": "coco/train2017/1.jpg",
+        "conversations": [
+            {"from": "human", "value": "<image>\nQ?\nAnswer the question using a single word or phrase."}
+        ],
+    }
     assert classify(entry) == "vqav2_okvqa"
     assert strip_format_prompts(entry["conversations"])[0]["value"] == "<image>\nQ?"
     with pytest.raises(ValueError, match="no known"):

@@ -35,7 +35,7 @@ def test_transform_shape_and_normalisation(aspect):
     Image.new("RGB", (30, 20), (255, 255, 255)).save(buffer, format="PNG")
     pixels = ImageTransform(16, MEAN, STD, aspect)(buffer.getvalue())
     assert pixels.shape == (3, 16, 16)
-    white = torch.tensor([(1 - m) / s for m, s in zip(MEAN, STD)])
+    white = torch.tensor([(1 - m) / s for m, s in zip(MEAN, STD, strict=True)])
     torch.testing.assert_close(pixels[:, 8, 8], white, atol=1e-3, rtol=0)
     if aspect == "pad":  # the padded band is the mean colour, i.e. ~0 after normalisation
         assert pixels[:, 0, 8].abs().max() < 0.02
@@ -58,7 +58,11 @@ def test_decode_converts_every_mode_to_rgb():
     grey = decode_image(encoded(Image.new("L", (4, 4), 100)))
     assert grey.mode == "RGB" and grey.getpixel((0, 0)) == (100, 100, 100)
     clear = encoded(Image.new("RGBA", (4, 4), (255, 0, 0, 0)))
-    assert decode_image(clear).getpixel((0, 0)) == (255, 0, 0)  # LLaVA's convert("RGB"): the colour under the transparency
+    assert decode_image(clear).getpixel((0, 0)) == (
+        255,
+        0,
+        0,
+    )  # LLaVA's convert("RGB"): the colour under the transparency
     assert decode_image(clear, alpha="white").getpixel((0, 0)) == (255, 255, 255)  # fully transparent -> white
     half = decode_image(encoded(Image.new("RGBA", (4, 4), (0, 0, 0, 128))), alpha="white")
     assert 120 <= half.getpixel((0, 0))[0] <= 135

@@ -17,8 +17,19 @@ from lmm.data.sample import SampleProcessor, Skip
 from lmm.data.shards import ERROR_KEY, INDEX_SUFFIX, expand_shards, list_shards, read_manifest
 from tests.http_server import RangeHandler, serve
 
-DETAIL = ("key", "source", "span_start", "text_tokens", "image_count", "image_height", "image_width",
-          "member_start", "member_name", "member_offset", "member_size")
+DETAIL = (
+    "key",
+    "source",
+    "span_start",
+    "text_tokens",
+    "image_count",
+    "image_height",
+    "image_width",
+    "member_start",
+    "member_name",
+    "member_offset",
+    "member_size",
+)
 
 
 def shards_of(root: Path) -> list[str]:
@@ -29,8 +40,9 @@ def test_the_index_of_a_converted_miniature_is_its_tars_byte_for_byte(multi_imag
     """Every shard of the converted mix665k and multi-image miniatures (text-only, multi-turn,
     one- and several-image samples): each sample's key, source and members (name, data offset,
     size) are the tar's, its span re-reads to webdataset's own sample, the estimate is JSON/4."""
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     root = multi_image_root / "shards"
     checked = 0
@@ -38,8 +50,11 @@ def test_the_index_of_a_converted_miniature_is_its_tars_byte_for_byte(multi_imag
         a = read_arrays(shard, DETAIL)
         with tarfile.open(shard) as tar:
             members = [(m.name, m.offset_data, m.size) for m in tar.getmembers() if m.isreg()]
-        indexed = [(f"{a['key'][i]}.{a['member_name'][j]}", int(a["member_offset"][j]), int(a["member_size"][j]))
-                   for i in range(len(a["key"])) for j in range(a["member_start"][i], a["member_start"][i + 1])]
+        indexed = [
+            (f"{a['key'][i]}.{a['member_name'][j]}", int(a["member_offset"][j]), int(a["member_size"][j]))
+            for i in range(len(a["key"]))
+            for j in range(a["member_start"][i], a["member_start"][i + 1])
+        ]
         assert indexed == members, shard
         for i, sample in enumerate(expand_shards([{"url": shard}])):
             start, end = int(a["span_start"][i]), int(a["span_start"][i + 1])
@@ -53,8 +68,12 @@ def test_the_index_of_a_converted_miniature_is_its_tars_byte_for_byte(multi_imag
                 width, height = Image.open(io.BytesIO(sample[k])).size
                 assert (a["image_height"][j], a["image_width"][j]) == (height, width)
             checked += 1
-    counts = np.concatenate([read_arrays(s, ("image_count",))["image_count"] for s in shards_of(root / "multi_image_mix")])
-    assert checked > 40 and {0, 1, 2} <= set(counts.tolist())  # text-only, one-image and several-image samples were among them
+    counts = np.concatenate(
+        [read_arrays(s, ("image_count",))["image_count"] for s in shards_of(root / "multi_image_mix")]
+    )
+    assert checked > 40 and {0, 1, 2} <= set(
+        counts.tolist()
+    )  # text-only, one-image and several-image samples were among them
 
 
 def test_the_manifest_records_each_index(mix665k_root):
@@ -84,7 +103,7 @@ def test_the_index_command_indexes_what_lacks_one(data_root, tmp_path, capsys):
     from omegaconf import OmegaConf
 
     from lmm.data.shards import write_manifest
-    from lmm.rundir import data_manifest_sha256
+    from lmm.run.directory import data_manifest_sha256
 
     root = copy_root(data_root / "synthetic", tmp_path / "synthetic")
     fingerprint = lambda: data_manifest_sha256(OmegaConf.create({"data": {"root": str(root)}}))  # noqa: E731
@@ -137,7 +156,9 @@ def test_damage_after_indexing_is_counted(data_root, tmp_path, tokenizer):
         f.write(b"\0" * int(a["member_size"][png]))
     shards[1].write_bytes(shards[1].read_bytes()[:2048])  # cut
     catalog = Catalog([Source("train", [str(s) for s in shards], 1.0)], 4)
-    process = SampleProcessor(tokenizer, "vicuna_v1", ImageTransform(16, (0.5,) * 3, (0.5,) * 3), image_tokens=4, max_length=512)
+    process = SampleProcessor(
+        tokenizer, "vicuna_v1", ImageTransform(16, (0.5,) * 3, (0.5,) * 3), image_tokens=4, max_length=512
+    )
     first = [process(catalog.read(i)) for i in catalog.samples_of({"url": str(shards[0])})]
     assert [r.kind for r in first if isinstance(r, Skip)] == ["image"]
     cut = catalog.samples_of({"url": str(shards[1])})
@@ -243,7 +264,9 @@ def test_exact_text_tokens_plan_runs_with_that_tokenizer_and_template(data_root,
     main([str(root), "--tokenizer", str(tokenizer_dir), "--template", "vicuna_v1"])
     folder = root / "train"
     urls = [str(p) for p in sorted(folder.glob("*.tar"))]
-    process = SampleProcessor(tokenizer, "vicuna_v1", ImageTransform(16, (0.5,) * 3, (0.5,) * 3), image_tokens=4, max_length=100_000)
+    process = SampleProcessor(
+        tokenizer, "vicuna_v1", ImageTransform(16, (0.5,) * 3, (0.5,) * 3), image_tokens=4, max_length=100_000
+    )
     exact = Catalog([Source("train", urls, 1.0)], 4, exact_for=exact_key(tokenizer_dir, "vicuna_v1"))
     other = Catalog([Source("train", urls, 1.0)], 4, exact_for=exact_key(tokenizer_dir, "plain"))
     raw = list(expand_shards({"url": url} for url in urls))
@@ -253,7 +276,9 @@ def test_exact_text_tokens_plan_runs_with_that_tokenizer_and_template(data_root,
     from lmm.data.datamodule import LMMDataModule
 
     module = LMMDataModule(str(root), train_split="train")
-    module.attach(process, tokenizer.pad_token_id)  # the run's tokenizer is the indexed one: its catalog plans by exact counts
+    module.attach(
+        process, tokenizer.pad_token_id
+    )  # the run's tokenizer is the indexed one: its catalog plans by exact counts
     assert module.catalog(module.mixture()).length == exact.length
 
 

@@ -19,7 +19,13 @@ SHAPES = [(40, 30), (30, 40), (17, 64), (333, 500), (500, 333), (640, 480), (97,
 
 
 def processor(cls, size: int, **kwargs):
-    return cls(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=CLIP_MEAN, image_std=CLIP_STD, **kwargs)
+    return cls(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        **kwargs,
+    )
 
 
 def in_pixel_units(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -65,4 +71,9 @@ def test_transparent_and_rotated_images_as_llava_reads_them():
     reference = clip.preprocess(expand2square(image, (122, 116, 104)), return_tensors="pt")["pixel_values"][0]
     assert in_pixel_units(ImageTransform(64, CLIP_MEAN, CLIP_STD)(buffer.getvalue()), reference).max() < 1e-5
     white = ImageTransform(64, CLIP_MEAN, CLIP_STD, alpha="white")(buffer.getvalue())
-    assert in_pixel_units(white[:, 32:33, 32:33], ImageTransform(64, CLIP_MEAN, CLIP_STD)(buffer.getvalue())[:, 32:33, 32:33]).min() > 0.1
+    assert (
+        in_pixel_units(
+            white[:, 32:33, 32:33], ImageTransform(64, CLIP_MEAN, CLIP_STD)(buffer.getvalue())[:, 32:33, 32:33]
+        ).min()
+        > 0.1
+    )

@@ -28,8 +28,14 @@ RED, GREEN, BLUE = png((255, 0, 0)), png((0, 255, 0)), png((0, 0, 255))
 
 def processor(tokenizer, max_length=256, instruction_length=None):
     # mean 0, std 1: a pixel's value is its colour in [0, 1], so each image is recognisable in the batch
-    return SampleProcessor(tokenizer, "vicuna_v1", ImageTransform(16, (0.0,) * 3, (1.0,) * 3), image_tokens=TOKENS,
-                           max_length=max_length, instruction_length=instruction_length)
+    return SampleProcessor(
+        tokenizer,
+        "vicuna_v1",
+        ImageTransform(16, (0.0,) * 3, (1.0,) * 3),
+        image_tokens=TOKENS,
+        max_length=max_length,
+        instruction_length=instruction_length,
+    )
 
 
 def sample(turns, **images):
@@ -64,8 +70,10 @@ def test_image_keys_read_one_image_or_a_numbered_list():
 
 
 def test_interleaved_tags_stay_in_place_and_bind_images_in_order(tokenizer):
-    turns = [{"from": "human", "value": f"Image 1: {IMAGE_TOKEN}\nImage 2: {IMAGE_TOKEN}\nWhich is red?"},
-             {"from": "gpt", "value": "first"}]
+    turns = [
+        {"from": "human", "value": f"Image 1: {IMAGE_TOKEN}\nImage 2: {IMAGE_TOKEN}\nWhich is red?"},
+        {"from": "gpt", "value": "first"},
+    ]
     example = processor(tokenizer)(sample(turns, **{"0.png": RED, "1.png": GREEN}))
     assert isinstance(example, Example) and example.pixels.shape == (2, 3, 16, 16)
     assert [colour_of(p) for p in example.pixels] == [(1, 0, 0), (0, 1, 0)]  # 0.png first, as its tag
@@ -80,8 +88,12 @@ def test_interleaved_tags_stay_in_place_and_bind_images_in_order(tokenizer):
 
 
 def test_images_in_several_turns_and_a_single_tag_moved_first(tokenizer):
-    turns = [{"from": "human", "value": f"What colour? {IMAGE_TOKEN}"}, {"from": "gpt", "value": "red"},
-             {"from": "human", "value": f"And this one? {IMAGE_TOKEN}"}, {"from": "gpt", "value": "blue"}]
+    turns = [
+        {"from": "human", "value": f"What colour? {IMAGE_TOKEN}"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": f"And this one? {IMAGE_TOKEN}"},
+        {"from": "gpt", "value": "blue"},
+    ]
     example = processor(tokenizer)(sample(turns, **{"0.png": RED, "1.png": BLUE}))
     assert [colour_of(p) for p in example.pixels] == [(1, 0, 0), (0, 0, 1)]
     image_id = processor(tokenizer).image_token_id
@@ -109,8 +121,12 @@ def test_count_mismatches_and_broken_lists_are_counted_skips(tokenizer):
 
 def test_truncation_never_drops_an_exchange_that_holds_an_image(tokenizer):
     long = " ".join(["word"] * 40)
-    turns = [{"from": "human", "value": f"{IMAGE_TOKEN}\nFirst?"}, {"from": "gpt", "value": "yes"},
-             {"from": "human", "value": f"{IMAGE_TOKEN}\n{long}"}, {"from": "gpt", "value": long}]
+    turns = [
+        {"from": "human", "value": f"{IMAGE_TOKEN}\nFirst?"},
+        {"from": "gpt", "value": "yes"},
+        {"from": "human", "value": f"{IMAGE_TOKEN}\n{long}"},
+        {"from": "gpt", "value": long},
+    ]
     full = processor(tokenizer)(sample(turns, **{"0.png": RED, "1.png": GREEN}))
     short = processor(tokenizer, max_length=len(full.input_ids) - 5)(sample(turns, **{"0.png": RED, "1.png": GREEN}))
     assert isinstance(full, Example) and isinstance(short, Skip) and "max_length" in short.reason
@@ -123,7 +139,11 @@ def test_truncation_never_drops_an_exchange_that_holds_an_image(tokenizer):
 def test_collate_orders_images_as_their_placeholders_with_0_1_2_images(tokenizer):
     process = processor(tokenizer, instruction_length=8)
     q = [{"from": "gpt", "value": "ok"}]
-    two = process(sample([{"from": "human", "value": f"{IMAGE_TOKEN}{IMAGE_TOKEN}\nCompare."}, *q], **{"0.png": GREEN, "1.png": BLUE}))
+    two = process(
+        sample(
+            [{"from": "human", "value": f"{IMAGE_TOKEN}{IMAGE_TOKEN}\nCompare."}, *q], **{"0.png": GREEN, "1.png": BLUE}
+        )
+    )
     none = process(sample([{"from": "human", "value": "No image here."}, *q]))
     one = process(sample([{"from": "human", "value": f"{IMAGE_TOKEN}\nOne."}, *q], png=RED))
     assert [x.num_images for x in (two, none, one)] == [2, 0, 1]
@@ -134,26 +154,36 @@ def test_collate_orders_images_as_their_placeholders_with_0_1_2_images(tokenizer
         assert int((batch.input_ids == process.image_token_id).sum()) == 3 * TOKENS
         assert batch.instruction_ids.shape[0] == 3  # one question per image
     assert tokenizer.decode(batch.instruction_ids[0][batch.instruction_mask[0].bool()]) == tokenizer.decode(
-        batch.instruction_ids[1][batch.instruction_mask[1].bool()])  # both images of one turn: its question
+        batch.instruction_ids[1][batch.instruction_mask[1].bool()]
+    )  # both images of one turn: its question
 
 
 def test_model_writes_each_image_into_its_own_placeholders(tokenizer, data_root):
     """Visual tokens of image k land in the k-th run of placeholders, across samples with 2, 0 and 1 images."""
-    from lmm.factory import build_run
+    from lmm.build.factory import build_run
     from tests.conftest import compose_config
 
     torch.manual_seed(0)
     model, real = build_run(compose_config(["vision=tiny", "llm=tiny", "connector=mlp"], data_root))
     process = SampleProcessor(real.tokenizer, real.template, real.image_transform, real.image_tokens, 512)
     q = [{"from": "gpt", "value": "ok"}]
-    items = [process(sample([{"from": "human", "value": f"A {IMAGE_TOKEN} and B {IMAGE_TOKEN}?"}, *q], **{"0.png": GREEN, "1.png": BLUE})),
-             process(sample([{"from": "human", "value": "Text only."}, *q])),
-             process(sample([{"from": "human", "value": f"{IMAGE_TOKEN}\nOne."}, *q], png=RED))]
+    items = [
+        process(
+            sample(
+                [{"from": "human", "value": f"A {IMAGE_TOKEN} and B {IMAGE_TOKEN}?"}, *q],
+                **{"0.png": GREEN, "1.png": BLUE},
+            )
+        ),
+        process(sample([{"from": "human", "value": "Text only."}, *q])),
+        process(sample([{"from": "human", "value": f"{IMAGE_TOKEN}\nOne."}, *q], png=RED)),
+    ]
     batch = Collator(real.tokenizer.pad_token_id)(items)
     with torch.no_grad():
         embeds = model.embed(batch.input_ids, batch.pixel_values)
         visual = model.encode_images(batch.pixel_values)  # [3, N, D]
-    placed = [(row, s) for row in range(batch.rows) for s, _ in runs(batch.input_ids[row].tolist(), process.image_token_id)]
+    placed = [
+        (row, s) for row in range(batch.rows) for s, _ in runs(batch.input_ids[row].tolist(), process.image_token_id)
+    ]
     assert [row for row, _ in placed] == [0, 0, 2]
     for k, (row, s) in enumerate(placed):
         assert torch.equal(embeds[row, s : s + model.num_image_tokens], visual[k])
@@ -171,14 +201,35 @@ def test_converter_takes_image_lists(tmp_path):
         (images / name).parent.mkdir(parents=True, exist_ok=True)
         (images / name).write_bytes(data)
     entries = [
-        {"id": "m4-0", "image": ["m4/a.png", "m4/b.png"], "conversations": [
-            {"from": "human", "value": f"{IMAGE_TOKEN}\n{IMAGE_TOKEN}\nWhich is red?"}, {"from": "gpt", "value": "The first."}]},
-        {"id": "m4-1", "image": ["coco/b.png"], "conversations": [
-            {"from": "human", "value": f"{IMAGE_TOKEN}\nColour?"}, {"from": "gpt", "value": "Green."}]},
-        {"id": "m4-2", "image": ["m4/a.png", "m4/b.png"], "conversations": [
-            {"from": "human", "value": f"{IMAGE_TOKEN}\nOnly one tag."}, {"from": "gpt", "value": "?"}]},
-        {"id": "m4-3", "image": ["m4/a.png", 7], "conversations": [
-            {"from": "human", "value": f"{IMAGE_TOKEN}{IMAGE_TOKEN}"}, {"from": "gpt", "value": "?"}]},
+        {
+            "id": "m4-0",
+            "image": ["m4/a.png", "m4/b.png"],
+            "conversations": [
+                {"from": "human", "value": f"{IMAGE_TOKEN}\n{IMAGE_TOKEN}\nWhich is red?"},
+                {"from": "gpt", "value": "The first."},
+            ],
+        },
+        {
+            "id": "m4-1",
+            "image": ["coco/b.png"],
+            "conversations": [
+                {"from": "human", "value": f"{IMAGE_TOKEN}\nColour?"},
+                {"from": "gpt", "value": "Green."},
+            ],
+        },
+        {
+            "id": "m4-2",
+            "image": ["m4/a.png", "m4/b.png"],
+            "conversations": [
+                {"from": "human", "value": f"{IMAGE_TOKEN}\nOnly one tag."},
+                {"from": "gpt", "value": "?"},
+            ],
+        },
+        {
+            "id": "m4-3",
+            "image": ["m4/a.png", 7],
+            "conversations": [{"from": "human", "value": f"{IMAGE_TOKEN}{IMAGE_TOKEN}"}, {"from": "gpt", "value": "?"}],
+        },
         {"id": "text", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
     ]
     source = tmp_path / "m4.json"
@@ -186,10 +237,17 @@ def test_converter_takes_image_lists(tmp_path):
     out = tmp_path / "shards"
     manifest = convert(source, images, out, workers=1, shard_size=10, progress=False)
     assert manifest["counts"] == {"llava_instruct": 1, "multi_image": 1, "sharegpt": 1}
-    samples = {json.loads(s["json"])["id"]: s for folder in sorted(p for p in out.iterdir() if p.is_dir())
-               for s in evaluation_stream(list_shards(folder), split_by_node=False)}
+    samples = {
+        json.loads(s["json"])["id"]: s
+        for folder in sorted(p for p in out.iterdir() if p.is_dir())
+        for s in evaluation_stream(list_shards(folder), split_by_node=False)
+    }
     assert sorted(samples) == ["m4-0", "m4-1", "text"]
-    assert image_keys(samples["m4-0"]) == ["0.png", "1.png"] and samples["m4-0"]["0.png"] == RED and samples["m4-0"]["1.png"] == GREEN
+    assert (
+        image_keys(samples["m4-0"]) == ["0.png", "1.png"]
+        and samples["m4-0"]["0.png"] == RED
+        and samples["m4-0"]["1.png"] == GREEN
+    )
     assert image_keys(samples["m4-1"]) == ["png"] and image_keys(samples["text"]) == []
     reasons = (out / "rejected.jsonl").read_text()
     assert "2 image(s) but 1 <image> tags" in reasons and "a list of paths" in reasons

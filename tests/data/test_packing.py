@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from lmm.build.factory import build_run
 from lmm.data.collate import Collator
 from lmm.data.conversation import IGNORE_INDEX
 from lmm.data.shards import evaluation_stream, list_shards
-from lmm.factory import build_run
 from tests.conftest import compose_config
 
 
@@ -73,7 +73,7 @@ def test_packing_layout(setup):
     starts = (batch.position_ids[0] == 0).nonzero().flatten().tolist()
     assert starts == batch.cu_seq_lens_q[:-1].tolist()
     assert (batch.labels[0, starts] == IGNORE_INDEX).all()  # nothing predicts across a boundary
-    for x, a in zip(examples, starts):  # every sample intact, image placeholders included
+    for x, a in zip(examples, starts, strict=True):  # every sample intact, image placeholders included
         assert batch.input_ids[0, a : a + len(x.input_ids)].tolist() == x.input_ids
         assert batch.labels[0, a + 1 : a + len(x.input_ids)].tolist() == x.labels[1:]
     images_in_order = (batch.input_ids == processor.image_token_id).sum() // processor.image_tokens

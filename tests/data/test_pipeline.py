@@ -24,7 +24,9 @@ def sample(key, image=None, turns=None):
 
 
 def processor(tokenizer, max_length=256):
-    return SampleProcessor(tokenizer, "vicuna_v1", ImageTransform(16, (0.5,) * 3, (0.5,) * 3), image_tokens=4, max_length=max_length)
+    return SampleProcessor(
+        tokenizer, "vicuna_v1", ImageTransform(16, (0.5,) * 3, (0.5,) * 3), image_tokens=4, max_length=max_length
+    )
 
 
 def test_bad_samples_are_counted_skips(tokenizer):

@@ -31,7 +31,12 @@ def test_pipe_inside_a_brace_pattern_is_refused(tmp_path, marker):
 
 def test_remote_urls_cannot_reach_the_shell():
     assert check_url("https://example.com/shards/shard-000001.tar")
-    for url in ("https://example.com/x'$(touch /tmp/p)'.tar", "http://a/b;rm -rf ~", "ftp://example.com/a.tar", "file:///etc/x.tar"):
+    for url in (
+        "https://example.com/x'$(touch /tmp/p)'.tar",
+        "http://a/b;rm -rf ~",
+        "ftp://example.com/a.tar",
+        "file:///etc/x.tar",
+    ):
         with pytest.raises(ValueError, match="refusing shard URL"):
             check_url(url)
 
@@ -61,8 +66,12 @@ def test_converter_reads_nothing_outside_the_image_root(tmp_path, verify):
     (images / "gqa" / "link.jpg").symlink_to(secret)
     entries = json.loads(json_path.read_text())
     turns = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "x"}]
-    hostile = {"climb": "gqa/../../secret.jpg", "absolute": str(secret), "symlink": "gqa/link.jpg",
-               "climb-missing": "gqa/../../no_such_file.jpg"}
+    hostile = {
+        "climb": "gqa/../../secret.jpg",
+        "absolute": str(secret),
+        "symlink": "gqa/link.jpg",
+        "climb-missing": "gqa/../../no_such_file.jpg",
+    }
     entries += [{"id": key, "image": path, "conversations": turns} for key, path in hostile.items()]
     json_path.write_text(json.dumps(entries))
     out = tmp_path / "shards"
@@ -70,12 +79,22 @@ def test_converter_reads_nothing_outside_the_image_root(tmp_path, verify):
     rejected = {r["id"]: r["reason"] for r in map(json.loads, (out / "rejected.jsonl").read_text().splitlines())}
     assert set(hostile) <= set(rejected)
     reasons = {rejected[key] for key in ("climb", "symlink", "climb-missing")}
-    assert len(reasons) == 1 and reasons.pop().startswith("image: path leaves the image root")  # exists or not: same words
+    assert len(reasons) == 1 and reasons.pop().startswith(
+        "image: path leaves the image root"
+    )  # exists or not: same words
     secret_bytes = secret.read_bytes()
     assert not any(secret_bytes in tar.read_bytes() for tar in out.rglob("*.tar"))
     # A dataset linked in from elsewhere is read when asked to.
-    again = convert(json_path, images, tmp_path / "followed", workers=1, shard_size=4, verify_images=verify, progress=False,
-                    follow_symlinks=True)
+    again = convert(
+        json_path,
+        images,
+        tmp_path / "followed",
+        workers=1,
+        shard_size=4,
+        verify_images=verify,
+        progress=False,
+        follow_symlinks=True,
+    )
     followed = {r["id"] for r in map(json.loads, (tmp_path / "followed" / "rejected.jsonl").read_text().splitlines())}
     assert "symlink" not in followed and {"climb", "absolute", "climb-missing"} <= followed
     assert again["counts"]["gqa"] == 4
@@ -85,17 +104,25 @@ def test_malformed_entries_are_rejected_not_fatal(tmp_path):
     json_path, images, expected, _ = build_mix665k(tmp_path / "mini")
     entries = json.loads(json_path.read_text())
     turns = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "x"}]
-    entries += [{"id": "list-image", "image": ["a.jpg", 7], "conversations": turns},
-                {"id": "list-mismatch", "image": ["m4/a.jpg", "m4/b.jpg"], "conversations": turns},
-                {"id": "number-image", "image": 5, "conversations": turns},
-                {"id": "string-turns", "image": "gqa/images/n0.jpg", "conversations": "hello"},
-                {"id": "number-turn", "conversations": [1, 2]}]
+    entries += [
+        {"id": "list-image", "image": ["a.jpg", 7], "conversations": turns},
+        {"id": "list-mismatch", "image": ["m4/a.jpg", "m4/b.jpg"], "conversations": turns},
+        {"id": "number-image", "image": 5, "conversations": turns},
+        {"id": "string-turns", "image": "gqa/images/n0.jpg", "conversations": "hello"},
+        {"id": "number-turn", "conversations": [1, 2]},
+    ]
     json_path.write_text(json.dumps(entries))
     manifest = convert(json_path, images, tmp_path / "shards", workers=1, progress=False)
     assert {k: n for k, n in manifest["counts"].items() if n} == dict(sorted(expected.items()))
-    rejected = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "shards" / "rejected.jsonl").read_text().splitlines())}
-    assert all(rejected[key].startswith("entry: ") for key in ("list-image", "number-image", "string-turns", "number-turn"))
-    assert rejected["list-mismatch"].startswith("conversation: 2 image(s) but 1 <image> tags")  # a list is fine; its tags must match
+    rejected = {
+        r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "shards" / "rejected.jsonl").read_text().splitlines())
+    }
+    assert all(
+        rejected[key].startswith("entry: ") for key in ("list-image", "number-image", "string-turns", "number-turn")
+    )
+    assert rejected["list-mismatch"].startswith(
+        "conversation: 2 image(s) but 1 <image> tags"
+    )  # a list is fine; its tags must match
 
 
 def test_converter_input_errors_end_at_once(tmp_path):
@@ -115,8 +142,8 @@ def test_converter_input_errors_end_at_once(tmp_path):
 
 
 def test_a_pipe_in_the_data_root_stops_the_run_before_any_work(data_root, tmp_path, marker):
-    from tests.conftest import compose_config
     from lmm.train.train import preflight
+    from tests.conftest import compose_config
 
     root = f"{{pipe:touch {marker}; echo ,{data_root}/synthetic}}"
     cfg = compose_config([f"data.root='{root}'", "data.generate_if_missing=false", "eval=none"], data_root)

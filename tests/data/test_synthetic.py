@@ -12,9 +12,9 @@ from PIL import Image
 
 from lmm.data.synthetic import (
     GROUNDING_PROMPT,
+    PRESETS,
     REGION_CAPTION_PROMPT,
     SHORT_ANSWER,
-    PRESETS,
     SMALL_TEXT_SIZE,
     SMALL_WORD_SIZE,
     WORD_SIZE,
@@ -31,7 +31,9 @@ TINY = GenerationConfig(seed=3, pretrain=10, train=30, val=5, test=5, shard_size
 
 
 def digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.tar"))}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.tar"))
+    }
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
@@ -71,7 +73,9 @@ def test_runs_side_by_side_wait_for_the_one_generating(tmp_path):
 
 
 def samples(root, split):
-    return list(wds.WebDataset(sorted(str(p) for p in (root / split).glob("*.tar")), shardshuffle=False).decode(only=["json"]))
+    return list(
+        wds.WebDataset(sorted(str(p) for p in (root / split).glob("*.tar")), shardshuffle=False).decode(only=["json"])
+    )
 
 
 def test_counts_match_manifest(data_root):
@@ -108,7 +112,9 @@ def test_conversations_follow_llava_formats(data_root):
                 assert REGION_CAPTION_PROMPT in question and question.endswith("]")
         if record["source"] == "vqa":
             assert 2 <= len(record["qtypes"]) <= 4 or image.size  # several turns when the scene allows
-    vqa_turns = [len(s["json"]["qtypes"]) for s in samples(data_root / "synthetic", "train") if s["json"]["source"] == "vqa"]
+    vqa_turns = [
+        len(s["json"]["qtypes"]) for s in samples(data_root / "synthetic", "train") if s["json"]["source"] == "vqa"
+    ]
     assert max(vqa_turns) > 1
 
 
@@ -130,8 +136,12 @@ def test_default_mixture_bytes_are_those_of_generator_version_3(tmp_path):
     # The table2 options (weights, extra splits, small words) must not move a byte of the default.
     generate(tmp_path, TINY, train_tokenizer=False)
     assert {k: v[:12] for k, v in digest(tmp_path).items()} == {
-        "pretrain/shard-000000.tar": "1cfed564a781", "test/shard-000000.tar": "30c5933fc5fa",
-        "train/shard-000000.tar": "72b73f02fa35", "train/shard-000001.tar": "b7fda1563c36", "val/shard-000000.tar": "df8419b21b4c"}
+        "pretrain/shard-000000.tar": "1cfed564a781",
+        "test/shard-000000.tar": "30c5933fc5fa",
+        "train/shard-000000.tar": "72b73f02fa35",
+        "train/shard-000001.tar": "b7fda1563c36",
+        "val/shard-000000.tar": "df8419b21b4c",
+    }
 
 
 def test_table2_preset_splits_and_sources(tmp_path):
@@ -147,7 +157,10 @@ def test_table2_preset_splits_and_sources(tmp_path):
         by_source.setdefault(sample["json"]["source"], sample["json"])
     talk = by_source["conversation"]
     assert all(SHORT_ANSWER not in t["value"] for t in talk["conversations"])  # no format prompt: long answers
-    assert talk["conversations"][1]["value"].startswith("The answer is ") and "The image shows" in talk["conversations"][1]["value"]
+    assert (
+        talk["conversations"][1]["value"].startswith("The answer is ")
+        and "The image shows" in talk["conversations"][1]["value"]
+    )
     assert all(q.startswith("long_") for q in talk["qtypes"])
     assert by_source["ocr_small"]["qtypes"][0] == "word"
 
@@ -184,7 +197,11 @@ def test_two_image_questions_need_both_images_and_are_answered_right():
         else:
             assert len(first.objects) == 1
             assert answer == ("yes" if any(o.shape == first.objects[0].shape for o in second.objects) else "no")
-    for qtype, answers in (("more_colour", ("first", "second")), ("shape_in_both", ("yes", "no")), ("colour_of_asks", ("first", "second"))):
+    for qtype, answers in (
+        ("more_colour", ("first", "second")),
+        ("shape_in_both", ("yes", "no")),
+        ("colour_of_asks", ("first", "second")),
+    ):
         total = sum(kinds[(qtype, a)] for a in answers)
         assert 100 <= total <= 170 and all(0.35 * total <= kinds[(qtype, a)] <= 0.65 * total for a in answers), kinds
 

@@ -28,9 +28,18 @@ def test_answers_follow_the_questions_and_skips_stay_in_place(monkeypatch):
             return Skip(str(q), "image: unreadable")
         return Example(input_ids=[1, 2, 3], labels=[-100] * 3, pixels=None, meta={"q": q})
 
-    results = answer_questions(torch.nn.Linear(1, 1), Processor(), list(range(7)), encode, batch_size=2, max_new_tokens=4)
+    results = answer_questions(
+        torch.nn.Linear(1, 1), Processor(), list(range(7)), encode, batch_size=2, max_new_tokens=4
+    )
     assert [r if isinstance(r, str) else r.reason for r in results] == [
-        "answer 0", "image: unreadable", "answer 2", "answer 3", "image: unreadable", "answer 5", "answer 6"]
+        "answer 0",
+        "image: unreadable",
+        "answer 2",
+        "answer 3",
+        "image: unreadable",
+        "answer 5",
+        "answer 6",
+    ]
     assert asked == [2, 2, 1]  # five askable questions in batches of two
 
 

@@ -5,7 +5,7 @@ import json
 import torch
 from hydra.utils import instantiate
 
-from lmm.factory import build_run
+from lmm.build.factory import build_run
 
 
 def test_answers_do_not_depend_on_batch_size(make_config, tmp_path):

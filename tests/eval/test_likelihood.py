@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from lmm.build.factory import build_run
 from lmm.data.collate import Collator
 from lmm.data.sample import Example
 from lmm.eval.likelihood import labelled_logprobs
-from lmm.factory import build_run
 from tests.conftest import compose_config
 
 
@@ -33,9 +33,11 @@ def test_labelled_logprobs_equal_cross_entropy_whatever_the_padding(data_root):
     torch.manual_seed(0)
     model, processor = build_run(cfg)
     model.eval()
-    examples = [reply_labels(processor, "Which shape?", answer, {}) for answer in ("circle", "a red square at the top left")]
+    examples = [
+        reply_labels(processor, "Which shape?", answer, {}) for answer in ("circle", "a red square at the top left")
+    ]
     together = labelled_logprobs(model, [Collator(processor.tokenizer.pad_token_id)(examples)])
-    for example, (logprob, _) in zip(examples, together):
+    for example, (logprob, _) in zip(examples, together, strict=True):
         ids = torch.tensor([example.input_ids])
         labels = torch.tensor(example.labels[1:])
         with torch.no_grad():

@@ -42,20 +42,23 @@ from lmm.eval.metrics import anls, extract_letter, mme_answer, pope_answer, vqa_
 from lmm.eval.vqa_normalize import normalize_vqa_answer  # noqa: E402
 
 
-@pytest.mark.parametrize("raw,normalised", [
-    ("Two", "2"),
-    ("The dog.", "dog"),
-    ("a cat's toy", "cat 's toy"),
-    ("3.5", "3.5"),                       # digits keep their decimal point
-    ("yes!", "yes"),
-    ("black-and-white", "black and white"),   # punctuation not touching a space -> space
-    ("black - white", "black white"),          # touching a space -> removed
-    ("1,000", "1000"),
-    ("dont", "don't"),                         # contraction restored
-    ("none", "0"),
-    ("An apple\n", "apple"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "raw,normalised",
+    [
+        ("Two", "2"),
+        ("The dog.", "dog"),
+        ("a cat's toy", "cat 's toy"),
+        ("3.5", "3.5"),  # digits keep their decimal point
+        ("yes!", "yes"),
+        ("black-and-white", "black and white"),  # punctuation not touching a space -> space
+        ("black - white", "black white"),  # touching a space -> removed
+        ("1,000", "1000"),
+        ("dont", "don't"),  # contraction restored
+        ("none", "0"),
+        ("An apple\n", "apple"),
+        ("", ""),
+    ],
+)
 def test_normalize_vqa_answer(raw, normalised):
     assert normalize_vqa_answer(raw) == normalised
 
@@ -71,7 +74,7 @@ def test_normalize_vqa_answer_quirks():
 
 def test_vqa_soft_accuracy_values():
     assert vqa_soft_accuracy("2", ["2"] * 3 + ["3"] * 7) == pytest.approx((3 * (2 / 3) + 7 * 1.0) / 10)
-    assert vqa_soft_accuracy("yes", ["Yes."] * 10) == 1.0   # both sides normalised
+    assert vqa_soft_accuracy("yes", ["Yes."] * 10) == 1.0  # both sides normalised
     assert vqa_soft_accuracy("", ["dog"] * 10) == 0.0
     assert vqa_soft_accuracy("", ["a"] * 10) == 1.0  # quirk: the article "a" normalises to "" too
     assert vqa_soft_accuracy("x", []) == 0.0

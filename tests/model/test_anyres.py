@@ -16,15 +16,26 @@ from transformers import LlavaNextImageProcessor, LlavaNextModel, LlavaNextProce
 from transformers.image_processing_utils import select_best_resolution
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
+from lmm.build.factory import build_run
 from lmm.data.anyres import AnyRes, best_resolution, default_pinpoints, unpadded_shape
 from lmm.data.collate import Collator
 from lmm.data.image import ImageTransform, image_size
-from lmm.factory import build_run
 from lmm.model.anyres import arrange
 from lmm.model.vision import CLIP_MEAN, CLIP_STD
 
 PINPOINTS = default_pinpoints(336)
-SIZES = [(672, 672), (336, 1344), (1344, 336), (480, 640), (640, 480), (100, 2000), (2000, 100), (337, 335), (20, 20), (1080, 1920)]
+SIZES = [
+    (672, 672),
+    (336, 1344),
+    (1344, 336),
+    (480, 640),
+    (640, 480),
+    (100, 2000),
+    (2000, 100),
+    (337, 335),
+    (20, 20),
+    (1080, 1920),
+]
 
 
 def layout(**changes) -> AnyRes:
@@ -44,13 +55,18 @@ def test_grid_and_unpadding_equal_transformers_for_many_sizes():
         rows, cols = layout().grid(height, width)
         assert (rows, cols) == tuple(get_anyres_image_grid_shape((height, width), PINPOINTS, 336))
         full = torch.zeros(1, rows * 24, cols * 24)
-        assert unpadded_shape(height, width, rows * 24, cols * 24) == tuple(unpad_image(full, (height, width)).shape[1:])
+        assert unpadded_shape(height, width, rows * 24, cols * 24) == tuple(
+            unpad_image(full, (height, width)).shape[1:]
+        )
 
 
 def hf_number_of_features(height: int, width: int, num_additional_image_tokens: int = 0) -> int:
     """LlavaNextProcessor's own count (the placeholders it writes), called without a tokenizer."""
-    fake = SimpleNamespace(image_processor=SimpleNamespace(image_grid_pinpoints=PINPOINTS), patch_size=14,
-                           num_additional_image_tokens=num_additional_image_tokens)
+    fake = SimpleNamespace(
+        image_processor=SimpleNamespace(image_grid_pinpoints=PINPOINTS),
+        patch_size=14,
+        num_additional_image_tokens=num_additional_image_tokens,
+    )
     fake._get_unpadded_features = partial(LlavaNextProcessor._get_unpadded_features, fake)
     return LlavaNextProcessor._get_number_of_features(fake, height, width, 336, 336)
 
@@ -74,8 +90,13 @@ def test_tiles_and_overview_equal_the_llava_next_image_processor():
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, size=(300, 700, 3), dtype=np.uint8)  # 700 wide, 300 high
     image = Image.fromarray(pixels)
-    hf = LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                                 image_grid_pinpoints=PINPOINTS, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    hf = LlavaNextImageProcessor(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        image_grid_pinpoints=PINPOINTS,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
     theirs = hf(image, return_tensors="pt")
     transform = ImageTransform(336, CLIP_MEAN, CLIP_STD, "anyres", anyres=layout())
     views, size = transform.views(image)
@@ -87,15 +108,21 @@ def test_tiles_and_overview_equal_the_llava_next_image_processor():
     assert difference.mean() < 0.01 and difference.max() < 0.2, (difference.mean(), difference.max())
     # Resized to 785×336 (⌈700 × 1.12⌉, 1.12 being 784.0000000000001 in floats, as HF computes it)
     # and centred: 111 black columns on the left, 112 on the right.
-    black = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)]).view(3, 1, 1)
+    black = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD, strict=True)]).view(3, 1, 1)
     assert torch.allclose(views[1, :, :, :111], black.expand(3, 336, 111), atol=1e-6)
     assert torch.allclose(views[3, :, :, -112:], black.expand(3, 336, 112), atol=1e-6)
     assert not torch.allclose(views[1, :, :, 111:112], black.expand(3, 336, 1), atol=1e-3)
 
 
 def hf_pack(views_per_image, sizes, newline):
-    fake = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(image_size=336, patch_size=14), image_grid_pinpoints=PINPOINTS))
-    features, lengths = LlavaNextModel.pack_image_features(fake, views_per_image, torch.tensor(sizes), "default", newline)
+    fake = SimpleNamespace(
+        config=SimpleNamespace(
+            vision_config=SimpleNamespace(image_size=336, patch_size=14), image_grid_pinpoints=PINPOINTS
+        )
+    )
+    features, lengths = LlavaNextModel.pack_image_features(
+        fake, views_per_image, torch.tensor(sizes), "default", newline
+    )
     return torch.cat(features), lengths.tolist()
 
 
@@ -112,8 +139,14 @@ def test_token_order_equals_pack_image_features():
 
 def test_pooling_non_grid_connectors_and_switches_give_the_counted_tokens():
     sizes = [(672, 672), (336, 1344), (500, 120)]
-    for lay, tokens, side in [(layout(pool=2), 576, 24), (layout(pool=5), 576, 24), (layout(overview=False), 576, 24),
-                              (layout(newline=False), 576, 24), (layout(), 32, None), (layout(newline=False, overview=False), 32, None)]:
+    for lay, tokens, side in [
+        (layout(pool=2), 576, 24),
+        (layout(pool=5), 576, 24),
+        (layout(overview=False), 576, 24),
+        (layout(newline=False), 576, 24),
+        (layout(), 32, None),
+        (layout(newline=False, overview=False), 32, None),
+    ]:
         views = torch.randn(sum(lay.num_views(h, w) for h, w in sizes), tokens, 4)
         out = arrange(views, sizes, lay, side, None if not lay.newline else torch.zeros(4))
         assert out.shape == (sum(lay.num_tokens(h, w, tokens, side) for h, w in sizes), 4)
@@ -143,18 +176,28 @@ def sample(turns: list[str], **images) -> dict:
 
 def test_image_size_reads_the_header_with_its_rotation():
     assert image_size(jpeg(200, 50)) == (50, 200)
-    assert image_size(jpeg(200, 50, orientation=6), exif="apply") == (200, 50)  # 90°: decoded upright as 50 wide, 200 high
+    assert image_size(jpeg(200, 50, orientation=6), exif="apply") == (
+        200,
+        50,
+    )  # 90°: decoded upright as 50 wide, 200 high
     assert image_size(jpeg(200, 50, orientation=6)) == (50, 200)  # LLaVA's way (data.image.exif=ignore): as stored
     layout = AnyRes(64, tuple(map(tuple, default_pinpoints(64))))
-    assert ImageTransform(64, CLIP_MEAN, CLIP_STD, "anyres", anyres=layout, exif="apply").views(jpeg(200, 50, orientation=6))[1] == (200, 50)
-    assert ImageTransform(64, CLIP_MEAN, CLIP_STD, "anyres", anyres=layout).views(jpeg(200, 50, orientation=6))[1] == (50, 200)
+    assert ImageTransform(64, CLIP_MEAN, CLIP_STD, "anyres", anyres=layout, exif="apply").views(
+        jpeg(200, 50, orientation=6)
+    )[1] == (200, 50)
+    assert ImageTransform(64, CLIP_MEAN, CLIP_STD, "anyres", anyres=layout).views(jpeg(200, 50, orientation=6))[1] == (
+        50,
+        200,
+    )
 
 
 @pytest.fixture(scope="module")
 def anyres_run(data_root):
     from tests.conftest import compose_config
 
-    cfg = compose_config(["vision=tiny", "vision.image_aspect=anyres", "data.max_length=1024", "data.image.exif=apply"], data_root)
+    cfg = compose_config(
+        ["vision=tiny", "vision.image_aspect=anyres", "data.max_length=1024", "data.image.exif=apply"], data_root
+    )
     return build_run(cfg)
 
 
@@ -162,17 +205,23 @@ def test_placeholders_planning_and_forward_agree_per_image(anyres_run):
     model, processor = anyres_run
     samples = [
         sample(["<image>\nWhat colour?"], jpg=jpeg(64, 64)),
-        sample(["<image> and <image>\nWhich is wider?", "And now?"], **{"0.jpg": jpeg(200, 50), "1.jpg": jpeg(40, 130, orientation=6)}),
+        sample(
+            ["<image> and <image>\nWhich is wider?", "And now?"],
+            **{"0.jpg": jpeg(200, 50), "1.jpg": jpeg(40, 130, orientation=6)},
+        ),
         sample(["No image here."]),
         sample(["<image>\nTall one."], png=jpeg(30, 180)),
     ]
     examples = [processor(s) for s in samples]
-    for s, x in zip(samples, examples):
+    for s, x in zip(samples, examples, strict=True):
         placeholders = sum(t == model.image_token_id for t in x.input_ids)
         expected = sum(model.image_tokens(h, w) for h, w in (x.image_sizes or []))
         assert placeholders == expected == processor.planned_image_tokens(s)
         assert x.num_images == (0 if x.pixels is None else len(x.image_sizes))
-    assert examples[1].image_sizes == [(50, 200), (40, 130)]  # the second is stored 130 high, 40 wide, turned by its EXIF (data.image.exif=apply)
+    assert examples[1].image_sizes == [
+        (50, 200),
+        (40, 130),
+    ]  # the second is stored 130 high, 40 wide, turned by its EXIF (data.image.exif=apply)
     assert examples[1].pixels.shape[0] == sum(model.anyres.num_views(h, w) for h, w in examples[1].image_sizes)
     batch = Collator(0)(examples)
     assert batch.images == 4 and batch.views == batch.pixel_values.shape[0] and batch.image_sizes.shape == (4, 2)
@@ -187,7 +236,10 @@ def test_placeholders_planning_and_forward_agree_per_image(anyres_run):
 
 def test_packed_batch_and_text_only_batch(anyres_run):
     model, processor = anyres_run
-    examples = [processor(sample(["<image>\nWhat?"], jpg=jpeg(120, 40))), processor(sample(["<image>\nWhat?"], jpg=jpeg(64, 64)))]
+    examples = [
+        processor(sample(["<image>\nWhat?"], jpg=jpeg(120, 40))),
+        processor(sample(["<image>\nWhat?"], jpg=jpeg(64, 64))),
+    ]
     padded, packed = Collator(0)(examples), Collator(0, packed=True)(examples)
     with torch.no_grad():
         rows = model.embed(padded.input_ids, padded.pixel_values, image_sizes=padded.image_sizes)
@@ -198,44 +250,85 @@ def test_packed_batch_and_text_only_batch(anyres_run):
     text = Collator(0)([processor(sample(["Just text."]))])
     model.zero_grad()
     model(**text.model_inputs(), always_encode=True).loss.backward()
-    assert model.connector.anyres_tokens.newline.grad is not None  # the dummy image reaches the newline too (same collectives)
+    assert (
+        model.connector.anyres_tokens.newline.grad is not None
+    )  # the dummy image reaches the newline too (same collectives)
 
 
 def test_describe_reports_visual_tokens_per_image_size():
-    from lmm.describe import describe
+    from lmm.analysis.describe import describe
     from tests.conftest import compose_config
 
     sizes = ["describe.image_sizes=[[672,672],[336,1344]]"]
     summary = describe(compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "llm=vicuna7b", *sizes]))
-    assert summary["visual_tokens_by_size"] == {"672x672": {"height": 672, "width": 672, "visual_tokens": 2928, "views": 5},
-                                                "1344x336": {"height": 336, "width": 1344, "visual_tokens": 1890, "views": 4}}
+    assert summary["visual_tokens_by_size"] == {
+        "672x672": {"height": 672, "width": 672, "visual_tokens": 2928, "views": 5},
+        "1344x336": {"height": 336, "width": 1344, "visual_tokens": 1890, "views": 4},
+    }
     pad = describe(compose_config(["vision=clip_l14_336", "llm=vicuna7b", *sizes]))
     assert {k: v["visual_tokens"] for k, v in pad["visual_tokens_by_size"].items()} == {"672x672": 576, "1344x336": 576}
     with pytest.raises(ValueError, match="tile_pool=2 pools a grid"):
-        describe(compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "vision.tile_pool=2", "connector=qformer", "llm=vicuna7b"]))
+        describe(
+            compose_config(
+                [
+                    "vision=clip_l14_336",
+                    "vision.image_aspect=anyres",
+                    "vision.tile_pool=2",
+                    "connector=qformer",
+                    "llm=vicuna7b",
+                ]
+            )
+        )
     with pytest.raises(ValueError, match="multiples of the tower's 336 px tile"):
-        describe(compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "vision.grid_pinpoints=[[336,600]]", "llm=vicuna7b"]))
+        describe(
+            compose_config(
+                [
+                    "vision=clip_l14_336",
+                    "vision.image_aspect=anyres",
+                    "vision.grid_pinpoints=[[336,600]]",
+                    "llm=vicuna7b",
+                ]
+            )
+        )
     with pytest.raises(ValueError, match="max_tiles=1 leaves none"):
-        describe(compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "vision.max_tiles=1", "llm=vicuna7b"]))
+        describe(
+            compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "vision.max_tiles=1", "llm=vicuna7b"])
+        )
 
 
 def connector_overrides(name: str) -> list[str]:
     from tests.model.test_connectors import TINY
 
-    small = TINY.get(name, {}) | ({"vocab_size": 1024} if "vocab_size" in TINY.get(name, {}) else {})  # the tokenizer's ids
+    small = TINY.get(name, {}) | (
+        {"vocab_size": 1024} if "vocab_size" in TINY.get(name, {}) else {}
+    )  # the tokenizer's ids
     return [f"connector={name}", *(f"connector.{k}={v}" for k, v in small.items())]
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "connector").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "connector").glob("*.yaml"))
+)
 def test_every_connector_works_per_tile(name, data_root):
     from tests.conftest import compose_config
 
-    cfg = compose_config(["vision=tiny", "vision.image_aspect=anyres", "data.max_length=2048", *connector_overrides(name)], data_root)
+    cfg = compose_config(
+        ["vision=tiny", "vision.image_aspect=anyres", "data.max_length=2048", *connector_overrides(name)], data_root
+    )
     torch.manual_seed(0)
     model, processor = build_run(cfg)
-    x = processor(sample(["Image 1: <image>\nImage 2: <image>\nWhich is wider?"], **{"0.jpg": jpeg(200, 50), "1.jpg": jpeg(64, 64)}))
-    assert sum(t == model.image_token_id for t in x.input_ids) == sum(model.image_tokens(h, w) for h, w in x.image_sizes)
-    assert model.image_tokens(50, 200) != model.image_tokens(64, 64)  # the sizes make different counts, for every connector
+    x = processor(
+        sample(
+            ["Image 1: <image>\nImage 2: <image>\nWhich is wider?"], **{"0.jpg": jpeg(200, 50), "1.jpg": jpeg(64, 64)}
+        )
+    )
+    assert sum(t == model.image_token_id for t in x.input_ids) == sum(
+        model.image_tokens(h, w) for h, w in x.image_sizes
+    )
+    assert model.image_tokens(50, 200) != model.image_tokens(
+        64, 64
+    )  # the sizes make different counts, for every connector
     loss = model(**Collator(0)([x]).model_inputs()).loss
     loss.backward()
-    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.connector.parameters())
+    assert torch.isfinite(loss) and any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in model.connector.parameters()
+    )

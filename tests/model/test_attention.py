@@ -39,8 +39,15 @@ def test_per_sample_attention_equals_the_block_diagonal_mask(rows, lengths):
 @pytest.fixture(scope="module")
 def llama_pair():
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=100, attn_implementation="sdpa")
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        attn_implementation="sdpa",
+    )
     reference = LlamaForCausalLM(config).eval()
     varlen = LlamaForCausalLM(config).eval()
     varlen.load_state_dict(reference.state_dict())
@@ -52,8 +59,9 @@ def test_padded_batches_and_generation_are_unchanged(llama_pair):
     reference, varlen = llama_pair
     ids = torch.randint(0, 100, (2, 6))
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])  # left padding
-    torch.testing.assert_close(varlen(input_ids=ids, attention_mask=mask).logits,
-                               reference(input_ids=ids, attention_mask=mask).logits)
+    torch.testing.assert_close(
+        varlen(input_ids=ids, attention_mask=mask).logits, reference(input_ids=ids, attention_mask=mask).logits
+    )
     generate = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert varlen.generate(ids, **generate).tolist() == reference.generate(ids, **generate).tolist()
 
@@ -70,8 +78,16 @@ def test_flash_attention_models_keep_their_own_varlen(llama_pair):
 def test_sliding_window_models_are_refused_with_the_alternatives():
     from transformers import MistralConfig, MistralForCausalLM
 
-    config = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           num_key_value_heads=1, vocab_size=50, sliding_window=16, attn_implementation="sdpa")
+    config = MistralConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=50,
+        sliding_window=16,
+        attn_implementation="sdpa",
+    )
     with pytest.raises(ValueError, match="sliding window of 16 tokens.*flash_attention_2 or data.packing=false"):
         use_packed_attention(MistralForCausalLM(config))
     config.sliding_window = None

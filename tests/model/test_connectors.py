@@ -6,7 +6,7 @@ import torch
 from hydra.utils import instantiate
 from transformers import BertConfig, BertModel
 
-from lmm.model.build import build_model
+from lmm.build.model import build_model
 from lmm.model.connectors import QFormerConnector
 from tests.conftest import CONF, compose_config
 
@@ -14,8 +14,14 @@ CONNECTORS = sorted(p.stem for p in (CONF / "connector").glob("*.yaml"))
 # Small sizes for the heavy families, so forward/backward is fast; everything else as configured.
 TINY = {
     "qformer": {"num_queries": 5, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64},
-    "qformer_instruct": {"num_queries": 5, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64,
-                         "vocab_size": 50},
+    "qformer_instruct": {
+        "num_queries": 5,
+        "hidden_size": 32,
+        "num_layers": 2,
+        "num_heads": 4,
+        "intermediate_size": 64,
+        "vocab_size": 50,
+    },
     "resampler": {"num_queries": 16, "head_dim": 8},
     "perceiver": {"num_latents": 6, "num_layers": 2, "num_heads": 2, "head_dim": 8},
     "c_abstractor": {"num_tokens": 9, "hidden_size": 16, "depth": 1},
@@ -35,7 +41,10 @@ def test_forward_backward_and_token_count(name):
     patches = torch.randn(3, 36, 24, requires_grad=True)  # a 6x6 grid
     extra = {}
     if connector.uses_instruction:
-        extra = {"instruction_ids": torch.randint(1, 50, (3, 7)), "instruction_mask": torch.ones(3, 7, dtype=torch.long)}
+        extra = {
+            "instruction_ids": torch.randint(1, 50, (3, 7)),
+            "instruction_mask": torch.ones(3, 7, dtype=torch.long),
+        }
     out = connector(patches, **extra)
     assert out.shape == (3, connector.num_tokens(36), 24)
     out.square().mean().backward()
@@ -43,8 +52,20 @@ def test_forward_backward_and_token_count(name):
     assert sum(p.numel() for p in connector.parameters()) == connector.formula_parameters()
 
 
-EXPECTED_TOKENS = {"identity": 576, "linear": 576, "mlp": 576, "qformer": 32, "qformer_instruct": 32, "resampler": 256,
-                   "perceiver": 64, "c_abstractor": 144, "ldp": 144, "pixel_shuffle": 144, "qformer_tiny": 32, "resampler_tiny": 16}
+EXPECTED_TOKENS = {
+    "identity": 576,
+    "linear": 576,
+    "mlp": 576,
+    "qformer": 32,
+    "qformer_instruct": 32,
+    "resampler": 256,
+    "perceiver": 64,
+    "c_abstractor": 144,
+    "ldp": 144,
+    "pixel_shuffle": 144,
+    "qformer_tiny": 32,
+    "resampler_tiny": 16,
+}
 
 
 @pytest.mark.parametrize("llm", ["vicuna7b", "vicuna13b"])
@@ -55,7 +76,9 @@ def test_real_size_counts_match_the_formula(name, llm):
         model = build_model(cfg, image_token_id=-1, load_weights=False)
     count = sum(p.numel() for p in model.connector.parameters())
     assert count == model.connector.formula_parameters()
-    assert model.num_image_tokens == EXPECTED_TOKENS.get(name, model.connector.num_tokens(model.vision.num_patches))  # a new one: pin it here
+    assert model.num_image_tokens == EXPECTED_TOKENS.get(
+        name, model.connector.num_tokens(model.vision.num_patches)
+    )  # a new one: pin it here
     if name == "mlp":
         assert count == {"vicuna7b": 20_979_712, "vicuna13b": 31_467_520}[llm]
 
@@ -92,14 +115,30 @@ def test_instruction_changes_instruct_qformer_output():
 
 
 def test_qformer_bert_initialisation(tmp_path):
-    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=30))
+    bert = BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=30)
+    )
     bert.save_pretrained(tmp_path / "bert")
-    connector = QFormerConnector(24, 24, num_queries=5, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                                 init_from_bert=str(tmp_path / "bert"))
+    connector = QFormerConnector(
+        24,
+        24,
+        num_queries=5,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        init_from_bert=str(tmp_path / "bert"),
+    )
     connector.load_pretrained()
     own, ref = connector.qformer.state_dict(), bert.state_dict()
-    assert torch.equal(own["encoder.layer.1.attention.attention.query.weight"], ref["encoder.layer.1.attention.self.query.weight"])
-    assert torch.equal(own["encoder.layer.0.intermediate_query.dense.weight"], ref["encoder.layer.0.intermediate.dense.weight"])
+    assert torch.equal(
+        own["encoder.layer.1.attention.attention.query.weight"], ref["encoder.layer.1.attention.self.query.weight"]
+    )
+    assert torch.equal(
+        own["encoder.layer.0.intermediate_query.dense.weight"], ref["encoder.layer.0.intermediate.dense.weight"]
+    )
     assert torch.equal(own["encoder.layer.0.output_query.dense.weight"], ref["encoder.layer.0.output.dense.weight"])
-    assert torch.equal(own["encoder.layer.0.attention.output.dense.weight"], ref["encoder.layer.0.attention.output.dense.weight"])
+    assert torch.equal(
+        own["encoder.layer.0.attention.output.dense.weight"], ref["encoder.layer.0.attention.output.dense.weight"]
+    )
     assert torch.equal(own["layernorm.weight"], ref["embeddings.LayerNorm.weight"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lmm.model.build import build_model
+from lmm.build.model import build_model
 from tests.conftest import compose_config
 
 IMAGE_ID = 4
@@ -59,5 +59,12 @@ def test_batched_generation_matches_one_by_one(model):
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     batched = model.generate(ids, mask, pixels, max_new_tokens=6, eos_token_ids=[2], pad_token_id=0)
     for row, prompt in enumerate(prompts):
-        single = model.generate(torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long), pixels[row : row + 1], max_new_tokens=6, eos_token_ids=[2], pad_token_id=0)
+        single = model.generate(
+            torch.tensor([prompt]),
+            torch.ones(1, len(prompt), dtype=torch.long),
+            pixels[row : row + 1],
+            max_new_tokens=6,
+            eos_token_ids=[2],
+            pad_token_id=0,
+        )
         assert batched[row, : single.shape[1]].tolist() == single[0].tolist()

@@ -6,11 +6,11 @@ import copy
 import pytest
 import torch
 
+from lmm.build.model import build_model
+from lmm.build.stage import Stage
 from lmm.data.collate import Collator
 from lmm.data.sample import Example
-from lmm.model.build import build_model
 from lmm.model.loss import IGNORE_INDEX, LinearCrossEntropy, causal_lm_loss, output_head
-from lmm.train.stage import Stage
 from tests.conftest import compose_config
 
 IMAGE_ID = 4
@@ -156,4 +156,6 @@ def test_fake_tensors_project_every_position_with_the_same_loss():
     head = torch.nn.Linear(8, 40)
     hidden, labels = torch.randn(2, 6, 8), torch.randint(0, 40, (2, 6))
     labels[0, :3] = IGNORE_INDEX
-    torch.testing.assert_close(causal_lm_loss(hidden, labels, head, all_positions=True), causal_lm_loss(hidden, labels, head))
+    torch.testing.assert_close(
+        causal_lm_loss(hidden, labels, head, all_positions=True), causal_lm_loss(hidden, labels, head)
+    )

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import lmm.model.connectors
-from lmm.model.build import build_model
+from lmm.build.model import build_model
 from tests.conftest import compose_config
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "adding_a_connector.md"

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from lmm.build.model import build_tower
 from tests.conftest import CONF, compose_config
-from lmm.model.build import build_tower
 
 TINY = sorted(p.stem for p in (CONF / "vision").glob("tiny*.yaml"))
 
@@ -38,7 +38,9 @@ def test_clip_tower_drops_cls_and_selects_layer():
     torch.testing.assert_close(vision(pixels), hidden[-2][:, 1:])
     cls_last = tower("tiny", "select_feature=cls_patch", "select_layer=-1")
     assert cls_last.num_patches == 65
-    torch.testing.assert_close(cls_last(pixels), cls_last.model(pixel_values=pixels, output_hidden_states=True).hidden_states[-1])
+    torch.testing.assert_close(
+        cls_last(pixels), cls_last.model(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]
+    )
 
 
 def test_timm_select_layer_matches_block_output():
@@ -62,10 +64,13 @@ def test_fused_tower_concatenates_normalised_towers():
     fused = tower("tiny_dinosiglip")
     pixels = torch.rand(2, 3, 64, 64)  # [0, 1]: the fused tower normalises per sub-tower
     dino, siglip = fused.towers
-    expected = torch.cat([
-        dino((pixels - torch.tensor(dino.mean).view(1, 3, 1, 1)) / torch.tensor(dino.std).view(1, 3, 1, 1)),
-        siglip((pixels - 0.5) / 0.5),
-    ], dim=-1)
+    expected = torch.cat(
+        [
+            dino((pixels - torch.tensor(dino.mean).view(1, 3, 1, 1)) / torch.tensor(dino.std).view(1, 3, 1, 1)),
+            siglip((pixels - 0.5) / 0.5),
+        ],
+        dim=-1,
+    )
     torch.testing.assert_close(fused(pixels), expected)
     assert fused.mean == (0.0, 0.0, 0.0) and fused.pad_colour == dino.mean
 

@@ -14,6 +14,7 @@ stopped with and how long after the trigger it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -26,14 +27,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies import DDPStrategy
 from safetensors.torch import load_file
 
-from lmm.checkpoint import AtomicCheckpoint
+from lmm.build.factory import build_run
+from lmm.build.stage import Optim, stage_of
+from lmm.core.ranks import AgreedStop
 from lmm.data.collate import Collator
 from lmm.data.sample import Skip
-from lmm.train.agree import AgreedStop
+from lmm.train.checkpoint import AtomicCheckpoint
 from lmm.train.module import LMMModule
 from lmm.train.strategy import FSDP2Strategy
-from lmm.factory import build_run
-from lmm.train.stage import Optim, stage_of
 from tests.conftest import MULTI_IMAGE_DATA, compose_config
 
 STEPS, STOP_AT = 6, 3
@@ -43,18 +44,37 @@ SCENARIOS = {  # name -> (strategy, config overrides)
     "fsdp_lora": ("fsdp", ["stage=lora", "stage.lora.r=4", "stage.lora.alpha=8", "stage.lora.dropout=0.0"]),
     "ddp_lora": ("ddp", ["stage=lora", "stage.lora.r=4", "stage.lora.alpha=8", "stage.lora.dropout=0.0"]),
     "fsdp_pretrain_vision_block": ("fsdp", ["stage=pretrain", "stage.vision_last_blocks=1"]),
-    "fsdp_multi_image": ("fsdp", ["stage=finetune", *MULTI_IMAGE_DATA]),  # micro-batches of 0, 1 and 2-3 images per sample
+    "fsdp_multi_image": (
+        "fsdp",
+        ["stage=finetune", *MULTI_IMAGE_DATA],
+    ),  # micro-batches of 0, 1 and 2-3 images per sample
     # AnyRes on images of differing sizes: micro-batches of unequal views and visual tokens on the two ranks.
     "fsdp_anyres": ("fsdp", ["stage=finetune", "vision.image_aspect=anyres", *MULTI_IMAGE_DATA]),
 }
-if os.environ.get("LMM_SCENARIOS"):  # run some by hand: LMM_SCENARIOS=fsdp_anyres python -m tests.train.distributed_worker ...
+if os.environ.get(
+    "LMM_SCENARIOS"
+):  # run some by hand: LMM_SCENARIOS=fsdp_anyres python -m tests.train.distributed_worker ...
     SCENARIOS = {name: SCENARIOS[name] for name in os.environ["LMM_SCENARIOS"].split(",")}
-STOPS = ("skip_rate", "placeholders", "non_finite", "all_skipped")  # all_skipped must not stop: rank 1 trains on nothing
+STOPS = (
+    "skip_rate",
+    "placeholders",
+    "non_finite",
+    "all_skipped",
+)  # all_skipped must not stop: rank 1 trains on nothing
 
 
 def config(data_root: Path, overrides: list[str]):
-    return compose_config(["data=llava_mix665k", "data.batch_size=2", "data.length_group_size=1", "data.num_workers=0",
-                           "data.sources.sharegpt.weight=3", *overrides], data_root)
+    return compose_config(
+        [
+            "data=llava_mix665k",
+            "data.batch_size=2",
+            "data.length_group_size=1",
+            "data.num_workers=0",
+            "data.sources.sharegpt.weight=3",
+            *overrides,
+        ],
+        data_root,
+    )
 
 
 class InjectOnRankOne(L.Callback):
@@ -66,7 +86,9 @@ class InjectOnRankOne(L.Callback):
             return
         module.triggered_at = time.time()
         if module.stop == "skip_rate":  # rank 1 alone saw a corrupt sample
-            changed = batch.replace(seen=batch.seen + 1, skipped={"image": 1}, skip_details=["bad.jpg: image: truncated"])
+            changed = batch.replace(
+                seen=batch.seen + 1, skipped={"image": 1}, skip_details=["bad.jpg: image: truncated"]
+            )
         elif module.stop == "all_skipped":  # every sample of rank 1's share was unusable
             changed = Collator(0)([Skip(f"bad{i}", "image: truncated") for i in range(batch.seen)])
         elif module.stop == "placeholders":
@@ -109,7 +131,9 @@ class RecordingModule(LMMModule):
         return out
 
 
-def module(data_root: Path, overrides: list[str], init: Path, stop: str | None = None, **options) -> tuple[RecordingModule, object]:
+def module(
+    data_root: Path, overrides: list[str], init: Path, stop: str | None = None, **options
+) -> tuple[RecordingModule, object]:
     cfg = config(data_root, overrides)
     model, processor = build_run(cfg)
     model.load_state_dict(load_file(str(init)))
@@ -126,10 +150,21 @@ def strategy(kind: str):
 
 
 def trainer(kind, devices: int = 2, accumulate: int = 1, callbacks=(), max_steps: int = STEPS) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=devices, strategy=strategy(kind) if devices > 1 else "auto", max_steps=max_steps,
-                     accumulate_grad_batches=accumulate, gradient_clip_val=1.0, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, use_distributed_sampler=False, callbacks=list(callbacks),
-                     enable_checkpointing=bool(callbacks), limit_val_batches=0)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy(kind) if devices > 1 else "auto",
+        max_steps=max_steps,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=list(callbacks),
+        enable_checkpointing=bool(callbacks),
+        limit_val_batches=0,
+    )
 
 
 class StopAt(L.Callback):
@@ -143,7 +178,7 @@ def reference(workdir: Path, name: str) -> tuple[list[float], list[bool]]:
     data_root = Path((workdir / "data_root").read_text())
     lit, data = module(data_root, SCENARIOS[name][1], workdir / f"init_{name}.safetensors")
     trainer("auto", devices=1, accumulate=2).fit(lit, datamodule=data)
-    pairs = list(zip(lit.losses[::2], lit.losses[1::2]))
+    pairs = list(zip(lit.losses[::2], lit.losses[1::2], strict=True))
     return [(a + b) / 2 for a, b in pairs], lit.images[::2]
 
 
@@ -152,13 +187,21 @@ def train(workdir: Path) -> None:
     rank = int(os.environ.get("LOCAL_RANK", "0"))
     for name, (kind, overrides) in SCENARIOS.items():
         init = workdir / f"init_{name}.safetensors"
-        checkpoints = lambda: AtomicCheckpoint(dirpath=workdir / name, save_last=True, every_n_train_steps=STOP_AT, save_top_k=0)  # noqa: E731
+        checkpoints = functools.partial(
+            AtomicCheckpoint, dirpath=workdir / name, save_last=True, every_n_train_steps=STOP_AT, save_top_k=0
+        )
         first, data = module(data_root, overrides, init)
         trainer(kind, callbacks=[checkpoints(), StopAt()]).fit(first, datamodule=data)
         second, data = module(data_root, overrides, init)
-        trainer(kind, callbacks=[checkpoints()]).fit(second, datamodule=data, ckpt_path=str(workdir / name / "last.ckpt"))
-        record = {"losses": first.losses + second.losses, "images": first.images + second.images,
-                  "image_counts": first.image_counts + second.image_counts, "view_counts": first.view_counts + second.view_counts}
+        trainer(kind, callbacks=[checkpoints()]).fit(
+            second, datamodule=data, ckpt_path=str(workdir / name / "last.ckpt")
+        )
+        record = {
+            "losses": first.losses + second.losses,
+            "images": first.images + second.images,
+            "image_counts": first.image_counts + second.image_counts,
+            "view_counts": first.view_counts + second.view_counts,
+        }
         (workdir / f"{name}_rank{rank}.json").write_text(json.dumps(record))
 
 
@@ -166,15 +209,24 @@ def stops(workdir: Path) -> None:
     data_root = Path((workdir / "data_root").read_text())
     rank = int(os.environ.get("LOCAL_RANK", "0"))
     for stop in STOPS:
-        lit, data = module(data_root, ["stage=finetune"], workdir / "init_fsdp_finetune.safetensors", stop=stop,
-                           max_skip_rate=1.0 if stop == "all_skipped" else 0.0, skip_check_after=1)
+        lit, data = module(
+            data_root,
+            ["stage=finetune"],
+            workdir / "init_fsdp_finetune.safetensors",
+            stop=stop,
+            max_skip_rate=1.0 if stop == "all_skipped" else 0.0,
+            skip_check_after=1,
+        )
         message = None
         try:
             trainer("fsdp").fit(lit, datamodule=data)
         except AgreedStop as e:
             message = str(e)
-        (workdir / f"stop_{stop}_rank{rank}.json").write_text(json.dumps({"message": message, "time": time.time(),
-                                                                           "triggered_at": lit.triggered_at, "losses": lit.losses}))
+        (workdir / f"stop_{stop}_rank{rank}.json").write_text(
+            json.dumps(
+                {"message": message, "time": time.time(), "triggered_at": lit.triggered_at, "losses": lit.losses}
+            )
+        )
         torch.distributed.barrier()
 
 

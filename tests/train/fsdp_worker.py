@@ -11,6 +11,7 @@ checkpoint to step 6, and writes each rank's per-step losses and the gathered fi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -21,10 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, IterableDataset
 
-from lmm.checkpoint import AtomicCheckpoint
-from lmm.model.build import build_model
+from lmm.build.model import build_model
+from lmm.build.stage import Stage
+from lmm.train.checkpoint import AtomicCheckpoint
 from lmm.train.module import LMMModule
-from lmm.train.stage import Stage
 from lmm.train.strategy import FSDP2Strategy
 from tests.conftest import compose_config
 
@@ -56,17 +57,30 @@ class StepBatches(IterableDataset):
 
 
 def module(workdir: Path, loss: str = "fused") -> RecordingModule:
-    model = build_model(compose_config(["vision=tiny", "llm=tiny", f"model.loss={loss}"]),
-                        image_token_id=int(os.environ.get("LMM_TEST_IMAGE_TOKEN", "4")))
+    model = build_model(
+        compose_config(["vision=tiny", "llm=tiny", f"model.loss={loss}"]),
+        image_token_id=int(os.environ.get("LMM_TEST_IMAGE_TOKEN", "4")),
+    )
     model.load_state_dict(load_file(str(workdir / "init.safetensors")))
-    return RecordingModule(model, Stage(train={"connector": True, "llm": True}, optim={"lr": 1e-3, "warmup_ratio": 0.2}))
+    return RecordingModule(
+        model, Stage(train={"connector": True, "llm": True}, optim={"lr": 1e-3, "warmup_ratio": 0.2})
+    )
 
 
 def trainer(strategy, callbacks=(), accumulate: int = 1, devices: int = 1) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, max_steps=STEPS, accumulate_grad_batches=accumulate,
-        gradient_clip_val=1.0, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False, callbacks=list(callbacks), enable_checkpointing=bool(callbacks),
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_steps=STEPS,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=list(callbacks),
+        enable_checkpointing=bool(callbacks),
     )
 
 
@@ -77,18 +91,18 @@ def single_process(workdir: Path) -> list[float]:
     lit = module(workdir, loss="plain")
     trainer("auto", accumulate=2).fit(lit, DataLoader(StepBatches(batches, 0, [0, 1]), batch_size=None))
     losses = [loss for _, loss in lit.losses]
-    return [(a + b) / 2 for a, b in zip(losses[::2], losses[1::2])]
+    return [(a + b) / 2 for a, b in zip(losses[::2], losses[1::2], strict=True)]
 
 
 class StateBytes(L.Callback):
     """This rank's parameter, gradient and AdamW-state bytes just before each optimizer step
-    (the last one is kept): what lmm.simulate predicts for the same config."""
+    (the last one is kept): what lmm.analysis.simulate predicts for the same config."""
 
     def __init__(self):
         self.bytes: dict[str, int] = {}
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        from lmm.simulate.fake_step import state_bytes
+        from lmm.analysis.simulate.fake_step import state_bytes
 
         self.bytes = state_bytes(pl_module.model, optimizer)
 
@@ -103,14 +117,21 @@ def fsdp(workdir: Path) -> None:
     batches = torch.load(workdir / "batches.pt", weights_only=False)
     rank = int(os.environ.get("LOCAL_RANK", "0"))
     strategy = lambda: FSDP2Strategy(param_dtype="float32", reduce_dtype="float32")  # noqa: E731
-    checkpoints = lambda: AtomicCheckpoint(dirpath=workdir / "checkpoints", save_last=True, every_n_train_steps=STOP_AT, save_top_k=0)  # noqa: E731
+    checkpoints = functools.partial(
+        AtomicCheckpoint, dirpath=workdir / "checkpoints", save_last=True, every_n_train_steps=STOP_AT, save_top_k=0
+    )
     first = module(workdir)
-    trainer(strategy(), [checkpoints(), StopAt()], devices=2).fit(first, DataLoader(StepBatches(batches, 0, [rank]), batch_size=None))
+    trainer(strategy(), [checkpoints(), StopAt()], devices=2).fit(
+        first, DataLoader(StepBatches(batches, 0, [rank]), batch_size=None)
+    )
     second = module(workdir)
     measured = StateBytes()
     resumed = trainer(strategy(), [checkpoints(), measured], devices=2)
-    resumed.fit(second, DataLoader(StepBatches(batches, STOP_AT, [rank]), batch_size=None),
-                ckpt_path=str(workdir / "checkpoints" / "last.ckpt"))
+    resumed.fit(
+        second,
+        DataLoader(StepBatches(batches, STOP_AT, [rank]), batch_size=None),
+        ckpt_path=str(workdir / "checkpoints" / "last.ckpt"),
+    )
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(second.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lmm.factory import build_run
+from lmm.build.factory import build_run
 from tests.train import distributed_worker as worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,8 +31,14 @@ def workdir(multi_image_root, tmp_path_factory):
 
 def launch(workdir: Path, mode: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "tests.train.distributed_worker", str(workdir), mode], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.train.distributed_worker", str(workdir), mode],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
@@ -43,13 +49,16 @@ def test_every_stage_under_fsdp_and_ddp_equals_one_process(workdir):
         ranks = [json.loads((workdir / f"{name}_rank{r}.json").read_text()) for r in (0, 1)]
         assert ranks[0]["images"] == ranks[1]["images"], name  # both ranks: an image step or a text-only step, together
         assert not all(ranks[0]["images"]), f"{name}: no text-only step; the test would not provoke divergence"
-        if name in ("fsdp_multi_image", "fsdp_anyres"):  # some micro-batch holds more images than samples: a multi-image sample
+        if name in (
+            "fsdp_multi_image",
+            "fsdp_anyres",
+        ):  # some micro-batch holds more images than samples: a multi-image sample
             counts = ranks[0]["image_counts"] + ranks[1]["image_counts"]
             assert any(images > rows for images, rows in counts), counts
         if name == "fsdp_anyres":  # several views per image, and steps where the ranks' tower inputs differ
-            views = list(zip(ranks[0]["view_counts"], ranks[1]["view_counts"]))
+            views = list(zip(ranks[0]["view_counts"], ranks[1]["view_counts"], strict=True))
             assert any(a != b for a, b in views) and sum(map(sum, views)) > sum(i for i, _ in counts), views
-        sharded = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"])]
+        sharded = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"], strict=True)]
         expected, images = worker.reference(workdir, name)
         assert images == ranks[0]["images"]
         assert len(sharded) == len(expected) == worker.STEPS
@@ -67,7 +76,9 @@ def checkpoint_bytes(path: Path) -> int:
 
 
 def trainable_parameters(workdir: Path, name: str) -> int:
-    lit, _ = worker.module(Path((workdir / "data_root").read_text()), worker.SCENARIOS[name][1], workdir / f"init_{name}.safetensors")
+    lit, _ = worker.module(
+        Path((workdir / "data_root").read_text()), worker.SCENARIOS[name][1], workdir / f"init_{name}.safetensors"
+    )
     return sum(p.numel() for p in lit.parameters() if p.requires_grad)
 
 
@@ -75,7 +86,11 @@ def trainable_parameters(workdir: Path, name: str) -> int:
 def test_a_stop_on_one_rank_stops_both_with_one_message(workdir):
     done = launch(workdir, "stops")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    expected = {"skip_rate": "samples skipped on 2 rank(s)", "placeholders": "rank 1: ", "non_finite": "non-finite loss on rank(s) [1]"}
+    expected = {
+        "skip_rate": "samples skipped on 2 rank(s)",
+        "placeholders": "rank 1: ",
+        "non_finite": "non-finite loss on rank(s) [1]",
+    }
     for stop, words in expected.items():
         ranks = [json.loads((workdir / f"stop_{stop}_rank{r}.json").read_text()) for r in (0, 1)]
         assert ranks[0]["message"] and ranks[0]["message"] == ranks[1]["message"], stop

@@ -10,9 +10,21 @@ import pytest
 from lmm.train.train import train
 from tests.conftest import compose_config
 
-TINY = ["vision=tiny", "llm=tiny", "trainer=cpu", "strategy=auto", "data.batch_size=2", "stage.global_batch_size=4",
-        "activation_checkpointing=false", "tf32=false", "trainer.enable_progress_bar=false", "data.num_workers=0",
-        "eval_after_train=false", "data.max_length=512", "checkpoint_every=50"]
+TINY = [
+    "vision=tiny",
+    "llm=tiny",
+    "trainer=cpu",
+    "strategy=auto",
+    "data.batch_size=2",
+    "stage.global_batch_size=4",
+    "activation_checkpointing=false",
+    "tf32=false",
+    "trainer.enable_progress_bar=false",
+    "data.num_workers=0",
+    "eval_after_train=false",
+    "data.max_length=512",
+    "checkpoint_every=50",
+]
 
 
 def samples(root, folder: str) -> int:
@@ -30,7 +42,9 @@ def run(root, tmp_path, experiment: str, *extra: str) -> dict:
 def test_two_stage_recipe_trains_one_epoch(pretrain558k_root, tmp_path, size):
     pretrain = run(pretrain558k_root, tmp_path, f"llava15_{size}_pretrain")
     assert pretrain["cost"]["steps"] == math.ceil(samples(pretrain558k_root, "llava_pretrain") / 4)
-    finetune = run(pretrain558k_root, tmp_path, f"llava15_{size}", f"stage.init_from={tmp_path / f'llava15_{size}_pretrain'}")
+    finetune = run(
+        pretrain558k_root, tmp_path, f"llava15_{size}", f"stage.init_from={tmp_path / f'llava15_{size}_pretrain'}"
+    )
     assert finetune["cost"]["steps"] == math.ceil(samples(pretrain558k_root, "llava_mix665k") / 4)
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 
+from lmm.build.model import build_model
+from lmm.build.stage import Stage, stage_of
 from lmm.data.collate import Batch
-from lmm.model.build import build_model
 from lmm.train.module import LMMModule, warmup_cosine
-from lmm.train.stage import Stage, stage_of
 from tests.conftest import compose_config
 
 
@@ -76,8 +76,11 @@ def test_lora_adapters_merge_into_plain_weights(data_root):
 
     cfg = compose_config([], data_root)
     model = build_model(cfg, image_token_id=4)
-    lora = Stage(train={"connector": True}, optim={"lr": 2e-4, "component_lr": {"connector": 2e-5}},
-                 lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
+    lora = Stage(
+        train={"connector": True},
+        optim={"lr": 2e-4, "component_lr": {"connector": 2e-5}},
+        lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+    )
     module = LMMModule(model, lora)
     adapters = [n for n, p in model.llm.named_parameters() if p.requires_grad]
     assert adapters and all("lora_" in n for n in adapters)  # the base LLM stays frozen
@@ -130,6 +133,8 @@ def test_every_collective_gets_tensors_on_the_module_device(model):
         module.throughput.on_train_batch_start(trainer, module, batch, 0)
         module._agree_on_loss(loss)
         module.throughput.cost_summary(trainer, module)
-    assert len(FakeTrainer.strategy.devices) == 4  # batch facts, the step's work (world totals), loss finiteness, model-load memory
+    assert (
+        len(FakeTrainer.strategy.devices) == 4
+    )  # batch facts, the step's work (world totals), loss finiteness, model-load memory
     assert set(FakeTrainer.strategy.devices) == {module.device}
     assert (module.skips.seen_total, module.skips.skipped_total) == (2, 1)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lmm.train.plan import accumulation, batch_plan, world_size
+from lmm.run.plan import accumulation, batch_plan, world_size
 from lmm.train.train import preflight
 from tests.conftest import compose_config
 
@@ -48,8 +48,15 @@ def test_indivisible_global_batch_fails_in_preflight(data_root):
 def test_slurm_tasks_must_match_the_devices(monkeypatch):
     from lmm.train.slurm import check_slurm_tasks
 
-    for key, value in {"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "n1", "SLURM_PROCID": "0",
-                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS_PER_NODE": "4"}.items():
+    for key, value in {
+        "SLURM_NTASKS": "4",
+        "SLURM_JOB_NAME": "train",
+        "SLURM_NODELIST": "n1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NTASKS_PER_NODE": "4",
+    }.items():
         monkeypatch.setenv(key, value)
     check_slurm_tasks(compose_config(["trainer.devices=4"]).trainer)
     with pytest.raises(ValueError, match="SLURM started 4 task.* trainer.devices × trainer.num_nodes = 2"):
@@ -66,8 +73,13 @@ def test_a_benchmark_on_the_mixture_about_to_be_generated_passes_preflight(tmp_p
         preflight(elsewhere)
 
 
-@pytest.mark.parametrize("override, words", [("trainer.devices=0", "trainer.devices=0: give a number of devices >= 1"),
-                                             ("trainer.num_nodes=0", "trainer.num_nodes=0: must be a whole number >= 1")])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("trainer.devices=0", "trainer.devices=0: give a number of devices >= 1"),
+        ("trainer.num_nodes=0", "trainer.num_nodes=0: must be a whole number >= 1"),
+    ],
+)
 def test_a_world_of_no_devices_is_refused_in_one_line(override, words):
     with pytest.raises(ValueError, match=words):
         world_size(compose_config([override]).trainer)

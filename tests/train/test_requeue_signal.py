@@ -9,11 +9,11 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from lmm.checkpoint import AtomicCheckpoint, is_complete
+from lmm.build.factory import build_run
+from lmm.build.stage import Stage
+from lmm.train.checkpoint import AtomicCheckpoint, is_complete
 from lmm.train.module import LMMModule
-from lmm.train.stage import Stage
 from lmm.train.slurm import CheckpointBeforeRequeue
-from lmm.factory import build_run
 from tests.conftest import compose_config
 
 
@@ -43,12 +43,28 @@ def test_checkpoint_then_requeue(data_root, tmp_path):
     previous = signal.signal(signal.SIGUSR2, submitit_handler)
     try:
         last = tmp_path / "checkpoints" / "last.ckpt"
-        trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            callbacks=[AtomicCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, every_n_train_steps=100,
-                                                        save_top_k=0), CheckpointBeforeRequeue(last), SignalAt()])
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=10,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[
+                AtomicCheckpoint(
+                    dirpath=tmp_path / "checkpoints", save_last=True, every_n_train_steps=100, save_top_k=0
+                ),
+                CheckpointBeforeRequeue(last),
+                SignalAt(),
+            ],
+        )
         with pytest.raises(Requeued):
-            trainer.fit(LMMModule(model, Stage(train={"connector": True, "llm": True}, optim={"lr": 1e-3})), DataLoader(batches, batch_size=None))
+            trainer.fit(
+                LMMModule(model, Stage(train={"connector": True, "llm": True}, optim={"lr": 1e-3})),
+                DataLoader(batches, batch_size=None),
+            )
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert calls == [signal.SIGUSR2]
-    assert is_complete(last) and torch.load(last, weights_only=False)["global_step"] == 4  # the step in flight finished first
+    assert (
+        is_complete(last) and torch.load(last, weights_only=False)["global_step"] == 4
+    )  # the step in flight finished first

@@ -15,17 +15,26 @@ import torch
 from safetensors.torch import load_file
 
 import lmm
-from lmm.checkpoint import is_complete
-from lmm.export import export
+from lmm.interop.export import export
+from lmm.train.checkpoint import is_complete
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def command(data_root: Path, runs: Path, name: str) -> list[str]:
-    return [sys.executable, "run.py", f"name={name}", f"paths.data={data_root}", f"paths.runs={runs}",
-            "trainer.max_steps=40", "checkpoint_every=5", "trainer.val_check_interval=20", "eval.benchmarks.synthetic.limit=24",
-            "trainer.enable_progress_bar=false"]
+    return [
+        sys.executable,
+        "run.py",
+        f"name={name}",
+        f"paths.data={data_root}",
+        f"paths.runs={runs}",
+        "trainer.max_steps=40",
+        "checkpoint_every=5",
+        "trainer.val_check_interval=20",
+        "eval.benchmarks.synthetic.limit=24",
+        "trainer.enable_progress_bar=false",
+    ]
 
 
 def run_dir(runs: Path, name: str) -> Path:
@@ -36,10 +45,14 @@ def run_dir(runs: Path, name: str) -> Path:
 @pytest.mark.slow
 def test_sigkill_and_rerun_equals_uninterrupted(data_root, tmp_path):
     runs = tmp_path / "runs"
-    straight = subprocess.run(command(data_root, runs, "straight"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    straight = subprocess.run(
+        command(data_root, runs, "straight"), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    killed = subprocess.Popen(command(data_root, runs, "killed"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(
+        command(data_root, runs, "killed"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not list((runs / "killed").glob("*/checkpoints/last.ckpt")):
         time.sleep(0.05)
@@ -78,10 +91,10 @@ def test_resume_restores_every_random_state(data_root, tmp_path):
     import lightning as L
     from hydra.utils import instantiate
 
-    from lmm.checkpoint import AtomicCheckpoint
+    from lmm.build.factory import build_for_stage
+    from lmm.build.stage import Optim, stage_of
+    from lmm.train.checkpoint import AtomicCheckpoint
     from lmm.train.module import LMMModule
-    from lmm.factory import build_for_stage
-    from lmm.train.stage import Optim, stage_of
 
     cfg = compose_config(["stage=lora", "stage.lora.r=4", "stage.lora.alpha=8", "stage.lora.dropout=0.3"], data_root)
 
@@ -100,10 +113,21 @@ def test_resume_restores_every_random_state(data_root, tmp_path):
         module = LMMModule(model, dataclasses.replace(stage_of(cfg), optim=Optim(lr=1e-3)))
         data = instantiate(cfg.data, seed=0, num_workers=0, batch_size=4)
         data.attach(processor, processor.tokenizer.pad_token_id)
-        callbacks = [record] + ([AtomicCheckpoint(dirpath=checkpoint_dir, save_last=True, every_n_train_steps=3, save_top_k=0)]
-                                if checkpoint_dir else [])
-        trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            limit_val_batches=0, callbacks=callbacks, enable_checkpointing=bool(checkpoint_dir))
+        callbacks = [record] + (
+            [AtomicCheckpoint(dirpath=checkpoint_dir, save_last=True, every_n_train_steps=3, save_top_k=0)]
+            if checkpoint_dir
+            else []
+        )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=6,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            callbacks=callbacks,
+            enable_checkpointing=bool(checkpoint_dir),
+        )
         trainer.fit(module, datamodule=data, ckpt_path=resume)
 
     straight, first, second = Record(), Record(stop_at=3), Record()
@@ -125,12 +149,21 @@ def test_a_damaged_last_checkpoint_is_never_silently_ignored(make_config, tmp_pa
     and never a last-v1.ckpt beside it."""
     import shutil
 
-    from lmm.checkpoint import resume_point
-    from lmm.rundir import set_status
+    from lmm.run.directory import set_status
+    from lmm.train.checkpoint import resume_point
     from lmm.train.train import train
 
-    quick = ["vision=tiny", "llm=tiny", "trainer.max_steps=4", "checkpoint_every=2", "eval_after_train=false", "data.batch_size=4",
-             "trainer.limit_val_batches=0", "data.num_workers=0", "trainer.enable_progress_bar=false"]
+    quick = [
+        "vision=tiny",
+        "llm=tiny",
+        "trainer.max_steps=4",
+        "checkpoint_every=2",
+        "eval_after_train=false",
+        "data.batch_size=4",
+        "trainer.limit_val_batches=0",
+        "data.num_workers=0",
+        "trainer.enable_progress_bar=false",
+    ]
     run = tmp_path / "run"
     train(make_config(*quick, run_dir=run))
     checkpoints = run / "checkpoints"
@@ -142,7 +175,9 @@ def test_a_damaged_last_checkpoint_is_never_silently_ignored(make_config, tmp_pa
     capsys.readouterr()
     train(make_config(*quick, run_dir=run))
     out = capsys.readouterr().out
-    assert "cannot be resumed from (missing, incomplete, or not a checkpoint); resuming from the previous complete" in out
+    assert (
+        "cannot be resumed from (missing, incomplete, or not a checkpoint); resuming from the previous complete" in out
+    )
     assert "trained 4 steps" in out and not any(p.name.startswith("last-v") for p in checkpoints.iterdir())
     (checkpoints / "last.ckpt.old").unlink()
 
@@ -152,13 +187,18 @@ def test_a_damaged_last_checkpoint_is_never_silently_ignored(make_config, tmp_pa
             good.write_bytes(good.read_bytes()[:200])
         else:
             torch.save({"state_dict": {}, "hidden": Payload()}, good)
-        with pytest.raises(ValueError, match=r"last.ckpt cannot be resumed from .* no earlier checkpoint is complete; run the same "
-                                             r"command with force=true"):
+        with pytest.raises(
+            ValueError,
+            match=r"last.ckpt cannot be resumed from .* no earlier checkpoint is complete; run the same "
+            r"command with force=true",
+        ):
             resume_point(checkpoints)
         with pytest.raises(ValueError, match="force=true to start this run over"):
             train(make_config(*quick, run_dir=run))
     train(make_config(*quick, "force=true", run_dir=run))
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"] and "trained 4 steps" in capsys.readouterr().out
+    assert (
+        sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"] and "trained 4 steps" in capsys.readouterr().out
+    )
 
 
 @pytest.mark.slow
@@ -166,11 +206,20 @@ def test_a_run_resumes_with_another_layout_of_the_same_global_batch(make_config,
     """Devices, per-device batch and accumulation are how the global batch is laid out, not the
     run's identity: another layout of the same global batch resumes (said in one line), another
     global batch is refused with the reason; sample totals stay those of the whole run."""
-    from lmm.rundir import RunMismatch, set_status
+    from lmm.run.directory import RunMismatch, set_status
     from lmm.train.train import train
 
-    common = ["vision=tiny", "llm=tiny", "trainer.max_steps=4", "checkpoint_every=2", "eval_after_train=false",
-              "trainer.limit_val_batches=0", "data.num_workers=0", "trainer.enable_progress_bar=false", "stage.global_batch_size=8"]
+    common = [
+        "vision=tiny",
+        "llm=tiny",
+        "trainer.max_steps=4",
+        "checkpoint_every=2",
+        "eval_after_train=false",
+        "trainer.limit_val_batches=0",
+        "data.num_workers=0",
+        "trainer.enable_progress_bar=false",
+        "stage.global_batch_size=8",
+    ]
     run = tmp_path / "run"
     first = train(make_config(*common, "data.batch_size=4", run_dir=run))  # 4 per device × 2 accumulation
     assert first["cost"]["samples_seen"] == 4 * 8
@@ -178,7 +227,10 @@ def test_a_run_resumes_with_another_layout_of_the_same_global_batch(make_config,
     capsys.readouterr()
     again = train(make_config(*common, "data.batch_size=8", run_dir=run))  # 8 per device × 1 accumulation
     out = capsys.readouterr().out
-    assert "resuming on 1 device(s) × 8 per device × 1 accumulation (was 1 × 4 × 2): the global batch of 8 is unchanged" in out
+    assert (
+        "resuming on 1 device(s) × 8 per device × 1 accumulation (was 1 × 4 × 2): the global batch of 8 is unchanged"
+        in out
+    )
     assert again["cost"]["samples_seen"] == 4 * 8  # the run's totals, not this session's, nor twice them
     set_status(run, "failed")
     with pytest.raises(RunMismatch, match=r"global_batch: 8 -> 16"):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lmm.factory import build_run
-from lmm.train.stage import Stage, stage_of
+from lmm.build.factory import build_run
+from lmm.build.stage import Stage, stage_of
 from tests.conftest import compose_config
 
 
@@ -12,7 +12,11 @@ def test_conf_stages_build_their_objects():
     lora = stage_of(compose_config(["stage=lora"]))
     assert isinstance(lora, Stage) and lora.lora["r"] == 128 and lora.optim.component_lr == {"connector": 2e-5}
     pretrain = stage_of(compose_config(["stage=pretrain"]))
-    assert pretrain.template == "plain" and pretrain.optim.lr == 1e-3 and pretrain.train == {"vision": False, "connector": True, "llm": False}
+    assert (
+        pretrain.template == "plain"
+        and pretrain.optim.lr == 1e-3
+        and pretrain.train == {"vision": False, "connector": True, "llm": False}
+    )
     finetune = stage_of(compose_config(["stage=finetune"]))
     assert finetune.template == "vicuna_v1" and finetune.train["llm"] and finetune.optim.betas == (0.9, 0.999)
 

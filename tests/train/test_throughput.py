@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lmm.model.build import build_model
+from lmm.build.model import build_model
 from lmm.train.throughput import FlopCounter, peak_flops
 from tests.conftest import compose_config
 

@@ -1,12 +1,13 @@
 """Benchmark: lmm's streaming pipeline vs a LLaVA-style map-style loader, same data, same transforms.
 
-    python -m lmm.bench.data [--images 512 --workers 2 --batches 24]     (also: make bench-data)
+    lmm bench data [--images 512 --workers 2 --batches 24]     (also: make bench-data)
 
 Both paths decode a COCO-sized JPEG, pad it to a square with the tower's mean colour, resize to
 336 and normalise, render the vicuna_v1 template, tokenize and mask. The baseline is what
 LLaVA's `LazySupervisedDataset` does: a JSON list in memory, `Image.open` from an image folder,
 `expand2square`, transformers' PIL `CLIPImageProcessor` (CLIPImageProcessorPil in transformers 5:
-the one LLaVA ran), shuffled map-style DataLoader. Both make the same pixels (tests/data/test_llava_pixels.py). lmm reads
+the one LLaVA ran), shuffled map-style DataLoader. Both make the same pixels (tests/data/test_llava_pixels.py).
+lmm reads
 WebDataset shards written by `lmm.data.convert` through `TrainingStream`, planned from the shard
 indexes (the default) and, for comparison, from the raw tar stream (data.plan=raw). Prints
 samples/s of each, the ratios, and samples/s per worker; writes experiments/bench/data.json.
@@ -50,8 +51,15 @@ def make_dataset(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
         image = Image.effect_noise(size, 40).convert("RGB")
         name = f"coco/train2017/{i:012d}.jpg"
         image.save(images / name, format="JPEG", quality=90)
-        turns = [{"from": "human", "value": "<image>\nWhat is in the picture? Describe it."},
-                 {"from": "gpt", "value": " ".join(rng.choice(["a", "red", "bus", "on", "the", "street"]) for _ in range(rng.randint(5, 60)))}]
+        turns = [
+            {"from": "human", "value": "<image>\nWhat is in the picture? Describe it."},
+            {
+                "from": "gpt",
+                "value": " ".join(
+                    rng.choice(["a", "red", "bus", "on", "the", "street"]) for _ in range(rng.randint(5, 60))
+                ),
+            },
+        ]
         entries.append({"id": str(i), "image": name, "conversations": turns})
     path = root / "llava.json"
     path.write_text(json.dumps(entries))
@@ -65,8 +73,12 @@ class LazySupervisedStyle(Dataset):
         from transformers import CLIPImageProcessorPil
 
         self.entries, self.images, self.tokenizer = json.loads(json_path.read_text()), images, tokenizer
-        self.processor = CLIPImageProcessorPil(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
-                                            image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+        self.processor = CLIPImageProcessorPil(
+            size={"shortest_edge": SIZE},
+            crop_size={"height": SIZE, "width": SIZE},
+            image_mean=list(CLIP_MEAN),
+            image_std=list(CLIP_STD),
+        )
         self.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
 
     def __len__(self) -> int:
@@ -77,7 +89,9 @@ class LazySupervisedStyle(Dataset):
         image = Image.open(self.images / entry["image"]).convert("RGB")
         image = pad_to_square(image, mean_colour(CLIP_MEAN))
         pixels = self.processor.preprocess(image, return_tensors="pt")["pixel_values"]  # [1, 3, S, S]
-        enc = encode(self.tokenizer, "vicuna_v1", entry["conversations"], IMAGE_TOKENS, self.image_token_id, max_length=2048)
+        enc = encode(
+            self.tokenizer, "vicuna_v1", entry["conversations"], IMAGE_TOKENS, self.image_token_id, max_length=2048
+        )
         return Example(enc.input_ids, enc.labels, pixels)
 
 
@@ -118,13 +132,29 @@ def main(argv: list[str] | None = None) -> dict:
         transform = ImageTransform(SIZE, CLIP_MEAN, CLIP_STD, "pad")
         processor = SampleProcessor(tokenizer, "vicuna_v1", transform, IMAGE_TOKENS, max_length=2048)
         sources = [Source("llava", list_shards(Path(tmp) / "shards" / "llava_instruct"), 1.0)]
-        loaders = {"llava": DataLoader(LazySupervisedStyle(json_path, images, tokenizer), batch_size=args.batch_size, shuffle=True,
-                                       num_workers=args.workers, collate_fn=Collator(tokenizer.pad_token_id),
-                                       persistent_workers=args.workers > 0)}
+        loaders = {
+            "llava": DataLoader(
+                LazySupervisedStyle(json_path, images, tokenizer),
+                batch_size=args.batch_size,
+                shuffle=True,
+                num_workers=args.workers,
+                collate_fn=Collator(tokenizer.pad_token_id),
+                persistent_workers=args.workers > 0,
+            )
+        }
         for plan, catalog in (("lmm", Catalog(sources, IMAGE_TOKENS)), ("lmm_raw_plan", None)):
-            stream = TrainingStream(sources, processor, Collator(tokenizer.pad_token_id), args.batch_size, seed=0, group_size=1,
-                                    catalog=catalog)
-            loaders[plan] = DataLoader(stream, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0)
+            stream = TrainingStream(
+                sources,
+                processor,
+                Collator(tokenizer.pad_token_id),
+                args.batch_size,
+                seed=0,
+                group_size=1,
+                catalog=catalog,
+            )
+            loaders[plan] = DataLoader(
+                stream, batch_size=None, num_workers=args.workers, persistent_workers=args.workers > 0
+            )
         # Alternate the three, twice, so a slow spell of the machine hits all alike.
         timed = {name: [0, 0.0] for name in loaders}
         for _ in range(2):
@@ -142,18 +172,28 @@ def main(argv: list[str] | None = None) -> dict:
         "llava_map_style_samples_per_s": round(baseline, 1),
         "samples_timed": samples,  # each side's, over both rounds
         "ratio": round(checked_ratio(ours, baseline, {"lmm": samples["lmm"], "llava": samples["llava"]}), 3),
-        "index_plan_vs_raw_plan": round(checked_ratio(ours, rate["lmm_raw_plan"],
-                                                      {"lmm": samples["lmm"], "lmm_raw_plan": samples["lmm_raw_plan"]}), 3),
+        "index_plan_vs_raw_plan": round(
+            checked_ratio(ours, rate["lmm_raw_plan"], {"lmm": samples["lmm"], "lmm_raw_plan": samples["lmm_raw_plan"]}),
+            3,
+        ),
         "lmm_samples_per_s_per_worker": round(ours / max(1, args.workers), 1),
         "workers": args.workers,
         "batch_size": args.batch_size,
         "image_size": SIZE,
     }
-    print(f"lmm streaming      {ours:8.1f} samples/s  ({samples['lmm']} samples; {result['lmm_samples_per_s_per_worker']} per worker, "
-          f"{args.workers} workers; planned from the shard indexes)")
-    print(f"lmm, raw plan      {rate['lmm_raw_plan']:8.1f} samples/s  ({samples['lmm_raw_plan']} samples; planned from the tar bytes)")
+    print(
+        f"lmm streaming      {ours:8.1f} samples/s  ({samples['lmm']} samples; "
+        f"{result['lmm_samples_per_s_per_worker']} per worker, "
+        f"{args.workers} workers; planned from the shard indexes)"
+    )
+    print(
+        f"lmm, raw plan      {rate['lmm_raw_plan']:8.1f} samples/s  ({samples['lmm_raw_plan']} samples; planned from "
+        "the tar bytes)"
+    )
     print(f"LLaVA map-style    {baseline:8.1f} samples/s  ({samples['llava']} samples)")
-    print(f"ratio              {result['ratio']:8.3f}x  (index plan / raw plan: {result['index_plan_vs_raw_plan']:.3f}x)")
+    print(
+        f"ratio              {result['ratio']:8.3f}x  (index plan / raw plan: {result['index_plan_vs_raw_plan']:.3f}x)"
+    )
     return save_result(result, args.out, argv)
 
 

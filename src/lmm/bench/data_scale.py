@@ -1,7 +1,7 @@
 """Benchmark: the bytes a rank reads to train, planning from shard indexes vs from the raw tar
 stream, at W = 8, 64 and 512 ranks, on a mix665k-shaped shard set.
 
-    python -m lmm.bench.data_scale [--samples 20000 --workers 4 --ranks 8 64 512]   (make bench-data-scale)
+    lmm bench data-scale [--samples 20000 --workers 4 --ranks 8 64 512]   (make bench-data-scale)
 
 The shard set is written once: 6% text-only conversations and 94% one-image samples, lengths
 drawn as in lmm.bench.packing, COCO-like image sizes and files of ~100 KB (a real JPEG header,
@@ -47,7 +47,14 @@ from lmm.data.mixture import Source, TrainingStream, World
 from lmm.data.sample import count_images
 
 GROUP = 8  # data.length_group_size
-IMAGE_SHAPES = [(640, 480), (480, 640), (640, 427), (500, 375), (1024, 768), (336, 336)]  # (width, height), COCO/GQA/OCR-like
+IMAGE_SHAPES = [
+    (640, 480),
+    (480, 640),
+    (640, 427),
+    (500, 375),
+    (1024, 768),
+    (336, 336),
+]  # (width, height), COCO/GQA/OCR-like
 IMAGE_BYTES = 80_000  # median file size; lognormal(σ 0.6): mean ~96 KB, as mix665k's ~100 KB per image
 
 
@@ -64,8 +71,13 @@ def write_shards(root: Path, samples: int, seed: int = 0) -> list[str]:
     with wds.ShardWriter(str(folder / "shard-%06d.tar"), maxcount=1000, verbose=0, mtime=0.0) as writer:
         for i, (tokens, image) in enumerate(draw_lengths(samples, seed)):
             text = tokens - IMAGE_TOKENS if image else tokens
-            record = {"id": str(i), "conversations": [{"from": "human", "value": ("<image>\n" if image else "") + "q"},
-                                                       {"from": "gpt", "value": "a" * max(1, 4 * text - 90)}]}
+            record = {
+                "id": str(i),
+                "conversations": [
+                    {"from": "human", "value": ("<image>\n" if image else "") + "q"},
+                    {"from": "gpt", "value": "a" * max(1, 4 * text - 90)},
+                ],
+            }
             sample = {"__key__": f"{i:09d}", "json": json.dumps(record).encode()}
             if image:
                 jpeg = headers[rng.choice(IMAGE_SHAPES)]
@@ -95,8 +107,17 @@ class PlanOnly:
 
 
 def stream(shards, catalog, world: World, per_device: int, resume: int = 0) -> TrainingStream:
-    return TrainingStream([Source("mix", shards, 1.0)], PlanOnly(), None, per_device, seed=0, group_size=GROUP,
-                          resume_batches=resume, world=world, catalog=catalog)
+    return TrainingStream(
+        [Source("mix", shards, 1.0)],
+        PlanOnly(),
+        None,
+        per_device,
+        seed=0,
+        group_size=GROUP,
+        resume_batches=resume,
+        world=world,
+        catalog=catalog,
+    )
 
 
 def rchar() -> int:
@@ -127,7 +148,9 @@ def rank_reads(shards, world: World, per_device: int, steps: int, workers: int, 
 def raw_reads(shards, world: World, per_device: int, steps: int, workers: int) -> int:
     """Bytes one worker of a rank reads from the raw stream to make its first batches, × workers."""
     before = rchar()
-    for _ in itertools.islice(stream(shards, None, world, per_device).served(0, workers), served_counts(steps, workers)[0]):
+    for _ in itertools.islice(
+        stream(shards, None, world, per_device).served(0, workers), served_counts(steps, workers)[0]
+    ):
         pass
     return (rchar() - before) * workers
 
@@ -154,8 +177,12 @@ def resume_reads(shards, world: World, per_device: int, at: int, workers: int, s
     plan = stream(shards, catalog, world, per_device)
     plan.epoch = 1
     step = next(itertools.islice(plan.steps(), at, None))
-    return {"read": catalog.bytes_read + catalog.index_bytes[0], "index": catalog.index_bytes[0],
-            "global_step_bytes": sum(int(sizes[i]) for slot in step for share in slot for i in share), "seconds": seconds}
+    return {
+        "read": catalog.bytes_read + catalog.index_bytes[0],
+        "index": catalog.index_bytes[0],
+        "global_step_bytes": sum(int(sizes[i]) for slot in step for share in slot for i in share),
+        "seconds": seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -167,7 +194,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--out", default="experiments/bench/data_scale.json")
     args = parser.parse_args(argv)
-    result = {"benchmark": "data_scale", "samples": args.samples, "workers": args.workers, "steps": args.steps, "per_W": {}}
+    result = {
+        "benchmark": "data_scale",
+        "samples": args.samples,
+        "workers": args.workers,
+        "steps": args.steps,
+        "per_W": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         shards = write_shards(Path(tmp), args.samples)
         catalog = Catalog([Source("mix", shards, 1.0)], IMAGE_TOKENS)
@@ -175,8 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
         for ranks in args.ranks:
             per_device = max(1, args.global_batch // ranks)
             epoch = len(catalog) // (per_device * ranks)
-            measured = [rank_reads(shards, World(r, ranks, 1), per_device, args.steps, args.workers, sizes)
-                        for r in sorted({0, ranks // 2, ranks - 1})]
+            measured = [
+                rank_reads(shards, World(r, ranks, 1), per_device, args.steps, args.workers, sizes)
+                for r in sorted({0, ranks // 2, ranks - 1})
+            ]
             read, trained = sum(m["read"] for m in measured), sum(m["trained"] for m in measured)
             index_per_step = measured[0]["index"] / epoch
             raw = raw_reads(shards, World(0, ranks, 1), per_device, args.steps, args.workers)
@@ -186,9 +221,15 @@ def main(argv: list[str] | None = None) -> dict:
             straggler = step_tokens(catalog, plan.steps(), 4 * args.steps)
             planning_ms = (time.perf_counter() - start) * 1000 / (4 * args.steps)
             row = {
-                "per_device": per_device, "global_batch": per_device * ranks, "steps_per_epoch": epoch,
-                "read_per_trained_index": round(checked_ratio(read + index_per_step * args.steps * len(measured), trained,
-                                                              {"trained": trained, "read": read}), 4),
+                "per_device": per_device,
+                "global_batch": per_device * ranks,
+                "steps_per_epoch": epoch,
+                "read_per_trained_index": round(
+                    checked_ratio(
+                        read + index_per_step * args.steps * len(measured), trained, {"trained": trained, "read": read}
+                    ),
+                    4,
+                ),
                 "read_per_trained_index_samples_only": round(read / trained, 4),
                 "index_bytes_per_rank": measured[0]["index"],
                 "read_per_trained_raw": round(raw / measured[0]["trained"], 2),
@@ -196,9 +237,13 @@ def main(argv: list[str] | None = None) -> dict:
                 "straggler_factor": round(straggler, 4),
             }
             result["per_W"][str(ranks)] = row
-            print(f"W={ranks:4d} (per-device {per_device}, global {per_device * ranks}): bytes read / trained per rank: "
-                  f"index {row['read_per_trained_index']:.3f} (samples {row['read_per_trained_index_samples_only']:.3f}), "
-                  f"raw stream {row['read_per_trained_raw']:.1f}; planning {planning_ms:.2f} ms/step; straggler {straggler:.3f}")
+            print(
+                f"W={ranks:4d} (per-device {per_device}, global {per_device * ranks}): bytes read / trained per rank: "
+                f"index {row['read_per_trained_index']:.3f} (samples "
+                f"{row['read_per_trained_index_samples_only']:.3f}), "
+                f"raw stream {row['read_per_trained_raw']:.1f}; planning {planning_ms:.2f} ms/step; straggler "
+                f"{straggler:.3f}"
+            )
         ranks = args.ranks[0]
         per_device = max(1, args.global_batch // ranks)
         epoch = len(catalog) // (per_device * ranks)
@@ -207,15 +252,26 @@ def main(argv: list[str] | None = None) -> dict:
             at = int(fraction * epoch)
             index = resume_reads(shards, World(0, ranks, 1), per_device, at, args.workers, sizes, raw=False)
             raw = resume_reads(shards, World(0, ranks, 1), per_device, at, args.workers, sizes, raw=True)
-            row = {"step": at, "index_read_per_global_step": round(index["read"] / index["global_step_bytes"], 4),
-                   "raw_read_per_global_step": round(raw["read"] / index["global_step_bytes"], 2),
-                   "index_bytes": index["index"], "index_seconds_to_first_batch": round(index["seconds"], 3)}
+            row = {
+                "step": at,
+                "index_read_per_global_step": round(index["read"] / index["global_step_bytes"], 4),
+                "raw_read_per_global_step": round(raw["read"] / index["global_step_bytes"], 2),
+                "index_bytes": index["index"],
+                "index_seconds_to_first_batch": round(index["seconds"], 3),
+            }
             result["resume"]["at"][str(fraction)] = row
-            print(f"resume at {fraction:.0%} of an epoch (step {at}, W={ranks}): bytes before the first batch / one global step: "
-                  f"index {row['index_read_per_global_step']:.3f}, raw stream {row['raw_read_per_global_step']:.2f} "
-                  f"({row['index_seconds_to_first_batch']:.2f} s to the first batch)")
-    result["goals"] = {"read_per_trained_index": "<= 1.1 at every W", "index_read_per_global_step": "<= 1, flat in the step",
-                       "planning_ms_per_step": "<= 5 at W=512", "straggler_factor": "<= 1.05"}
+            print(
+                f"resume at {fraction:.0%} of an epoch (step {at}, W={ranks}): bytes before the first batch / one "
+                "global step: "
+                f"index {row['index_read_per_global_step']:.3f}, raw stream {row['raw_read_per_global_step']:.2f} "
+                f"({row['index_seconds_to_first_batch']:.2f} s to the first batch)"
+            )
+    result["goals"] = {
+        "read_per_trained_index": "<= 1.1 at every W",
+        "index_read_per_global_step": "<= 1, flat in the step",
+        "planning_ms_per_step": "<= 5 at W=512",
+        "straggler_factor": "<= 1.05",
+    }
     return save_result(result, args.out, argv)
 
 

@@ -1,8 +1,9 @@
 """Benchmark: one training step with the fused loss (model.loss=fused) vs transformers' loss on the
 full logits (model.loss=plain): peak tensor memory and time, at Qwen2's and Vicuna's vocabularies.
 
-    python -m lmm.bench.loss [--tokens 2048 --batch 4 --hidden 256 --labelled 0.5 --device cpu]   (make bench-loss;
-                                                                               make gpu-check runs it with --device cuda)
+    lmm bench loss [--tokens 2048 --batch 4 --hidden 256 --labelled 0.5 --device cpu]
+
+(make bench-loss; make gpu-check runs it with --device cuda)
 
 A narrow Llama (2 layers, hidden 256) with each vocabulary runs one forward and backward on
 batch × tokens ids, of which the last `labelled` share of each row is labelled (LLaVA's image
@@ -38,7 +39,9 @@ def llm_step(llm: LlamaForCausalLM, ids: torch.Tensor, labels: torch.Tensor, los
     if loss == "plain":
         value = llm(input_ids=ids, labels=labels, use_cache=False).loss
     else:
-        value = causal_lm_loss(llm.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state, labels, output_head(llm))
+        value = causal_lm_loss(
+            llm.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state, labels, output_head(llm)
+        )
     value.backward()
     return float(value.detach())
 
@@ -81,12 +84,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="experiments/bench/loss.json")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    result = {"benchmark": "loss", "device": args.device, "tokens": args.tokens, "batch": args.batch, "hidden": args.hidden, "labelled": args.labelled,
-              "vocabularies": {}}
+    result = {
+        "benchmark": "loss",
+        "device": args.device,
+        "tokens": args.tokens,
+        "batch": args.batch,
+        "hidden": args.hidden,
+        "labelled": args.labelled,
+        "vocabularies": {},
+    }
     for name in args.vocabularies:
         vocabulary = args.vocab_override or VOCABULARIES[name]
-        config = LlamaConfig(hidden_size=args.hidden, intermediate_size=2 * args.hidden, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, vocab_size=vocabulary, tie_word_embeddings=False)
+        config = LlamaConfig(
+            hidden_size=args.hidden,
+            intermediate_size=2 * args.hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=vocabulary,
+            tie_word_embeddings=False,
+        )
         llm = LlamaForCausalLM(config).to(args.device)
         ids = torch.randint(0, vocabulary, (args.batch, args.tokens), device=args.device)
         labels = ids.clone()
@@ -96,7 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
         for loss in ("plain", "fused") * args.repeats:  # alternated: a slow spell of the machine hits both
             step = measure(lambda: llm_step(llm, ids, labels, loss), llm)  # noqa: B023
             part = measure(lambda: loss_part(llm, hidden, labels, loss), llm)  # noqa: B023
-            row = rows.setdefault(loss, {"step_peak": step[0], "loss_part_peak": part[0], "seconds": [], "loss": step[2]})
+            row = rows.setdefault(
+                loss, {"step_peak": step[0], "loss_part_peak": part[0], "seconds": [], "loss": step[2]}
+            )
             row["seconds"].append(step[1])
         plain, fused = rows["plain"], rows["fused"]
         seconds = {k: sum(r["seconds"]) / len(r["seconds"]) for k, r in rows.items()}
@@ -112,12 +131,18 @@ def main(argv: list[str] | None = None) -> dict:
             "loss_difference": abs(plain["loss"] - fused["loss"]),
         }
         result["vocabularies"][name] = entry
-        print(f"{name} (V={vocabulary}), {args.batch} × {args.tokens} tokens, {args.labelled:.0%} labelled: step peak "
-              f"{entry['step_peak_mib']['plain']:.0f} -> {entry['step_peak_mib']['fused']:.0f} MiB ({entry['step_peak_reduction']}x less), "
-              f"loss part {entry['loss_part_peak_mib']['plain']:.0f} -> {entry['loss_part_peak_mib']['fused']:.0f} MiB "
-              f"({entry['loss_part_reduction']}x less), time fused/plain {entry['time_fused_over_plain']:.2f}")
-    result["goals"] = {"step_peak_reduction": ">= 4 at Qwen2's vocabulary", "loss_part_reduction": ">= 8",
-                       "time_fused_over_plain": "<= 1.2"}
+        print(
+            f"{name} (V={vocabulary}), {args.batch} × {args.tokens} tokens, {args.labelled:.0%} labelled: step peak "
+            f"{entry['step_peak_mib']['plain']:.0f} -> {entry['step_peak_mib']['fused']:.0f} MiB "
+            f"({entry['step_peak_reduction']}x less), "
+            f"loss part {entry['loss_part_peak_mib']['plain']:.0f} -> {entry['loss_part_peak_mib']['fused']:.0f} MiB "
+            f"({entry['loss_part_reduction']}x less), time fused/plain {entry['time_fused_over_plain']:.2f}"
+        )
+    result["goals"] = {
+        "step_peak_reduction": ">= 4 at Qwen2's vocabulary",
+        "loss_part_reduction": ">= 8",
+        "time_fused_over_plain": "<= 1.2",
+    }
     return save_result(result, args.out, argv)
 
 

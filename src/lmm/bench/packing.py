@@ -2,7 +2,7 @@
 modality-and-length-grouped padded batches, on a length distribution shaped like mix665k, same
 samples per step, same model.
 
-    python -m lmm.bench.packing [--samples 192] [--repeats 3] [--shapes narrow,wide]   (make bench-packing)
+    lmm bench packing [--samples 192] [--repeats 3] [--shapes narrow,wide]   (make bench-packing)
 
 Lengths: 94% image conversations, 576 image tokens + text drawn log-normally (median 120 tokens),
 6% ShareGPT-like text-only conversations (median 600), everything capped at 2048 — the shape of
@@ -51,7 +51,7 @@ def examples(lengths: list[tuple[int, bool]], vocab: int, seed: int = 0) -> list
     for n, has_image in lengths:
         ids = torch.randint(5, vocab, (n,), generator=g).tolist()
         prompt = (IMAGE_TOKENS if has_image else 0) + 16  # the prompt is not a target
-        out.append(Example(ids, [-100] * min(prompt, n - 1) + ids[min(prompt, n - 1):], None, {"image": has_image}))
+        out.append(Example(ids, [-100] * min(prompt, n - 1) + ids[min(prompt, n - 1) :], None, {"image": has_image}))
     return out
 
 
@@ -89,8 +89,15 @@ def measure(shape: str, items: list[Example], plan: list[list[Example]], repeats
     """Padded vs packed forward + backward of one model shape, interleaved, median of `repeats`."""
     hidden, intermediate, heads = SHAPES[shape]
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=2, num_attention_heads=heads,
-                         vocab_size=1024, max_position_embeddings=MAX_LENGTH, attn_implementation="sdpa")
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        vocab_size=1024,
+        max_position_embeddings=MAX_LENGTH,
+        attn_implementation="sdpa",
+    )
     model = LlamaForCausalLM(config)
     use_packed_attention(model)  # padded batches (with their mask) still run transformers' SDPA
     batches = {"padded": [Collator(0)(b) for b in plan], "packed": [Collator(0, packed=True)(b) for b in plan]}
@@ -99,11 +106,19 @@ def measure(shape: str, items: list[Example], plan: list[list[Example]], repeats
     for _ in range(repeats):  # interleaved, so drifts in machine load hit both
         for mode in times:
             times[mode].append(run(model, batches[mode]))
-    real = {mode: sum(sum(b.sample_lengths) for b in mode_batches) for mode, mode_batches in batches.items()}  # each side's: the same samples
+    real = {
+        mode: sum(sum(b.sample_lengths) for b in mode_batches) for mode, mode_batches in batches.items()
+    }  # each side's: the same samples
     rate = {mode: real[mode] / statistics.median(seconds) for mode, seconds in times.items()}
-    ratios = [round(checked_ratio(1 / packed, 1 / padded, real), 3) for padded, packed in zip(times["padded"], times["packed"])]
-    print(f"{shape:6s} 2 × {hidden}: {real['packed']} real tokens each; padded {rate['padded']:9.1f}  packed {rate['packed']:9.1f} real tokens/s  "
-          f"ratio {statistics.median(ratios):.2f}x (median of {repeats}: {ratios})")
+    ratios = [
+        round(checked_ratio(1 / packed, 1 / padded, real), 3)
+        for padded, packed in zip(times["padded"], times["packed"], strict=True)
+    ]
+    print(
+        f"{shape:6s} 2 × {hidden}: {real['packed']} real tokens each; padded {rate['padded']:9.1f}  packed "
+        f"{rate['packed']:9.1f} real tokens/s  "
+        f"ratio {statistics.median(ratios):.2f}x (median of {repeats}: {ratios})"
+    )
     return {
         "model": f"Llama 2 layers × {hidden} ({heads} heads, random init), fp32",
         "real_tokens_per_s": {mode: round(value, 1) for mode, value in rate.items()},  # median time of each
@@ -127,15 +142,19 @@ def main(argv: list[str] | None = None) -> dict:
         "packed": sum(len(x.input_ids) for b in plan for x in b),  # one row per batch: no pad token
     }
     waste = {mode: 1 - real / count for mode, count in cells.items()}
-    print(f"padding waste: LLaVA grouping {waste['padded']:.1%}, packed {waste['packed']:.1%} "
-          f"({args.samples} samples, {len(plan)} batches of up to {BATCH})")
+    print(
+        f"padding waste: LLaVA grouping {waste['padded']:.1%}, packed {waste['packed']:.1%} "
+        f"({args.samples} samples, {len(plan)} batches of up to {BATCH})"
+    )
     result = {
         "benchmark": "packing",
-        "samples": args.samples, "real_tokens": real, "batches": len(plan),
+        "samples": args.samples,
+        "real_tokens": real,
+        "batches": len(plan),
         "padding_waste": {mode: round(value, 4) for mode, value in waste.items()},
         "shapes": {shape: measure(shape, items, plan, args.repeats) for shape in args.shapes.split(",")},
         "setup": "batches of 16 samples grouped as LLaVA on 8 GPUs; padded: SDPA with the padding mask; "
-                 "packed: one row per batch, per-sample causal SDPA (lmm_varlen)",
+        "packed: one row per batch, per-sample causal SDPA (lmm_varlen)",
     }
     return save_result(result, args.out, argv)
 

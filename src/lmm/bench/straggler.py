@@ -1,7 +1,7 @@
 """Benchmark: how long the slowest rank makes every other rank wait, per-rank batch plans
 against lmm's global plan, on mix665k-shaped lengths.
 
-    python -m lmm.bench.straggler [--ranks 8] [--batch-size 16] [--steps 400]   (part of make bench)
+    lmm bench straggler [--ranks 8] [--batch-size 16] [--steps 400]   (part of make bench)
 
 A data-parallel step lasts as long as its slowest rank. The straggler factor is
 Σ_steps max over ranks of tokens / Σ_steps mean over ranks of tokens: 1.0 means no rank ever
@@ -76,21 +76,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="experiments/bench/straggler.json")
     args = parser.parse_args(argv)
 
-    streams = [per_rank_batches(raw_samples(seed=rank), args.batch_size, random.Random(rank)) for rank in range(args.ranks)]
+    streams = [
+        per_rank_batches(raw_samples(seed=rank), args.batch_size, random.Random(rank)) for rank in range(args.ranks)
+    ]
     per_rank = [[next(stream) for stream in streams] for _ in range(args.steps)]
     planned = plan_steps(raw_samples(seed=0), args.batch_size, World(0, args.ranks, 1), GROUP, random.Random(0), tokens)
     global_plan = [next(planned)[0] for _ in range(args.steps)]  # accumulation 1: slot 0 holds every rank's share
     (old, old_mixed), (new, new_mixed) = factor(per_rank), factor(global_plan)
     result = {
         "benchmark": "straggler",
-        "ranks": args.ranks, "batch_size": args.batch_size, "steps": args.steps,
+        "ranks": args.ranks,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
         "straggler_factor": {"per_rank_plans": round(old, 4), "global_plan": round(new, 4)},
         "mixed_modality_steps": {"per_rank_plans": old_mixed, "global_plan": new_mixed},
         "goal": "global_plan <= 1.05",
     }
     result = save_result(result, args.out, argv)
-    print(f"straggler factor over {args.steps} steps, {args.ranks} ranks × {args.batch_size}: per-rank plans {old:.3f} "
-          f"({old_mixed} steps with ranks on different modalities), global plan {new:.3f} ({new_mixed})")
+    print(
+        f"straggler factor over {args.steps} steps, {args.ranks} ranks × {args.batch_size}: per-rank plans {old:.3f} "
+        f"({old_mixed} steps with ranks on different modalities), global plan {new:.3f} ({new_mixed})"
+    )
     return result
 
 

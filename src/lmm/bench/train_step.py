@@ -2,7 +2,7 @@
 against a bare PyTorch loop over transformers' LlavaForConditionalGeneration, with an identical
 model (lmm's exported to HF Llava: same weights), identical batches and the same AdamW.
 
-    python -m lmm.bench.train_step [--steps 30] [--repeats 3]      (also: make bench-train-step)
+    lmm bench train-step [--steps 30] [--repeats 3]      (also: make bench-train-step)
 
 Model: the tiny CLIP-style tower + mlp2x_gelu + llm=small (3.7M), fp32, finetune stage (connector +
 LLM train, tower frozen), batches of 16 synthetic training samples. The first 5 steps of each
@@ -25,14 +25,13 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from lmm.bench import checked_ratio, save_result
-from lmm.config import register_resolvers
-from lmm.export import save_hf
-from lmm.train.module import LMMModule
-from lmm.train.stage import Stage
+from lmm.build.factory import build_run
+from lmm.build.stage import Stage
+from lmm.core.config import CONF, register_resolvers
 from lmm.data.collate import Batch
-from lmm.factory import build_run
+from lmm.interop.export import save_hf
+from lmm.train.module import LMMModule
 
-CONF = Path(__file__).resolve().parents[3] / "conf"
 WARMUP = 5
 
 
@@ -48,8 +47,17 @@ def lmm_tokens_per_s(model, batches: list[Batch], steps: int) -> tuple[int, floa
     """(tokens trained in the timed steps, seconds they took)."""
     module = LMMModule(model, Stage(train={"connector": True, "llm": True}, optim={"lr": 1e-4, "warmup_ratio": 0.0}))
     timer = StepTimer()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, DataLoader(batches, batch_size=None))
     trained = timer.times[WARMUP - 1 : steps]  # the ends of the warm-up's last step and of each timed step
     tokens = sum(int(b.attention_mask.sum()) for b in batches[WARMUP : WARMUP + len(trained) - 1])
@@ -63,8 +71,12 @@ def bare_tokens_per_s(hf, batches: list[Batch], steps: int) -> tuple[int, float]
     optimizer = torch.optim.AdamW([p for p in hf.parameters() if p.requires_grad], lr=1e-4)
     marks = []
     for batch in batches[:steps]:
-        loss = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
-                  labels=batch.labels).loss
+        loss = hf(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            pixel_values=batch.pixel_values,
+            labels=batch.labels,
+        ).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -100,10 +112,14 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.repeats):  # interleaved, from the same starting weights each time
             model.load_state_dict(initial)
             work["lmm"].append(lmm_tokens_per_s(model, batches, args.steps))
-            work["bare"].append(bare_tokens_per_s(LlavaForConditionalGeneration.from_pretrained(hf_path), batches, args.steps))
+            work["bare"].append(
+                bare_tokens_per_s(LlavaForConditionalGeneration.from_pretrained(hf_path), batches, args.steps)
+            )
     rates = {side: [tokens / seconds if seconds else 0.0 for tokens, seconds in runs] for side, runs in work.items()}
-    ratios = [checked_ratio(a, b, {"lmm tokens": ta, "bare tokens": tb})
-              for a, b, (ta, _), (tb, _) in zip(rates["lmm"], rates["bare"], work["lmm"], work["bare"], strict=True)]
+    ratios = [
+        checked_ratio(a, b, {"lmm tokens": ta, "bare tokens": tb})
+        for a, b, (ta, _), (tb, _) in zip(rates["lmm"], rates["bare"], work["lmm"], work["bare"], strict=True)
+    ]
     tokens = {side: sum(t for t, _ in runs) for side, runs in work.items()}
     result = {
         "benchmark": "train_step",

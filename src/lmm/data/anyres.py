@@ -19,7 +19,13 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-LLAVA_NEXT_PINPOINTS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))  # (rows, cols) of 336 px tiles: [[336, 672], [672, 336], ...]
+LLAVA_NEXT_PINPOINTS = (
+    (1, 2),
+    (2, 1),
+    (2, 2),
+    (3, 1),
+    (1, 3),
+)  # (rows, cols) of 336 px tiles: [[336, 672], [672, 336], ...]
 
 
 def default_pinpoints(tile: int) -> list[list[int]]:
@@ -82,15 +88,29 @@ class AnyRes:
         max_tiles = vision_cfg.get("max_tiles")
         for pinpoint in pinpoints:
             if len(pinpoint) != 2 or any(int(side) <= 0 or int(side) % tile for side in pinpoint):
-                raise ValueError(f"vision.grid_pinpoints: {list(pinpoint)} is not a (height, width) pair of multiples of the "
-                                 f"tower's {tile} px tile")
-        kept = [tuple(int(side) for side in p) for p in pinpoints if not max_tiles or (p[0] // tile) * (p[1] // tile) <= max_tiles]
+                raise ValueError(
+                    f"vision.grid_pinpoints: {list(pinpoint)} is not a (height, width) pair of multiples of the "
+                    f"tower's {tile} px tile"
+                )
+        kept = [
+            tuple(int(side) for side in p)
+            for p in pinpoints
+            if not max_tiles or (p[0] // tile) * (p[1] // tile) <= max_tiles
+        ]
         if not kept:
-            raise ValueError(f"vision.max_tiles={max_tiles} leaves none of vision.grid_pinpoints={[list(p) for p in pinpoints]}")
+            raise ValueError(
+                f"vision.max_tiles={max_tiles} leaves none of vision.grid_pinpoints={[list(p) for p in pinpoints]}"
+            )
         pool = int(vision_cfg.get("tile_pool") or 1)
         if pool < 1:
             raise ValueError(f"vision.tile_pool must be >= 1 (1 = no pooling), got {pool}")
-        return cls(tile, tuple(kept), bool(vision_cfg.get("anyres_overview", True)), bool(vision_cfg.get("image_newline", True)), pool)
+        return cls(
+            tile,
+            tuple(kept),
+            bool(vision_cfg.get("anyres_overview", True)),
+            bool(vision_cfg.get("image_newline", True)),
+            pool,
+        )
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """(rows, cols) of tiles for an image of this size."""

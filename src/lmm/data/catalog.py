@@ -37,8 +37,10 @@ def check_indexes(sources: list) -> None:
 
 
 def missing_index(url: str) -> MissingIndex:
-    return MissingIndex(f"{index_path(url)} is missing: index the data with `python -m lmm.data.index "
-                        f"{Path(url).parent.parent}` (the converter and the generator write indexes), or set data.plan=raw")
+    return MissingIndex(
+        f"{index_path(url)} is missing: index the data with `lmm index "
+        f"{Path(url).parent.parent}` (the converter and the generator write indexes), or set data.plan=raw"
+    )
 
 
 class Catalog:
@@ -69,7 +71,9 @@ class Catalog:
                 shard_of.append(np.full(n, len(self.urls) - 1, dtype=np.int32))
                 counts = arrays["image_count"].astype(np.int64)
                 images.append(counts)
-                lengths.append(arrays["text_tokens"].astype(np.int64) + self._image_tokens(arrays, counts, image_tokens, exif))
+                lengths.append(
+                    arrays["text_tokens"].astype(np.int64) + self._image_tokens(arrays, counts, image_tokens, exif)
+                )
         self.span_start = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
         self.span_bytes = np.concatenate(spans) if spans else np.zeros(0, dtype=np.int64)
         self.shard_of = np.concatenate(shard_of) if shard_of else np.zeros(0, dtype=np.int32)
@@ -87,16 +91,25 @@ class Catalog:
             raise missing_index(url)
         wanted = record.get("index_bytes") if local and record else None
         if wanted is not None and (size := Path(index_path(url)).stat().st_size) != wanted:
-            raise ValueError(f"{index_path(url)} has {size} bytes, the manifest says {wanted}: re-index with "
-                             f"`python -m lmm.data.index {Path(url).parent.parent}`")
-        arrays = read_arrays(url, PLAN_ARRAYS + ("shard_bytes",) + (SIZE_ARRAYS if sizes else ()), self.index_bytes,
-                             optional=("exact_for", "text_tokens_exact") if self.exact_for else ())
+            raise ValueError(
+                f"{index_path(url)} has {size} bytes, the manifest says {wanted}: re-index with "
+                f"`lmm index {Path(url).parent.parent}`"
+            )
+        arrays = read_arrays(
+            url,
+            PLAN_ARRAYS + ("shard_bytes",) + (SIZE_ARRAYS if sizes else ()),
+            self.index_bytes,
+            optional=("exact_for", "text_tokens_exact") if self.exact_for else (),
+        )
         if self.exact_for and "exact_for" in arrays and str(arrays["exact_for"]) == self.exact_for:
             arrays["text_tokens"] = arrays["text_tokens_exact"]
             self.exact_shards += 1
         if local and (size := Path(url).stat().st_size) != int(arrays["shard_bytes"]):
-            self.problems[url] = (f"shard: {Path(url).name} has {size} bytes, its index says {int(arrays['shard_bytes'])} "
-                                  f"(re-index with `python -m lmm.data.index`) ({url})", len(arrays["text_tokens"]))
+            self.problems[url] = (
+                f"shard: {Path(url).name} has {size} bytes, its index says {int(arrays['shard_bytes'])} "
+                f"(re-index with `lmm index`) ({url})",
+                len(arrays["text_tokens"]),
+            )
             return None
         return arrays
 
@@ -112,8 +125,12 @@ class Catalog:
         for i in np.flatnonzero(counts):
             lo, hi = bounds[i], bounds[i + 1]
             if (heights[lo:hi] > 0).all():
-                out[i] = image_tokens([decoded_size(int(h), int(w), bool(t), exif) for h, w, t in
-                                       zip(heights[lo:hi], widths[lo:hi], turned[lo:hi], strict=True)])
+                out[i] = image_tokens(
+                    [
+                        decoded_size(int(h), int(w), bool(t), exif)
+                        for h, w, t in zip(heights[lo:hi], widths[lo:hi], turned[lo:hi], strict=True)
+                    ]
+                )
         return out
 
     def __len__(self) -> int:

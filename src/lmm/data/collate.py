@@ -11,7 +11,12 @@ import torch
 from lmm.data.conversation import IGNORE_INDEX
 from lmm.data.sample import Example, Skip
 
-PACKING_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")  # what a packed batch adds for the attention
+PACKING_KEYS = (
+    "cu_seq_lens_q",
+    "cu_seq_lens_k",
+    "max_length_q",
+    "max_length_k",
+)  # what a packed batch adds for the attention
 
 
 @dataclass
@@ -20,7 +25,8 @@ class Batch:
     attention_mask [B, T] (or None when packed), pixel_values [V, 3, S, S]: the images' views in
     the order of the image placeholders (a sample's several images one after another, each one
     view, or under AnyRes its overview and tiles; None without images), image_sizes [I, 2] (each
-    image's height, width), instruction ids/mask [I, L] for instruction-aware connectors; packed batches (B = 1) add position ids restarting per sample and the sample
+    image's height, width), instruction ids/mask [I, L] for instruction-aware connectors; packed batches (B =
+    1) add position ids restarting per sample and the sample
     offsets. The rest is bookkeeping: per-sample meta and lengths, and the inputs skipped."""
 
     input_ids: torch.Tensor
@@ -66,16 +72,30 @@ class Batch:
         batch no mask but the position ids restarting per sample and the sample offsets."""
         if not self.packed:
             return {"attention_mask": self.attention_mask}
-        return {"attention_mask": None, "position_ids": self.position_ids, **{key: getattr(self, key) for key in PACKING_KEYS}}
+        return {
+            "attention_mask": None,
+            "position_ids": self.position_ids,
+            **{key: getattr(self, key) for key in PACKING_KEYS},
+        }
 
     def model_inputs(self, labels: bool = True) -> dict:
         """Keyword arguments for LMM.forward (LMM.generate with `labels=False`, padded batches only)."""
-        inputs = {"input_ids": self.input_ids, "pixel_values": self.pixel_values, "image_sizes": self.image_sizes, "instruction_ids": self.instruction_ids,
-                  "instruction_mask": self.instruction_mask, **self.attention_inputs()}
+        inputs = {
+            "input_ids": self.input_ids,
+            "pixel_values": self.pixel_values,
+            "image_sizes": self.image_sizes,
+            "instruction_ids": self.instruction_ids,
+            "instruction_mask": self.instruction_mask,
+            **self.attention_inputs(),
+        }
         return inputs | {"labels": self.labels} if labels else inputs
 
     def to(self, device: torch.device | str) -> "Batch":
-        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         return dataclasses.replace(self, **moved)
 
     def replace(self, **changes) -> "Batch":
@@ -121,7 +141,9 @@ class Collator:
             tensors |= self._instructions([ids for x in with_image for ids in x.instructions])
         return Batch(
             **tensors,
-            pixel_values=torch.cat([x.pixels for x in with_image]) if with_image else None,  # [V, 3, S, S], samples' images in turn
+            pixel_values=torch.cat([x.pixels for x in with_image])
+            if with_image
+            else None,  # [V, 3, S, S], samples' images in turn
             image_sizes=self._image_sizes(with_image),
             meta=[x.meta for x in examples],
             skipped=dict(Counter(x.kind for x in items if isinstance(x, Skip))),
@@ -144,12 +166,16 @@ class Collator:
         labels = [[IGNORE_INDEX, *x.labels[1:]] for x in examples]
         offsets = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)  # [S + 1]
         return self._batch(
-            items, examples,
+            items,
+            examples,
             input_ids=torch.tensor([t for x in examples for t in x.input_ids])[None],  # [1, Σn]
             attention_mask=torch.ones((1, offsets[-1]), dtype=torch.long),
             labels=torch.tensor([t for row in labels for t in row])[None],
             position_ids=torch.cat([torch.arange(n) for n in lengths])[None],
-            cu_seq_lens_q=offsets, cu_seq_lens_k=offsets, max_length_q=max(lengths), max_length_k=max(lengths),
+            cu_seq_lens_q=offsets,
+            cu_seq_lens_k=offsets,
+            max_length_q=max(lengths),
+            max_length_k=max(lengths),
         )
 
     @staticmethod

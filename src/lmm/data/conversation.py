@@ -175,9 +175,7 @@ def segments(template: str, turns: list[dict], generation_prompt: bool = False) 
     _check_turns(turns)
     ends_with_human = len(turns) % 2 == 1
     if ends_with_human != generation_prompt:
-        raise ConversationError(
-            "a generation prompt must end with a human turn; a training sample with a gpt turn"
-        )
+        raise ConversationError("a generation prompt must end with a human turn; a training sample with a gpt turn")
     if template == PLAIN:
         return _plain_segments(turns, generation_prompt)
     if template not in TEMPLATES:
@@ -280,6 +278,7 @@ def _llava_round_labels(tokenizer, template: Template, text: str, ids: list[int]
     is masked and the rest (the reply, and the end-of-turn in BOS's place) trained. For v1,
     LLaVA takes one token off every round after the first when the tokenizer is not legacy
     (no "▁" after `</s>`). ConversationError where the counts do not cover the ids exactly."""
+
     def length(piece: str) -> int:
         return len(image_chunk_ids(tokenizer, piece, image_token_id))
 
@@ -301,24 +300,36 @@ def _llava_round_labels(tokenizer, template: Template, text: str, ids: list[int]
         current += round_len
     labels[current:] = [IGNORE_INDEX] * max(0, len(labels) - current)
     if current != len(ids):
-        raise ConversationError(f"tokenization mismatch: LLaVA's round counts cover {current} of {len(ids)} tokens "
-                                "(LLaVA would train on this sample with every label masked)")
+        raise ConversationError(
+            f"tokenization mismatch: LLaVA's round counts cover {current} of {len(ids)} tokens "
+            "(LLaVA would train on this sample with every label masked)"
+        )
     return labels
 
 
-def _offset_labels(pieces: list[tuple[str, bool]], body: list[int], starts: list[int], image_token_id: int, template: str,
-                   label_end_of_turn: bool) -> list[int]:
+def _offset_labels(
+    pieces: list[tuple[str, bool]],
+    body: list[int],
+    starts: list[int],
+    image_token_id: int,
+    template: str,
+    label_end_of_turn: bool,
+) -> list[int]:
     """A token is trained iff it starts inside a reply segment (reply + end-of-turn; without the
     end-of-turn when `label_end_of_turn` is false)."""
     # Every target piece ends with the end-of-turn ("\n" for plain); it can be left unlabelled.
-    unlabelled_tail = 0 if label_end_of_turn else len(TEMPLATES[template].end_of_turn if template in TEMPLATES else "\n")
+    unlabelled_tail = (
+        0 if label_end_of_turn else len(TEMPLATES[template].end_of_turn if template in TEMPLATES else "\n")
+    )
     target_spans, start = [], 0
     for piece, is_target in pieces:
         if is_target:
             target_spans.append((start, start + len(piece) - unlabelled_tail))
         start += len(piece)
-    return [t if t != image_token_id and any(a <= b < z for a, z in target_spans) else IGNORE_INDEX
-            for t, b in zip(body, starts, strict=True)]
+    return [
+        t if t != image_token_id and any(a <= b < z for a, z in target_spans) else IGNORE_INDEX
+        for t, b in zip(body, starts, strict=True)
+    ]
 
 
 def llava_tokenized(template: str) -> bool:
@@ -359,14 +370,19 @@ def encode(
         else:
             labels = _llava_round_labels(tokenizer, TEMPLATES[template], text, ids, image_token_id)
     else:
-        labels = [IGNORE_INDEX] * (len(ids) - len(body)) + _offset_labels(pieces, body, starts, image_token_id, template,
-                                                                         label_end_of_turn)
+        labels = [IGNORE_INDEX] * (len(ids) - len(body)) + _offset_labels(
+            pieces, body, starts, image_token_id, template, label_end_of_turn
+        )
     out_ids: list[int] = []
     out_labels: list[int] = []
     num_images = 0
     for token_id, label in zip(ids, labels, strict=True):
         if token_id == image_token_id:
-            count = image_tokens if isinstance(image_tokens, int) else (image_tokens[num_images] if num_images < len(image_tokens) else 0)
+            count = (
+                image_tokens
+                if isinstance(image_tokens, int)
+                else (image_tokens[num_images] if num_images < len(image_tokens) else 0)
+            )
             num_images += 1
             out_ids += [image_token_id] * count
             out_labels += [IGNORE_INDEX] * count

@@ -1,6 +1,6 @@
 """Convert a LLaVA-format JSON + image folders into WebDataset shards, one folder per source.
 
-    python -m lmm.data.convert --json llava_v1_5_mix665k.json --images /data/llava --out data/shards/llava_mix665k
+    lmm convert --json llava_v1_5_mix665k.json --images /data/llava --out data/shards/llava_mix665k
 
 Writes `OUT/<source>/shard-NNNNNN.tar` (original encoded image bytes unless `--resize` asks
 otherwise; the entry's JSON plus its `source`), a sidecar `shard-NNNNNN.json` per shard (so a
@@ -56,7 +56,6 @@ def check_conversation(entry: dict) -> None:
         raise Rejected("conversation: <image> tag but no image")
 
 
-
 def image_path(root: Path, relative: str, follow_symlinks: bool = False) -> Path:
     """The file an entry names, which must stay under the image root: no `..` or absolute path
     out of it, and no symlink to outside it unless `follow_symlinks` (datasets linked in from
@@ -65,11 +64,16 @@ def image_path(root: Path, relative: str, follow_symlinks: bool = False) -> Path
     lexical = Path(os.path.normpath(root / relative))
     path = lexical if follow_symlinks else lexical.resolve()
     if not path.is_relative_to(root):
-        raise Rejected("image: path leaves the image root" + ("" if follow_symlinks else " (or is a symlink out of it; see --follow-symlinks)"))
+        raise Rejected(
+            "image: path leaves the image root"
+            + ("" if follow_symlinks else " (or is a symlink out of it; see --follow-symlinks)")
+        )
     return path
 
 
-def read_image(root: Path, relative: str, resize: int | None, verify: bool, follow_symlinks: bool = False) -> tuple[str, bytes]:
+def read_image(
+    root: Path, relative: str, resize: int | None, verify: bool, follow_symlinks: bool = False
+) -> tuple[str, bytes]:
     path = image_path(root, relative, follow_symlinks)
     extension = EXTENSIONS.get(path.suffix.lower())
     if extension is None:
@@ -116,7 +120,9 @@ def _write_shard(task: tuple) -> dict:
                 check_conversation(entry)
                 sample = {"__key__": f"{source}-{index:09d}", "json": {**entry, "source": source}}
                 paths = entry_images(entry)
-                for i, path in enumerate(paths):  # one image: `jpg`, `png`, ...; several: `0.jpg`, `1.png`, ... (in tag order)
+                for i, path in enumerate(
+                    paths
+                ):  # one image: `jpg`, `png`, ...; several: `0.jpg`, `1.png`, ... (in tag order)
                     extension, data = read_image(images_root, path, resize, verify, follow_symlinks)
                     sample[extension if len(paths) == 1 else f"{i}.{extension}"] = data
                     size += len(data)
@@ -136,7 +142,11 @@ def malformed(entry) -> str | None:
     if not isinstance(entry, dict):
         return "not a JSON object"
     image = entry.get("image")
-    if image is not None and not isinstance(image, str) and not (isinstance(image, list) and all(isinstance(p, str) for p in image)):
+    if (
+        image is not None
+        and not isinstance(image, str)
+        and not (isinstance(image, list) and all(isinstance(p, str) for p in image))
+    ):
         return f"'image' must be a path (a string) or a list of paths, got {type(image).__name__}"
     turns = entry.get("conversations")
     if not isinstance(turns, list) or not all(isinstance(turn, dict) for turn in turns):
@@ -158,8 +168,10 @@ def claim_output(out: Path, fingerprint: str) -> None:
     """Refuse to mix shards of different inputs in one folder: a re-run resumes only the same conversion."""
     marker = out / "input.sha256"
     if marker.exists() and marker.read_text().strip() != fingerprint:
-        raise SystemExit(f"{out} holds shards converted from a different JSON or with other options; "
-                         "convert into a new --out, or delete this one")
+        raise SystemExit(
+            f"{out} holds shards converted from a different JSON or with other options; "
+            "convert into a new --out, or delete this one"
+        )
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(fingerprint + "\n")
 
@@ -171,8 +183,14 @@ def plan(entries: list, out: Path, shard_size: int) -> tuple[list[tuple[Path, li
     for index, entry in enumerate(entries):
         problem = malformed(entry)
         if problem:
-            rejected.append({"index": index, "id": entry.get("id") if isinstance(entry, dict) else None, "source": None,
-                             "reason": f"entry: {problem}"})
+            rejected.append(
+                {
+                    "index": index,
+                    "id": entry.get("id") if isinstance(entry, dict) else None,
+                    "source": None,
+                    "reason": f"entry: {problem}",
+                }
+            )
             continue
         try:
             by_source[classify(entry)].append((index, entry))
@@ -203,13 +221,17 @@ def convert(
     tokens under them (lmm.data.index)."""
     out, images = local_directory(out, "--out").resolve(), Path(images)
     if not images.is_dir():
-        raise SystemExit(f"--images {images} is not a directory (it should hold coco/, gqa/, ... or the pretraining folders)")
+        raise SystemExit(
+            f"--images {images} is not a directory (it should hold coco/, gqa/, ... or the pretraining folders)"
+        )
     try:
         entries = json.loads(Path(json_path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise SystemExit(f"{json_path} is not valid JSON: {e}") from None
     except UnicodeDecodeError as e:
-        raise SystemExit(f"{json_path} is not UTF-8 text (byte {e.start}: {e.reason}); is it the LLaVA JSON file?") from None
+        raise SystemExit(
+            f"{json_path} is not UTF-8 text (byte {e.start}: {e.reason}); is it the LLaVA JSON file?"
+        ) from None
     except OSError as e:
         raise SystemExit(f"cannot read {json_path}: {e.strerror}") from None
     if not isinstance(entries, list):
@@ -224,7 +246,9 @@ def convert(
     workers = workers or os.cpu_count() or 1
     if tasks:
         with Pool(min(workers, len(tasks))) as pool:
-            for _ in tqdm(pool.imap_unordered(_write_shard, tasks), total=len(tasks), disable=not progress, desc="shards"):
+            for _ in tqdm(
+                pool.imap_unordered(_write_shard, tasks), total=len(tasks), disable=not progress, desc="shards"
+            ):
                 pass
     counts: Counter = Counter()
     image_bytes: Counter = Counter()
@@ -247,7 +271,9 @@ def convert(
         "counts": dict(sorted(counts.items())),
         "image_bytes": dict(sorted(image_bytes.items())),
         "shards": dict(sorted(shard_lists.items())),
-        "shard_info": {source: shard_records(out / source, samples) for source, samples in sorted(shard_samples.items())},
+        "shard_info": {
+            source: shard_records(out / source, samples) for source, samples in sorted(shard_samples.items())
+        },
         "rejected": dict(Counter(r["reason"].split(":")[0] for r in rejected)),
         "merged_sources": {"vqav2_okvqa": SOURCES["vqav2_okvqa"]},
     }
@@ -267,15 +293,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--resize", type=int, default=None, help="re-encode images whose longer side exceeds this")
     parser.add_argument("--no-verify-images", action="store_true", help="skip decoding each image (faster, less safe)")
-    parser.add_argument("--follow-symlinks", action="store_true",
-                        help="read images through symlinks that point outside --images (e.g. a linked-in coco/)")
-    parser.add_argument("--tokenizer", help="the LLM's tokenizer (a local directory): indexes record exact text tokens ...")
+    parser.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read images through symlinks that point outside --images (e.g. a linked-in coco/)",
+    )
+    parser.add_argument(
+        "--tokenizer", help="the LLM's tokenizer (a local directory): indexes record exact text tokens ..."
+    )
     parser.add_argument("--template", help="... under it and this chat template (vicuna_v1, plain, ...)")
     args = parser.parse_args(argv)
     if bool(args.tokenizer) != bool(args.template):
-        raise SystemExit("--tokenizer and --template go together (exact token counts hold for one tokenizer and one template)")
-    manifest = convert(args.json, args.images, args.out, args.workers, args.shard_size, args.resize, not args.no_verify_images,
-                       follow_symlinks=args.follow_symlinks, exact=(args.tokenizer, args.template) if args.tokenizer else None)
+        raise SystemExit(
+            "--tokenizer and --template go together (exact token counts hold for one tokenizer and one template)"
+        )
+    manifest = convert(
+        args.json,
+        args.images,
+        args.out,
+        args.workers,
+        args.shard_size,
+        args.resize,
+        not args.no_verify_images,
+        follow_symlinks=args.follow_symlinks,
+        exact=(args.tokenizer, args.template) if args.tokenizer else None,
+    )
     print(json.dumps({k: manifest[k] for k in ("entries", "counts", "rejected")}, indent=2))
     print(f"[lmm] manifest: {Path(args.out) / MANIFEST}; rejected entries: {Path(args.out) / 'rejected.jsonl'}")
 

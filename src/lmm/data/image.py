@@ -24,8 +24,14 @@ from PIL import Image, ImageOps
 from lmm.data.anyres import AnyRes
 
 ASPECTS = ("pad", "resize", "crop", "anyres")
-ALPHA = ("drop", "white")  # drop: LLaVA's convert("RGB") keeps the colour under transparency; white: composite over white
-EXIF = ("ignore", "apply")  # ignore: LLaVA reads the stored pixels; apply: turn the image upright by its EXIF orientation
+ALPHA = (
+    "drop",
+    "white",
+)  # drop: LLaVA's convert("RGB") keeps the colour under transparency; white: composite over white
+EXIF = (
+    "ignore",
+    "apply",
+)  # ignore: LLaVA reads the stored pixels; apply: turn the image upright by its EXIF orientation
 MAX_PIXELS = 8192 * 8192  # larger images are refused as decompression bombs
 MAX_FILE_BYTES = 256 * 2**20  # an image file larger than this is refused before it is read
 ORIENTATION_TAG = 0x0112  # EXIF orientation: 5-8 turn the image by 90°, swapping its sides
@@ -158,8 +164,15 @@ class ImageTransform:
     """
 
     def __init__(
-        self, size: int, mean: tuple[float, ...], std: tuple[float, ...], aspect: str = "pad", fill: tuple[float, ...] | None = None,
-        anyres: AnyRes | None = None, alpha: str = "drop", exif: str = "ignore",
+        self,
+        size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        aspect: str = "pad",
+        fill: tuple[float, ...] | None = None,
+        anyres: AnyRes | None = None,
+        alpha: str = "drop",
+        exif: str = "ignore",
     ):
         if aspect not in ASPECTS:
             raise ValueError(f"image_aspect must be one of {ASPECTS}, got {aspect!r}")
@@ -174,7 +187,11 @@ class ImageTransform:
         self.std_t = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
 
     def decode(self, image: Image.Image | bytes) -> Image.Image:
-        return decode_image(image, alpha=self.alpha, exif=self.exif) if isinstance(image, bytes) else to_rgb(image, self.alpha)
+        return (
+            decode_image(image, alpha=self.alpha, exif=self.exif)
+            if isinstance(image, bytes)
+            else to_rgb(image, self.alpha)
+        )
 
     def size_of(self, data: bytes) -> tuple[int, int]:
         """(height, width) of encoded bytes as this transform will decode them, from the header."""

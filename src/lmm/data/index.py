@@ -1,7 +1,7 @@
 """Per-shard index: where each sample lies in its tar and what the global plan needs, so that
 planning reads no sample bytes and a worker reads only the samples it serves, by byte range.
 
-    python -m lmm.data.index ROOT [--force]     index every shard of a data root (writes x.tar.idx.npz)
+    lmm index ROOT [--force]     index every shard of a data root (writes x.tar.idx.npz)
 
 The index of `x.tar` is `x.tar.idx.npz` beside it (for an http(s) shard, the same URL with the
 suffix, fetched once per shard). It is an uncompressed .npz of plain arrays (read with
@@ -9,7 +9,8 @@ allow_pickle=False), one row per sample, samples grouped exactly as webdataset g
 (its own group_by_keys): the sample's span (from its first member's header to the end of its
 last member, so one read returns the whole sample), its text tokens (the plan's estimate: JSON
 bytes / 4; indexed with `--tokenizer DIR --template NAME`, also the exact count under those,
-which runs with the same tokenizer files and template plan by), its image count and their header sizes, and, for people and tests, its key, source and
+which runs with the same tokenizer files and template plan by), its image count and their header sizes, and,
+for people and tests, its key, source and
 members (name, data offset, size). Members of an .npz load one at a time, so the plan reads only
 the few bytes per sample it needs (`PLAN_ARRAYS`), never the keys.
 """
@@ -33,7 +34,15 @@ from webdataset.tariterators import group_by_keys, meta_prefix, meta_suffix
 
 from lmm.data.image import ImageError, header_size
 from lmm.data.sample import image_keys
-from lmm.data.shards import FETCH_TIMEOUT_S, MANIFEST, index_path, is_remote, read_manifest, shard_records, write_manifest
+from lmm.data.shards import (
+    FETCH_TIMEOUT_S,
+    MANIFEST,
+    index_path,
+    is_remote,
+    read_manifest,
+    shard_records,
+    write_manifest,
+)
 
 FORMAT = "lmm-shard-index/1"
 PLAN_ARRAYS = ("span_start", "text_tokens", "image_count")  # what a plan loads: ~7 bytes a sample
@@ -48,7 +57,11 @@ def tar_members(stream, url: str) -> Iterator[dict]:
     tar = tarfile.open(fileobj=stream, mode="r|")  # "r|": an uncompressed tar only (byte ranges need one)
     for info in tar:
         name = info.name
-        if not info.isreg() or ("/" not in name and name.startswith(meta_prefix) and name.endswith(meta_suffix)) or SKIP_META.match(name):
+        if (
+            not info.isreg()
+            or ("/" not in name and name.startswith(meta_prefix) and name.endswith(meta_suffix))
+            or SKIP_META.match(name)
+        ):
             continue
         data = tar.extractfile(info).read()
         yield {"fname": name, "data": (info.offset, info.offset_data, info.size, data), "__url__": url}
@@ -63,7 +76,11 @@ class ExactLengths:
         from lmm.data.conversation import IMAGE_TOKEN
         from lmm.data.tokenizer import load_tokenizer
 
-        self.tokenizer, self.template, self.key = load_tokenizer(str(tokenizer_dir)), template, exact_key(tokenizer_dir, template)
+        self.tokenizer, self.template, self.key = (
+            load_tokenizer(str(tokenizer_dir)),
+            template,
+            exact_key(tokenizer_dir, template),
+        )
         self.image_token, self.image_token_id = IMAGE_TOKEN, self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
     def __call__(self, raw_json: bytes) -> int | None:
@@ -88,14 +105,17 @@ def exact_key(tokenizer_dir: str | Path, template: str) -> str:
 
 def _sample_row(sample: dict, exact: ExactLengths | None = None) -> dict:
     """One grouped sample (entries: (header offset, data offset, size, bytes)) -> its index row."""
-    members = sorted(((name, *value) for name, value in sample.items() if not name.startswith("__")), key=lambda m: m[1])
+    members = sorted(
+        ((name, *value) for name, value in sample.items() if not name.startswith("__")), key=lambda m: m[1]
+    )
     start = members[0][1]
     end = max(offset + size for _, _, offset, size, _ in members)
     raw = {name: value[3] for name, value in sample.items() if not name.startswith("__")}
     try:
         keys = image_keys(raw)
     except ImageError:
-        keys = []  # not one image nor a numbered list: planned as text-only; reading it is a counted skip, as without an index
+        # not one image nor a numbered list: planned as text-only; reading it is a counted skip, as without an index
+        keys = []
     sizes = []
     for key in keys:
         try:
@@ -103,8 +123,11 @@ def _sample_row(sample: dict, exact: ExactLengths | None = None) -> dict:
         except ImageError:
             sizes.append((0, 0, False))  # unreadable: 0 tokens planned (the sample is skipped when read)
     return {
-        "key": sample["__key__"], "source": _source(raw.get("json", b"")), "span": (start, -(-end // BLOCK) * BLOCK - start),
-        "text_tokens": len(raw.get("json", b"")) // 4, "sizes": sizes,
+        "key": sample["__key__"],
+        "source": _source(raw.get("json", b"")),
+        "span": (start, -(-end // BLOCK) * BLOCK - start),
+        "text_tokens": len(raw.get("json", b"")) // 4,
+        "sizes": sizes,
         "exact": exact(raw.get("json", b"")) if exact is not None else None,
         "members": [(name, offset, size) for name, _, offset, size, _ in members],
     }
@@ -138,7 +161,8 @@ def build_index(shard: str | Path, exact: ExactLengths | None = None) -> dict[st
     ends = [r["span"][0] + r["span"][1] for r in rows]
     starts = [r["span"][0] for r in rows] + ends[-1:]
     return {
-        "format": np.array(FORMAT), "shard_bytes": np.array(shard.stat().st_size, dtype=np.int64),
+        "format": np.array(FORMAT),
+        "shard_bytes": np.array(shard.stat().st_size, dtype=np.int64),
         "span_start": compact(starts or [0]),
         "text_tokens": compact([r["text_tokens"] for r in rows]),
         "image_count": compact([len(r["sizes"]) for r in rows]),
@@ -151,8 +175,14 @@ def build_index(shard: str | Path, exact: ExactLengths | None = None) -> dict[st
         "member_name": np.array([m[0] for m in members], dtype=str),
         "member_offset": np.array([m[1] for m in members], dtype=np.int64),
         "member_size": np.array([m[2] for m in members], dtype=np.int64),
-        **({"exact_for": np.array(exact.key),
-            "text_tokens_exact": compact([r["text_tokens"] if r["exact"] is None else r["exact"] for r in rows])} if exact else {}),
+        **(
+            {
+                "exact_for": np.array(exact.key),
+                "text_tokens_exact": compact([r["text_tokens"] if r["exact"] is None else r["exact"] for r in rows]),
+            }
+            if exact
+            else {}
+        ),
     }
 
 
@@ -180,8 +210,9 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
             archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue())
 
 
-def read_arrays(url: str, names: tuple[str, ...], counter: list[int] | None = None,
-                optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+def read_arrays(
+    url: str, names: tuple[str, ...], counter: list[int] | None = None, optional: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
     """Some arrays of a shard's index (a local file, or an http(s) URL fetched whole), and those
     of `optional` it holds; `counter[0]` grows by the bytes read. FileNotFoundError / ValueError
     say what is wrong."""
@@ -197,9 +228,11 @@ def read_arrays(url: str, names: tuple[str, ...], counter: list[int] | None = No
         with np.load(source, allow_pickle=False) as archive:
             if str(archive["format"]) != FORMAT:
                 raise ValueError(f"{where} is not an lmm shard index ({FORMAT})")
-            arrays = {name: archive[name] for name in names} | {name: archive[name] for name in optional if name in archive.files}
+            arrays = {name: archive[name] for name in names} | {
+                name: archive[name] for name in optional if name in archive.files
+            }
     except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{where} cannot be read ({type(e).__name__}: {e}); re-index with `python -m lmm.data.index`") from None
+        raise ValueError(f"{where} cannot be read ({type(e).__name__}: {e}); re-index with `lmm index`") from None
     finally:
         if counter is not None:
             counter[0] += source.bytes_read if isinstance(source, CountingFile) else len(source.getbuffer())
@@ -255,9 +288,7 @@ def read_span(url: str, start: int, length: int) -> bytes:
 
 def parse_sample(span: bytes, url: str) -> dict:
     """One sample's span of tar bytes -> the raw sample webdataset would have yielded."""
-    samples = list(group_by_keys(
-        {**m, "data": m["data"][3]} for m in tar_members(io.BytesIO(span), url)
-    ))
+    samples = list(group_by_keys({**m, "data": m["data"][3]} for m in tar_members(io.BytesIO(span), url)))
     if len(samples) != 1:
         raise ValueError(f"the index's span holds {len(samples)} samples, not one (re-index the shard)")
     return samples[0]
@@ -275,8 +306,11 @@ def index_root(root: str | Path, force: bool = False, exact: ExactLengths | None
     done: dict[str, int] = {}
     for folder in folders:
         shards = sorted((root / folder).glob("*.tar"))
-        stale = [s for s in shards if force or not Path(index_path(s)).is_file()
-                 or Path(index_path(s)).stat().st_mtime < s.stat().st_mtime]
+        stale = [
+            s
+            for s in shards
+            if force or not Path(index_path(s)).is_file() or Path(index_path(s)).stat().st_mtime < s.stat().st_mtime
+        ]
         for shard in stale:
             write_index(shard, exact)
         done[folder] = len(stale)
@@ -292,13 +326,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("root", help=f"a data root (with {MANIFEST}) written by lmm.data.convert or lmm.data.synthetic")
     parser.add_argument("--force", action="store_true", help="re-index shards that already have an index")
-    parser.add_argument("--tokenizer", help="also record exact text tokens under this tokenizer (a local directory) ...")
-    parser.add_argument("--template", help="... and this chat template (vicuna_v1, plain, ...): runs with both plan by them")
+    parser.add_argument(
+        "--tokenizer", help="also record exact text tokens under this tokenizer (a local directory) ..."
+    )
+    parser.add_argument(
+        "--template", help="... and this chat template (vicuna_v1, plain, ...): runs with both plan by them"
+    )
     args = parser.parse_args(argv)
     if not Path(args.root).is_dir():
         raise SystemExit(f"{args.root} is not a directory")
     if bool(args.tokenizer) != bool(args.template):
-        raise SystemExit("--tokenizer and --template go together (exact token counts hold for one tokenizer and one template)")
+        raise SystemExit(
+            "--tokenizer and --template go together (exact token counts hold for one tokenizer and one template)"
+        )
     exact = ExactLengths(args.tokenizer, args.template) if args.tokenizer else None
     try:
         done = index_root(args.root, args.force, exact)

@@ -42,7 +42,9 @@ class Source:
     name: str
     shards: list[str]
     weight: float  # sampling probability ∝ weight (natural size × the user's multiplier)
-    expected: dict[str, dict] | None = None  # url -> the manifest's {"bytes", "samples"}: a shard lost or cut is a counted skip of its samples
+    expected: dict[str, dict] | None = (
+        None  # url -> the manifest's {"bytes", "samples"}: a shard lost or cut is a counted skip of its samples
+    )
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,13 @@ def is_marker(sample) -> bool:
 
 
 def plan_steps(
-    samples: Iterator, per_device: int, world: World, group_size: int, rng: random.Random,
-    length: Callable, modality: Callable = has_image,
+    samples: Iterator,
+    per_device: int,
+    world: World,
+    group_size: int,
+    rng: random.Random,
+    length: Callable,
+    modality: Callable = has_image,
 ) -> Iterator[list[list[list]]]:
     """LLaVA's get_modality_length_grouped_indices, streamed and global. Image and text-only
     samples (`modality`) fill separate pools of `group_size` global batches; a full pool is
@@ -153,8 +160,14 @@ class TrainingStream(IterableDataset):
     def _source(self, source: Source) -> Iterator:
         seed = f"{self.seed}/{self.epoch}/{source.name}"
         draws = self._shard_draws(source.shards, random.Random(seed), source.expected or {})
-        samples = expand_shards(draws) if self.catalog is None else (s for draw in draws for s in self.catalog.samples_of(draw))
-        return wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=random.Random(seed + "/shuffle"))(samples)
+        samples = (
+            expand_shards(draws)
+            if self.catalog is None
+            else (s for draw in draws for s in self.catalog.samples_of(draw))
+        )
+        return wds.shuffle(
+            self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=random.Random(seed + "/shuffle")
+        )(samples)
 
     @staticmethod
     def _shard_draws(shards: list[str], rng: random.Random, expected: dict[str, dict]) -> Iterator[dict]:
@@ -167,7 +180,9 @@ class TrainingStream(IterableDataset):
     def raw_samples(self, rng: random.Random) -> Iterator:
         """The mixture's sample stream: raw samples, or catalog positions when planning from indexes."""
         streams = [self._source(s) for s in self.sources]
-        cumulative = list(itertools.accumulate(s.weight for s in self.sources))  # what choices(weights=) computes per call
+        cumulative = list(
+            itertools.accumulate(s.weight for s in self.sources)
+        )  # what choices(weights=) computes per call
         while True:
             (stream,) = rng.choices(streams, cum_weights=cumulative)
             yield next(stream)

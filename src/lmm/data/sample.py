@@ -29,7 +29,9 @@ def image_keys(sample: dict) -> list[str]:
     if len(single) > 1 or (single and numbered):
         raise ImageError(f"entries {sorted(single + list(numbered.values()))} are not one image nor a numbered list")
     if sorted(numbered) != list(range(len(numbered))):
-        raise ImageError(f"numbered entries {sorted(numbered.values())} skip a number (expected 0.<ext> … {len(numbered) - 1}.<ext>)")
+        raise ImageError(
+            f"numbered entries {sorted(numbered.values())} skip a number (expected 0.<ext> … {len(numbered) - 1}.<ext>)"
+        )
     return single or [numbered[i] for i in range(len(numbered))]
 
 
@@ -64,7 +66,9 @@ class Skip:
 class Example:
     input_ids: list[int]
     labels: list[int]
-    pixels: torch.Tensor | None  # [V, 3, S, S]: the images' views in the order of their <image> tags; None for text-only
+    pixels: (
+        torch.Tensor | None
+    )  # [V, 3, S, S]: the images' views in the order of their <image> tags; None for text-only
     meta: dict = field(default_factory=dict)
     instructions: list[list[int]] | None = None  # each image's question, for instruction-aware connectors
     image_sizes: list[tuple[int, int]] | None = None  # each image's (height, width); several views each under AnyRes
@@ -158,16 +162,26 @@ class SampleProcessor:
         for turn in turns:
             text = turn["value"].replace(IMAGE_TOKEN, "").strip()
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.instruction_length]
-            out += [ids or [self.tokenizer.pad_token_id]] * turn["value"].count(IMAGE_TOKEN)  # an image with no question gets one token
+            out += [ids or [self.tokenizer.pad_token_id]] * turn["value"].count(
+                IMAGE_TOKEN
+            )  # an image with no question gets one token
         return out
 
-    def _encode_fitting(self, turns: list[dict], image_tokens: list[int], generation_prompt: bool, label_end_of_turn: bool = True):
+    def _encode_fitting(
+        self, turns: list[dict], image_tokens: list[int], generation_prompt: bool, label_end_of_turn: bool = True
+    ):
         dropped = 0
         while True:
             try:
                 return encode(
-                    self.tokenizer, self.template, turns, image_tokens, self.image_token_id,
-                    max_length=self.max_length, generation_prompt=generation_prompt, label_end_of_turn=label_end_of_turn,
+                    self.tokenizer,
+                    self.template,
+                    turns,
+                    image_tokens,
+                    self.image_token_id,
+                    max_length=self.max_length,
+                    generation_prompt=generation_prompt,
+                    label_end_of_turn=label_end_of_turn,
                 ), dropped
             except ConversationTooLong:
                 # Drop the last exchange, but never the first, nor one that holds an image (images are never cut).
@@ -176,7 +190,12 @@ class SampleProcessor:
                 turns, dropped = turns[:-2], dropped + 2
 
     def encode(
-        self, sample: dict, turns: list[dict], generation_prompt: bool = False, meta: dict | None = None, label_end_of_turn: bool = True
+        self,
+        sample: dict,
+        turns: list[dict],
+        generation_prompt: bool = False,
+        meta: dict | None = None,
+        label_end_of_turn: bool = True,
     ) -> Example | Skip:
         """`label_end_of_turn=False`: label the replies without their end-of-turn (answer log-likelihoods)."""
         key = sample.get("__key__", "?")
@@ -184,8 +203,9 @@ class SampleProcessor:
             if self.strip_format_prompts:
                 turns = strip_format_prompts(turns)
             pixels, sizes = self.pixels(sample)
-            enc, dropped = self._encode_fitting(turns, [self.tokens_for(*size) for size in sizes], generation_prompt,
-                                                label_end_of_turn)
+            enc, dropped = self._encode_fitting(
+                turns, [self.tokens_for(*size) for size in sizes], generation_prompt, label_end_of_turn
+            )
         except ConversationError as e:
             return Skip(key, f"conversation: {e}")
         except ImageError as e:
@@ -208,4 +228,6 @@ class SampleProcessor:
             record = parse_record(sample.get("json"))
         except ValueError as e:
             return Skip(key, str(e))
-        return self.encode(sample, record["conversations"], meta={"id": record.get("id"), "source": record.get("source"), "key": key})
+        return self.encode(
+            sample, record["conversations"], meta={"id": record.get("id"), "source": record.get("source"), "key": key}
+        )

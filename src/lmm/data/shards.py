@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -46,7 +45,9 @@ def read_manifest(root: str | Path, needed_for: str | None = None) -> dict | Non
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); regenerate it (convert or generate the data again)") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({e}); regenerate it (convert or generate the data again)"
+        ) from None
 
 
 def fetch_text(url: str) -> str | None:
@@ -80,7 +81,9 @@ def check_url(url: str, allow_pipe: bool = False) -> str:
     metacharacters, or (only when allowed) a `pipe:` command."""
     if url.startswith("pipe:"):
         if not allow_pipe:
-            raise ValueError(f"refusing shard URL {url!r}: pipe: runs a shell command; set data.allow_pipe_urls=true to allow it")
+            raise ValueError(
+                f"refusing shard URL {url!r}: pipe: runs a shell command; set data.allow_pipe_urls=true to allow it"
+            )
         return url
     if "://" in url:
         if not url.startswith(REMOTE_SCHEMES):
@@ -130,7 +133,11 @@ def shard_records(folder: Path, samples: dict[str, int]) -> dict[str, dict]:
     for name, count in sorted(samples.items()):
         shard = Path(folder) / name
         index = Path(index_path(shard))
-        records[name] = {"bytes": shard.stat().st_size, "samples": count, **({"index_bytes": index.stat().st_size} if index.is_file() else {})}
+        records[name] = {
+            "bytes": shard.stat().st_size,
+            "samples": count,
+            **({"index_bytes": index.stat().st_size} if index.is_file() else {}),
+        }
     return records
 
 
@@ -164,8 +171,11 @@ def shard_problem(path: str | Path, expected: dict) -> str | None:
 
 def shard_problems(folder: str | Path, expected: dict[str, dict]) -> list[tuple[str, str, int | None]]:
     """(name, why, samples it should hold) for each shard of `folder` that does not match its record."""
-    return [(name, problem, record.get("samples")) for name, record in expected.items()
-            if (problem := shard_problem(Path(folder) / name, record))]
+    return [
+        (name, problem, record.get("samples"))
+        for name, record in expected.items()
+        if (problem := shard_problem(Path(folder) / name, record))
+    ]
 
 
 def list_complete_shards(spec: str | Path, allow_pipe: bool = False) -> list[str]:
@@ -175,14 +185,19 @@ def list_complete_shards(spec: str | Path, allow_pipe: bool = False) -> list[str
     expected = expected_shards(spec)
     if expected is None:
         return list_shards(spec, allow_pipe)
-    if is_remote(spec):  # sizes cannot be checked without a request per shard: a shard that fails to read is reported then
+    if is_remote(
+        spec
+    ):  # sizes cannot be checked without a request per shard: a shard that fails to read is reported then
         return [check_url(str(child(spec, name))) for name in expected]
     problems = shard_problems(spec, expected)
     if problems:
         lost = sum(samples or 0 for _, _, samples in problems)
-        raise FileNotFoundError(f"{spec} is incomplete: {'; '.join(why for _, why, _ in problems[:5])}{'; ...' if len(problems) > 5 else ''} "
-                                f"({len(problems)} of {len(expected)} shards{f', {lost} samples' if lost else ''}); "
-                                "convert or generate the data again")
+        raise FileNotFoundError(
+            f"{spec} is incomplete: {'; '.join(why for _, why, _ in problems[:5])}"
+            f"{'; ...' if len(problems) > 5 else ''} "
+            f"({len(problems)} of {len(expected)} shards{f', {lost} samples' if lost else ''}); "
+            "convert or generate the data again"
+        )
     if not expected:
         raise FileNotFoundError(f"no .tar shards at {spec} (its manifest lists none)")
     return [str(Path(spec) / name) for name in expected]

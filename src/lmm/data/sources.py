@@ -33,7 +33,9 @@ _PRETRAIN_IMAGE = re.compile(r"^\d{5}/\d+\.\w+$")  # 00453/004539375.jpg
 
 
 def _text(entry: dict) -> str:
-    return "\n".join(str(turn.get("value", "")) for turn in entry.get("conversations", []) if turn.get("from") == "human")
+    return "\n".join(
+        str(turn.get("value", "")) for turn in entry.get("conversations", []) if turn.get("from") == "human"
+    )
 
 
 MULTI_IMAGE = "multi_image"  # entries with several images (LLaVA-NeXT's interleaved data)

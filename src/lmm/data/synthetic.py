@@ -10,8 +10,8 @@ Each sample is `{"__key__", "png": bytes, "json": {"id", "source", "conversation
 LLaVA's format plus the question type of every human turn (used for per-type baselines).
 Boxes are normalised to the *padded square* image, as LLaVA-1.5's region data is.
 
-    python -m lmm.data.synthetic --out data/synthetic [--train 6000 --seed 0] [--placement free]
-    python -m lmm.data.synthetic --out data/synthetic_table2 --preset table2   (make table2's mixture)
+    lmm synthetic --out data/synthetic [--train 6000 --seed 0] [--placement free]
+    lmm synthetic --out data/synthetic_table2 --preset table2   (make table2's mixture)
 """
 
 from __future__ import annotations
@@ -125,10 +125,14 @@ def _place_objects(rng: random.Random, width: int, height: int, n: int, placemen
         centres = _free_centres(rng, width, height, [SIZES[size] for size in sizes])
     else:
         raise ValueError(f"placement must be 'grid' or 'free', got {placement!r}")
-    return [Obj(shape, colour, size, cx, cy) for (shape, colour), size, (cx, cy) in zip(kinds, sizes, centres)]
+    return [
+        Obj(shape, colour, size, cx, cy) for (shape, colour), size, (cx, cy) in zip(kinds, sizes, centres, strict=True)
+    ]
 
 
-def _free_centres(rng: random.Random, width: int, height: int, halves: list[int], gap: int = 2) -> list[tuple[int, int]]:
+def _free_centres(
+    rng: random.Random, width: int, height: int, halves: list[int], gap: int = 2
+) -> list[tuple[int, int]]:
     """Random centres for boxes of these half-extents, at least `gap` px apart. Early objects can
     leave no room for the last one (3 large objects on a 96x48 canvas), so a placement that gets
     stuck starts over; every canvas holds 3 large objects in a row, so this ends."""
@@ -137,8 +141,10 @@ def _free_centres(rng: random.Random, width: int, height: int, halves: list[int]
         for half in halves:
             for _ in range(50):
                 cx, cy = rng.randint(half, width - 1 - half), rng.randint(half, height - 1 - half)
-                if all(abs(cx - px) > half + other + gap or abs(cy - py) > half + other + gap
-                       for (px, py), other in zip(centres, halves)):
+                if all(
+                    abs(cx - px) > half + other + gap or abs(cy - py) > half + other + gap
+                    for (px, py), other in zip(centres, halves, strict=True)
+                ):
                     centres.append((cx, cy))
                     break
             else:
@@ -171,7 +177,9 @@ def render(scene: Scene) -> Image.Image:
             draw.polygon([(o.cx, y1), (x2, o.cy), (o.cx, y2), (x1, o.cy)], fill=fill)
     if scene.word:
         font = ImageFont.load_default(size=scene.word_size)
-        draw.text((scene.width // 2, scene.height // 2), scene.word, fill=COLOURS[scene.word_colour], font=font, anchor="mm")
+        draw.text(
+            (scene.width // 2, scene.height // 2), scene.word, fill=COLOURS[scene.word_colour], font=font, anchor="mm"
+        )
     return image
 
 
@@ -180,7 +188,12 @@ def normalised_box(box: tuple[int, int, int, int], width: int, height: int) -> l
     side = max(width, height)
     dx, dy = (side - width) / 2, (side - height) / 2
     x1, y1, x2, y2 = box
-    return [round((x1 + dx) / side, 2), round((y1 + dy) / side, 2), round((x2 + dx) / side, 2), round((y2 + dy) / side, 2)]
+    return [
+        round((x1 + dx) / side, 2),
+        round((y1 + dy) / side, 2),
+        round((x2 + dx) / side, 2),
+        round((y2 + dy) / side, 2),
+    ]
 
 
 def format_box(box: list[float]) -> str:
@@ -198,13 +211,23 @@ def _vqa_questions(rng: random.Random, scene: Scene) -> list[tuple[str, str, str
     objs = scene.objects
     qs = [("count", "How many objects are in the image?", str(len(objs)))]
     for o in objs:
-        qs.append(("colour", f"What color is the {o.shape}?", o.colour) if sum(p.shape == o.shape for p in objs) == 1 else None)
-        qs.append(("shape", f"What shape is the {o.colour} object?", o.shape) if sum(p.colour == o.colour for p in objs) == 1 else None)
+        qs.append(
+            ("colour", f"What color is the {o.shape}?", o.colour)
+            if sum(p.shape == o.shape for p in objs) == 1
+            else None
+        )
+        qs.append(
+            ("shape", f"What shape is the {o.colour} object?", o.shape)
+            if sum(p.colour == o.colour for p in objs) == 1
+            else None
+        )
     if len(objs) >= 2:
         a, b = rng.sample(objs, 2)
         if abs(a.cx - b.cx) > 6:
             side = "left" if a.cx < b.cx else "right"
-            qs.append(("position", f"Is the {a.colour} {a.shape} to the left or right of the {b.colour} {b.shape}?", side))
+            qs.append(
+                ("position", f"Is the {a.colour} {a.shape} to the left or right of the {b.colour} {b.shape}?", side)
+            )
     return [q for q in qs if q is not None]
 
 
@@ -294,6 +317,7 @@ def make_two_image_sample(rng: random.Random, index: int, placement: str = "grid
     which image has more objects of a colour (never a tie); whether the one shape of the first image
     is also in the second (yes and no equally often); the colour of the one object in the first or
     the second image (the other image's object has another colour: the question names which image to read)."""
+
     def scene(n: int) -> Scene:
         width, height = rng.choice(CANVASES)
         return Scene(width, height, _place_objects(rng, width, height, n, placement))
@@ -324,8 +348,16 @@ def make_two_image_sample(rng: random.Random, index: int, placement: str = "grid
                 break
         qtype, question = "shape_in_both", "Is the shape in the first image also in the second? Answer yes or no."
         answer = "yes" if wanted else "no"
-    turns = [{"from": "human", "value": f"Image 1: {IMAGE_TOKEN}\nImage 2: {IMAGE_TOKEN}\n{question}"}, {"from": "gpt", "value": answer}]
-    return [first, second], {"id": f"two_image-{index:07d}", "source": "two_image", "conversations": turns, "qtypes": [qtype]}
+    turns = [
+        {"from": "human", "value": f"Image 1: {IMAGE_TOKEN}\nImage 2: {IMAGE_TOKEN}\n{question}"},
+        {"from": "gpt", "value": answer},
+    ]
+    return [first, second], {
+        "id": f"two_image-{index:07d}",
+        "source": "two_image",
+        "conversations": turns,
+        "qtypes": [qtype],
+    }
 
 
 @dataclass
@@ -344,8 +376,12 @@ class GenerationConfig:
 
     def splits(self) -> dict[str, tuple[int, dict | None]]:
         """Every split in generation order: (samples, source weights; None for the caption split)."""
-        splits = {"pretrain": (self.pretrain, None), "train": (self.train, self.weights), "val": (self.val, self.weights),
-                  "test": (self.test, self.test_weights or self.weights)}
+        splits = {
+            "pretrain": (self.pretrain, None),
+            "train": (self.train, self.weights),
+            "val": (self.val, self.weights),
+            "test": (self.test, self.test_weights or self.weights),
+        }
         return splits | {name: (self.train, weights) for name, weights in self.extra_train.items()}
 
 
@@ -357,16 +393,22 @@ MULTI_IMAGE_WEIGHTS = {"vqa": 0.3, "ocr": 0.15, "region": 0.15, "description": 0
 PRESETS = {
     "default": GenerationConfig(),
     "table2": GenerationConfig(
-        pretrain=0, test=400, weights=TABLE2_WEIGHTS,
+        pretrain=0,
+        test=400,
+        weights=TABLE2_WEIGHTS,
         test_weights={k: w for k, w in TABLE2_WEIGHTS.items() if k != "conversation"},
-        extra_train={"train_no_region": {k: w for k, w in TABLE2_WEIGHTS.items() if k != "region"}}),
+        extra_train={"train_no_region": {k: w for k, w in TABLE2_WEIGHTS.items() if k != "region"}},
+    ),
     # High resolution (make ablate-anyres): the default's sources plus one-digit numbers in small type.
     "anyres": GenerationConfig(pretrain=0, test=400, weights=ANYRES_WEIGHTS),
     # Several images per conversation: the default's sources plus two-image questions;
     # `train_single_image` is the same mixture without them (single- vs multi-image training).
     "multi_image": GenerationConfig(
-        pretrain=0, test=400, weights=MULTI_IMAGE_WEIGHTS,
-        extra_train={"train_single_image": {k: w for k, w in MULTI_IMAGE_WEIGHTS.items() if k != "two_image"}}),
+        pretrain=0,
+        test=400,
+        weights=MULTI_IMAGE_WEIGHTS,
+        extra_train={"train_single_image": {k: w for k, w in MULTI_IMAGE_WEIGHTS.items() if k != "two_image"}},
+    ),
 }
 
 
@@ -394,15 +436,19 @@ def _baselines(train_records: list[dict]) -> dict:
                 heights.append(y2 - y1)
     majority = {q: c.most_common(1)[0][0] for q, c in answers.items() if q not in ("description", "grounding")}
     w, h = sum(widths) / max(len(widths), 1), sum(heights) / max(len(heights), 1)
-    return {"majority_answer": majority, "centred_box": [round(0.5 - w / 2, 2), round(0.5 - h / 2, 2), round(0.5 + w / 2, 2), round(0.5 + h / 2, 2)]}
+    return {
+        "majority_answer": majority,
+        "centred_box": [round(0.5 - w / 2, 2), round(0.5 - h / 2, 2), round(0.5 + w / 2, 2), round(0.5 + h / 2, 2)],
+    }
 
 
 class MixtureExists(ValueError):
     """`out` holds a mixture generated with other options: not overwritten unless asked (force)."""
 
 
-def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), train_tokenizer: bool = True,
-             force: bool = False) -> dict:
+def generate(
+    out: str | Path, config: GenerationConfig = GenerationConfig(), train_tokenizer: bool = True, force: bool = False
+) -> dict:
     """Write all splits, the manifest and the tokenizer; skip if `out` already holds this config.
     A mixture made with other options is not overwritten (runs trained on it would silently see
     other data) unless `force`: MixtureExists says what differs.
@@ -424,9 +470,15 @@ def generate(out: str | Path, config: GenerationConfig = GenerationConfig(), tra
             return manifest  # made by the process that held the lock first
         if manifest is not None and not force:
             old = manifest.get("config") or {}
-            diff = [f"{k}: {old.get(k, '<absent>')!r} -> {v!r}" for k, v in asdict(config).items() if old.get(k, "<absent>") != v]
-            raise MixtureExists(f"{out} holds a synthetic mixture made with other options ({'; '.join(diff[:6])}); runs trained "
-                                "on it would see other data: generate into another --out, or pass --force to replace it")
+            diff = [
+                f"{k}: {old.get(k, '<absent>')!r} -> {v!r}"
+                for k, v in asdict(config).items()
+                if old.get(k, "<absent>") != v
+            ]
+            raise MixtureExists(
+                f"{out} holds a synthetic mixture made with other options ({'; '.join(diff[:6])}); runs trained "
+                "on it would see other data: generate into another --out, or pass --force to replace it"
+            )
         return _generate(out, config, train_tokenizer)
 
 
@@ -458,7 +510,9 @@ def _generate(out: Path, config: GenerationConfig, train_tokenizer: bool) -> dic
                     train_records.append(record)
         manifest["counts"][split] = dict(sorted(counts.items()))
         manifest["shards"][split] = sorted(p.name for p in split_dir.glob("shard-*.tar"))
-        names = manifest["shards"][split]  # ShardWriter fills each to maxcount, in order (an empty split: one empty shard)
+        names = manifest["shards"][
+            split
+        ]  # ShardWriter fills each to maxcount, in order (an empty split: one empty shard)
         for name in names:
             write_index(split_dir / name)
         samples = {name: max(0, min(config.shard_size, n - k * config.shard_size)) for k, name in enumerate(names)}
@@ -475,14 +529,29 @@ def _generate(out: Path, config: GenerationConfig, train_tokenizer: bool) -> dic
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="data/synthetic")
-    parser.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                        help="default: the embedded default's mixture; table2: make table2's; multi_image: with two-image questions (see PRESETS)")
+    parser.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default="default",
+        help="default: the embedded default's mixture; table2: make table2's; "
+        "multi_image: with two-image questions (see PRESETS)",
+    )
     for name in ("seed", "pretrain", "train", "val", "test", "shard_size"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default: the preset's ({getattr(GenerationConfig(), name)} for default)")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            help=f"default: the preset's ({getattr(GenerationConfig(), name)} for default)",
+        )
     parser.add_argument("--placement", choices=("grid", "free"))
-    parser.add_argument("--force", action="store_true", help="replace a mixture at --out that was made with other options")
+    parser.add_argument(
+        "--force", action="store_true", help="replace a mixture at --out that was made with other options"
+    )
     args = parser.parse_args(argv)
-    given = {f: getattr(args, f) for f in ("seed", "pretrain", "train", "val", "test", "shard_size", "placement") if getattr(args, f) is not None}
+    given = {
+        f: getattr(args, f)
+        for f in ("seed", "pretrain", "train", "val", "test", "shard_size", "placement")
+        if getattr(args, f) is not None
+    }
     try:
         manifest = generate(args.out, replace(PRESETS[args.preset], **given), force=args.force)
     except MixtureExists as e:

@@ -8,8 +8,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from lmm.core.weights import resolve_weights
 from lmm.data.conversation import IMAGE_TOKEN, LLAVA_SYSTEM
-from lmm.weights import resolve_weights
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
 

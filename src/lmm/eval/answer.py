@@ -1,4 +1,4 @@
-"""Answering questions: the one runner every benchmark and `lmm.predict` use.
+"""Answering questions: the one runner every benchmark and `lmm.commands.predict` use.
 
 Each rank encodes and answers every world-th question (`questions[rank::world]`) in batches
 with the KV-cached greedy generator; the answers are gathered so that every rank holds all of
@@ -15,23 +15,13 @@ from typing import TypeVar
 import torch
 from torch.utils.data import DataLoader
 
+from lmm.core.ranks import is_main_process, rank_and_world
 from lmm.data.collate import Collator
 from lmm.data.sample import Example, SampleProcessor, Skip
 from lmm.eval.generate import evaluating, generate_texts
 from lmm.model.lmm import LMM
 
 Q = TypeVar("Q")
-
-
-def rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    """Rank 0, or not distributed: the process that writes files."""
-    return rank_and_world()[0] == 0
 
 
 def gather_strided(mine: list, world: int) -> list:

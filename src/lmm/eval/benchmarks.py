@@ -11,15 +11,15 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
+from lmm.core.ranks import rank_and_world
 from lmm.data.collate import Collator
 from lmm.data.conversation import IMAGE_TOKEN, images_first
 from lmm.data.sample import Example, SampleProcessor, Skip, parse_record
 from lmm.data.shards import evaluation_stream, list_complete_shards, read_manifest
-from lmm.eval.answer import answer_questions, rank_and_world, write_predictions
+from lmm.eval.answer import answer_questions, write_predictions
 from lmm.eval.generate import evaluating
 from lmm.eval.metrics import BoxAccuracy, ExactMatch, parse_box
 from lmm.model.lmm import LMM
-
 
 
 def question_turns(record: dict) -> list[tuple[str, dict]]:
@@ -29,8 +29,18 @@ def question_turns(record: dict) -> list[tuple[str, dict]]:
     images = sum(turn["value"].count(IMAGE_TOKEN) for turn in turns)
     for k, qtype in enumerate(record["qtypes"]):
         question = images_first(turns[2 * k]["value"], images)
-        asked.append((question, {"id": record["id"], "turn": k, "source": record["source"], "qtype": qtype,
-                                 "answer": turns[2 * k + 1]["value"]}))
+        asked.append(
+            (
+                question,
+                {
+                    "id": record["id"],
+                    "turn": k,
+                    "source": record["source"],
+                    "qtype": qtype,
+                    "answer": turns[2 * k + 1]["value"],
+                },
+            )
+        )
     return asked
 
 
@@ -46,7 +56,9 @@ class SyntheticBenchmark:
 
     name = "synthetic"
 
-    def __init__(self, root: str, split: str = "test", batch_size: int = 32, max_new_tokens: int = 24, limit: int | None = None):
+    def __init__(
+        self, root: str, split: str = "test", batch_size: int = 32, max_new_tokens: int = 24, limit: int | None = None
+    ):
         self.root, self.split = Path(root), split
         self.batch_size, self.max_new_tokens, self.limit = batch_size, max_new_tokens, limit
 
@@ -59,7 +71,9 @@ class SyntheticBenchmark:
         """The questions (sample, question turn, meta), the encoded descriptions, and the records skipped."""
         questions, descriptions, skipped = [], [], 0
         # Every rank reads every question (a few hundred); the runner splits the generation work.
-        for n, sample in enumerate(evaluation_stream(list_complete_shards(self.root / self.split), split_by_node=False)):
+        for n, sample in enumerate(
+            evaluation_stream(list_complete_shards(self.root / self.split), split_by_node=False)
+        ):
             if self.limit is not None and n >= self.limit:
                 break
             try:
@@ -91,13 +105,22 @@ class SyntheticBenchmark:
         return description_loss
 
     @torch.no_grad()
-    def run(self, model: LMM, processor: SampleProcessor, device: torch.device | str = "cpu", out_dir: Path | None = None) -> dict:
+    def run(
+        self, model: LMM, processor: SampleProcessor, device: torch.device | str = "cpu", out_dir: Path | None = None
+    ) -> dict:
         start = time.perf_counter()
         tokenizer = processor.tokenizer
         baselines = read_manifest(self.root, "the synthetic mixture's baselines")["baselines"]
         questions, descriptions, skipped = self._items(processor)
-        answers = answer_questions(model, processor, questions, lambda q: self.encode(processor, q), self.batch_size,
-                                   self.max_new_tokens, device)
+        answers = answer_questions(
+            model,
+            processor,
+            questions,
+            lambda q: self.encode(processor, q),
+            self.batch_size,
+            self.max_new_tokens,
+            device,
+        )
         rank, world = rank_and_world()
         with evaluating(model):
             description_loss = self._description_loss(model, descriptions[rank::world], tokenizer.pad_token_id, device)
@@ -124,7 +147,7 @@ class SyntheticBenchmark:
             before = float(metric.correct)
             metric.update([answer], [target])
             baseline_metrics.setdefault(key, metric_cls(sync_on_compute=False)).update([baseline_answer], [target])
-            # The question's own score, so lmm.ablate can resample questions (lmm.stats).
+            # The question's own score, so lmm.analysis.ablate can resample questions (lmm.analysis.stats).
             records.append({**meta, "prediction": answer, "metric": key, "score": float(metric.correct) - before})
         results = {
             "split": self.split,

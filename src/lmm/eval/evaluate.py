@@ -1,7 +1,7 @@
 """The evaluation of a model or a run: every configured benchmark, results.json, predictions/.
 
-    evaluate(cfg, model, processor, run_dir)   after training (every rank; rank 0 writes)
-    evaluate_run(cfg)                          task=eval: a finished run (ckpt=RUN_DIR) or an lmm directory
+evaluate(cfg, model, processor, run_dir)   after training (every rank; rank 0 writes)
+evaluate_run(cfg)                          task=eval: a finished run (ckpt=RUN_DIR) or an lmm directory
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lmm.config import command_overrides
+from lmm.build.factory import LMM_CONFIG, build_trained, init_weights_path, load_pretrained, run_config, say_drift
+from lmm.core.config import command_overrides
+from lmm.core.ranks import is_main_process
 from lmm.data.sample import SampleProcessor
-from lmm.eval.answer import is_main_process
-from lmm.factory import LMM_CONFIG, build_trained, init_weights_path, load_pretrained, run_config, say_drift
 from lmm.model.lmm import LMM
-from lmm.rundir import PREDICTIONS, read_results, write_results
+from lmm.run.directory import PREDICTIONS, read_results, write_results
 
 
 def new_results(cfg: DictConfig, cost: dict | None) -> dict:
@@ -29,12 +29,20 @@ def save_results(run_dir: Path, results: dict) -> None:
     """results.json, written by rank 0 only (a run that scored nothing keeps its cost there)."""
     if is_main_process():
         path = write_results(run_dir, results)
-        print(f"[lmm] results written to {path}" if results["benchmarks"] else
-              f"[lmm] cost written to {path} (no benchmark was scored)")
+        print(
+            f"[lmm] results written to {path}"
+            if results["benchmarks"]
+            else f"[lmm] cost written to {path} (no benchmark was scored)"
+        )
 
 
 def evaluate(
-    cfg: DictConfig, model: LMM, processor: SampleProcessor, run_dir: Path, device: torch.device | str = "cpu", cost: dict | None = None
+    cfg: DictConfig,
+    model: LMM,
+    processor: SampleProcessor,
+    run_dir: Path,
+    device: torch.device | str = "cpu",
+    cost: dict | None = None,
 ) -> dict:
     """Run every configured benchmark; write results.json (with the training `cost`, if any) and
     predictions/<benchmark>.jsonl."""
@@ -51,7 +59,7 @@ def evaluate(
 
 def evaluate_run(cfg: DictConfig) -> dict:
     """task=eval: score a finished run (`ckpt=RUN_DIR`), or an lmm directory (export.format=lmm,
-    lmm.convert_llava), with the configured benchmarks."""
+    lmm.interop.convert_llava), with the configured benchmarks."""
     if not cfg.get("ckpt"):
         raise ValueError("task=eval needs ckpt=RUN_DIR (a run directory holding final.safetensors) or an lmm directory")
     run_dir = Path(cfg.ckpt)
@@ -69,7 +77,12 @@ def format_table(results: dict) -> str:
     """Markdown tables, one per benchmark: metric | model | baseline (when known) | n."""
     blocks = []
     for name, bench in results["benchmarks"].items():
-        lines = [f"{name} (n={bench.get('n', '?')}, {bench.get('wall_s', '?')} s)", "", "| metric | model | baseline | n |", "|---|---:|---:|---:|"]
+        lines = [
+            f"{name} (n={bench.get('n', '?')}, {bench.get('wall_s', '?')} s)",
+            "",
+            "| metric | model | baseline | n |",
+            "|---|---:|---:|---:|",
+        ]
         for key, value in bench["metrics"].items():
             baseline = bench.get("baselines", {}).get(key)
             n = bench.get("counts", {}).get(key, bench.get("n", ""))

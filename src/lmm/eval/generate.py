@@ -35,7 +35,12 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def generate_texts(
-    model: LMM, batches: Iterable[Batch], tokenizer, template: str, max_new_tokens: int, device: torch.device | str = "cpu",
+    model: LMM,
+    batches: Iterable[Batch],
+    tokenizer,
+    template: str,
+    max_new_tokens: int,
+    device: torch.device | str = "cpu",
     **sampling,
 ) -> list[str]:
     """Answers for every row of every batch, in order. Batches must be left-padded. Greedy unless
@@ -45,8 +50,11 @@ def generate_texts(
         if not batch.rows:
             continue
         new_ids = model.generate(
-            **batch.to(device).model_inputs(labels=False), max_new_tokens=max_new_tokens,
-            eos_token_ids=end_of_turn_ids(tokenizer, template), pad_token_id=tokenizer.pad_token_id, **sampling,
+            **batch.to(device).model_inputs(labels=False),
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=end_of_turn_ids(tokenizer, template),
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
         )  # [B, ≤max_new_tokens]
         answers += [text.strip() for text in tokenizer.batch_decode(new_ids, skip_special_tokens=True)]
     return answers

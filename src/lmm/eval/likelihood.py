@@ -12,7 +12,9 @@ from lmm.model.lmm import LMM
 
 
 @torch.no_grad()
-def labelled_logprobs(model: LMM, batches: Iterable[Batch], device: torch.device | str = "cpu") -> list[tuple[float, bool]]:
+def labelled_logprobs(
+    model: LMM, batches: Iterable[Batch], device: torch.device | str = "cpu"
+) -> list[tuple[float, bool]]:
     """For every row of every batch, in order: (sum of log p(token) over its labelled tokens,
     whether greedy decoding would produce exactly those tokens). Batches must be right-padded."""
     results: list[tuple[float, bool]] = []
@@ -21,7 +23,9 @@ def labelled_logprobs(model: LMM, batches: Iterable[Batch], device: torch.device
             continue
         batch = batch.to(device)
         logprobs, greedy = model.token_scores(batch.labels, **batch.model_inputs(labels=False))  # [N], [N]: row by row
-        counts = (batch.labels[:, 1:] != IGNORE_INDEX).sum(1).tolist()  # each row's labelled tokens (position t predicts t + 1)
+        counts = (
+            (batch.labels[:, 1:] != IGNORE_INDEX).sum(1).tolist()
+        )  # each row's labelled tokens (position t predicts t + 1)
         for row_logprobs, row_greedy in zip(logprobs.split(counts), greedy.split(counts), strict=True):
             results.append((float(row_logprobs.sum()), bool(row_greedy.all())))
     return results

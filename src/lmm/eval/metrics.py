@@ -1,4 +1,7 @@
-"""Benchmark metrics: answer parsing and scoring, as torchmetrics `Metric`s where they accumulate (so they reduce across ranks)."""
+"""Benchmark metrics: answer parsing and scoring.
+
+Accumulating metrics are torchmetrics `Metric`s so that they reduce across ranks.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +48,9 @@ class ExactMatch(Metric):
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, predictions: list[str], targets: list[str]) -> None:
-        self.correct += sum(normalize_answer(p) == normalize_answer(t) for p, t in zip(predictions, targets, strict=True))
+        self.correct += sum(
+            normalize_answer(p) == normalize_answer(t) for p, t in zip(predictions, targets, strict=True)
+        )
         self.total += len(targets)
 
     def compute(self) -> torch.Tensor:
@@ -78,6 +83,7 @@ class BoxAccuracy(Metric):
 
 
 # --- VQA soft accuracy (VQAv2, TextVQA, VizWiz) --------------------------------------------------
+
 
 def vqa_soft_accuracy(prediction: str, answers: list[str]) -> float:
     """min(1, matches / 3) averaged over the leave-one-out subsets of the human answers
@@ -112,6 +118,7 @@ class MeanScore(Metric):
 
 
 # --- yes/no (POPE, MME) ----------------------------------------------------------------------------
+
 
 def pope_answer(text: str) -> str:
     """LLaVA's POPE parsing: first sentence, commas dropped; 'no'/'No'/'not' as a word -> no, else yes."""
@@ -148,7 +155,13 @@ class YesNoMetrics(Metric):
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return {"accuracy": (tp + tn) / total, "precision": precision, "recall": recall, "f1": f1, "yes_ratio": (tp + fp) / total}
+        return {
+            "accuracy": (tp + tn) / total,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "yes_ratio": (tp + fp) / total,
+        }
 
 
 def mme_answer(text: str) -> str:
@@ -179,7 +192,18 @@ def mme_scores(records: list[dict]) -> dict[str, float]:
     return scores
 
 
-MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
+MME_PERCEPTION = (
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+)
 MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 
 
@@ -202,6 +226,7 @@ def extract_letter(text: str, num_options: int = 26) -> str | None:
 
 
 # --- OCR-style answers -------------------------------------------------------------------------------
+
 
 def _edit_distance(a: str, b: str) -> int:
     previous = list(range(len(b) + 1))

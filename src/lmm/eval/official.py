@@ -2,7 +2,8 @@
 
 Each benchmark turns its files into `Question`s (prompt text, image, gold answer) and scores the
 generated answers; `QuestionBenchmark.run` does the shared part through the one question
-runner (lmm.eval.answer: rank split, batched generation, gather, predictions file). Files are only read from local paths; a missing one fails with the path
+runner (lmm.eval.answer: rank split, batched generation, gather, predictions file). Files are only read from local
+paths; a missing one fails with the path
 expected and where the official file comes from.
 """
 
@@ -61,7 +62,7 @@ def read_jsonl(path: Path, origin: str) -> list[dict]:
 
 def soft_accuracy(questions: list[Question], answers: list[str]) -> dict[str, float]:
     metric = MeanScore()
-    metric.update([vqa_soft_accuracy(a, q.gold) for q, a in zip(questions, answers) if q.gold])
+    metric.update([vqa_soft_accuracy(a, q.gold) for q, a in zip(questions, answers, strict=True) if q.gold])
     return {"accuracy": float(metric.compute())} if int(metric.count) else {}
 
 
@@ -108,18 +109,31 @@ class QuestionBenchmark:
     def run(self, model: LMM, processor: SampleProcessor, device="cpu", out_dir: Path | None = None) -> dict:
         start = time.perf_counter()
         questions = self.questions()[: self.limit]
-        answers = answer_questions(model, processor, questions, lambda q: question_example(processor, q),
-                                   self.batch_size, self.max_new_tokens, device)
-        answered = [(q, a) for q, a in zip(questions, answers) if not isinstance(a, Skip)]
-        skipped = [(q.qid, a.reason) for q, a in zip(questions, answers) if isinstance(a, Skip)]
+        answers = answer_questions(
+            model,
+            processor,
+            questions,
+            lambda q: question_example(processor, q),
+            self.batch_size,
+            self.max_new_tokens,
+            device,
+        )
+        answered = [(q, a) for q, a in zip(questions, answers, strict=True) if not isinstance(a, Skip)]
+        skipped = [(q.qid, a.reason) for q, a in zip(questions, answers, strict=True) if isinstance(a, Skip)]
         metrics = self.score([q for q, _ in answered], [a for _, a in answered]) if answered else {}
         if out_dir is not None:  # written by rank 0 only
-            records = [{"question_id": q.qid, "prompt": q.prompt, "text": a, "gold": q.gold, **q.extra} for q, a in answered]
+            records = [
+                {"question_id": q.qid, "prompt": q.prompt, "text": a, "gold": q.gold, **q.extra} for q, a in answered
+            ]
             write_predictions(out_dir, self.name, records)
         for qid, reason in skipped[:5]:
             print(f"[lmm] {self.name}: skipped question {qid}: {reason}", file=sys.stderr)
-        return {"metrics": {k: round(float(v), 4) for k, v in metrics.items()}, "n": len(answered),
-                "skipped": len(skipped), "wall_s": round(time.perf_counter() - start, 2)}
+        return {
+            "metrics": {k: round(float(v), 4) for k, v in metrics.items()},
+            "n": len(answered),
+            "skipped": len(skipped),
+            "wall_s": round(time.perf_counter() - start, 2),
+        }
 
 
 class VQAv2(QuestionBenchmark):
@@ -127,11 +141,18 @@ class VQAv2(QuestionBenchmark):
     it writes the EvalAI submission JSON `[{"question_id", "answer"}]` instead."""
 
     name = "vqav2"
-    ORIGIN = "https://visualqa.org/download.html (v2_OpenEnded_mscoco_val2014_questions.json, v2_mscoco_val2014_annotations.json)"
+    ORIGIN = "https://visualqa.org/download.html (v2_OpenEnded_mscoco_val2014_questions.json, v2_mscoco_val2014_annotations.json)"  # noqa: E501 - an address
 
-    def __init__(self, root: str, questions: str = "v2_OpenEnded_mscoco_val2014_questions.json",
-                 annotations: str | None = "v2_mscoco_val2014_annotations.json", images: str = "val2014",
-                 image_prefix: str = "COCO_val2014_", submission: str | None = None, **kw):
+    def __init__(
+        self,
+        root: str,
+        questions: str = "v2_OpenEnded_mscoco_val2014_questions.json",
+        annotations: str | None = "v2_mscoco_val2014_annotations.json",
+        images: str = "val2014",
+        image_prefix: str = "COCO_val2014_",
+        submission: str | None = None,
+        **kw,
+    ):
         super().__init__(root, **kw)
         self.questions_file, self.annotations_file = questions, annotations
         self.images, self.image_prefix, self.submission = images, image_prefix, submission
@@ -142,15 +163,28 @@ class VQAv2(QuestionBenchmark):
         if self.annotations_file:
             for a in read_json(self.root / self.annotations_file, self.ORIGIN)["annotations"]:
                 gold[a["question_id"]] = [x["answer"] for x in a["answers"]]
-        return [Question(q["question_id"], f"{q['question']}\n{SHORT_ANSWER}",
-                         self.root / self.images / f"{self.image_prefix}{q['image_id']:012d}.jpg", gold.get(q["question_id"]))
-                for q in qs]
+        return [
+            Question(
+                q["question_id"],
+                f"{q['question']}\n{SHORT_ANSWER}",
+                self.root / self.images / f"{self.image_prefix}{q['image_id']:012d}.jpg",
+                gold.get(q["question_id"]),
+            )
+            for q in qs
+        ]
 
     def score(self, questions, answers):
         if self.submission:
             from lmm.eval.vqa_normalize import normalize_vqa_answer
 
-            Path(self.submission).write_text(json.dumps([{"question_id": q.qid, "answer": normalize_vqa_answer(a)} for q, a in zip(questions, answers)]))
+            Path(self.submission).write_text(
+                json.dumps(
+                    [
+                        {"question_id": q.qid, "answer": normalize_vqa_answer(a)}
+                        for q, a in zip(questions, answers, strict=True)
+                    ]
+                )
+            )
             print(f"[lmm] EvalAI submission written to {self.submission}")
         return soft_accuracy(questions, answers)
 
@@ -167,11 +201,20 @@ class GQA(QuestionBenchmark):
 
     def questions(self):
         data = read_json(self.root / self.questions_file, self.ORIGIN)
-        return [Question(qid, f"{q['question']}\n{SHORT_ANSWER}", self.root / self.images / f"{q['imageId']}.jpg", q["answer"])
-                for qid, q in data.items()]
+        return [
+            Question(
+                qid, f"{q['question']}\n{SHORT_ANSWER}", self.root / self.images / f"{q['imageId']}.jpg", q["answer"]
+            )
+            for qid, q in data.items()
+        ]
 
     def score(self, questions, answers):
-        return {"accuracy": sum(normalize_answer(a) == normalize_answer(q.gold) for q, a in zip(questions, answers)) / len(questions)}
+        return {
+            "accuracy": sum(
+                normalize_answer(a) == normalize_answer(q.gold) for q, a in zip(questions, answers, strict=True)
+            )
+            / len(questions)
+        }
 
 
 class VizWiz(QuestionBenchmark):
@@ -186,8 +229,15 @@ class VizWiz(QuestionBenchmark):
 
     def questions(self):
         data = read_json(self.root / self.questions_file, self.ORIGIN)
-        return [Question(q["image"], f"{q['question']}\n{UNANSWERABLE}\n{SHORT_ANSWER}", self.root / self.images / q["image"],
-                         [a["answer"] for a in q["answers"]]) for q in data]
+        return [
+            Question(
+                q["image"],
+                f"{q['question']}\n{UNANSWERABLE}\n{SHORT_ANSWER}",
+                self.root / self.images / q["image"],
+                [a["answer"] for a in q["answers"]],
+            )
+            for q in data
+        ]
 
     def score(self, questions, answers):
         return soft_accuracy(questions, answers)
@@ -200,8 +250,15 @@ class TextVQA(QuestionBenchmark):
     name = "textvqa"
     ORIGIN = "https://textvqa.org/dataset/ (TextVQA_0.5.1_val.json, TextVQA_Rosetta_OCR_v0.2_val.json, train_images/)"
 
-    def __init__(self, root: str, questions: str = "TextVQA_0.5.1_val.json", ocr: str = "TextVQA_Rosetta_OCR_v0.2_val.json",
-                 images: str = "train_images", ocr_tokens: bool = True, **kw):
+    def __init__(
+        self,
+        root: str,
+        questions: str = "TextVQA_0.5.1_val.json",
+        ocr: str = "TextVQA_Rosetta_OCR_v0.2_val.json",
+        images: str = "train_images",
+        ocr_tokens: bool = True,
+        **kw,
+    ):
         super().__init__(root, **kw)
         self.questions_file, self.ocr_file, self.images, self.ocr_tokens = questions, ocr, images, ocr_tokens
 
@@ -215,7 +272,14 @@ class TextVQA(QuestionBenchmark):
             prompt = q["question"]
             if self.ocr_tokens and tokens.get(q["image_id"]):
                 prompt += "\nReference OCR token: " + ", ".join(tokens[q["image_id"]])
-            out.append(Question(q["question_id"], f"{prompt}\n{SHORT_ANSWER}", self.root / self.images / f"{q['image_id']}.jpg", q["answers"]))
+            out.append(
+                Question(
+                    q["question_id"],
+                    f"{prompt}\n{SHORT_ANSWER}",
+                    self.root / self.images / f"{q['image_id']}.jpg",
+                    q["answers"],
+                )
+            )
         return out
 
     def score(self, questions, answers):
@@ -239,12 +303,24 @@ class ScienceQAImg(QuestionBenchmark):
                 continue
             context = f"Context: {p['hint']}\n" if p.get("hint") else ""
             prompt = f"{context}{p['question']}\n{options_text(p['choices'])}\n{MULTIPLE_CHOICE}"
-            out.append(Question(pid, prompt, self.root / self.images / pid / p["image"], chr(ord("A") + p["answer"]),
-                                {"options": len(p["choices"])}))
+            out.append(
+                Question(
+                    pid,
+                    prompt,
+                    self.root / self.images / pid / p["image"],
+                    chr(ord("A") + p["answer"]),
+                    {"options": len(p["choices"])},
+                )
+            )
         return out
 
     def score(self, questions, answers):
-        return {"accuracy": sum(extract_letter(a, q.extra["options"]) == q.gold for q, a in zip(questions, answers)) / len(questions)}
+        return {
+            "accuracy": sum(
+                extract_letter(a, q.extra["options"]) == q.gold for q, a in zip(questions, answers, strict=True)
+            )
+            / len(questions)
+        }
 
 
 class POPE(QuestionBenchmark):
@@ -261,15 +337,22 @@ class POPE(QuestionBenchmark):
         out = []
         for split in self.splits:
             for q in read_jsonl(self.root / f"coco_pope_{split}.json", self.ORIGIN):
-                out.append(Question(f"{split}/{q['question_id']}", f"{q['text']}\n{SHORT_ANSWER}", self.root / self.images / q["image"],
-                                    q["label"], {"split": split}))
+                out.append(
+                    Question(
+                        f"{split}/{q['question_id']}",
+                        f"{q['text']}\n{SHORT_ANSWER}",
+                        self.root / self.images / q["image"],
+                        q["label"],
+                        {"split": split},
+                    )
+                )
         return out
 
     def score(self, questions, answers):
         results = {}
         for split in self.splits:
             metric = YesNoMetrics()
-            pairs = [(a, q.gold) for q, a in zip(questions, answers) if q.extra["split"] == split]
+            pairs = [(a, q.gold) for q, a in zip(questions, answers, strict=True) if q.extra["split"] == split]
             if pairs:
                 metric.update([p for p, _ in pairs], [g for _, g in pairs])
                 results.update({f"{split}/{k}": v for k, v in metric.compute().items()})
@@ -281,7 +364,7 @@ class MME(QuestionBenchmark):
     both layouts: `<task>/<image>.txt` beside the image, or `images/` + `questions_answers_YN/`."""
 
     name = "mme"
-    ORIGIN = "https://github.com/BradyFU/Awesome-Multimodal-Large-Language-Models/tree/Evaluation (MME_Benchmark_release_version)"
+    ORIGIN = "https://github.com/BradyFU/Awesome-Multimodal-Large-Language-Models/tree/Evaluation (MME_Benchmark_release_version)"  # noqa: E501 - an address
 
     def questions(self):
         from lmm.eval.metrics import MME_COGNITION, MME_PERCEPTION
@@ -296,17 +379,33 @@ class MME(QuestionBenchmark):
             image_dir = folder / "images" if texts.exists() else folder
             text_dir = texts if texts.exists() else folder
             for txt in sorted(text_dir.glob("*.txt")):
-                image = next((p for p in sorted(image_dir.glob(txt.stem + ".*")) if p.suffix.lower() in (".jpg", ".png", ".jpeg")), None)
+                image = next(
+                    (
+                        p
+                        for p in sorted(image_dir.glob(txt.stem + ".*"))
+                        if p.suffix.lower() in (".jpg", ".png", ".jpeg")
+                    ),
+                    None,
+                )
                 for n, line in enumerate(txt.read_text().splitlines()):
                     if "\t" not in line:
                         continue
                     question, answer = line.rsplit("\t", 1)
-                    out.append(Question(f"{task}/{txt.stem}/{n}", f"{question}\n{SHORT_ANSWER}", image, answer.strip(),
-                                        {"subtask": task, "image": txt.stem}))
+                    out.append(
+                        Question(
+                            f"{task}/{txt.stem}/{n}",
+                            f"{question}\n{SHORT_ANSWER}",
+                            image,
+                            answer.strip(),
+                            {"subtask": task, "image": txt.stem},
+                        )
+                    )
         return out
 
     def score(self, questions, answers):
-        return mme_scores([{**q.extra, "prediction": a, "answer": q.gold} for q, a in zip(questions, answers)])
+        return mme_scores(
+            [{**q.extra, "prediction": a, "answer": q.gold} for q, a in zip(questions, answers, strict=True)]
+        )
 
 
 class MMBench(QuestionBenchmark):
@@ -333,16 +432,23 @@ class MMBench(QuestionBenchmark):
                     hint = f"{row['hint']}\n" if row.get("hint") and row["hint"] != "nan" else ""
                     prompt = f"{hint}{row['question']}\n{options_text(rotated)}\n{MULTIPLE_CHOICE}"
                     gold = chr(ord("A") + (answer - r) % len(options))
-                    out.append(Question(f"{row['index']}/{r}", prompt, base64.b64decode(row["image"]), gold,
-                                        {"index": row["index"], "options": len(options)}))
+                    out.append(
+                        Question(
+                            f"{row['index']}/{r}",
+                            prompt,
+                            base64.b64decode(row["image"]),
+                            gold,
+                            {"index": row["index"], "options": len(options)},
+                        )
+                    )
         return out
 
     def score(self, questions, answers):
-        right = [extract_letter(a, q.extra["options"]) == q.gold for q, a in zip(questions, answers)]
+        right = [extract_letter(a, q.extra["options"]) == q.gold for q, a in zip(questions, answers, strict=True)]
         by_question = defaultdict(list)
-        for q, ok in zip(questions, right):
+        for q, ok in zip(questions, right, strict=True):
             by_question[q.extra["index"]].append(ok)
-        first = [ok for q, ok in zip(questions, right) if q.qid.endswith("/0")]
+        first = [ok for q, ok in zip(questions, right, strict=True) if q.qid.endswith("/0")]
         result = {"accuracy": sum(first) / max(1, len(first))}
         if self.circular:
             result["circular_accuracy"] = sum(all(v) for v in by_question.values()) / len(by_question)
@@ -367,15 +473,22 @@ class SEEDBench(QuestionBenchmark):
                 continue
             options = [q[f"choice_{c}"] for c in "abcd"]
             prompt = f"{q['question']}\n{options_text(options)}\n{MULTIPLE_CHOICE}"
-            out.append(Question(q["question_id"], prompt, self.root / self.images / q["data_id"], q["answer"],
-                                {"type": q["question_type_id"]}))
+            out.append(
+                Question(
+                    q["question_id"],
+                    prompt,
+                    self.root / self.images / q["data_id"],
+                    q["answer"],
+                    {"type": q["question_type_id"]},
+                )
+            )
         return out
 
     def score(self, questions, answers):
-        right = [extract_letter(a, 4) == q.gold for q, a in zip(questions, answers)]
+        right = [extract_letter(a, 4) == q.gold for q, a in zip(questions, answers, strict=True)]
         result = {"accuracy": sum(right) / len(right)}
         by_type = defaultdict(list)
-        for q, ok in zip(questions, right):
+        for q, ok in zip(questions, right, strict=True):
             by_type[q.extra["type"]].append(ok)
         result.update({f"type{t}/accuracy": sum(v) / len(v) for t, v in sorted(by_type.items())})
         return result
@@ -387,9 +500,11 @@ class RefCOCO(QuestionBenchmark):
     LLaVA's frame (normalised to the padded square image)."""
 
     name = "refcoco"
-    ORIGIN = "the refer toolkit (https://github.com/lichengunc/refer), exported to JSONL: {image, sentence, bbox, width, height}"
+    ORIGIN = "the refer toolkit (https://github.com/lichengunc/refer), exported to JSONL: {image, sentence, bbox, width, height}"  # noqa: E501 - an address
 
-    def __init__(self, root: str, file: str = "refcoco_val.jsonl", images: str = "train2014", name: str | None = None, **kw):
+    def __init__(
+        self, root: str, file: str = "refcoco_val.jsonl", images: str = "train2014", name: str | None = None, **kw
+    ):
         super().__init__(root, **kw)
         self.file, self.images = file, images
         self.name = name or self.name
@@ -401,12 +516,12 @@ class RefCOCO(QuestionBenchmark):
             side = max(r["width"], r["height"])
             dx, dy = (side - r["width"]) / 2, (side - r["height"]) / 2
             box = [(x + dx) / side, (y + dy) / side, (x + w + dx) / side, (y + h + dy) / side]
-            out.append(Question(r.get("id", n), f"{GROUNDING} {r['sentence']}.", self.root / self.images / r["image"], box))
+            out.append(
+                Question(r.get("id", n), f"{GROUNDING} {r['sentence']}.", self.root / self.images / r["image"], box)
+            )
         return out
 
     def score(self, questions, answers):
         metric = BoxAccuracy(0.5)
         metric.update(answers, [q.gold for q in questions])
         return {"acc_iou50": float(metric.compute()), "unparsed": float(metric.unparsed) / len(questions)}
-
-

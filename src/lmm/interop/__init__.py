@@ -1,1 +1,1 @@
-"""Interoperability with the field's tools (lmms-eval today; export and import live beside it in lmm.export, lmm.convert_llava)."""
+"""Interoperability with the field's tools: export (HF Llava/LlavaNext, lmm directories), convert_llava, lmms-eval."""

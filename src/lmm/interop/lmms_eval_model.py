@@ -82,7 +82,11 @@ def generation_options(gen_kwargs: dict) -> tuple[list[str], int, dict]:
     max_new_tokens = int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
     temperature = float(gen_kwargs.get("temperature") or 0.0)
     do_sample = bool(gen_kwargs.get("do_sample", False)) or temperature > 0
-    sampling = {"do_sample": True, "temperature": temperature or 1.0, "top_p": float(gen_kwargs.get("top_p") or 1.0)} if do_sample else {}
+    sampling = (
+        {"do_sample": True, "temperature": temperature or 1.0, "top_p": float(gen_kwargs.get("top_p") or 1.0)}
+        if do_sample
+        else {}
+    )
     return until, max_new_tokens, sampling
 
 
@@ -101,8 +105,14 @@ class LmmModel(lmms):
 
     is_simple = True
 
-    def __init__(self, pretrained: str, device: str | None = None, batch_size: int | str = 8,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, **unknown):
+    def __init__(
+        self,
+        pretrained: str,
+        device: str | None = None,
+        batch_size: int | str = 8,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        **unknown,
+    ):
         super().__init__()
         try:
             self._setup(pretrained, device, batch_size, max_new_tokens, unknown)
@@ -110,17 +120,23 @@ class LmmModel(lmms):
             # lmms-eval prints any Exception from a model and exits 0; a bad model argument must fail the command.
             raise SystemExit(f"[lmm] lmms-eval --model lmm: {type(e).__name__}: {e}") from None
 
-    def _setup(self, pretrained: str, device: str | None, batch_size: int | str, max_new_tokens: int, unknown: dict) -> None:
+    def _setup(
+        self, pretrained: str, device: str | None, batch_size: int | str, max_new_tokens: int, unknown: dict
+    ) -> None:
         pretrained = unquoted(str(pretrained))
         unknown = {k: v for k, v in unknown.items() if k not in HARNESS_ARGS}
         if unknown:
             joined = ",".join([pretrained, *(f"{k}={v}" for k, v in unknown.items())])
             if any(Path(joined[:end]).exists() for end in range(len(pretrained) + 1, len(joined) + 1)):
-                raise ValueError(f"lmms-eval splits --model_args at commas, and the run directory has some: quote it, "
-                                 f"--model_args \"pretrained='{joined}'\"")
-            raise ValueError(f"unknown model_args for --model lmm: {sorted(unknown)}; "
-                             "accepted: pretrained, device, batch_size, max_new_tokens")
-        from lmm.factory import load_pretrained
+                raise ValueError(
+                    f"lmms-eval splits --model_args at commas, and the run directory has some: quote it, "
+                    f"--model_args \"pretrained='{joined}'\""
+                )
+            raise ValueError(
+                f"unknown model_args for --model lmm: {sorted(unknown)}; "
+                "accepted: pretrained, device, batch_size, max_new_tokens"
+            )
+        from lmm.build.factory import load_pretrained
 
         self._rank, self._world_size, rank_device = distributed_position()
         if device in (None, "", "auto"):
@@ -136,8 +152,9 @@ class LmmModel(lmms):
     def _doc(self, task: str, split: str, doc_id: int) -> dict:
         return self.task_dict[task][split][doc_id]
 
-    def _encode(self, context: str, doc_to_visual: Callable | None, doc: dict, key: str,
-                answer: str | None = None) -> Example | Skip:
+    def _encode(
+        self, context: str, doc_to_visual: Callable | None, doc: dict, key: str, answer: str | None = None
+    ) -> Example | Skip:
         """The request as lmm's model input: the images first (as LLaVA's evaluation does), the
         run's template; with `answer`, the reply labelled for its log-likelihood."""
         try:
@@ -146,25 +163,33 @@ class LmmModel(lmms):
         except Exception as e:  # a task's doc_to_visual failing on one document
             return Skip(key, f"image: {type(e).__name__}: {e}")
         prompt = context.strip()
-        prompt = images_first(prompt, len(images))  # (several images: all first, in order; tags in the prompt stay where they are)
+        prompt = images_first(
+            prompt, len(images)
+        )  # (several images: all first, in order; tags in the prompt stay where they are)
         if not images:
             prompt = prompt.replace(IMAGE_TOKEN, "").strip()
         turns = [{"from": "human", "value": prompt}]
         if answer is None:
             return self.processor.encode(sample, turns, generation_prompt=True)
-        return self.processor.encode(sample, turns + [{"from": "gpt", "value": answer.strip()}], label_end_of_turn=False)
+        return self.processor.encode(
+            sample, turns + [{"from": "gpt", "value": answer.strip()}], label_end_of_turn=False
+        )
 
     def _report(self, call: str, skips: list[Skip]) -> None:
         if skips:
             reasons = Counter(s.reason for s in skips)
-            print(f"[lmm] {call}: {len(skips)} request(s) could not be asked: "
-                  + "; ".join(f"{reason} ({n})" for reason, n in reasons.most_common(5)))
+            print(
+                f"[lmm] {call}: {len(skips)} request(s) could not be asked: "
+                + "; ".join(f"{reason} ({n})" for reason, n in reasons.most_common(5))
+            )
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         encoded = []
-        for n, request in enumerate(requests):
+        for request in requests:
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            encoded.append((self._encode(context, doc_to_visual, self._doc(task, split, doc_id), f"{task}/{doc_id}"), gen_kwargs))
+            encoded.append(
+                (self._encode(context, doc_to_visual, self._doc(task, split, doc_id), f"{task}/{doc_id}"), gen_kwargs)
+            )
         answers: list[str] = [""] * len(requests)
         # One generation setting per group (a task's generation_kwargs), longest prompts first.
         groups: dict[str, list[int]] = {}
@@ -174,11 +199,18 @@ class LmmModel(lmms):
             until, max_new_tokens, sampling = generation_options(encoded[members[0]][1])
             if "max_new_tokens" not in encoded[members[0]][1]:
                 max_new_tokens = self.default_max_new_tokens
-            askable = sorted((n for n in members if isinstance(encoded[n][0], Example)), key=lambda n: -len(encoded[n][0].input_ids))
-            loader = DataLoader([encoded[n][0] for n in askable], batch_size=self.batch_size,
-                                collate_fn=Collator(self.tokenizer.pad_token_id, "left"))
+            askable = sorted(
+                (n for n in members if isinstance(encoded[n][0], Example)), key=lambda n: -len(encoded[n][0].input_ids)
+            )
+            loader = DataLoader(
+                [encoded[n][0] for n in askable],
+                batch_size=self.batch_size,
+                collate_fn=Collator(self.tokenizer.pad_token_id, "left"),
+            )
             with evaluating(self.model):
-                texts = generate_texts(self.model, loader, self.tokenizer, self.processor.template, max_new_tokens, self.device, **sampling)
+                texts = generate_texts(
+                    self.model, loader, self.tokenizer, self.processor.template, max_new_tokens, self.device, **sampling
+                )
             for n, text in zip(askable, texts, strict=True):
                 answers[n] = cut_at_stops(text, until).strip()
         self._report("generate_until", [e for e, _ in encoded if isinstance(e, Skip)])
@@ -192,8 +224,11 @@ class LmmModel(lmms):
             answer = continuation if isinstance(continuation, str) else continuation(doc)
             encoded.append(self._encode(context, doc_to_visual, doc, f"{task}/{doc_id}", answer=str(answer)))
         askable = [n for n, e in enumerate(encoded) if isinstance(e, Example)]
-        loader = DataLoader([encoded[n] for n in askable], batch_size=self.batch_size,
-                            collate_fn=Collator(self.tokenizer.pad_token_id, "right"))
+        loader = DataLoader(
+            [encoded[n] for n in askable],
+            batch_size=self.batch_size,
+            collate_fn=Collator(self.tokenizer.pad_token_id, "right"),
+        )
         with evaluating(self.model):
             scores = labelled_logprobs(self.model, loader, self.device)
         # lmms-eval's multiple_choice picks the *smallest* value (its models return a loss; lmms-eval
@@ -201,7 +236,9 @@ class LmmModel(lmms):
         # Wrapped in GenerationResult: 0.7.3's evaluator str()s any other non-string output.
         results = [GenerationResult(text=(float("inf"), False))] * len(requests)
         for n, (logprob, greedy) in zip(askable, scores, strict=True):
-            results[n] = GenerationResult(text=(-logprob, greedy), token_counts=TokenCounts(input_tokens=len(encoded[n].input_ids)))
+            results[n] = GenerationResult(
+                text=(-logprob, greedy), token_counts=TokenCounts(input_tokens=len(encoded[n].input_ids))
+            )
         self._report("loglikelihood", [e for e in encoded if isinstance(e, Skip)])
         return results
 

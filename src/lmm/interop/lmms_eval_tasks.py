@@ -1,6 +1,6 @@
 """The synthetic benchmark as local lmms-eval tasks: task=eval's questions, prompts and scoring, no hub.
 
-    python -m lmm.interop.lmms_eval_tasks DATA_ROOT OUT_DIR [--split test] [--limit N]
+    lmm lmms-eval-tasks DATA_ROOT OUT_DIR [--split test] [--limit N]
     lmms-eval --model lmm --model_args pretrained=RUN_DIR --include_path OUT_DIR --tasks lmm_synthetic
 
 DATA_ROOT is a synthetic mixture (`make data`: data/synthetic). OUT_DIR receives one JSONL per
@@ -87,6 +87,7 @@ metric_list:
 
 # --- the functions the YAMLs name (called by lmms-eval per document) ------------------------------
 
+
 def doc_to_visual(doc: dict) -> list[Image.Image]:
     """The document's images in the order of their <image> tags (none for a text-only question)."""
     return [Image.open(io.BytesIO(base64.b64decode(image))) for image in doc.get("images", [])]
@@ -110,6 +111,7 @@ def grounding(doc: dict, results: list[str]) -> dict[str, float]:
 
 
 # --- writing the tasks ------------------------------------------------------------------------------
+
 
 def synthetic_questions(root: Path, split: str = "test", limit: int | None = None) -> list[dict]:
     """The generative questions of the split's first `limit` records, as SyntheticBenchmark asks them."""
@@ -137,8 +139,10 @@ def with_choices(docs: list[dict]) -> list[dict]:
     answers: dict[str, set[str]] = {}
     for doc in docs:
         answers.setdefault(doc["qtype"], set()).add(doc["answer"])
-    return [{**doc, "choices": sorted(answers[doc["qtype"]]), "target": sorted(answers[doc["qtype"]]).index(doc["answer"])}
-            for doc in docs]
+    return [
+        {**doc, "choices": sorted(answers[doc["qtype"]]), "target": sorted(answers[doc["qtype"]]).index(doc["answer"])}
+        for doc in docs
+    ]
 
 
 def write_jsonl(path: Path, docs: list[dict]) -> None:
@@ -152,16 +156,25 @@ def write_tasks(root: Path, out: Path, split: str = "test", limit: int | None = 
     docs = synthetic_questions(root, split, limit)
     counts: dict[str, int] = {}
     others = sorted({d["source"] for d in docs} - {"vqa", "ocr", "region"})  # exact match, as task=eval scores them
-    tasks = GENERATIVE_TASKS | {source: (lambda m, source=source: m["source"] == source, "exact_match") for source in others}
+    tasks = GENERATIVE_TASKS | {
+        source: (lambda m, source=source: m["source"] == source, "exact_match") for source in others
+    }
     for name, (selects, metric) in tasks.items():
         chosen = [d for d in docs if selects(d)]
         if not chosen:
             continue
         task = f"{GROUP}_{name}"
         write_jsonl(out / f"{task}.jsonl", chosen)
-        (out / f"{task}.yaml").write_text(GENERATE_YAML.format(
-            task=task, data=f"{task}.jsonl", here=HERE, max_new_tokens=MAX_NEW_TOKENS, metric=metric,
-            scorer="grounding" if metric == "acc_iou50" else "exact_match"))
+        (out / f"{task}.yaml").write_text(
+            GENERATE_YAML.format(
+                task=task,
+                data=f"{task}.jsonl",
+                here=HERE,
+                max_new_tokens=MAX_NEW_TOKENS,
+                metric=metric,
+                scorer="grounding" if metric == "acc_iou50" else "exact_match",
+            )
+        )
         counts[task] = len(chosen)
     vqa = [d for d in docs if d["source"] == "vqa"]
     if vqa:

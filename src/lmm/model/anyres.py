@@ -54,12 +54,18 @@ def image_tokens(
         return torch.cat([overview, per_row.reshape(-1, dim)])
     features = unpad(tile_map(tiles, rows, cols, side, layout.pool), height, width)  # [D, h, w]
     if newline is not None:
-        features = torch.cat([features, newline.to(features.dtype)[:, None, None].expand(dim, features.shape[1], 1)], dim=2)
+        features = torch.cat(
+            [features, newline.to(features.dtype)[:, None, None].expand(dim, features.shape[1], 1)], dim=2
+        )
     return torch.cat([overview, features.flatten(1, 2).transpose(0, 1)])  # [N + h·(w + 1), D]
 
 
 def arrange(
-    visual: torch.Tensor, image_sizes: list[tuple[int, int]], layout: AnyRes, side: int | None, newline: torch.Tensor | None
+    visual: torch.Tensor,
+    image_sizes: list[tuple[int, int]],
+    layout: AnyRes,
+    side: int | None,
+    newline: torch.Tensor | None,
 ) -> torch.Tensor:
     """The batch's views' tokens [V, N, D] -> all images' token sequences one after another [ΣT, D]."""
     out, start = [], 0
@@ -83,7 +89,9 @@ class AnyResTokens(nn.Module):
     def __init__(self, layout: AnyRes, dim: int, side: int | None):
         super().__init__()
         self.layout, self.side = layout, side
-        self.newline = nn.Parameter(torch.randn(dim) / math.sqrt(dim)) if layout.newline else None  # HF's init: std 1/sqrt(D)
+        self.newline = (
+            nn.Parameter(torch.randn(dim) / math.sqrt(dim)) if layout.newline else None
+        )  # HF's init: std 1/sqrt(D)
 
     def forward(self, visual: torch.Tensor, image_sizes: list[tuple[int, int]]) -> torch.Tensor:
         return arrange(visual, image_sizes, self.layout, self.side, self.newline)  # [V, N, D] -> [ΣT, D]

@@ -6,7 +6,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from lmm.weights import resolve_weights
+from lmm.core.weights import resolve_weights
 
 
 def build_language_model(
@@ -27,10 +27,15 @@ def build_language_model(
     arch = OmegaConf.to_container(arch, resolve=True) if isinstance(arch, DictConfig) else dict(arch)
     config = AutoConfig.for_model(arch.pop("model_type"), **arch)
     if not (pretrained and load_weights):
-        return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype), attn_implementation=attn_implementation)
+        return AutoModelForCausalLM.from_config(
+            config, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+        )
     path = resolve_weights(pretrained, "LLM weights")
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=getattr(torch, dtype), attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+        str(path),
+        dtype=getattr(torch, dtype),
+        attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code,
     )
     for key in ("hidden_size", "num_hidden_layers", "vocab_size"):
         if getattr(model.config, key) != getattr(config, key):

@@ -28,8 +28,15 @@ class LMM(nn.Module):
     table, so the image token may lie outside the LLM's vocabulary.
     """
 
-    def __init__(self, vision: VisionTower, connector: Connector, llm: nn.Module, image_token_id: int, anyres: AnyRes | None = None,
-                 loss: str = "plain"):
+    def __init__(
+        self,
+        vision: VisionTower,
+        connector: Connector,
+        llm: nn.Module,
+        image_token_id: int,
+        anyres: AnyRes | None = None,
+        loss: str = "plain",
+    ):
         """`loss`: "fused" computes the loss from the final hidden states in chunks, never holding
         [B, T, V] logits (lmm.model.loss); "plain" takes transformers' loss on the full logits."""
         super().__init__()
@@ -40,11 +47,14 @@ class LMM(nn.Module):
         if loss == "fused":
             output_head(llm)  # a head the fused loss cannot compute fails here, before any work
         if anyres is not None and anyres.pool > 1 and self.token_grid_side is None:
-            raise ValueError(f"vision.tile_pool={anyres.pool} pools a grid of tokens, but {type(connector).__name__}'s "
-                             f"{self.num_image_tokens} tokens are not one: use tile_pool=1 or a grid connector (linear, mlp, pixel_shuffle, ...)")
+            raise ValueError(
+                f"vision.tile_pool={anyres.pool} pools a grid of tokens, but {type(connector).__name__}'s "
+                f"{self.num_image_tokens} tokens are not one: use tile_pool=1 or a grid connector (linear, mlp, "
+                "pixel_shuffle, ...)"
+            )
         if anyres is not None:
             self.connector.anyres_tokens = AnyResTokens(anyres, llm.config.hidden_size, self.token_grid_side)
-        # Counting placeholders reads a value from the batch; lmm.simulate runs on fake tensors,
+        # Counting placeholders reads a value from the batch; lmm.analysis.simulate runs on fake tensors,
         # which have no values, and builds its batches with the right count by construction.
         # For the same reason it has the fused loss project every position (static shapes).
         self.check_placeholders = True
@@ -74,7 +84,9 @@ class LMM(nn.Module):
         if self.anyres is None:
             return pixels.shape[0] * self.num_image_tokens
         if image_sizes is None:
-            raise ValueError("vision.image_aspect=anyres needs image_sizes [I, 2] with the pixel_values (the Collator makes them)")
+            raise ValueError(
+                "vision.image_aspect=anyres needs image_sizes [I, 2] with the pixel_values (the Collator makes them)"
+            )
         return sum(self.image_tokens(h, w) for h, w in image_sizes.tolist())
 
     def set_trainable(self, train: dict[str, bool], vision_last_blocks: int | None = None) -> None:
@@ -91,17 +103,23 @@ class LMM(nn.Module):
         if vision_last_blocks:
             blocks = self.vision.used_blocks()
             if not 0 < vision_last_blocks <= len(blocks):
-                raise ValueError(f"stage.vision_last_blocks={vision_last_blocks} but the tower has {len(blocks)} blocks up to "
-                                 f"its selected layer (vision.select_layer={self.vision.select_layer})")
+                raise ValueError(
+                    f"stage.vision_last_blocks={vision_last_blocks} but the tower has {len(blocks)} blocks up to "
+                    f"its selected layer (vision.select_layer={self.vision.select_layer})"
+                )
             for block in blocks[-vision_last_blocks:]:
                 block.requires_grad_(True)
         if not any(p.requires_grad for p in self.parameters()):
             raise ValueError("the stage trains nothing: set at least one of stage.train.{vision,connector,llm}")
 
     def encode_images(
-        self, pixels: torch.Tensor, instruction_ids: torch.Tensor | None = None, instruction_mask: torch.Tensor | None = None
+        self,
+        pixels: torch.Tensor,
+        instruction_ids: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """pixels [V, 3, H, W] (+ the instruction [V, L] for instruction-aware connectors) -> visual tokens [V, N, D]."""
+        """pixels [V, 3, H, W] (+ the instruction [V, L] for instruction-aware connectors) -> visual tokens
+        [V, N, D]."""
         vision_trains = any(p.requires_grad for p in self.vision.parameters())
         with torch.set_grad_enabled(vision_trains and torch.is_grad_enabled()):
             features = self.vision(pixels)  # [I, P, Dv]
@@ -124,7 +142,8 @@ class LMM(nn.Module):
         image's overview and tiles, with image_sizes [I, 2]) -> input embeddings [B, T, D].
 
         `always_encode`: a batch without images still runs the tower and connector (and AnyRes's
-        arrangement), on one zero image whose tokens are added with weight 0 (LLaVA's dummy image for text-only samples).
+        arrangement), on one zero image whose tokens are added with weight 0 (LLaVA's dummy image for text-only
+        samples).
         Training needs it: under DDP and FSDP the connector's gradient reduction and the tower's
         all-gathers are collectives, so every rank must run the same modules every step."""
         image_mask = input_ids == self.image_token_id  # [B, T]
@@ -133,23 +152,36 @@ class LMM(nn.Module):
             expected = self.expected_placeholders(pixels, image_sizes)
             if int(image_mask.sum()) != expected:
                 raise ValueError(
-                    f"batch has {int(image_mask.sum())} image placeholder ids but its images make {expected} visual tokens "
-                    f"({self.num_image_tokens} per view): the tokenizer's image_tokens must equal the model's image_tokens()"
+                    f"batch has {int(image_mask.sum())} image placeholder ids but its images make {expected} visual "
+                    "tokens "
+                    f"({self.num_image_tokens} per view): the tokenizer's image_tokens must equal the model's "
+                    "image_tokens()"
                 )
         if pixels is None and always_encode:  # one zero image of the tower's size (under AnyRes, its views)
             size = self.vision.image_size
             views = 1 if self.anyres is None else self.anyres.num_views(size, size)
             dummy = torch.zeros((views, 3, size, size), device=embeds.device)  # [V, 3, S, S]
-            ids = torch.zeros((1, 1), dtype=torch.long, device=embeds.device) if self.connector.uses_instruction else None
-            visual = self._visual_tokens(dummy, torch.tensor([[size, size]]), ids, None if ids is None else torch.ones_like(ids))
+            ids = (
+                torch.zeros((1, 1), dtype=torch.long, device=embeds.device) if self.connector.uses_instruction else None
+            )
+            visual = self._visual_tokens(
+                dummy, torch.tensor([[size, size]]), ids, None if ids is None else torch.ones_like(ids)
+            )
             return embeds + 0.0 * visual.sum().to(embeds.dtype)
         if pixels is not None:
-            visual = self._visual_tokens(pixels, image_sizes, instruction_ids, instruction_mask).to(embeds.dtype)  # [Σ tokens, D]
+            visual = self._visual_tokens(pixels, image_sizes, instruction_ids, instruction_mask).to(
+                embeds.dtype
+            )  # [Σ tokens, D]
             embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), visual)
         return embeds
 
-    def _visual_tokens(self, pixels: torch.Tensor, image_sizes: torch.Tensor | None, instruction_ids: torch.Tensor | None,
-                       instruction_mask: torch.Tensor | None) -> torch.Tensor:
+    def _visual_tokens(
+        self,
+        pixels: torch.Tensor,
+        image_sizes: torch.Tensor | None,
+        instruction_ids: torch.Tensor | None,
+        instruction_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         """The images' visual tokens one after another [Σ tokens, D]: each view's, or under AnyRes
         each image's views arranged (AnyResTokens, called once per batch)."""
         if self.anyres is None:
@@ -158,8 +190,13 @@ class LMM(nn.Module):
         sizes = image_sizes.tolist()
         if instruction_ids is not None:  # every view of an image reads its question
             views = torch.tensor([self.anyres.num_views(h, w) for h, w in sizes], device=instruction_ids.device)
-            instruction_ids, instruction_mask = instruction_ids.repeat_interleave(views, 0), instruction_mask.repeat_interleave(views, 0)
-        return self.connector.anyres_tokens(self.encode_images(pixels, instruction_ids, instruction_mask), sizes)  # [V, N, D] -> [Σ T, D]
+            instruction_ids, instruction_mask = (
+                instruction_ids.repeat_interleave(views, 0),
+                instruction_mask.repeat_interleave(views, 0),
+            )
+        return self.connector.anyres_tokens(
+            self.encode_images(pixels, instruction_ids, instruction_mask), sizes
+        )  # [V, N, D] -> [Σ T, D]
 
     def forward(
         self,
@@ -182,19 +219,38 @@ class LMM(nn.Module):
         sample boundaries (`cu_seq_lens_q/k` offsets, `max_length_q/k`), read by the attention.
         `always_encode`: see `embed` (the training module sets it)."""
         embeds = self.embed(input_ids, pixel_values, instruction_ids, instruction_mask, always_encode, image_sizes)
-        packed = dict(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q, max_length_k=max_length_k)
+        packed = dict(
+            cu_seq_lens_q=cu_seq_lens_q,
+            cu_seq_lens_k=cu_seq_lens_k,
+            max_length_q=max_length_q,
+            max_length_k=max_length_k,
+        )
         if labels is not None and self.loss_path == "fused":
             hidden = self.final_hidden(embeds, attention_mask, position_ids, **packed)  # [B, T, D]
-            return CausalLMOutputWithPast(loss=causal_lm_loss(hidden, labels, output_head(self.llm), self.loss_all_positions))
+            return CausalLMOutputWithPast(
+                loss=causal_lm_loss(hidden, labels, output_head(self.llm), self.loss_all_positions)
+            )
         # No KV cache in a training forward: packed attention needs the whole row at once.
-        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, position_ids=position_ids,
-                        use_cache=False, **packed)
+        return self.llm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            labels=labels,
+            position_ids=position_ids,
+            use_cache=False,
+            **packed,
+        )
 
-    def final_hidden(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                     **packed) -> torch.Tensor:
+    def final_hidden(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **packed,
+    ) -> torch.Tensor:
         """The LLM's last hidden states [B, T, D] (after its final norm), before the output projection."""
-        return self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                      use_cache=False, **packed).last_hidden_state
+        return self.llm.get_decoder()(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **packed
+        ).last_hidden_state
 
     @torch.no_grad()
     def token_scores(self, labels: torch.Tensor, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,4 +295,6 @@ class LMM(nn.Module):
             eos_token_id=eos_token_ids,
             pad_token_id=pad_token_id,
         )
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config, streamer=streamer)
+        return self.llm.generate(
+            inputs_embeds=embeds, attention_mask=attention_mask, generation_config=config, streamer=streamer
+        )

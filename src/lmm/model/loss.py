@@ -38,11 +38,15 @@ def output_head(llm: nn.Module) -> nn.Linear:
     config = llm.config
     for setting in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
         if getattr(config, setting, None) not in (None, 1, 1.0):
-            raise ValueError(f"model.loss=fused computes plain logits, but this LLM sets {setting}={getattr(config, setting)}: "
-                             "use model.loss=plain")
+            raise ValueError(
+                f"model.loss=fused computes plain logits, but this LLM sets {setting}={getattr(config, setting)}: "
+                "use model.loss=plain"
+            )
     if type(head) is not nn.Linear:
-        raise ValueError(f"model.loss=fused needs the LLM's output projection to be a plain nn.Linear, got {type(head).__name__} "
-                         "(an adapter on lm_head?): use model.loss=plain")
+        raise ValueError(
+            f"model.loss=fused needs the LLM's output projection to be a plain nn.Linear, got {type(head).__name__} "
+            "(an adapter on lm_head?): use model.loss=plain"
+        )
     return head
 
 
@@ -51,8 +55,15 @@ class LinearCrossEntropy(torch.autograd.Function):
     whose target is IGNORE_INDEX adds nothing (and gets a zero gradient)."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                rows: int, masked: bool = True) -> torch.Tensor:
+    def forward(
+        ctx,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        rows: int,
+        masked: bool = True,
+    ) -> torch.Tensor:
         # hidden [N, D], weight [V, D], bias [V] or None, targets [N] -> loss sum (fp32 scalar).
         # masked=False: the caller kept only labelled rows, so the masking pass over each chunk is spared.
         grad_h, grad_w, grad_b = ctx.needs_input_grad[:3]
@@ -87,12 +98,19 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total: torch.Tensor):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         weight_dtype, bias_dtype = ctx.dtypes
-        return (None if grad_hidden is None else grad_hidden * grad_total,
-                None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
-                None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype), None, None, None)
+        return (
+            None if grad_hidden is None else grad_hidden * grad_total,
+            None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
+            None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype),
+            None,
+            None,
+            None,
+        )
 
 
-def labelled_rows(hidden: torch.Tensor, labels: torch.Tensor, all_positions: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def labelled_rows(
+    hidden: torch.Tensor, labels: torch.Tensor, all_positions: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the hidden states that predict a label [N, D], those labels [N], their count) from hidden
     [B, T, D] and labels [B, T]. `all_positions`: every position, unlabelled ones as IGNORE_INDEX
     (static shapes, for fake tensors, which cannot select by value)."""
@@ -103,15 +121,21 @@ def labelled_rows(hidden: torch.Tensor, labels: torch.Tensor, all_positions: boo
     return hidden[keep], targets[keep], keep.sum()
 
 
-def causal_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Linear, all_positions: bool = False) -> torch.Tensor:
+def causal_lm_loss(
+    hidden: torch.Tensor, labels: torch.Tensor, head: nn.Linear, all_positions: bool = False
+) -> torch.Tensor:
     """The mean cross-entropy of the labelled tokens, from hidden [B, T, D] (fused)."""
     rows, targets, count = labelled_rows(hidden, labels, all_positions)
-    total = LinearCrossEntropy.apply(rows, head.weight, head.bias, targets, chunk_rows(head.out_features), all_positions)
+    total = LinearCrossEntropy.apply(
+        rows, head.weight, head.bias, targets, chunk_rows(head.out_features), all_positions
+    )
     return total / count
 
 
 @torch.no_grad()
-def labelled_token_scores(hidden: torch.Tensor, labels: torch.Tensor, head: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+def labelled_token_scores(
+    hidden: torch.Tensor, labels: torch.Tensor, head: nn.Linear
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each labelled position (row-major): log p(label) [N] and whether it is the argmax [N],
     from hidden [B, T, D], in chunks (multiple-choice scoring without [B, T, V] logits)."""
     rows, targets, _ = labelled_rows(hidden, labels)

@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
-from lmm.weights import resolve_weights
+from lmm.core.weights import resolve_weights
 
 SELECT_FEATURES = ("patch", "cls_patch")
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -140,7 +140,9 @@ class TimmVisionTower(VisionTower):
             path = resolve_weights(pretrained, "vision weights")
             weights = path / "model.safetensors" if path.is_dir() else path
             kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
-        self.model = timm.create_model(model_name, pretrained=bool(pretrained and load_weights), num_classes=0, **kwargs)
+        self.model = timm.create_model(
+            model_name, pretrained=bool(pretrained and load_weights), num_classes=0, **kwargs
+        )
         self.image_size = self.model.patch_embed.img_size[0]
         self.patch_size = self.model.patch_embed.patch_size[0]
         self.hidden_size = self.model.embed_dim
@@ -160,8 +162,13 @@ class TimmVisionTower(VisionTower):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         (layer,) = self.model.forward_intermediates(
-            pixels, indices=[self.select_layer], norm=False, output_fmt="NLC",
-            intermediates_only=True, return_prefix_tokens=True, stop_early=True,
+            pixels,
+            indices=[self.select_layer],
+            norm=False,
+            output_fmt="NLC",
+            intermediates_only=True,
+            return_prefix_tokens=True,
+            stop_early=True,
         )
         patches, prefix = layer  # [B, P, Dv], [B, prefix, Dv]
         return patches if self.select_feature == "patch" else torch.cat([prefix[:, :1], patches], dim=1)
@@ -177,7 +184,9 @@ class FusedVisionTower(VisionTower):
         self.towers = nn.ModuleList(instantiate(t, load_weights=load_weights) for t in towers)
         grids = {(t.image_size, t.grid, t.num_patches) for t in self.towers}
         if len(grids) != 1:
-            raise ValueError(f"fused towers must share image size and patch grid, got (size, grid, patches) = {sorted(grids)}")
+            raise ValueError(
+                f"fused towers must share image size and patch grid, got (size, grid, patches) = {sorted(grids)}"
+            )
         first = self.towers[0]
         self.image_size, self.patch_size = first.image_size, first.patch_size
         self.hidden_size = sum(t.hidden_size for t in self.towers)

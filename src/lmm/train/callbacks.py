@@ -12,9 +12,9 @@ from collections import Counter
 import lightning as L
 import torch
 
+from lmm.build.meta import host_memory
+from lmm.core.ranks import AgreedStop, gather_objects, gather_rows, ranks_where
 from lmm.data.collate import Batch
-from lmm.train.agree import AgreedStop, gather_objects, gather_rows, ranks_where
-from lmm.train.materialize import host_memory
 from lmm.train.throughput import FlopCounter, peak_flops, peak_memory_bytes
 
 MAX_SHOWN_SKIPS = 20  # skipped samples printed one by one; the rest are counted
@@ -34,8 +34,12 @@ class SkipAccounting(L.Callback):
         """`training=False` (a validation batch): checked alike, but not counted in the run's totals
         (samples seen are the training samples: steps × global batch + skips)."""
         model = module.model
-        local = [batch.seen, sum(batch.skipped.values()), int((batch.input_ids == model.image_token_id).sum()),
-                 model.expected_placeholders(batch.pixel_values, batch.image_sizes)]
+        local = [
+            batch.seen,
+            sum(batch.skipped.values()),
+            int((batch.input_ids == model.image_token_id).sum()),
+            model.expected_placeholders(batch.pixel_values, batch.image_sizes),
+        ]
         facts = gather_rows(trainer.strategy, local, module.device)  # [world, 4]
         for detail in batch.skip_details:
             if sum(self.skipped.values()) < MAX_SHOWN_SKIPS:
@@ -46,15 +50,20 @@ class SkipAccounting(L.Callback):
             self.skipped_total += int(facts[:, 1].sum())
         mismatched = ranks_where(facts[:, 2] != facts[:, 3])
         if mismatched:
-            details = "; ".join(f"rank {r}: {int(facts[r, 2])} placeholder ids, {int(facts[r, 3])} image tokens" for r in mismatched)
-            raise AgreedStop(f"image placeholders do not match the images ({details}): the tokenizer's image_tokens "
-                             "must equal the model's image_tokens()")
+            details = "; ".join(
+                f"rank {r}: {int(facts[r, 2])} placeholder ids, {int(facts[r, 3])} image tokens" for r in mismatched
+            )
+            raise AgreedStop(
+                f"image placeholders do not match the images ({details}): the tokenizer's image_tokens "
+                "must equal the model's image_tokens()"
+            )
         rate = self.skipped_total / max(1, self.seen_total)
         if self.seen_total >= self.skip_check_after and rate > self.max_skip_rate:
             kinds = sum((Counter(part) for part in gather_objects(dict(self.skipped))), Counter())
             raise AgreedStop(
                 f"{self.skipped_total} of {self.seen_total} samples skipped on {trainer.world_size} rank(s) "
-                f"({rate:.1%} > data.max_skip_rate={self.max_skip_rate:.1%}): {dict(sorted(kinds.items()))}. Fix the data "
+                f"({rate:.1%} > data.max_skip_rate={self.max_skip_rate:.1%}): {dict(sorted(kinds.items()))}. Fix the "
+                "data "
                 "(see the skipped lines above) or raise data.max_skip_rate."
             )
 
@@ -63,11 +72,15 @@ class SkipAccounting(L.Callback):
         over the whole run, did not happen (world totals: every rank decides alike)."""
         seen, skipped = self.seen_total, self.skipped_total
         if not tokens_seen:
-            raise AgreedStop(f"trained on no tokens: {skipped} of {seen} samples were skipped (see the skipped lines above; "
-                             "e.g. data.max_length too small for the image tokens, or unreadable data)")
+            raise AgreedStop(
+                f"trained on no tokens: {skipped} of {seen} samples were skipped (see the skipped lines above; "
+                "e.g. data.max_length too small for the image tokens, or unreadable data)"
+            )
         if seen and skipped / seen > self.max_skip_rate:
-            raise AgreedStop(f"{skipped} of {seen} samples skipped ({skipped / seen:.1%} > data.max_skip_rate="
-                             f"{self.max_skip_rate:.1%}) over the whole run; fix the data or raise data.max_skip_rate")
+            raise AgreedStop(
+                f"{skipped} of {seen} samples skipped ({skipped / seen:.1%} > data.max_skip_rate="
+                f"{self.max_skip_rate:.1%}) over the whole run; fix the data or raise data.max_skip_rate"
+            )
 
     def on_train_batch_start(self, trainer, module, batch: Batch, batch_idx: int) -> None:
         self.agree(trainer, module, batch)
@@ -113,11 +126,18 @@ class Throughput(L.Callback):
         work = [0.0] * 5
         if batch.rows:
             lengths = batch.sample_lengths  # attention is per sample
-            work = [len(lengths), sum(lengths), self.flop_counter.step_flops(lengths, batch.views), batch.images,  # the tower runs once per view
-                    int((batch.input_ids == module.model.image_token_id).sum())]  # AnyRes: visual tokens differ per image
+            work = [
+                len(lengths),
+                sum(lengths),
+                self.flop_counter.step_flops(lengths, batch.views),
+                batch.images,  # the tower runs once per view
+                int((batch.input_ids == module.model.image_token_id).sum()),
+            ]  # AnyRes: visual tokens differ per image
             self._step_work = tuple(work[:3])
-        world = gather_rows(trainer.strategy, [float(x) for x in work], module.device, torch.float64).sum(dim=0).tolist()
-        for key, value in zip(("samples", "tokens", "flops", "images", "visual_tokens"), world):
+        world = (
+            gather_rows(trainer.strategy, [float(x) for x in work], module.device, torch.float64).sum(dim=0).tolist()
+        )
+        for key, value in zip(("samples", "tokens", "flops", "images", "visual_tokens"), world, strict=True):
             self.totals[key] += value
 
     def on_train_batch_end(self, trainer, module, outputs, batch: Batch, batch_idx: int) -> None:

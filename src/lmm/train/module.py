@@ -1,4 +1,5 @@
-"""LightningModule: the stage applied, the optimiser and schedule, the loss (agreed finite by every rank), checkpoint contents."""
+"""LightningModule: the stage applied, the optimiser and schedule, the loss (agreed finite by every rank),
+checkpoint contents."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ import random
 import lightning as L
 import torch
 
+from lmm.build.meta import materialize, on_meta
+from lmm.build.stage import Stage
+from lmm.core.ranks import AgreedStop, gather_objects, ranks_where
 from lmm.data.collate import Batch
 from lmm.model.lmm import COMPONENTS, LMM
-from lmm.train.agree import AgreedStop, gather_objects, ranks_where
 from lmm.train.callbacks import SkipAccounting, Throughput
-from lmm.train.materialize import materialize, on_meta
-from lmm.train.stage import Stage
 from lmm.train.throughput import FlopCounter
-
 
 
 def rng_state() -> dict:
@@ -42,7 +42,7 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 class LMMModule(L.LightningModule):
-    """Trains the LMM for one stage (lmm.train.stage.Stage, applied to the model here): the
+    """Trains the LMM for one stage (lmm.build.stage.Stage, applied to the model here): the
     components it does not train are frozen and kept in eval mode; only trainable parameters
     reach AdamW, one parameter group per component."""
 
@@ -63,7 +63,7 @@ class LMMModule(L.LightningModule):
         self.optim = stage.optim
         self.trains = {name: any(p.requires_grad for p in getattr(model, name).parameters()) for name in COMPONENTS}
         # A model built on the meta device (strategy=fsdp) is filled after sharding from this
-        # full state, which only rank 0 holds (lmm.train.materialize); None elsewhere.
+        # full state, which only rank 0 holds (lmm.build.meta); None elsewhere.
         self.initial_state: dict | None = None
         self.host_bytes_at_build: int | None = None  # resident bytes before the model was built (train.py)
         self.skips = SkipAccounting(max_skip_rate, skip_check_after)
@@ -99,17 +99,23 @@ class LMMModule(L.LightningModule):
 
     def _agree_on_loss(self, loss: torch.Tensor) -> None:
         """A non-finite loss on any rank stops every rank before the backward."""
-        finite = self.trainer.strategy.all_gather(torch.isfinite(loss.detach()).long().reshape(1)).reshape(-1)  # [world]
+        finite = self.trainer.strategy.all_gather(torch.isfinite(loss.detach()).long().reshape(1)).reshape(
+            -1
+        )  # [world]
         bad = ranks_where(finite == 0)
         if bad:
-            raise AgreedStop(f"non-finite loss on rank(s) {bad} at step {self.trainer.global_step}: lower the learning "
-                             "rate, check the data, or train in bf16 instead of fp16")
+            raise AgreedStop(
+                f"non-finite loss on rank(s) {bad} at step {self.trainer.global_step}: lower the learning "
+                "rate, check the data, or train in bf16 instead of fp16"
+            )
 
     def _placeholder_batch(self, batch: Batch) -> Batch:
         """A rank whose samples were all skipped still runs a forward (and backward) through
         the same modules as the others, on two pad tokens weighted 0 (see training_step)."""
         pad = torch.zeros((1, 2), dtype=torch.long, device=self.device)
-        return Batch(input_ids=pad, labels=torch.tensor([[-100, 0]], device=self.device), attention_mask=torch.ones_like(pad))
+        return Batch(
+            input_ids=pad, labels=torch.tensor([[-100, 0]], device=self.device), attention_mask=torch.ones_like(pad)
+        )
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         # SkipAccounting has agreed on this batch's skips and placeholders with every rank.
@@ -142,15 +148,19 @@ class LMMModule(L.LightningModule):
         if "state_dict" in checkpoint:  # absent on ranks that write no file
             trainable = self.trainable_keys()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["lmm_rng"] = gather_objects(rng_state())  # every rank's (dropout, LoRA dropout): one file holds them all
+        checkpoint["lmm_rng"] = gather_objects(
+            rng_state()
+        )  # every rank's (dropout, LoRA dropout): one file holds them all
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "state_dict" in checkpoint:  # a single-file checkpoint: exactly the trainable parameters
             saved, trainable = set(checkpoint["state_dict"]), self.trainable_keys()
             if saved != trainable:
-                raise ValueError(f"the checkpoint does not hold this stage's trainable parameters (missing "
-                                 f"{sorted(trainable - saved)[:3]}, unexpected {sorted(saved - trainable)[:3]}): "
-                                 "was it written by another stage or model? force=true starts the run over")
+                raise ValueError(
+                    f"the checkpoint does not hold this stage's trainable parameters (missing "
+                    f"{sorted(trainable - saved)[:3]}, unexpected {sorted(saved - trainable)[:3]}): "
+                    "was it written by another stage or model? force=true starts the run over"
+                )
         states = checkpoint.get("lmm_rng") or []
         # Applied at the first training batch: the DataLoader draws its seed from the RNG when it
         # starts, which an uninterrupted run did before step 1, not at this step.
@@ -164,7 +174,7 @@ class LMMModule(L.LightningModule):
 
     def optimizer(self) -> torch.optim.AdamW:
         """AdamW over the trainable parameters (as sharded, if they are), one group per component:
-        LLaVA's LoRA recipe gives the connector its own lr. lmm.simulate builds the same one."""
+        LLaVA's LoRA recipe gives the connector its own lr. lmm.analysis.simulate builds the same one."""
         groups = []
         for name in COMPONENTS:
             params = [p for p in getattr(self.model, name).parameters() if p.requires_grad]

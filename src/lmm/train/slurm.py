@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
-from lmm.train.plan import world_size
+from lmm.run.plan import world_size
 
 
 def in_slurm_job() -> bool:

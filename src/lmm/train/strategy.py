@@ -9,8 +9,8 @@ its all-gathers never wait on trainable parameters), the connector, and the root
 final norm, LM head). Trainable parameters are kept sharded in their load dtype (fp32 master
 weights), frozen ones in the compute dtype `param_dtype`; `reduce_dtype` is the gradient
 reduce-scatter dtype. The model is built on the meta device and filled from rank 0 after
-sharding (lmm.train.materialize). Checkpoints are written as
-distributed (sharded) checkpoints; `python -m lmm.checkpoint consolidate RUN_DIR` merges one.
+sharding (lmm.build.meta). Checkpoints are written as
+distributed (sharded) checkpoints; `lmm consolidate RUN_DIR` merges one.
 """
 
 from __future__ import annotations
@@ -36,9 +36,17 @@ def _dtype(name: str, option: str) -> torch.dtype:
 class FSDP2Strategy(ModelParallelStrategy):
     """ModelParallelStrategy (data parallel only) whose module is sharded by `shard()`."""
 
-    def __init__(self, param_dtype: str = "bfloat16", reduce_dtype: str = "float32", reshard_after_forward: bool = True,
-                 compile_layers: bool = False, **kwargs):
-        super().__init__(data_parallel_size="auto", tensor_parallel_size="auto", save_distributed_checkpoint=True, **kwargs)
+    def __init__(
+        self,
+        param_dtype: str = "bfloat16",
+        reduce_dtype: str = "float32",
+        reshard_after_forward: bool = True,
+        compile_layers: bool = False,
+        **kwargs,
+    ):
+        super().__init__(
+            data_parallel_size="auto", tensor_parallel_size="auto", save_distributed_checkpoint=True, **kwargs
+        )
         self.param_dtype, self.reduce_dtype = _dtype(param_dtype, "param_dtype"), _dtype(reduce_dtype, "reduce_dtype")
         self.reshard_after_forward, self.compile_layers = reshard_after_forward, compile_layers
 
@@ -64,11 +72,15 @@ class FSDP2Strategy(ModelParallelStrategy):
             if self.compile_layers:  # torch.compile per decoder layer (the layers share one graph)
                 layer.compile()
             fully_shard(layer, **options)
-        if getattr(model.connector, "anyres_tokens", None) is not None and model.connector.anyres_tokens.newline is not None:
-            fully_shard(model.connector.anyres_tokens, **options)  # called outside the connector's forward: its own unit
+        if (
+            getattr(model.connector, "anyres_tokens", None) is not None
+            and model.connector.anyres_tokens.newline is not None
+        ):
+            fully_shard(
+                model.connector.anyres_tokens, **options
+            )  # called outside the connector's forward: its own unit
         fully_shard(model.connector, **options)
         fully_shard(model, **options)
-
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
         """Load a sharded checkpoint that holds only the trainable parameters (and their optimizer
@@ -76,11 +88,15 @@ class FSDP2Strategy(ModelParallelStrategy):
         from pathlib import Path
 
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
-        from lmm.checkpoint import LIGHTNING_METADATA
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        from lmm.train.checkpoint import LIGHTNING_METADATA
 
         path = Path(self.broadcast(str(checkpoint_path)))
         if not path.is_dir():  # a full single-file checkpoint: Lightning's own loader
@@ -92,8 +108,12 @@ class FSDP2Strategy(ModelParallelStrategy):
         for index, optimizer in enumerate(self.optimizers):
             state = {f"optimizer_{index}": get_optimizer_state_dict(self.model, optimizer)}
             dcp.load(state, checkpoint_id=path)
-            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[f"optimizer_{index}"],
-                                     options=StateDictOptions(cpu_offload=True))
+            set_optimizer_state_dict(
+                self.model,
+                optimizer,
+                optim_state_dict=state[f"optimizer_{index}"],
+                options=StateDictOptions(cpu_offload=True),
+            )
         return torch.load(path / LIGHTNING_METADATA, weights_only=weights_only)
 
 

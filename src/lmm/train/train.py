@@ -12,31 +12,56 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lmm import runlog
-from lmm.checkpoint import LAST, AtomicCheckpoint, resume_point
-from lmm.data.conversation import TEMPLATE_NAMES
+from lmm.build.factory import build_for_stage, build_run, build_trained, init_weights_path, pretrained_ids
+from lmm.build.meta import host_memory, parameters_on_meta, reset_peak_host_memory
+from lmm.build.stage import Stage, stage_of
+from lmm.core.ranks import first_process
+from lmm.core.save import file_sha256, save_weights
+from lmm.core.weights import resolve_weights
 from lmm.data.catalog import check_indexes
+from lmm.data.conversation import TEMPLATE_NAMES
 from lmm.data.shards import child, list_complete_shards
 from lmm.eval.evaluate import evaluate, format_table, new_results, save_results
-from lmm.factory import build_for_stage, build_trained, build_run, init_weights_path, pretrained_ids
 from lmm.model.lmm import LMM
-from lmm.rundir import (CHECKPOINTS, FINAL_WEIGHTS, IDENTITY, STATUS, RunLock, batch_layout, claim_identity, finished,
-                        first_process, read_results, read_status, record_data, save_run_config, set_status)
-from lmm.save import file_sha256, save_weights
-from lmm.train.materialize import host_memory, parameters_on_meta, reset_peak_host_memory
+from lmm.run import log as runlog
+from lmm.run.directory import (
+    CHECKPOINTS,
+    FINAL_WEIGHTS,
+    IDENTITY,
+    STATUS,
+    RunLock,
+    batch_layout,
+    claim_identity,
+    finished,
+    read_results,
+    read_status,
+    record_data,
+    rerun_command,
+    save_run_config,
+    set_status,
+)
+from lmm.run.plan import BatchPlan, batch_plan
+from lmm.train.checkpoint import LAST, AtomicCheckpoint, resume_point
 from lmm.train.module import LMMModule
-from lmm.train.plan import BatchPlan, batch_plan
 from lmm.train.progress import StageProgressBar
 from lmm.train.slurm import CheckpointBeforeRequeue, check_slurm_tasks, cluster_plugins, in_slurm_job, record_job
-from lmm.train.stage import Stage, stage_of
 from lmm.train.strategy import FSDP2Strategy
-from lmm.weights import resolve_weights
-
 
 # Numeric settings and their smallest sensible value: 0 batch size used to hang, memory growing.
-AT_LEAST = {"data.batch_size": 1, "data.max_length": 8, "data.num_workers": 0, "data.shuffle_buffer": 1,
-            "data.length_group_size": 1, "data.skip_check_after": 0, "trainer.max_steps": 1, "checkpoint_every": 1,
-            "stage.global_batch_size": 1, "stage.epochs": 0, "stage.optim.lr": 0, "stage.optim.weight_decay": 0}
+AT_LEAST = {
+    "data.batch_size": 1,
+    "data.max_length": 8,
+    "data.num_workers": 0,
+    "data.shuffle_buffer": 1,
+    "data.length_group_size": 1,
+    "data.skip_check_after": 0,
+    "trainer.max_steps": 1,
+    "checkpoint_every": 1,
+    "stage.global_batch_size": 1,
+    "stage.epochs": 0,
+    "stage.optim.lr": 0,
+    "stage.optim.weight_decay": 0,
+}
 POSITIVE = ("stage.optim.lr", "stage.epochs")  # strictly above their bound
 
 
@@ -49,7 +74,12 @@ def check_numbers(cfg: DictConfig) -> None:
             continue  # optional
         if key == "trainer.max_steps" and epochs is not None and value == -1:
             continue  # an epoch-based stage: the step count comes from stage.epochs and the data's size
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low or (key in POSITIVE and value <= low):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value < low
+            or (key in POSITIVE and value <= low)
+        ):
             bound = f"> {low}" if key in POSITIVE else f">= {low}"
             raise ValueError(f"{key}={value!r}: must be a number {bound}")
     rate = OmegaConf.select(cfg, "data.max_skip_rate")
@@ -58,8 +88,10 @@ def check_numbers(cfg: DictConfig) -> None:
 
 
 # Attention implementations that need a package beside torch and transformers: (package, its check).
-ATTENTION_PACKAGES = {"flash_attention_2": ("flash-attn", "is_flash_attn_2_available"),
-                      "flash_attention_3": ("flash-attn 3 (flash_attn_interface)", "is_flash_attn_3_available")}
+ATTENTION_PACKAGES = {
+    "flash_attention_2": ("flash-attn", "is_flash_attn_2_available"),
+    "flash_attention_3": ("flash-attn 3 (flash_attn_interface)", "is_flash_attn_3_available"),
+}
 
 
 def check_attention(implementation: str) -> None:
@@ -69,8 +101,10 @@ def check_attention(implementation: str) -> None:
     if implementation in ATTENTION_PACKAGES:
         package, check = ATTENTION_PACKAGES[implementation]
         if not getattr(available, check, lambda: False)():
-            raise ValueError(f"llm.model.attn_implementation={implementation} needs the {package} package (and a CUDA GPU), "
-                             "which is not installed here; install it, or use llm.model.attn_implementation=sdpa")
+            raise ValueError(
+                f"llm.model.attn_implementation={implementation} needs the {package} package (and a CUDA GPU), "
+                "which is not installed here; install it, or use llm.model.attn_implementation=sdpa"
+            )
 
 
 def check_data(cfg: DictConfig) -> bool:
@@ -91,12 +125,17 @@ def check_benchmarks(cfg: DictConfig, generated_root: Path | None = None) -> Non
     """Every configured benchmark's files are there (before training, not after it), except a
     benchmark on the synthetic mixture that training is about to generate."""
     for name, benchmark_cfg in cfg.eval.benchmarks.items():
-        if generated_root is not None and Path(str(benchmark_cfg.get("root", ""))).resolve() == generated_root.resolve():
+        if (
+            generated_root is not None
+            and Path(str(benchmark_cfg.get("root", ""))).resolve() == generated_root.resolve()
+        ):
             continue
         try:
             instantiate(benchmark_cfg).check()
         except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"eval.benchmarks.{name}: {e} (eval=none, or ~eval.benchmarks.{name}, to train without it)") from None
+            raise type(e)(
+                f"eval.benchmarks.{name}: {e} (eval=none, or ~eval.benchmarks.{name}, to train without it)"
+            ) from None
 
 
 def preflight(cfg: DictConfig) -> BatchPlan:
@@ -120,24 +159,32 @@ def preflight(cfg: DictConfig) -> BatchPlan:
     check_slurm_tasks(cfg.trainer)
     plan = batch_plan(cfg)
     if plan.max_steps is None:
-        raise ValueError(f"stage.epochs={cfg.stage.epochs} but the size of {cfg.data.root} is unknown (no manifest.json); "
-                         "convert the data first or set trainer.max_steps")
+        raise ValueError(
+            f"stage.epochs={cfg.stage.epochs} but the size of {cfg.data.root} is unknown (no manifest.json); "
+            "convert the data first or set trainer.max_steps"
+        )
     return plan
 
 
 def train(cfg: DictConfig) -> dict | None:
     """Train one stage in `cfg.run_dir`, which rank 0 holds (a lock) for the whole run; the run
-    directory's recorded config must be this one (lmm.rundir)."""
+    directory's recorded config must be this one (lmm.run.directory)."""
     run_dir = Path(cfg.run_dir)
     main = first_process()
     with contextlib.ExitStack() as held:
         if main:
-            requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0  # the old job may still be checkpointing
-            lock = held.enter_context(RunLock(run_dir, wait_s=float(cfg.get("run_lock_wait_s") or (600 if requeued else 0)),
-                                              announce=False))
+            requeued = (
+                int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+            )  # the old job may still be checkpointing
+            lock = held.enter_context(
+                RunLock(run_dir, wait_s=float(cfg.get("run_lock_wait_s") or (600 if requeued else 0)), announce=False)
+            )
             layout = accept_run(run_dir, cfg, lock)
             if finished(run_dir) and not cfg.get("force"):
-                print(f"[lmm] {run_dir} has already finished; not re-running it (force=true, or delete the directory, to redo it).")
+                print(
+                    f"[lmm] {run_dir} has already finished; not re-running it (force=true, or delete the directory, "
+                    "to redo it)."
+                )
                 results = read_results(run_dir)
                 print(format_table(results))
                 print_next_commands(run_dir)
@@ -167,9 +214,13 @@ def accept_run(run_dir: Path, cfg: DictConfig, lock: RunLock) -> dict | None:
     claim_identity(run_dir, cfg)
     layout, before = batch_layout(cfg), read_status(run_dir).get("layout")
     if before and layout and before != layout and not finished(run_dir):
-        print(f"[lmm] resuming on {layout['devices']} device(s) × {layout['per_device']} per device × {layout['accumulation']} "
-              f"accumulation (was {before['devices']} × {before['per_device']} × {before['accumulation']}): the global batch "
-              f"of {layout['global_batch']} is unchanged, so the run continues at its next sample")
+        print(
+            f"[lmm] resuming on {layout['devices']} device(s) × {layout['per_device']} per device × "
+            f"{layout['accumulation']} "
+            f"accumulation (was {before['devices']} × {before['per_device']} × {before['accumulation']}): the global "
+            "batch "
+            f"of {layout['global_batch']} is unchanged, so the run continues at its next sample"
+        )
     lock.announce()
     save_run_config(run_dir, cfg, replace=bool(cfg.get("force")))
     runlog.accept()
@@ -177,15 +228,13 @@ def accept_run(run_dir: Path, cfg: DictConfig, lock: RunLock) -> dict | None:
 
 
 def print_next_commands(run_dir: Path) -> None:
-    """The commands that re-score and export this run, exactly as they can be pasted (lmm.cli); for
+    """The commands that re-score and export this run, exactly as they can be pasted; for
     a run that scored nothing (a pretraining stage), the stage that builds on it."""
-    from lmm.cli import command
-
     if not (read_results(run_dir) or {}).get("benchmarks"):
         print(f"[lmm] next: a finetune stage that starts from it, stage.init_from={run_dir}")
         return
-    print(f"[lmm] re-score: {command('eval', run_dir)}")
-    print(f"[lmm] export:   {command('export', run_dir)}   (export.format=hf for transformers' Llava)")
+    print(f"[lmm] re-score: {rerun_command('eval', run_dir)}")
+    print(f"[lmm] export:   {rerun_command('export', run_dir)}   (export.format=hf for transformers' Llava)")
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
@@ -200,8 +249,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
         record_data(run_dir, cfg)
     strategy = instantiate(cfg.strategy)
     # enable_version_counter=False: last.ckpt is replaced in place, never joined by a last-v1.ckpt no re-run would read.
-    checkpoints = AtomicCheckpoint(dirpath=run_dir / CHECKPOINTS, save_last=True, every_n_train_steps=cfg.checkpoint_every,
-                                   save_top_k=0, enable_version_counter=False)
+    checkpoints = AtomicCheckpoint(
+        dirpath=run_dir / CHECKPOINTS,
+        save_last=True,
+        every_n_train_steps=cfg.checkpoint_every,
+        save_top_k=0,
+        enable_version_counter=False,
+    )
     no_validation = {"limit_val_batches": 0} if not datamodule.val_split else {}
     trainer: L.Trainer = instantiate(  # before the model: under FSDP only rank 0 reads the weights
         cfg.trainer,
@@ -211,8 +265,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
         strategy=strategy,
         plugins=cluster_plugins(),
         logger=[instantiate(spec) for spec in (cfg.get("logger") or {}).values()] or False,  # conf/logger/
-        callbacks=[checkpoints, *([CheckpointBeforeRequeue(run_dir / CHECKPOINTS / LAST)] if in_slurm_job() else []),
-                   *([StageProgressBar(cfg.stage.name)] if cfg.trainer.get("enable_progress_bar", True) else [])],
+        callbacks=[
+            checkpoints,
+            *([CheckpointBeforeRequeue(run_dir / CHECKPOINTS / LAST)] if in_slurm_job() else []),
+            *([StageProgressBar(cfg.stage.name)] if cfg.trainer.get("enable_progress_bar", True) else []),
+        ],
         default_root_dir=str(run_dir),
     )
     host_bytes = host_memory()[0]
@@ -221,16 +278,23 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     datamodule.attach(processor, processor.tokenizer.pad_token_id)
     stage = stage_of(cfg)
     module = LMMModule(
-        model, stage, activation_checkpointing=bool(cfg.get("activation_checkpointing")),
-        max_skip_rate=datamodule.max_skip_rate, skip_check_after=datamodule.skip_check_after,
+        model,
+        stage,
+        activation_checkpointing=bool(cfg.get("activation_checkpointing")),
+        max_skip_rate=datamodule.max_skip_rate,
+        skip_check_after=datamodule.skip_check_after,
     )
     module.initial_state, module.host_bytes_at_build = initial_state, host_bytes
     del initial_state
     record_job(run_dir)
     if first_process():
-        print(f"[lmm] global batch {plan.global_batch} = {plan.per_device} per device × {plan.world} device(s) × "
-              f"{plan.accumulation} accumulation; {plan.max_steps} steps")
-    last = None if cfg.get("force") else resume_point(run_dir / CHECKPOINTS, announce=first_process())  # force=true starts over
+        print(
+            f"[lmm] global batch {plan.global_batch} = {plan.per_device} per device × {plan.world} device(s) × "
+            f"{plan.accumulation} accumulation; {plan.max_steps} steps"
+        )
+    last = (
+        None if cfg.get("force") else resume_point(run_dir / CHECKPOINTS, announce=first_process())
+    )  # force=true starts over
     if last is not None:
         print(f"[lmm] resuming from {last}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last else None)
@@ -241,8 +305,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     if main:
         print(f"[lmm] trained {trainer.global_step} steps; weights in {run_dir / FINAL_WEIGHTS}")
         reasons = ", ".join(f"{kind} {n}" for kind, n in sorted(module.skips.skipped.items()))
-        print(f"[lmm] samples seen {module.skips.seen_total}, skipped {module.skips.skipped_total}" + (f" ({reasons})" if reasons else ""))
-        print(f"[lmm] cost: {cost['tokens_seen']:,d} tokens, {cost['flops']:.3g} FLOPs, {cost['train_wall_s']:.1f} s training")
+        print(
+            f"[lmm] samples seen {module.skips.seen_total}, skipped {module.skips.skipped_total}"
+            + (f" ({reasons})" if reasons else "")
+        )
+        print(
+            f"[lmm] cost: {cost['tokens_seen']:,d} tokens, {cost['flops']:.3g} FLOPs, {cost['train_wall_s']:.1f} s "
+            "training"
+        )
     if not evaluates:
         results = new_results(cfg, cost)
         save_results(run_dir, results)
@@ -259,7 +329,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
 def log_final(trainer: L.Trainer, results: dict) -> None:
     """The run's scores and cost totals reach every configured logger, at the last step."""
     final = {f"eval/{key}": value for key, value in results["metrics"].items()}
-    final |= {f"cost/{key}": float(value) for key, value in (results.get("cost") or {}).items() if isinstance(value, (int, float))}
+    final |= {
+        f"cost/{key}": float(value)
+        for key, value in (results.get("cost") or {}).items()
+        if isinstance(value, (int, float))
+    }
     for logger in trainer.loggers:
         logger.log_metrics(final, step=trainer.global_step)
         logger.save()
@@ -281,7 +355,9 @@ def final_model(cfg: DictConfig, stage: Stage, module: LMMModule, trainer: L.Tra
         return model.to(module.device)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    state = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # rank 0 only
+    state = get_model_state_dict(
+        module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )  # rank 0 only
     for optimizer in trainer.optimizers:
         optimizer.state.clear()
     if rank == 0:

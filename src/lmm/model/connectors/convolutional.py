@@ -36,17 +36,32 @@ class CAbstractorConnector(Connector):
 
     spatial = True
 
-    def __init__(self, vision_dim: int, llm_dim: int, num_tokens: int = 144, hidden_size: int = 1024,
-                 depth: int = 3, se_ratio: float = 0.25):
+    def __init__(
+        self,
+        vision_dim: int,
+        llm_dim: int,
+        num_tokens: int = 144,
+        hidden_size: int = 1024,
+        depth: int = 3,
+        se_ratio: float = 0.25,
+    ):
         super().__init__()
         self.dims, self.hidden_size, self.depth, self.se_ratio = (vision_dim, llm_dim), hidden_size, depth, se_ratio
         self.side = int(round(num_tokens**0.5))
         if self.side * self.side != num_tokens:
             raise ValueError(f"C-Abstractor num_tokens must be a square, got {num_tokens}")
-        block = partial(RegStage, stride=1, dilation=1, act_layer=nn.SiLU, norm_layer=LayerNorm2d,
-                        block_fn=partial(Bottleneck, se_ratio=se_ratio))
+        block = partial(
+            RegStage,
+            stride=1,
+            dilation=1,
+            act_layer=nn.SiLU,
+            norm_layer=LayerNorm2d,
+            block_fn=partial(Bottleneck, se_ratio=se_ratio),
+        )
         self.net = nn.Sequential(
-            block(depth, vision_dim, hidden_size), nn.AdaptiveAvgPool2d(self.side), block(depth, hidden_size, hidden_size)
+            block(depth, vision_dim, hidden_size),
+            nn.AdaptiveAvgPool2d(self.side),
+            block(depth, hidden_size, hidden_size),
         )
         self.readout = nn.Sequential(nn.Linear(hidden_size, llm_dim), nn.SiLU(), nn.Linear(llm_dim, llm_dim))
 
@@ -55,7 +70,9 @@ class CAbstractorConnector(Connector):
 
     def formula_parameters(self) -> int:
         (dv, d), h = self.dims, self.hidden_size
-        blocks = _bottleneck_parameters(dv, h, self.se_ratio) + (2 * self.depth - 1) * _bottleneck_parameters(h, h, self.se_ratio)
+        blocks = _bottleneck_parameters(dv, h, self.se_ratio) + (2 * self.depth - 1) * _bottleneck_parameters(
+            h, h, self.se_ratio
+        )
         return blocks + h * d + d + d * d + d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

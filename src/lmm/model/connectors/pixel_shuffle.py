@@ -37,7 +37,9 @@ class PixelShuffleConnector(Connector):
         b, p, c = x.shape
         r, side = self.ratio, square_grid(p, "pixel shuffle")
         cells = math.ceil(side / r)
-        grid = F.pad(x.view(b, side, side, c), (0, 0, 0, cells * r - side, 0, cells * r - side))  # [B, cells·r, cells·r, C]
+        grid = F.pad(
+            x.view(b, side, side, c), (0, 0, 0, cells * r - side, 0, cells * r - side)
+        )  # [B, cells·r, cells·r, C]
         grid = grid.view(b, cells, r, cells, r, c)  # [B, gy, ry, gx, rx, C]
         x = grid.permute(0, 1, 3, 2, 4, 5).reshape(b, cells * cells, r * r * c)  # [B, ⌈g/r⌉², C·r²]
         return self.proj(x)  # [B, ⌈g/r⌉², D]

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel, InstructBlipQFormerConfig, InstructBlipQFormerModel
 
+from lmm.core.weights import resolve_weights
 from lmm.model.connectors.base import Connector
-from lmm.weights import resolve_weights
 
 
 def _qformer_parameters(q: int, h: int, i: int, layers: int, freq: int, dv: int, d: int, text_ffn: bool) -> int:
@@ -78,15 +78,23 @@ class QFormerConnector(Connector):
     ):
         super().__init__()
         self.dims, self.num_queries, self.init_from_bert = (vision_dim, llm_dim), num_queries, init_from_bert
-        self.config = self._config(vision_dim, hidden_size, num_layers, num_heads, intermediate_size, cross_attention_frequency)
+        self.config = self._config(
+            vision_dim, hidden_size, num_layers, num_heads, intermediate_size, cross_attention_frequency
+        )
         self.queries = nn.Parameter(torch.randn(1, num_queries, hidden_size) * self.config.initializer_range)
         self.vision_norm = nn.LayerNorm(vision_dim)  # BLIP-2's ln_vision on the tower's output
         self.qformer = self._model()
         self.proj = nn.Linear(hidden_size, llm_dim)
 
     def _config(self, dv, h, layers, heads, i, freq):
-        return Blip2QFormerConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
-                                  intermediate_size=i, cross_attention_frequency=freq, encoder_hidden_size=dv)
+        return Blip2QFormerConfig(
+            hidden_size=h,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=i,
+            cross_attention_frequency=freq,
+            encoder_hidden_size=dv,
+        )
 
     def _model(self) -> nn.Module:
         return Blip2QFormerModel(self.config)
@@ -96,8 +104,15 @@ class QFormerConnector(Connector):
 
     def formula_parameters(self) -> int:
         c = self.config
-        return _qformer_parameters(self.num_queries, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
-                                   c.cross_attention_frequency, *self.dims, text_ffn=False)
+        return _qformer_parameters(
+            self.num_queries,
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_hidden_layers,
+            c.cross_attention_frequency,
+            *self.dims,
+            text_ffn=False,
+        )
 
     def load_pretrained(self) -> None:
         """Copy BERT's self-attention, FFN and embedding LayerNorm into the Q-Former (BLIP-2's init)."""
@@ -110,7 +125,9 @@ class QFormerConnector(Connector):
                 if target in own and own[target].shape == value.shape:
                     loaded[target] = value
         if not any(".attention.attention." in k for k in loaded):
-            raise ValueError(f"{self.init_from_bert} does not look like a BERT checkpoint matching this Q-Former's width/depth")
+            raise ValueError(
+                f"{self.init_from_bert} does not look like a BERT checkpoint matching this Q-Former's width/depth"
+            )
         self.qformer.load_state_dict(loaded, strict=False)
         print(f"[lmm] Q-Former: {len(loaded)} tensors initialised from {self.init_from_bert}")
 
@@ -139,9 +156,15 @@ class InstructQFormerConnector(QFormerConnector):
 
     def _config(self, dv, h, layers, heads, i, freq):
         return InstructBlipQFormerConfig(
-            vocab_size=self.vocab_size, hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
-            intermediate_size=i, cross_attention_frequency=freq, encoder_hidden_size=dv,
-            max_position_embeddings=self.max_instruction_length, pad_token_id=0,
+            vocab_size=self.vocab_size,
+            hidden_size=h,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=i,
+            cross_attention_frequency=freq,
+            encoder_hidden_size=dv,
+            max_position_embeddings=self.max_instruction_length,
+            pad_token_id=0,
         )
 
     def _model(self) -> nn.Module:
@@ -149,8 +172,15 @@ class InstructQFormerConnector(QFormerConnector):
 
     def formula_parameters(self) -> int:
         c = self.config
-        base = _qformer_parameters(self.num_queries, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
-                                   c.cross_attention_frequency, *self.dims, text_ffn=True)
+        base = _qformer_parameters(
+            self.num_queries,
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_hidden_layers,
+            c.cross_attention_frequency,
+            *self.dims,
+            text_ffn=True,
+        )
         return base + self.vocab_size * c.hidden_size + self.max_instruction_length * c.hidden_size
 
     def forward(self, x: torch.Tensor, instruction_ids: torch.Tensor, instruction_mask: torch.Tensor) -> torch.Tensor:

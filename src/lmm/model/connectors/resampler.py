@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +14,9 @@ def sincos_2d(dim: int, side: int) -> torch.Tensor:
     if dim % 4:
         raise ValueError(f"2-D sin-cos embeddings need a width divisible by 4, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-    ys, xs = torch.meshgrid(torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64), indexing="ij"
+    )
     parts = []
     for coord in (ys.flatten(), xs.flatten()):  # first half encodes rows, second half columns
         angles = coord[:, None] * omega[None, :]
@@ -71,7 +72,10 @@ class PerceiverLayer(nn.Module):
         self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
         self.ff = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, dim * ff_mult, bias=False), nn.GELU(), nn.Linear(dim * ff_mult, dim, bias=False)
+            nn.LayerNorm(dim),
+            nn.Linear(dim, dim * ff_mult, bias=False),
+            nn.GELU(),
+            nn.Linear(dim * ff_mult, dim, bias=False),
         )
 
     def forward(self, media: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
@@ -94,8 +98,16 @@ class PerceiverResamplerConnector(Connector):
     M·Dv + L(6Dv + 3Dv·inner + inner·Dv + 2m·Dv²) + 2Dv + Dv·D + D.
     """
 
-    def __init__(self, vision_dim: int, llm_dim: int, num_latents: int = 64, num_layers: int = 6,
-                 num_heads: int = 8, head_dim: int = 64, ff_mult: int = 4):
+    def __init__(
+        self,
+        vision_dim: int,
+        llm_dim: int,
+        num_latents: int = 64,
+        num_layers: int = 6,
+        num_heads: int = 8,
+        head_dim: int = 64,
+        ff_mult: int = 4,
+    ):
         super().__init__()
         self.dims, self.num_latents = (vision_dim, llm_dim), num_latents
         self.shape = (num_layers, num_heads * head_dim, ff_mult)
@@ -116,5 +128,3 @@ class PerceiverResamplerConnector(Connector):
         for layer in self.layers:
             latents = layer(x, latents)
         return self.proj(self.norm(latents))  # [B, M, D]
-
-

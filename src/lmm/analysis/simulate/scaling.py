@@ -1,7 +1,7 @@
 """From one measured micro-step to other world sizes: memory, step time, scaling efficiency,
 and the largest per-device batch that fits a GPU.
 
-The global batch (stage.global_batch_size) is the invariant, as in training (lmm.train.plan):
+The global batch (stage.global_batch_size) is the invariant, as in training (lmm.run.plan):
 at W GPUs each rank takes global/W samples per optimizer step, as micro-batches of the largest
 per-device batch that divides them, is at most data.batch_size and fits. From the measurement:
 
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from lmm.simulate.fake_step import StepMeasurement
-from lmm.simulate.hardware import GIB, GPU
+from lmm.analysis.simulate.fake_step import StepMeasurement
+from lmm.analysis.simulate.hardware import GIB, GPU
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,9 @@ def divisors_descending(n: int, at_most: int) -> list[int]:
     return [b for b in range(min(n, at_most), 0, -1) if n % b == 0]
 
 
-def largest_fitting_batch(m: StepMeasurement, world: int, per_rank: int, at_most: int, memory_bytes: float,
-                          allowance: Allowance) -> int | None:
+def largest_fitting_batch(
+    m: StepMeasurement, world: int, per_rank: int, at_most: int, memory_bytes: float, allowance: Allowance
+) -> int | None:
     """The largest micro-batch that divides the rank's `per_rank` samples, is ≤ `at_most` and fits."""
     for batch in divisors_descending(per_rank, at_most):
         if allowance.device_bytes(predicted_peak(m, world, batch, per_rank > batch)) <= memory_bytes:
@@ -87,31 +88,63 @@ class ScalePoint:
         return asdict(self)
 
 
-def scale_point(m: StepMeasurement, world: int, global_batch: int, max_batch: int, gpu_name: str, gpu: GPU,
-                allowance: Allowance, memory_bytes: float | None = None) -> ScalePoint:
+def scale_point(
+    m: StepMeasurement,
+    world: int,
+    global_batch: int,
+    max_batch: int,
+    gpu_name: str,
+    gpu: GPU,
+    allowance: Allowance,
+    memory_bytes: float | None = None,
+) -> ScalePoint:
     """The step at `world` GPUs of `gpu`: the largest batch that fits its memory (or `memory_bytes`)."""
-    empty = dict(per_device_batch=None, accumulation=None, peak_gib=None, device_gib=None, compute_s=None,
-                 comm_s=None, step_s=None, samples_per_s=None)
+    empty = dict(
+        per_device_batch=None,
+        accumulation=None,
+        peak_gib=None,
+        device_gib=None,
+        compute_s=None,
+        comm_s=None,
+        step_s=None,
+        samples_per_s=None,
+    )
     if global_batch % world:
-        return ScalePoint(world, gpu_name, **empty, note=f"global batch {global_batch} is not a multiple of {world} GPUs")
+        return ScalePoint(
+            world, gpu_name, **empty, note=f"global batch {global_batch} is not a multiple of {world} GPUs"
+        )
     per_rank = global_batch // world
     memory = memory_bytes if memory_bytes is not None else gpu.memory_gib * GIB
     batch = largest_fitting_batch(m, world, per_rank, max_batch, memory, allowance)
     if batch is None:
         need = allowance.device_bytes(predicted_peak(m, world, 1, per_rank > 1)) / GIB
-        return ScalePoint(world, gpu_name, **empty, note=f"does not fit: {need:.1f} GiB at batch 1 > {memory / GIB:.1f}")
+        return ScalePoint(
+            world, gpu_name, **empty, note=f"does not fit: {need:.1f} GiB at batch 1 > {memory / GIB:.1f}"
+        )
     accumulation = per_rank // batch
     peak = predicted_peak(m, world, batch, accumulation > 1)
     flops = m.flops * batch / m.per_device_batch  # FLOPs are linear in the samples of one length
     compute = accumulation * flops / (gpu.bf16_tflops * 1e12 * allowance.mfu)
     comm = accumulation * wire_bytes(m, world) / (gpu.bus_bytes_per_s(world) * allowance.bus_efficiency)
     step = max(compute, comm)
-    return ScalePoint(world, gpu_name, batch, accumulation, peak / GIB, allowance.device_bytes(peak) / GIB, compute, comm, step,
-                      global_batch / step, note="communication-bound" if comm > compute else "")
+    return ScalePoint(
+        world,
+        gpu_name,
+        batch,
+        accumulation,
+        peak / GIB,
+        allowance.device_bytes(peak) / GIB,
+        compute,
+        comm,
+        step,
+        global_batch / step,
+        note="communication-bound" if comm > compute else "",
+    )
 
 
-def scaling_table(m: StepMeasurement, worlds: list[int], global_batch: int, max_batch: int, gpus: dict[str, GPU],
-                  allowance: Allowance) -> list[ScalePoint]:
+def scaling_table(
+    m: StepMeasurement, worlds: list[int], global_batch: int, max_batch: int, gpus: dict[str, GPU], allowance: Allowance
+) -> list[ScalePoint]:
     """Every world size on every GPU type, with efficiency relative to each type's first feasible world."""
     points = []
     for name, gpu in gpus.items():

@@ -45,7 +45,7 @@ class Stage:
     template: str = "plain"
     init_from: str | None = None  # a finished run (or safetensors file) whose connector starts this stage
     vision_last_blocks: int | None = None
-    global_batch_size: int | None = None  # lmm.train.plan
+    global_batch_size: int | None = None  # lmm.run.plan
     epochs: float | None = None
     lora: dict | None = None
 
@@ -66,8 +66,13 @@ class Stage:
             from peft import LoraConfig, get_peft_model
 
             lora = {"dropout": 0.05, "target_modules": "all-linear", **self.lora}
-            config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+            config = LoraConfig(
+                r=lora["r"],
+                lora_alpha=lora["alpha"],
+                lora_dropout=lora["dropout"],
+                target_modules=lora["target_modules"],
+                task_type="CAUSAL_LM",
+            )
             model.llm = get_peft_model(model.llm, config)
         return model
 
@@ -78,7 +83,9 @@ class Stage:
             model.llm = model.llm.merge_and_unload()
         return model
 
-    def load_trained(self, model: LMM, state: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> LMM:
+    def load_trained(
+        self, model: LMM, state: dict[str, torch.Tensor], strict: bool = True, assign: bool = False
+    ) -> LMM:
         """`model` as built before this stage, with a state this stage trained: adapters added so
         the keys match, the state loaded, adapters merged (the tensors final.safetensors holds)."""
         self.apply(model)

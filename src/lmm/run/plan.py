@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 from omegaconf import DictConfig
 
 from lmm.data.shards import read_manifest
@@ -32,7 +33,9 @@ def world_size(trainer: DictConfig) -> int:
             devices = None
     nodes = trainer.get("num_nodes", 1)
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ValueError(f"trainer.devices={trainer.get('devices')!r}: give a number of devices >= 1, a list of device ids, or auto")
+        raise ValueError(
+            f"trainer.devices={trainer.get('devices')!r}: give a number of devices >= 1, a list of device ids, or auto"
+        )
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
         raise ValueError(f"trainer.num_nodes={nodes!r}: must be a whole number >= 1")
     return devices * nodes
@@ -65,7 +68,12 @@ def data_samples(data: DictConfig) -> int | None:
     counts = manifest["counts"]
     size = lambda value: sum(value.values()) if isinstance(value, dict) else int(value)  # noqa: E731
     if data.get("sources"):
-        return round(sum(size(counts.get(name, 0)) * float((spec or {}).get("weight", 1.0)) for name, spec in data.sources.items()))
+        return round(
+            sum(
+                size(counts.get(name, 0)) * float((spec or {}).get("weight", 1.0))
+                for name, spec in data.sources.items()
+            )
+        )
     return size(counts.get(data.train_split, 0)) or None
 
 
@@ -85,7 +93,9 @@ class BatchPlan:
 def batch_plan(cfg: DictConfig) -> BatchPlan:
     world = world_size(cfg.trainer)
     per_device = int(cfg.data.batch_size)
-    accumulate = accumulation(cfg.stage.get("global_batch_size"), per_device, world, int(cfg.trainer.get("accumulate_grad_batches", 1)))
+    accumulate = accumulation(
+        cfg.stage.get("global_batch_size"), per_device, world, int(cfg.trainer.get("accumulate_grad_batches", 1))
+    )
     epochs = cfg.stage.get("epochs")
     samples = data_samples(cfg.data) if epochs else None
     steps = int(cfg.trainer.max_steps)

@@ -10,7 +10,7 @@ FSDPMemTracker records every tensor by kind; the collectives are counted as they
 Fidelity: the tensors are CPU fake tensors (the autograd engine needs a real GPU for fake CUDA
 tensors), so attention takes SDPA's CPU flash kernel, which like the GPU kernels never stores the
 s×s score matrix, and autocast follows its CPU op lists. Byte counts are tensor bytes: the CUDA
-caching allocator's fragmentation and the CUDA context come on top (lmm.simulate.scaling adds
+caching allocator's fragmentation and the CUDA context come on top (lmm.analysis.simulate.scaling adds
 an allowance). The AdamW state exists before the measured step (as from step 2 on), and under
 gradient accumulation the sharded gradients are live during the forward (as from micro-step 2).
 """
@@ -25,11 +25,11 @@ import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from lmm.analysis.simulate.collectives import CollectiveCounter
+from lmm.build.model import build_model
+from lmm.build.stage import stage_of
 from lmm.data.collate import Batch
-from lmm.model.build import build_model
-from lmm.simulate.collectives import CollectiveCounter
 from lmm.train.module import LMMModule
-from lmm.train.stage import stage_of
 from lmm.train.strategy import FSDP2Strategy
 from lmm.train.throughput import FlopCounter
 
@@ -49,7 +49,9 @@ class StepMeasurement:
     activation_checkpointing: bool
     accumulating: bool  # sharded gradients live during the forward (gradient accumulation)
     parameter_count: int  # parameters this rank holds (its shards)
-    parameters: int  # bytes of this rank's parameter shards (trainable in their load dtype, frozen in the compute dtype)
+    parameters: (
+        int  # bytes of this rank's parameter shards (trainable in their load dtype, frozen in the compute dtype)
+    )
     gradients: int  # bytes of the sharded gradients
     optimizer: int  # bytes of AdamW's state (two moments and a step count per parameter)
     peak: int  # tracked tensor bytes at the step's peak
@@ -105,17 +107,23 @@ def fake_batch(model, lengths: list[int]) -> Batch:
     n, size = model.num_image_tokens, model.vision.image_size
     rows, longest = len(lengths), max(lengths)
     input_ids = torch.ones((rows, longest), dtype=torch.long)  # [B, T]
-    input_ids[:, 1:1 + n] = model.image_token_id
+    input_ids[:, 1 : 1 + n] = model.image_token_id
     attention_mask = torch.zeros_like(input_ids)
     for row, length in enumerate(lengths):
         attention_mask[row, :length] = 1
     labels = input_ids.masked_fill(attention_mask == 0, -100)
-    labels[:, :1 + n] = -100
+    labels[:, : 1 + n] = -100
     pixel_values = torch.zeros((rows, 3, size, size))  # [I, 3, S, S]
     instruction = torch.ones((rows, 8), dtype=torch.long) if model.connector.uses_instruction else None
-    return Batch(input_ids=input_ids, labels=labels, attention_mask=attention_mask, pixel_values=pixel_values,
-                 instruction_ids=instruction, instruction_mask=None if instruction is None else torch.ones_like(instruction),
-                 sample_lengths=list(lengths))
+    return Batch(
+        input_ids=input_ids,
+        labels=labels,
+        attention_mask=attention_mask,
+        pixel_values=pixel_values,
+        instruction_ids=instruction,
+        instruction_mask=None if instruction is None else torch.ones_like(instruction),
+        sample_lengths=list(lengths),
+    )
 
 
 def sharded_bytes(tensors) -> int:
@@ -132,20 +140,31 @@ def state_bytes(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> di
     tests/train compare the two)."""
     params = list(module.parameters())
     states = [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
-    return {"parameters": sharded_bytes(params), "gradients": sharded_bytes(p.grad for p in params if p.grad is not None),
-            "optimizer": sharded_bytes(states)}
+    return {
+        "parameters": sharded_bytes(params),
+        "gradients": sharded_bytes(p.grad for p in params if p.grad is not None),
+        "optimizer": sharded_bytes(states),
+    }
 
 
 def fsdp_strategy(cfg: DictConfig) -> FSDP2Strategy:
     strategy = instantiate(cfg.strategy)
     if not isinstance(strategy, FSDP2Strategy):
-        raise ValueError(f"task=simulate simulates strategy=fsdp (FSDP2); this config has "
-                         f"{cfg.strategy.get('_target_')}: add strategy=fsdp")
+        raise ValueError(
+            f"task=simulate simulates strategy=fsdp (FSDP2); this config has "
+            f"{cfg.strategy.get('_target_')}: add strategy=fsdp"
+        )
     return strategy
 
 
-def simulate_step(cfg: DictConfig, world: int, per_device_batch: int, sample_lengths: list[int],
-                  activation_checkpointing: bool, accumulating: bool) -> StepMeasurement:
+def simulate_step(
+    cfg: DictConfig,
+    world: int,
+    per_device_batch: int,
+    sample_lengths: list[int],
+    activation_checkpointing: bool,
+    accumulating: bool,
+) -> StepMeasurement:
     """Measure one micro-step of `per_device_batch` samples (lengths cycled from `sample_lengths`)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
@@ -153,7 +172,9 @@ def simulate_step(cfg: DictConfig, world: int, per_device_batch: int, sample_len
     strategy = fsdp_strategy(cfg)
     lengths = [sample_lengths[i % len(sample_lengths)] for i in range(per_device_batch)]
     precision = str(cfg.trainer.get("precision", "32-true"))
-    autocast = torch.autocast("cpu", dtype=MIXED[precision], cache_enabled=False) if precision in MIXED else nullcontext()
+    autocast = (
+        torch.autocast("cpu", dtype=MIXED[precision], cache_enabled=False) if precision in MIXED else nullcontext()
+    )
     clip = cfg.trainer.get("gradient_clip_val")
     with fake_world(world) as mesh, FakeTensorMode():
         with torch.device("meta"):
@@ -191,9 +212,17 @@ def simulate_step(cfg: DictConfig, world: int, per_device_batch: int, sample_len
         count = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in module.model.parameters())
     breakdown = {str(getattr(kind, "value", kind)): int(n) for kind, n in peak.items() if str(kind) != "Total"}
     return StepMeasurement(
-        world=world, per_device_batch=per_device_batch, sample_lengths=lengths,
-        activation_checkpointing=activation_checkpointing, accumulating=accumulating, parameter_count=count,
-        parameters=state["parameters"], gradients=state["gradients"], optimizer=state["optimizer"],
-        peak=int(peak["Total"]), peak_breakdown=breakdown, collectives=counter.by_kind(), flops=flops,
+        world=world,
+        per_device_batch=per_device_batch,
+        sample_lengths=lengths,
+        activation_checkpointing=activation_checkpointing,
+        accumulating=accumulating,
+        parameter_count=count,
+        parameters=state["parameters"],
+        gradients=state["gradients"],
+        optimizer=state["optimizer"],
+        peak=int(peak["Total"]),
+        peak_breakdown=breakdown,
+        collectives=counter.by_kind(),
+        flops=flops,
     )
-

@@ -43,6 +43,9 @@ def resolve_weights(name_or_path: str, what: str = "weights") -> Path:
         + "; ".join(looked)
         + f". Provide them with `hf download {name_or_path}` on a machine with network access "
         "(then copy the HF cache here), or point the config at a local directory: "
-        + ("llm.tokenizer=/path/to/dir." if what == "tokenizer" else
-           "llm.model.pretrained=/path/to/dir for the LLM, vision.pretrained=/path/to/dir for the vision tower.")
+        + (
+            "llm.tokenizer=/path/to/dir."
+            if what == "tokenizer"
+            else "llm.model.pretrained=/path/to/dir for the LLM, vision.pretrained=/path/to/dir for the vision tower."
+        )
     )

@@ -104,7 +104,8 @@ def log_path(cfg) -> Path | None:
     """RUN_DIR/run.log under Hydra on the process that writes the run (rank 0), else None."""
     from hydra.core.hydra_config import HydraConfig
 
-    from lmm.rundir import RUN_LOG, first_process
+    from lmm.core.ranks import first_process
+    from lmm.run.directory import RUN_LOG
 
     if not HydraConfig.initialized() or not first_process():
         return None

@@ -41,7 +41,9 @@ def materialize(module: nn.Module, device: torch.device, full_state: dict[str, t
     if full_state is not None:
         dtypes = {name: p.dtype for name, p in module.named_parameters()}
         full_state = {k: v.to(dtypes.get(k, v.dtype)) for k, v in full_state.items()}
-    set_model_state_dict(module, full_state or {}, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    set_model_state_dict(
+        module, full_state or {}, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    )
 
 
 def host_memory() -> tuple[int, int]:

@@ -132,7 +132,9 @@ def within_range(interval: Interval | None, metric: str, values: list[float] = (
     if low <= interval.low and interval.high <= high:
         return interval
     bounds = f"[{low:g}, {high:g}]".replace("inf", "∞")
-    return Interval(max(interval.low, low), min(interval.high, high), f"{interval.method}, clipped to the metric's range {bounds}")
+    return Interval(
+        max(interval.low, low), min(interval.high, high), f"{interval.method}, clipped to the metric's range {bounds}"
+    )
 
 
 def cell_interval(runs: list[RunScores], rng: np.random.Generator, draws: int = DRAWS) -> Interval | None:
@@ -151,8 +153,9 @@ def _bootstrap_p(draws: np.ndarray) -> float:
     return float(min(1.0, max(2 * min(np.mean(draws <= 0), np.mean(draws >= 0)), 1 / draws.size)))
 
 
-def compare(row: list[RunScores], reference: list[RunScores], rng: np.random.Generator, paired: bool = True,
-            draws: int = DRAWS) -> Comparison | None:
+def compare(
+    row: list[RunScores], reference: list[RunScores], rng: np.random.Generator, paired: bool = True, draws: int = DRAWS
+) -> Comparison | None:
     """`row` − `reference`, paired by seed and question where both allow it (see the module)."""
     by_seed = {r.seed: r for r in reference}
     pairs = [(r, by_seed[r.seed]) for r in row if r.seed in by_seed] if paired else []
@@ -168,13 +171,24 @@ def compare(row: list[RunScores], reference: list[RunScores], rng: np.random.Gen
             boot = _hierarchical_means(differences, rng, draws)
             low, high = np.percentile(boot, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
             per_seed = [float(d.mean()) for d in differences]
-            return Comparison(float(np.mean(per_seed)), float(low), float(high), _bootstrap_p(boot), BOOTSTRAP, len(pairs),
-                              round(sum(sizes) / len(sizes)), per_seed)
+            return Comparison(
+                float(np.mean(per_seed)),
+                float(low),
+                float(high),
+                _bootstrap_p(boot),
+                BOOTSTRAP,
+                len(pairs),
+                round(sum(sizes) / len(sizes)),
+                per_seed,
+            )
     if len(pairs) >= 2:
         per_seed = [a.value - b.value for a, b in pairs]
         low, high = _t_interval(per_seed)
-        p = float(stats.ttest_rel([a.value for a, _ in pairs], [b.value for _, b in pairs]).pvalue) if np.std(per_seed) > 0 else \
-            (0.0 if per_seed[0] != 0 else 1.0)
+        p = (
+            float(stats.ttest_rel([a.value for a, _ in pairs], [b.value for _, b in pairs]).pvalue)
+            if np.std(per_seed) > 0
+            else (0.0 if per_seed[0] != 0 else 1.0)
+        )
         return Comparison(float(np.mean(per_seed)), low, high, p, PAIRED_T, len(pairs), None, per_seed)
     if len(row) >= 2 and len(reference) >= 2:
         a, b = [r.value for r in row], [r.value for r in reference]
@@ -182,8 +196,16 @@ def compare(row: list[RunScores], reference: list[RunScores], rng: np.random.Gen
         difference = float(np.mean(a) - np.mean(b))
         interval = test.confidence_interval(1 - ALPHA)
         p = float(test.pvalue) if math.isfinite(test.pvalue) else 1.0
-        return Comparison(difference, float(interval.low), float(interval.high), p, WELCH, min(len(a), len(b)), None,
-                          [v - float(np.mean(b)) for v in a])
+        return Comparison(
+            difference,
+            float(interval.low),
+            float(interval.high),
+            p,
+            WELCH,
+            min(len(a), len(b)),
+            None,
+            [v - float(np.mean(b)) for v in a],
+        )
     return None
 
 
@@ -221,6 +243,6 @@ def seeds_needed(seed_differences: list[float], effect: float | None = None) -> 
 
 def adjust(comparisons: list[Comparison], effect: float | None = None) -> None:
     """Holm-correct a table's comparisons in place and plan the seeds each would need."""
-    for comparison, p in zip(comparisons, holm([c.p for c in comparisons])):
+    for comparison, p in zip(comparisons, holm([c.p for c in comparisons]), strict=True):
         comparison.p_holm = p
         comparison.seeds_needed = seeds_needed(comparison.seed_differences, effect)

@@ -5,7 +5,7 @@
                             stage.init_from, seeded random init; rank 0 alone under FSDP)
     load_pretrained(path)   a trained model from a run directory or an `export.format=lmm` directory
 
-An lmm directory (written by `task=export export.format=lmm` and `lmm.convert_llava`) is
+An lmm directory (written by `task=export export.format=lmm` and `lmm.interop.convert_llava`) is
 self-describing: LMM_CONFIG (the vision / connector / llm config, the template, the max length),
 LMM_WEIGHTS and the tokenizer.
 """
@@ -19,16 +19,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 
+from lmm.build.meta import parameters_on_meta
+from lmm.build.model import build_model
+from lmm.build.stage import stage_of
+from lmm.core.safe_config import check_config, current_targets
+from lmm.core.save import check_recorded_hash, read_weights
 from lmm.data.image import ImageTransform
 from lmm.data.sample import SampleProcessor
 from lmm.data.tokenizer import load_tokenizer
-from lmm.model.build import build_model
 from lmm.model.lmm import LMM
-from lmm.rundir import FINAL_WEIGHTS, load_saved_config, read_status, saved_config_path
-from lmm.safe_config import check_config
-from lmm.save import check_recorded_hash, read_weights
-from lmm.train.materialize import parameters_on_meta
-from lmm.train.stage import stage_of
+from lmm.run.directory import FINAL_WEIGHTS, load_saved_config, read_status, saved_config_path
 
 LMM_CONFIG, LMM_WEIGHTS, LMM_TOKENIZER = "config.yaml", "model.safetensors", "tokenizer"
 LMM_FORMAT_VERSION = 1
@@ -52,21 +52,36 @@ def build_run(cfg: DictConfig, load_weights: bool = True) -> tuple[LMM, SamplePr
     model = build_model(cfg, image_token_id=tokenizer.convert_tokens_to_ids("<image>"), load_weights=load_weights)
     vocab = model.llm.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab + 1:  # the image token may lie one past the vocabulary (never embedded)
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LLM embeds only {vocab}; raise llm.model.arch.vocab_size")
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but the LLM embeds only {vocab}; raise llm.model.arch.vocab_size"
+        )
     vision = model.vision
-    transform = ImageTransform(vision.image_size, vision.mean, vision.std, vision.image_aspect, fill=vision.pad_colour, anyres=model.anyres,
-                               **image_options(cfg))
+    transform = ImageTransform(
+        vision.image_size,
+        vision.mean,
+        vision.std,
+        vision.image_aspect,
+        fill=vision.pad_colour,
+        anyres=model.anyres,
+        **image_options(cfg),
+    )
     instruction_length = model.connector.max_instruction_length if model.connector.uses_instruction else None
-    image_tokens = model.num_image_tokens if model.anyres is None else model.image_tokens  # AnyRes: a function of the image's size
-    processor = SampleProcessor(tokenizer, cfg.stage.template, transform, image_tokens, cfg.data.max_length, instruction_length)
+    image_tokens = (
+        model.num_image_tokens if model.anyres is None else model.image_tokens
+    )  # AnyRes: a function of the image's size
+    processor = SampleProcessor(
+        tokenizer, cfg.stage.template, transform, image_tokens, cfg.data.max_length, instruction_length
+    )
     return model, processor
 
 
 def image_options(cfg: DictConfig) -> dict[str, str]:
     """How images are decoded (`data.image`: alpha, exif); LLaVA's way where a config (an lmm
     directory's, say) does not say."""
-    return {"alpha": str(OmegaConf.select(cfg, "data.image.alpha", default="drop")),
-            "exif": str(OmegaConf.select(cfg, "data.image.exif", default="ignore"))}
+    return {
+        "alpha": str(OmegaConf.select(cfg, "data.image.alpha", default="drop")),
+        "exif": str(OmegaConf.select(cfg, "data.image.exif", default="ignore")),
+    }
 
 
 def init_weights_path(source: str) -> Path:
@@ -74,7 +89,9 @@ def init_weights_path(source: str) -> Path:
     path = Path(source)
     path = path / FINAL_WEIGHTS if path.is_dir() or not path.suffix else path
     if not path.exists():
-        raise FileNotFoundError(f"stage.init_from: no {FINAL_WEIGHTS} at {path}; run that stage first (has it finished?)")
+        raise FileNotFoundError(
+            f"stage.init_from: no {FINAL_WEIGHTS} at {path}; run that stage first (has it finished?)"
+        )
     return path
 
 
@@ -92,13 +109,18 @@ def init_from(model: LMM, source: str, components: list[str]) -> None:
         keys = list(weights.keys())
         for name in components:
             prefix = f"{name}."
-            part = {k[len(prefix):]: weights.get_tensor(k) for k in keys if k.startswith(prefix)}
+            part = {k[len(prefix) :]: weights.get_tensor(k) for k in keys if k.startswith(prefix)}
             missing, unexpected = getattr(model, name).load_state_dict(part, strict=False)
             if name == "connector" and NEWLINE_KEY in missing and NEWLINE_KEY not in part:
-                missing.remove(NEWLINE_KEY)  # a projector pretrained without AnyRes: the newline starts random, as in LLaVA-NeXT
+                missing.remove(
+                    NEWLINE_KEY
+                )  # a projector pretrained without AnyRes: the newline starts random, as in LLaVA-NeXT
                 print(f"[lmm] {path} has no AnyRes newline embedding: it starts from its random init")
             if unexpected or (missing and name == "connector"):
-                raise ValueError(f"stage.init_from {path}: {name} does not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+                raise ValueError(
+                    f"stage.init_from {path}: {name} does not match (missing {missing[:3]}, unexpected "
+                    f"{unexpected[:3]})"
+                )
     print(f"[lmm] initialised {', '.join(components)} from {path}")
 
 
@@ -109,7 +131,7 @@ def build_for_stage(cfg: DictConfig, sharded: bool, main: bool) -> tuple[LMM, Sa
     Sharded (FSDP): every rank builds on the meta device, and rank 0 (`main`) alone builds the real model
     and returns its full state (the stage applied: LoRA adapters included), which LMMModule
     broadcasts after sharding. Otherwise the returned model holds its weights and the state is
-    None. Seeded here, so every rebuild (a resumed run, `lmm.checkpoint consolidate`) has the same init."""
+    None. Seeded here, so every rebuild (a resumed run, `lmm.train.checkpoint consolidate`) has the same init."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if not sharded:
         model, processor = build_run(cfg)
@@ -126,8 +148,9 @@ def build_for_stage(cfg: DictConfig, sharded: bool, main: bool) -> tuple[LMM, Sa
     return model, processor, state
 
 
-def build_trained(cfg: DictConfig, weights: Path, device: str | torch.device = "cpu",
-                  dtype: torch.dtype | None = None) -> tuple[LMM, SampleProcessor]:
+def build_trained(
+    cfg: DictConfig, weights: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[LMM, SampleProcessor]:
     """The configured model (no pretrained weights read) with a trained weights file loaded, in
     eval mode. Each part keeps its configured dtype; with `dtype`, the model is built on the meta
     device and the tensors are read straight to `device` and cast to `dtype` (no second copy)."""
@@ -146,13 +169,17 @@ def build_trained(cfg: DictConfig, weights: Path, device: str | torch.device = "
 def model_config(cfg: DictConfig) -> dict:
     """What builds the model and its inputs (MODEL_KEYS, the template, max length, image decoding), resolved."""
     image = OmegaConf.select(cfg, "data.image", default=None)
-    return {**{key: OmegaConf.to_container(cfg[key], resolve=True) for key in MODEL_KEYS}, "template": cfg.stage.template,
-            "max_length": cfg.data.max_length, "image": OmegaConf.to_container(image, resolve=True) if image is not None else None}
+    return {
+        **{key: OmegaConf.to_container(cfg[key], resolve=True) for key in MODEL_KEYS},
+        "template": cfg.stage.template,
+        "max_length": cfg.data.max_length,
+        "image": OmegaConf.to_container(image, resolve=True) if image is not None else None,
+    }
 
 
 def model_drift(trained: DictConfig, today: DictConfig) -> list[str]:
     """`key: trained -> today` for each model setting the two configs build differently."""
-    from lmm.rundir import differences
+    from lmm.run.directory import differences
 
     return [] if trained is today else differences(model_config(trained), model_config(today))
 
@@ -161,8 +188,10 @@ def say_drift(run_dir: Path, trained: DictConfig, today: DictConfig, action: str
     """One line when today's config would build another model than the run trained (the trained one is used)."""
     drift = model_drift(trained, today)
     if drift:
-        print(f"[lmm] today's config would build another model than {run_dir} trained ({'; '.join(drift[:6])}"
-              f"{'; ...' if len(drift) > 6 else ''}); {action} the model as trained")
+        print(
+            f"[lmm] today's config would build another model than {run_dir} trained ({'; '.join(drift[:6])}"
+            f"{'; ...' if len(drift) > 6 else ''}); {action} the model as trained"
+        )
 
 
 def run_config(run_dir: Path, fallback: DictConfig) -> DictConfig:
@@ -190,11 +219,14 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> tup
     if (path / LMM_CONFIG).exists():
         cfg = OmegaConf.load(path / LMM_CONFIG)
         check_config(OmegaConf.to_container(cfg, resolve=False), str(path / LMM_CONFIG))  # data, never code
+        cfg = OmegaConf.create(current_targets(OmegaConf.to_container(cfg, resolve=False)))
         cfg.llm.tokenizer = str(path / cfg.llm.tokenizer)
         weights = path / LMM_WEIGHTS
     elif saved_config_path(path).exists() and (path / FINAL_WEIGHTS).exists():
         cfg, weights = load_saved_config(path), path / FINAL_WEIGHTS
     else:
-        raise FileNotFoundError(f"{path} is neither an lmm export ({LMM_CONFIG} + {LMM_WEIGHTS}) nor a finished run "
-                                f"(.hydra/config.yaml + {FINAL_WEIGHTS})")
+        raise FileNotFoundError(
+            f"{path} is neither an lmm export ({LMM_CONFIG} + {LMM_WEIGHTS}) nor a finished run "
+            f"(.hydra/config.yaml + {FINAL_WEIGHTS})"
+        )
     return build_trained(cfg, weights, device)

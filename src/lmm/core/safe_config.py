@@ -1,7 +1,7 @@
 """Configs read back from disk are data: they may name only lmm's own buildable classes.
 
 A run's saved config, an lmm directory's config.yaml, a replayed overrides.yaml and what
-lmm.convert_llava writes are shared, downloaded and re-read months later, and Hydra's
+lmm.interop.convert_llava writes are shared, downloaded and re-read months later, and Hydra's
 `instantiate` builds whatever `_target_` it finds at any depth. So before anything is built from
 such a file it is checked at every depth (dict values and list items alike):
 - every `_target_` is one of the classes conf/ names (ALLOWED_TARGETS, read from conf/*.yaml);
@@ -15,16 +15,24 @@ from __future__ import annotations
 
 import functools
 import re
-from pathlib import Path
 
 import yaml
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-# The resolvers conf/ uses (lmm.config registers them; `hydra` is Hydra's, and saved configs point
+from lmm.core.config import CONF
+
+# The resolvers conf/ uses (lmm.core.config registers them; `hydra` is Hydra's, and saved configs point
 # it at the run's own hydra.yaml) and the one Hydra's saved settings use for dates.
-ALLOWED_RESOLVERS = frozenset({"hydra", "repo_path", "run_id", "abspath", "basename", "slurm_gpus", "slurm_tasks", "now"})
+ALLOWED_RESOLVERS = frozenset(
+    {"hydra", "repo_path", "run_id", "abspath", "basename", "slurm_gpus", "slurm_tasks", "now"}
+)
 # Classes earlier versions of conf/ named, which runs saved then still name.
 FORMER_TARGETS = frozenset({"lightning.pytorch.loggers.TensorBoardLogger"})
+# lmm's classes that moved module: a config saved before names the old path and builds the new one
+# (current_targets), so a run trained then still resumes, scores and exports.
+MOVED_TARGETS = {
+    "lmm.train.stage.Stage": "lmm.build.stage.Stage",
+    "lmm.simulate.hardware.GPU": "lmm.analysis.simulate.hardware.GPU",
+}
 RESOLVER_CALL = re.compile(r"\$\{\s*([^\s:{}]+)\s*:")
 
 
@@ -50,7 +58,7 @@ def allowed_targets() -> frozenset[str]:
 
     for path in sorted(CONF.rglob("*.yaml")):
         collect(yaml.safe_load(path.read_text()))
-    return frozenset(targets) | FORMER_TARGETS
+    return frozenset(targets) | FORMER_TARGETS | frozenset(MOVED_TARGETS)
 
 
 def check_config(node, source: str, path: str = "") -> None:
@@ -61,11 +69,15 @@ def check_config(node, source: str, path: str = "") -> None:
         for key, value in node.items():
             child = f"{path}.{key}" if path else str(key)
             if key == "_target_" and value not in allowed_targets():
-                raise UntrustedConfig(f"{source}: {child}={value!r} is not one of lmm's own classes; a config read from "
-                                      "disk may not name code to run (refused)")
+                raise UntrustedConfig(
+                    f"{source}: {child}={value!r} is not one of lmm's own classes; a config read from "
+                    "disk may not name code to run (refused)"
+                )
             if key == "trust_remote_code" and value not in (False, None):
-                raise UntrustedConfig(f"{source}: {child}={value!r}: a config read from disk may not turn on remote code; "
-                                      "pass llm.model.trust_remote_code=true on your own command line if you trust it")
+                raise UntrustedConfig(
+                    f"{source}: {child}={value!r}: a config read from disk may not turn on remote code; "
+                    "pass llm.model.trust_remote_code=true on your own command line if you trust it"
+                )
             check_config(value, source, child)
     elif isinstance(node, list):
         for i, item in enumerate(node):
@@ -73,8 +85,22 @@ def check_config(node, source: str, path: str = "") -> None:
     elif isinstance(node, str):
         for resolver in RESOLVER_CALL.findall(node):
             if resolver not in ALLOWED_RESOLVERS:
-                raise UntrustedConfig(f"{source}: {where} calls the resolver {resolver!r}, which lmm does not allow in a "
-                                      "config read from disk (refused)")
+                raise UntrustedConfig(
+                    f"{source}: {where} calls the resolver {resolver!r}, which lmm does not allow in a "
+                    "config read from disk (refused)"
+                )
+
+
+def current_targets(node):
+    """`node` (a plain container, already checked) with every moved `_target_` renamed to where its class lives now."""
+    if isinstance(node, dict):
+        return {
+            key: MOVED_TARGETS.get(value, value) if key == "_target_" else current_targets(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [current_targets(item) for item in node]
+    return node
 
 
 def check_overrides(overrides: list[str], source: str) -> None:
@@ -88,7 +114,9 @@ def check_overrides(overrides: list[str], source: str) -> None:
         try:
             parsed = OverridesParser.create().parse_override(override)
         except Exception as e:  # Hydra's grammar error: nothing to replay
-            raise UntrustedConfig(f"{source}: {override!r} is not a valid override ({type(e).__name__}) (refused)") from None
+            raise UntrustedConfig(
+                f"{source}: {override!r} is not a valid override ({type(e).__name__}) (refused)"
+            ) from None
         nested = None if parsed.is_delete() else parsed.value()
         for part in reversed(parsed.key_or_group.split(".")):  # `a.b=v` as {a: {b: v}}: the key is checked too
             nested = {part: nested}

@@ -4,18 +4,14 @@ strategy=fsdp, a per-GPU memory estimate."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lmm.config import command_overrides
-from lmm.model.build import build_model
+from lmm.build.model import build_model
+from lmm.build.stage import stage_of
+from lmm.core.config import CONF, command_overrides
 from lmm.model.lmm import COMPONENTS
-from lmm.train.stage import stage_of
-
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -43,7 +39,10 @@ def describe(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         rows.append((name, type(module).__name__, count_parameters(module), trainable))
     total = sum(r[2] for r in rows)
     trainable = sum(r[3] for r in rows)
-    print(f"model: vision={cfg.vision.get('pretrained') or 'random-init'}  llm={cfg.llm.model.get('pretrained') or 'random-init'}  stage={cfg.stage.name}")
+    print(
+        f"model: vision={cfg.vision.get('pretrained') or 'random-init'}  "
+        f"llm={cfg.llm.model.get('pretrained') or 'random-init'}  stage={cfg.stage.name}"
+    )
     print(f"{'component':10s} {'class':22s} {'parameters':>16s} {'trainable':>16s}")
     for name, cls, n, t in rows:
         print(f"{name:10s} {cls:22s} {n:16,d} {t:16,d}")
@@ -66,15 +65,25 @@ def describe_image_sizes(model, sizes: list) -> dict[str, dict]:
     for every image, or under AnyRes the count each size makes."""
     print(f"visual tokens per view: {model.num_image_tokens} (from {model.vision.num_patches} patches)")
     if model.anyres is None:
-        print(f"visual tokens per image: {model.num_image_tokens}, whatever its size (vision.image_aspect={model.vision.image_aspect})")
+        print(
+            f"visual tokens per image: {model.num_image_tokens}, whatever its size "
+            f"(vision.image_aspect={model.vision.image_aspect})"
+        )
     out = {}
     for height, width in sizes:
-        views, tokens = (1, model.num_image_tokens) if model.anyres is None else (model.anyres.num_views(height, width), model.image_tokens(height, width))
+        views, tokens = (
+            (1, model.num_image_tokens)
+            if model.anyres is None
+            else (model.anyres.num_views(height, width), model.image_tokens(height, width))
+        )
         out[f"{width}x{height}"] = {"height": height, "width": width, "visual_tokens": tokens, "views": views}
         if model.anyres is not None:
             rows, cols = model.anyres.grid(height, width)
             overview = " (overview + " if model.anyres.overview else " ("
-            print(f"  image {width}×{height} (w×h): {tokens} visual tokens from {views} views{overview}{rows}×{cols} tiles)")
+            print(
+                f"  image {width}×{height} (w×h): {tokens} visual tokens from {views} views{overview}{rows}×{cols} "
+                "tiles)"
+            )
     return out
 
 
@@ -96,23 +105,39 @@ def stage_config(cfg: DictConfig, experiment: str, overrides: list[str] | None =
 
 def describe_stage(cfg: DictConfig, model=None) -> dict:
     """One stage: trainable parameters, the batch plan and (under FSDP) memory per GPU."""
+    from lmm.run.plan import batch_plan
     from lmm.train.memory import GIB, fsdp_memory_estimate
-    from lmm.train.plan import batch_plan
     from lmm.train.strategy import FSDP2Strategy
 
     model = model or meta_model(cfg)
-    trainable = {name: sum(p.numel() for p in getattr(model, name).parameters() if p.requires_grad) for name in COMPONENTS}
+    trainable = {
+        name: sum(p.numel() for p in getattr(model, name).parameters() if p.requires_grad) for name in COMPONENTS
+    }
     plan = batch_plan(cfg)
-    steps = plan.max_steps if plan.max_steps is not None else f"{cfg.stage.epochs} epoch(s) of {cfg.data.root} (not converted yet)"
+    steps = (
+        plan.max_steps
+        if plan.max_steps is not None
+        else f"{cfg.stage.epochs} epoch(s) of {cfg.data.root} (not converted yet)"
+    )
     print(f"\nstage {cfg.name} ({cfg.stage.name}): trainable " + ", ".join(f"{k} {v:,d}" for k, v in trainable.items()))
-    print(f"  global batch {plan.global_batch} = {plan.per_device} per device × {plan.world} device(s) × "
-          f"{plan.accumulation} gradient-accumulation step(s); steps: {steps}")
-    out = {"trainable": trainable, "global_batch": plan.global_batch, "accumulation": plan.accumulation,
-           "devices": plan.world, "steps": plan.max_steps}
+    print(
+        f"  global batch {plan.global_batch} = {plan.per_device} per device × {plan.world} device(s) × "
+        f"{plan.accumulation} gradient-accumulation step(s); steps: {steps}"
+    )
+    out = {
+        "trainable": trainable,
+        "global_batch": plan.global_batch,
+        "accumulation": plan.accumulation,
+        "devices": plan.world,
+        "steps": plan.max_steps,
+    }
     if isinstance(instantiate(cfg.strategy), FSDP2Strategy):
         memory = fsdp_memory_estimate(model, cfg, plan.world)
-        print(f"  FSDP memory per GPU (estimate, every sequence at data.max_length={cfg.data.max_length}): {memory['total'] / GIB:.1f} GiB at the peak of "
-              + ", ".join(f"{kind} {value / GIB:.1f}" for kind, value in memory.items() if kind != "total"))
+        print(
+            f"  FSDP memory per GPU (estimate, every sequence at data.max_length={cfg.data.max_length}): "
+            f"{memory['total'] / GIB:.1f} GiB at the peak of "
+            + ", ".join(f"{kind} {value / GIB:.1f}" for kind, value in memory.items() if kind != "total")
+        )
         print("  (python run.py ... task=simulate measures it on fake tensors, with the step time over 8-512 GPUs)")
         out["memory_per_gpu_bytes"] = memory
     return out

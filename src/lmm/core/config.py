@@ -38,7 +38,9 @@ def slurm_tasks(devices) -> int:
         return devices
     if isinstance(devices, str) and devices.isdigit():
         return int(devices)
-    raise ValueError(f"hydra/launcher=slurm needs trainer.devices to be the number of devices per node, not {devices!r}")
+    raise ValueError(
+        f"hydra/launcher=slurm needs trainer.devices to be the number of devices per node, not {devices!r}"
+    )
 
 
 def slurm_gpus(accelerator: str, devices) -> int | None:
@@ -46,7 +48,9 @@ def slurm_gpus(accelerator: str, devices) -> int | None:
     return slurm_tasks(devices) if accelerator in ("gpu", "cuda") else None
 
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+REPO = Path(__file__).resolve().parents[3]  # the checkout: run.py, conf/, pretrained/
+CONF = REPO / "conf"
+RUN_PY = REPO / "run.py"
 
 
 def known_top_level_keys() -> set[str]:
@@ -68,10 +72,16 @@ def check_top_level_keys(cfg) -> None:
     known = known_top_level_keys()
     unknown = sorted(set(cfg) - known)
     if unknown:
-        hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, n=1)) else repr(key)
-                 for key in unknown]
-        raise ValueError(f"unknown config key(s) {', '.join(hints)}: nothing reads them; known top-level keys and groups are "
-                         f"{', '.join(sorted(known - {'hydra'}))}")
+        hints = [
+            f"{key!r} (did you mean {close[0]!r}?)"
+            if (close := difflib.get_close_matches(key, known, n=1))
+            else repr(key)
+            for key in unknown
+        ]
+        raise ValueError(
+            f"unknown config key(s) {', '.join(hints)}: nothing reads them; known top-level keys and groups are "
+            f"{', '.join(sorted(known - {'hydra'}))}"
+        )
 
 
 def command_overrides() -> list[str]:
@@ -98,7 +108,13 @@ def basename(path: str) -> str:
 
 
 def register_resolvers() -> None:
-    for name, function in (("run_id", run_id), ("slurm_tasks", slurm_tasks), ("slurm_gpus", slurm_gpus), ("abspath", abspath),
-                           ("basename", basename), ("repo_path", repo_path)):
+    for name, function in (
+        ("run_id", run_id),
+        ("slurm_tasks", slurm_tasks),
+        ("slurm_gpus", slurm_gpus),
+        ("abspath", abspath),
+        ("basename", basename),
+        ("repo_path", repo_path),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)

@@ -1,6 +1,6 @@
 """What a run prints: each log line once, no advertising, and no warning we have checked is harmless.
 
-Called once per process by lmm.tasks before any task runs (every rank runs it: each is a run.py).
+Called once per process by lmm.commands.tasks before any task runs (every rank runs it: each is a run.py).
 Each filter names its source and why it is safe to drop; anything else still shows.
 """
 
@@ -34,13 +34,18 @@ def setup() -> None:
         rank_zero.addFilter(_DropTip())
     # Lightning 2.6's pytree helper builds torch's deprecated LeafSpec; the replacement is
     # Lightning's to make, and nothing changes for us when it does.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
-                            module=r"lightning\.pytorch\.utilities\._pytree")
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
     # lmm reaches SLURM through hydra/launcher=slurm (submitit starts each task under srun); a
     # run started by hand on a machine that has SLURM installed is a local run, as intended.
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
     # FSDP2 warns that a connector unit returns a view (nn.Linear on [I, N, D] reshapes a 2-D
     # matmul): an in-place op on it would skip FSDP's pre-backward hook. LMM.embed only reads
     # the connector's output (.to(), masked_scatter: both out of place), so no hook is lost.
-    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDP\w*Connector\) returned a view tensor",
-                            category=UserWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"FSDP2-wrapped module \(FSDP\w*Connector\) returned a view tensor", category=UserWarning
+    )

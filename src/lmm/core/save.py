@@ -13,9 +13,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-
-from safetensors.torch import save_model
+from safetensors.torch import load_file, save_model
 from torch import nn
 
 
@@ -46,8 +44,10 @@ def file_sha256(path: str | Path) -> str:
 def check_recorded_hash(path: str | Path, expected: str | None) -> None:
     """ValueError if `path` is not the file whose sha256 was recorded (nothing to check without a record)."""
     if expected and file_sha256(path) != expected:
-        raise ValueError(f"{path} is not the file its run recorded when it finished (sha256 {expected[:12]}...): it is "
-                         "damaged or was replaced; restore it, or train the run again (force=true)")
+        raise ValueError(
+            f"{path} is not the file its run recorded when it finished (sha256 {expected[:12]}...): it is "
+            "damaged or was replaced; restore it, or train the run again (force=true)"
+        )
 
 
 def read_weights(path: str | Path, expected_sha256: str | None = None, device: str = "cpu") -> dict[str, torch.Tensor]:
@@ -57,8 +57,14 @@ def read_weights(path: str | Path, expected_sha256: str | None = None, device: s
     try:
         state = load_file(str(path), device=device)
     except Exception as e:  # a truncated or garbage file
-        raise ValueError(f"{path} cannot be read as safetensors ({type(e).__name__}: {e}); restore it or train the run again") from None
-    bad = [key for key, tensor in state.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        raise ValueError(
+            f"{path} cannot be read as safetensors ({type(e).__name__}: {e}); restore it or train the run again"
+        ) from None
+    bad = [
+        key for key, tensor in state.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
     if bad:
-        raise ValueError(f"{path} holds NaN or infinite values in {len(bad)} tensor(s) (first: {bad[0]}); refusing a damaged model")
+        raise ValueError(
+            f"{path} holds NaN or infinite values in {len(bad)} tensor(s) (first: {bad[0]}); refusing a damaged model"
+        )
     return state

@@ -5,7 +5,7 @@ file, written last and atomically).
     RUN_DIR/.hydra/               config.yaml (the composed config), overrides.yaml, hydra.yaml (Hydra)
     RUN_DIR/run.lock              held (flock) by the process training it; says pid, host, SLURM job
     RUN_DIR/run.json              the resolved config and its fingerprint, written when the run starts
-    RUN_DIR/run.log               the [lmm] lines and errors of every command run in it (lmm.runlog)
+    RUN_DIR/run.log               the [lmm] lines and errors of every command run in it (lmm.run.log)
     RUN_DIR/checkpoints/          last.ckpt (and last.ckpt.old while a new one is committed)
     RUN_DIR/tb/                   TensorBoard logs
     RUN_DIR/final.safetensors     the trained model (LoRA merged), written when training ends
@@ -14,7 +14,7 @@ file, written last and atomically).
     RUN_DIR/status.json           {"status": "running" | "finished" | "failed", ...}: "finished" is written
                                   after final.safetensors and results.json, so it means both exist
     RUN_DIR/export_<format>/      task=export's default output
-    RUN_DIR/consolidated.safetensors   `python -m lmm.checkpoint consolidate RUN_DIR`'s default output
+    RUN_DIR/consolidated.safetensors   `lmm consolidate RUN_DIR`'s default output
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from lmm.safe_config import check_config
+from lmm.core.safe_config import check_config, current_targets
 
 LOCK, IDENTITY, STATUS, RUN_LOG = "run.lock", "run.json", "status.json", "run.log"
 FINAL_WEIGHTS, RESULTS, CONSOLIDATED = "final.safetensors", "results.json", "consolidated.safetensors"
@@ -40,8 +40,19 @@ HYDRA_DIR = ".hydra"
 # Where a run writes, how it shows progress, what it logs to, and task=simulate's settings.
 # data.plan changes how the plan is read (shard indexes or tar bytes), never the plan (tests/data/test_mixture.py);
 # model.loss how the loss is computed, not its value (equal within 1e-5 in fp32, tests/model/test_loss.py).
-NOT_IDENTITY = ("run_dir", "paths.runs", "force", "run_lock_wait_s", "trainer.enable_progress_bar", "data.num_workers", "name",
-                "logger", "simulate", "data.plan", "model.loss")
+NOT_IDENTITY = (
+    "run_dir",
+    "paths.runs",
+    "force",
+    "run_lock_wait_s",
+    "trainer.enable_progress_bar",
+    "data.num_workers",
+    "name",
+    "logger",
+    "simulate",
+    "data.plan",
+    "model.loss",
+)
 # How the global batch is laid out over devices: a run may resume with another layout of the same
 # global batch (the global batch plan makes the data and the updates the same), so these are left
 # out of the identity and the global batch itself is in it.
@@ -64,8 +75,12 @@ def write_json(path: Path, value: dict) -> None:
 
 
 def holder() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID"),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 class RunLock:
@@ -91,8 +106,10 @@ class RunLock:
                     self.file.seek(0)
                     owner = self.file.read().strip() or "another process"
                     self.file.close()
-                    raise RunDirectoryInUse(f"{self.path.parent} is being trained by {owner}; wait for it to end "
-                                            "(or stop it), or set run_lock_wait_s=SECONDS to wait") from None
+                    raise RunDirectoryInUse(
+                        f"{self.path.parent} is being trained by {owner}; wait for it to end "
+                        "(or stop it), or set run_lock_wait_s=SECONDS to wait"
+                    ) from None
                 time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
         if self.announced:
             self.announce()
@@ -111,27 +128,24 @@ class RunLock:
         self.file.close()
 
 
-def first_process() -> bool:
-    """Whether this process is global rank 0 (the one that holds and writes the run directory),
-    from the launcher's environment (torchrun, SLURM, Lightning's own children, a node of a
-    multi-node launch), before any process group exists: only when every rank the environment
-    names is 0 (a child Lightning starts inside an interactive SLURM shell inherits
-    SLURM_PROCID=0 but has LOCAL_RANK=1)."""
-    ranks = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
-    return all(int(os.environ[key]) == 0 for key in ranks if os.environ.get(key, "").isdigit())
-
-
 def batch_layout(cfg: DictConfig) -> dict | None:
     """{"global_batch", "devices", "per_device", "accumulation"} of a config, or None if it has no valid one
     (preflight says why)."""
-    from lmm.train.plan import accumulation, world_size
+    from lmm.run.plan import accumulation, world_size
 
     try:
         world, per_device = world_size(cfg.trainer), int(cfg.data.batch_size)
-        accumulate = accumulation(cfg.stage.get("global_batch_size"), per_device, world, int(cfg.trainer.get("accumulate_grad_batches", 1)))
+        accumulate = accumulation(
+            cfg.stage.get("global_batch_size"), per_device, world, int(cfg.trainer.get("accumulate_grad_batches", 1))
+        )
     except (ValueError, TypeError):
         return None
-    return {"global_batch": per_device * world * accumulate, "devices": world, "per_device": per_device, "accumulation": accumulate}
+    return {
+        "global_batch": per_device * world * accumulate,
+        "devices": world,
+        "per_device": per_device,
+        "accumulation": accumulate,
+    }
 
 
 def identity_config(cfg: DictConfig) -> dict:
@@ -189,8 +203,11 @@ def save_run_config(run_dir: Path, cfg: DictConfig, replace: bool = False) -> No
         return
     folder.mkdir(parents=True, exist_ok=True)
     hydra = HydraConfig.get()
-    files = {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})),
-             "overrides.yaml": yaml.safe_dump(list(hydra.overrides.task))}
+    files = {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})),
+        "overrides.yaml": yaml.safe_dump(list(hydra.overrides.task)),
+    }
     for name, text in files.items():
         tmp = folder / f"{name}.tmp"
         tmp.write_text(text)
@@ -200,7 +217,7 @@ def save_run_config(run_dir: Path, cfg: DictConfig, replace: bool = False) -> No
 def data_manifest_sha256(cfg: DictConfig) -> str | None:
     """The fingerprint of the training data's manifest.json (None while the data does not exist
     yet): the sha256 of its text as lmm writes it, without the shard indexes' sizes, so that
-    indexing a data root (`python -m lmm.data.index`) does not read as other data."""
+    indexing a data root (`lmm index`) does not read as other data."""
     root = str(OmegaConf.select(cfg, "data.root", default="") or "")
     path = Path(root) / "manifest.json"
     if not root or "://" in root or not path.is_file():
@@ -226,16 +243,22 @@ def claim_identity(run_dir: Path, cfg: DictConfig) -> None:
     if path.exists():
         record = json.loads(path.read_text())
         recorded = record["config"]
-        current = config if "global_batch" in recorded else legacy_identity_config(cfg)  # an older run: compared as then
+        current = (
+            config if "global_batch" in recorded else legacy_identity_config(cfg)
+        )  # an older run: compared as then
         if fingerprint(recorded) != fingerprint(current):
             diff = differences(recorded, current)
-            raise RunMismatch(f"{run_dir} holds a run with a different config ({'; '.join(diff[:8])}"
-                              f"{'; ...' if len(diff) > 8 else ''}); use another name=, or force=true to replace that run")
+            raise RunMismatch(
+                f"{run_dir} holds a run with a different config ({'; '.join(diff[:8])}"
+                f"{'; ...' if len(diff) > 8 else ''}); use another name=, or force=true to replace that run"
+            )
         trained_on = record.get("data_manifest_sha256")
         if trained_on and data and trained_on != data:
-            raise RunMismatch(f"{run_dir} was trained on other data: {cfg.data.root}/manifest.json has changed since "
-                              f"(sha256 {trained_on[:12]}... -> {data[:12]}...; regenerated or reconverted); use another name=, "
-                              "or force=true to train this run again on the new data")
+            raise RunMismatch(
+                f"{run_dir} was trained on other data: {cfg.data.root}/manifest.json has changed since "
+                f"(sha256 {trained_on[:12]}... -> {data[:12]}...; regenerated or reconverted); use another name=, "
+                "or force=true to train this run again on the new data"
+            )
         return
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     write_json(path, {"fingerprint": fingerprint(config), "config": config, "data_manifest_sha256": data})
@@ -285,7 +308,7 @@ def load_saved_config(run_dir: Path) -> DictConfig | None:
     which names the pretrain run by this run's overrides) only resolves inside the Hydra app
     that ran it. Here those references point at the run's own .hydra/hydra.yaml instead, so
     they resolve in any process to what they meant when the run started."""
-    from lmm.config import register_resolvers
+    from lmm.core.config import register_resolvers
 
     path = saved_config_path(run_dir)
     if not path.exists():
@@ -293,6 +316,7 @@ def load_saved_config(run_dir: Path) -> DictConfig | None:
     register_resolvers()
     cfg = OmegaConf.load(path)
     check_config(OmegaConf.to_container(cfg, resolve=False), str(path))  # data, never code: before anything reads it
+    cfg = OmegaConf.create(current_targets(OmegaConf.to_container(cfg, resolve=False)))
     hydra = saved_hydra_config(run_dir)
     if hydra is None:
         return cfg
@@ -343,3 +367,10 @@ def write_results(run_dir: Path, results: dict) -> Path:
 
 def export_dir(run_dir: Path, fmt: str) -> Path:
     return Path(run_dir) / f"export_{fmt}"
+
+
+def rerun_command(task: str, run_dir: Path, overrides: tuple[str, ...] = ()) -> str:
+    """The shell command that runs `task` (eval, export) on `run_dir`: what a finished run prints."""
+    import shlex
+
+    return " ".join(["lmm", task, shlex.quote(str(run_dir)), *map(shlex.quote, overrides)])

@@ -37,8 +37,10 @@ def one_line_submission_errors() -> None:
         except FailedJobError as e:
             said = " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:500]
             who = "SLURM" if getattr(self, "cluster", "slurm") == "slurm" else f"submitit ({self.cluster})"
-            raise SubmissionRefused(f"[lmm] {who} refused the submission: {said or type(e).__name__} "
-                                    "(check hydra.launcher.partition / account / qos and the cluster's limits)") from e
+            raise SubmissionRefused(
+                f"[lmm] {who} refused the submission: {said or type(e).__name__} "
+                "(check hydra.launcher.partition / account / qos and the cluster's limits)"
+            ) from e
 
     map_array.one_line = True
     AutoExecutor.map_array = map_array
@@ -46,8 +48,8 @@ def one_line_submission_errors() -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that describe a bad config, input or run directory, each with its fix in the message."""
-    from lmm.rundir import RunDirectoryInUse, RunMismatch
-    from lmm.train.agree import AgreedStop
+    from lmm.core.ranks import AgreedStop
+    from lmm.run.directory import RunDirectoryInUse, RunMismatch
 
     return ValueError, FileNotFoundError, AgreedStop, RunMismatch, RunDirectoryInUse
 
@@ -66,8 +68,9 @@ def limit_cpu_threads(threads: int | None) -> None:
 
 def accept(cfg: DictConfig) -> None:
     """This command may write its run directory: its log and its saved config."""
-    from lmm import runlog
-    from lmm.rundir import first_process, save_run_config
+    from lmm.core.ranks import first_process
+    from lmm.run import log as runlog
+    from lmm.run.directory import save_run_config
 
     if first_process():
         save_run_config(cfg.run_dir, cfg)
@@ -75,13 +78,13 @@ def accept(cfg: DictConfig) -> None:
 
 
 def run_task(cfg: DictConfig):
-    from lmm import console
-    from lmm.config import check_top_level_keys
-    from lmm.runlog import copied_to, log_path, record
-    from lmm.describe import describe
-    from lmm.export import export
+    from lmm.analysis.describe import describe
+    from lmm.analysis.simulate.task import simulate
+    from lmm.core import console
+    from lmm.core.config import check_top_level_keys
     from lmm.eval.evaluate import evaluate_run
-    from lmm.simulate.task import simulate
+    from lmm.interop.export import export
+    from lmm.run.log import copied_to, log_path, record
     from lmm.train.train import train
 
     tasks = {"train": train, "describe": describe, "eval": evaluate_run, "export": export, "simulate": simulate}
@@ -92,7 +95,9 @@ def run_task(cfg: DictConfig):
             if cfg.task not in tasks:
                 raise ValueError(f"task={cfg.task!r} is not one of {sorted(tasks)}")
             limit_cpu_threads(cfg.cpu_threads)
-            if cfg.task != "train":  # its own directory: accepted now (train accepts once it holds the run: lmm.train.train)
+            if (
+                cfg.task != "train"
+            ):  # its own directory: accepted now (train accepts once it holds the run: lmm.train.train)
                 accept(cfg)
             return tasks[cfg.task](cfg)
         except user_errors() as e:

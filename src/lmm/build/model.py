@@ -10,7 +10,13 @@ from lmm.model.attention import use_packed_attention
 from lmm.model.lmm import LMM
 from lmm.model.vision import VisionTower
 
-ANYRES_KEYS = ("grid_pinpoints", "max_tiles", "anyres_overview", "image_newline", "tile_pool")  # conf/config.yaml's vision block
+ANYRES_KEYS = (
+    "grid_pinpoints",
+    "max_tiles",
+    "anyres_overview",
+    "image_newline",
+    "tile_pool",
+)  # conf/config.yaml's vision block
 
 
 def build_tower(vision_cfg: DictConfig, **kwargs) -> VisionTower:
