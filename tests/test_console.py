@@ -50,3 +50,21 @@ def test_only_the_checked_warnings_are_filtered():
 
 def test_the_progress_bar_names_the_stage():
     assert StageProgressBar("finetune")._get_train_description(current_epoch=0) == "finetune"
+
+
+def test_the_first_run_noise_is_gone_at_its_source():
+    """transformers' weight-loading bars, Lightning's count of eval-mode modules (lmm's frozen parts,
+    on purpose), matplotlib's font-cache line: none reaches the terminal; other warnings still do."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        console.setup()
+        rank_zero_warn("Found 77 module(s) in eval mode at the start of training. This may lead to ...")
+        rank_zero_warn("Found 3 things elsewhere")
+    assert [str(w.message) for w in caught] == ["Found 3 things elsewhere"]
+    assert not transformers_logging.is_progress_bar_enabled()
+    assert logging.getLogger("matplotlib").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger("matplotlib.font_manager").isEnabledFor(logging.WARNING)

@@ -165,3 +165,30 @@ def check_all_alone() -> None:
         }
     assert not failures, "\n".join(f"{name}:\n{error}" for name, error in failures.items())
     print(f"imported alone: {len(names)} modules")
+
+
+ARCHITECTURE = SRC.parent / "docs" / "architecture.md"
+
+
+def test_the_architecture_table_names_every_module_and_config_group():
+    """docs/architecture.md cannot drift: its table has a row per layer (and subpackage) naming each
+    of its modules, and the text names every config group."""
+    import re
+
+    text = ARCHITECTURE.read_text()
+    rows = dict(re.findall(r"^\| `?([\w. ]+?)`? \| (.*) \|$", text, re.M))
+    missing = []
+    for name in module_names():
+        if name == "lmm" or name in rows:
+            continue
+        parent, short = name.rsplit(".", 1)
+        if parent == "lmm" or short == "__main__":
+            row, word = rows["entry points"], (f"`{name}`" if name in ENTRY or short == "__main__" else f"`{short}`")
+        else:
+            row, word = rows.get(parent, ""), f"`{short}`"
+        if word not in row:
+            missing.append(name)
+    assert missing == [], f"docs/architecture.md's table does not name {missing}"
+    groups = sorted(p.name for p in (SRC.parent / "conf").iterdir() if p.is_dir())
+    assert [g for g in groups if f"`conf/{g}`" not in text] == []
+    assert [layer for layer in LAYERS if layer not in rows] == []

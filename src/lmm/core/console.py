@@ -49,3 +49,15 @@ def setup() -> None:
     warnings.filterwarnings(
         "ignore", message=r"FSDP2-wrapped module \(FSDP\w*Connector\) returned a view tensor", category=UserWarning
     )
+    # The LightningModule keeps the frozen parts (tower, a frozen LLM) in eval mode on purpose
+    # (lmm.train.module: no dropout or batch-norm updates in what does not learn), so Lightning's
+    # count of modules in eval mode at the start of training is what lmm asked for.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # transformers draws a "Loading weights" bar for every from_pretrained (twice a stage: tower
+    # and LLM); lmm reads only local files, in seconds, and says what it loaded in its own lines.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    # matplotlib logs "generated new fontManager" at INFO the first time it runs on a machine,
+    # and Hydra prints INFO: a cache being built is not about the run.
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
