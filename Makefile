@@ -17,12 +17,14 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: lint format install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-data-scale bench-loss bench-mfu bench ablate table table2 ablate-anyres ablate-multi-image gpu-check simulate scale-out
+.PHONY: lint format test-fast install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-data-scale bench-loss bench-mfu bench ablate table table2 ablate-anyres ablate-multi-image gpu-check simulate scale-out
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
 	@echo "make test      install (with the lmms-eval extra) and run the test suite"
+	@echo "make test-fast the suite without subprocess trainings, SLURM and lmms-eval (the inner loop, a few minutes)"
 	@echo "make lint      ruff: the formatter's check and the linter (make format fixes what it can)"
+	@echo "make install   create .venv and install lmm (every target runs it first)"
 	@echo "make install-lmms-eval   add lmms-eval 0.7.3 (lmms-eval --model lmm ...) to .venv"
 	@echo "make data      generate the synthetic shards under data/synthetic"
 	@echo "make pretrain-tiny  rebuild pretrained/tiny/: the tiny CLIP-style tower and chat LLM"
@@ -33,6 +35,7 @@ help:
 	@echo "make simulate  LLaVA-1.5-13B finetune on 8 fake GPUs: memory per rank, collectives, step time 8-512 GPUs"
 	@echo "make scale-out regenerate docs/scale_out/ (7B and 13B, both stages) from task=simulate"
 	@echo "make convert JSON=... IMAGES=... NAME=...   LLaVA JSON + image folders -> data/shards/NAME"
+	@echo "make bench     every CPU benchmark below, side by side ratios in experiments/bench/"
 	@echo "make bench-data   streaming pipeline vs a LLaVA-style map-style loader (samples/s)"
 	@echo "make bench-eval   batched generation vs the batch-1 loop (answers/s)"
 	@echo "make bench-train-step  lmm's training step vs a bare loop over HF Llava (tokens/s)"
@@ -43,6 +46,7 @@ help:
 	@echo "make bench-mfu    (GPU) MFU under FSDP2 bf16, with/without checkpointing and compile"
 	@echo "make gpu-check    (GPU) FSDP recipe with text-only steps, LoRA under FSDP, packing, MFU, fused loss: one PASS/FAIL line each"
 	@echo "make table SWEEP=experiments/runs/NAME   ablation table (md/tex/csv/png) of a sweep"
+	@echo "make clean-runs  delete experiments/runs"
 	@echo "make lock      rewrite requirements.lock from the current environment"
 
 install: $(STAMP)
@@ -61,8 +65,10 @@ $(LMMS_EVAL_STAMP): $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock $(TORCH_PINS) -e '.[dev,loggers,lmms-eval]'
 	touch $(LMMS_EVAL_STAMP)
 
+# DATA_DIR and ARGS (sizes: --train N ...; lmm synthetic --help) for a mixture elsewhere.
+DATA_DIR ?= data/synthetic
 data: install
-	$(LMM) synthetic --out data/synthetic
+	$(LMM) synthetic --out $(DATA_DIR) $(ARGS)
 
 # The tiny pretrained tower (CLIP-style) and LLM shipped in pretrained/tiny/ (vision=tiny_pretrained,
 # llm=tiny_pretrained); deterministic on one machine. pretrained/tiny/pretrain.json says how it went.
@@ -81,33 +87,33 @@ convert: install
 	$(LMM) convert --json $(JSON) --images $(IMAGES) --out data/shards/$(NAME)
 
 bench-data: install
-	$(LMM) bench data
+	$(LMM) bench data $(ARGS)
 
 bench-eval: install
-	$(LMM) bench eval
+	$(LMM) bench eval $(ARGS)
 
 bench-train-step: install
-	$(LMM) bench train-step
+	$(LMM) bench train-step $(ARGS)
 
 bench-packing: install
-	$(LMM) bench packing
+	$(LMM) bench packing $(ARGS)
 
 bench-straggler: install
-	$(LMM) bench straggler
+	$(LMM) bench straggler $(ARGS)
 
 bench-data-scale: install
-	$(LMM) bench data-scale
+	$(LMM) bench data-scale $(ARGS)
 
 bench-loss: install
-	$(LMM) bench loss
+	$(LMM) bench loss $(ARGS)
 
 # GPU only: MFU under FSDP2 + bf16, with/without activation checkpointing and torch.compile.
 bench-mfu: install
-	$(LMM) bench mfu
+	$(LMM) bench mfu $(ARGS)
 
 # GPU only: the FSDP recipe, LoRA under FSDP, packing with the varlen kernel, and bench-mfu (a few minutes on one H100).
 gpu-check: install
-	$(LMM) gpu-check
+	$(LMM) gpu-check $(ARGS)
 
 # Every CPU benchmark; each prints ratios measured side by side and writes experiments/bench/<name>.json.
 bench: bench-data bench-eval bench-train-step bench-packing bench-straggler bench-data-scale bench-loss
@@ -164,6 +170,10 @@ format: install
 # With the lmms-eval extra, whose round-trip test must then run (not skip).
 test: install-lmms-eval
 	LMM_TEST_EXTRAS=required $(PY) -m pytest -q tests
+
+# The inner loop: no subprocess trainings, no SLURM, no lmms-eval round trip (the tests marked slow).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
 
 describe: install
 	$(LMM) train task=describe connector=mlp llm=vicuna13b vision=clip_l14_336

@@ -1,16 +1,26 @@
-"""The benchmarks run and report what they claim (their speed is measured by `make bench`, not here)."""
+"""The benchmarks run and report what they claim (their speed is measured by `make bench`, not here).
+Each runs as its Makefile target's own command (`make bench-NAME ARGS=...`) at a tiny size."""
 
 import json
 import os
+import shlex
 
 import pytest
 import torch
 
+from tests.makefile import run_target
+
+
+def bench(target: str, args: list[str]) -> dict:
+    """`make TARGET ARGS=...`'s command, run in this process."""
+    return run_target(target, ARGS=shlex.join(args))
+
 
 def test_packing_benchmark_reports_waste_and_ratio(tmp_path):
-    from lmm.bench.packing import main
-
-    result = main(["--samples", "48", "--repeats", "1", "--shapes", "narrow", "--out", str(tmp_path / "packing.json")])
+    result = bench(
+        "bench-packing",
+        ["--samples", "48", "--repeats", "1", "--shapes", "narrow", "--out", str(tmp_path / "packing.json")],
+    )
     assert json.loads((tmp_path / "packing.json").read_text()) == result
     assert result["padding_waste"]["packed"] == 0.0 and result["padding_waste"]["padded"] > 0.05
     narrow = result["shapes"]["narrow"]
@@ -19,9 +29,7 @@ def test_packing_benchmark_reports_waste_and_ratio(tmp_path):
 
 
 def test_straggler_benchmark_global_plan_balances_ranks(tmp_path):
-    from lmm.bench.straggler import main
-
-    result = main(["--steps", "200", "--out", str(tmp_path / "straggler.json")])
+    result = bench("bench-straggler", ["--steps", "200", "--out", str(tmp_path / "straggler.json")])
     factors = result["straggler_factor"]
     assert factors["global_plan"] <= 1.05 < factors["per_rank_plans"]
     assert result["mixed_modality_steps"]["global_plan"] == 0 < result["mixed_modality_steps"]["per_rank_plans"]
@@ -41,9 +49,7 @@ def isolated_process_group():
 
 @pytest.mark.slow
 def test_mfu_benchmark_smoke_runs_all_four_variants_on_cpu(tmp_path, isolated_process_group):
-    from lmm.bench.mfu import main
-
-    result = main(["--smoke", "--steps", "6", "--batch-size", "2", "--out", str(tmp_path / "mfu.json")])
+    result = bench("bench-mfu", ["--smoke", "--steps", "6", "--batch-size", "2", "--out", str(tmp_path / "mfu.json")])
     variants = [(run["activation_checkpointing"], run["compile"]) for run in result["runs"]]
     assert variants == [(False, False), (True, False), (False, True), (True, True)]
     assert all(run["tokens_per_s"] > 0 and run["mfu"] is None for run in result["runs"])  # no GPU peak on CPU
@@ -51,9 +57,8 @@ def test_mfu_benchmark_smoke_runs_all_four_variants_on_cpu(tmp_path, isolated_pr
 
 
 def test_data_benchmark_measures_both_loaders(tmp_path, data_root):
-    from lmm.bench.data import main
-
-    result = main(
+    result = bench(
+        "bench-data",
         [
             "--images",
             "24",
@@ -67,7 +72,7 @@ def test_data_benchmark_measures_both_loaders(tmp_path, data_root):
             str(data_root / "synthetic" / "tokenizer"),
             "--out",
             str(tmp_path / "data.json"),
-        ]
+        ],
     )
     assert json.loads((tmp_path / "data.json").read_text()) == result
     assert result["lmm_samples_per_s"] > 0 and result["llava_map_style_samples_per_s"] > 0
@@ -85,9 +90,8 @@ def test_data_benchmark_measures_both_loaders(tmp_path, data_root):
 
 
 def test_loss_benchmark_measures_both_losses(tmp_path):
-    from lmm.bench.loss import main
-
-    result = main(
+    result = bench(
+        "bench-loss",
         [
             "--tokens",
             "256",
@@ -103,7 +107,7 @@ def test_loss_benchmark_measures_both_losses(tmp_path):
             "1",
             "--out",
             str(tmp_path / "loss.json"),
-        ]
+        ],
     )
     row = result["vocabularies"]["qwen2"]
     assert row["loss_difference"] < 1e-4  # the same loss
@@ -114,9 +118,8 @@ def test_loss_benchmark_measures_both_losses(tmp_path):
 def test_data_scale_benchmark_counts_the_bytes_each_rank_reads(tmp_path):
     """At a tiny size: planning from indexes reads about what a rank trains on, the raw stream
     about ranks × workers times that; a resume reads less than a global step."""
-    from lmm.bench.data_scale import main
-
-    result = main(
+    result = bench(
+        "bench-data-scale",
         [
             "--samples",
             "1200",
@@ -131,7 +134,7 @@ def test_data_scale_benchmark_counts_the_bytes_each_rank_reads(tmp_path):
             "4",
             "--out",
             str(tmp_path / "scale.json"),
-        ]
+        ],
     )
     assert json.loads((tmp_path / "scale.json").read_text()) == result
     for ranks, row in result["per_W"].items():
@@ -145,19 +148,19 @@ def test_data_scale_benchmark_counts_the_bytes_each_rank_reads(tmp_path):
 
 
 def test_eval_benchmark_answers_every_question_on_both_sides(tmp_path, data_root):
-    from lmm.bench.eval import main
-
-    result = main(
-        ["--questions", "4", "--batch-size", "4", "--data", str(data_root), "--out", str(tmp_path / "eval.json")]
+    result = bench(
+        "bench-eval",
+        ["--questions", "4", "--batch-size", "4", "--data", str(data_root), "--out", str(tmp_path / "eval.json")],
     )
     assert result["questions"] > 0 and set(result["answers"].values()) == {result["questions"]}
     assert result["batch_1_answers_per_s"] > 0 and result["ratio"] > 0 and result["same_answers"]
 
 
 def test_train_step_benchmark_times_the_same_tokens_on_both_sides(tmp_path, data_root):
-    from lmm.bench.train_step import WARMUP, main
+    from lmm.bench.train_step import WARMUP
 
-    result = main(
+    result = bench(
+        "bench-train-step",
         [
             "--steps",
             str(WARMUP + 2),
@@ -167,7 +170,7 @@ def test_train_step_benchmark_times_the_same_tokens_on_both_sides(tmp_path, data
             str(data_root),
             "--out",
             str(tmp_path / "train_step.json"),
-        ]
+        ],
     )
     assert result["tokens_timed"]["lmm"] == result["tokens_timed"]["bare"] > 0
     assert result["lmm_tokens_per_s"] > 0 and result["bare_llava_tokens_per_s"] > 0 and result["ratio"] > 0

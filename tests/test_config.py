@@ -101,9 +101,14 @@ def meta_component(group: str, option: str):
 
 
 @functools.cache
+def connector_config(option: str):
+    return compose_config([f"connector={option}"]).connector  # composed once per option, built per width pair
+
+
+@functools.cache
 def meta_connector(option: str, vision_dim: int, llm_dim: int):
     with torch.device("meta"):
-        return instantiate(compose_config([f"connector={option}"]).connector, vision_dim=vision_dim, llm_dim=llm_dim)
+        return instantiate(connector_config(option), vision_dim=vision_dim, llm_dim=llm_dim)
 
 
 @pytest.mark.parametrize("vision", options("vision"))
