@@ -1,5 +1,6 @@
-"""make gpu-check's training parts run as written (the target's own command), here on 2 CPU processes: the two-stage recipe on
-the mix665k miniature (text-only steps) and LoRA under FSDP, trained, merged and evaluated."""
+"""make gpu-check's training parts run as written (the target's own command), here on 2 CPU processes:
+the two-stage recipe on the mix665k miniature (text-only steps) and LoRA under FSDP, trained, merged
+and evaluated."""
 
 import json
 
