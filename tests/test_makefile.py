@@ -116,5 +116,7 @@ def test_table_target_writes_the_table(tmp_path):
 def test_usage_errors_of_targets_with_arguments():
     for target in ("convert", "table"):
         # -o: leave the install stamp alone (CI installed already; a usage error needs no install)
-        done = subprocess.run(["make", "-s", "-o", ".venv/.installed", target], cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run(
+            ["make", "-s", "-o", ".venv/.installed", target], cwd=ROOT, capture_output=True, text=True
+        )
         assert done.returncode == 2 and "usage: make" in done.stdout, target
