@@ -242,3 +242,31 @@ def test_regenerated_data_is_another_run(data_root, tmp_path):
     with pytest.raises(RunMismatch, match=r"was trained on other data: .*manifest.json has changed since"):
         train(make())
     train(make("force=true"))
+
+
+def test_a_run_recorded_before_its_classes_moved_is_still_the_same_run(tmp_path, make_config):
+    """Runs recorded when the Stage lived in lmm.train.stage resume, score and export: the identity and
+    the saved config name the old path, which is the same class."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from lmm.build.stage import Stage, stage_of
+    from lmm.run.directory import IDENTITY, claim_identity, load_saved_config
+
+    run = tmp_path / "run"
+    cfg = make_config(*QUICK, run_dir=run)
+    claim_identity(run, cfg)
+    record = json.loads((run / IDENTITY).read_text())
+    record["config"]["stage"]["_target_"] = "lmm.train.stage.Stage"
+    (run / IDENTITY).write_text(json.dumps(record))
+    claim_identity(run, cfg)  # the same run
+    with pytest.raises(RunMismatch, match="different config"):
+        claim_identity(run, make_config(*QUICK, "seed=7", run_dir=run))
+
+    saved = run / ".hydra" / "config.yaml"
+    saved.parent.mkdir()
+    text = OmegaConf.to_container(cfg, resolve=False)
+    text["stage"]["_target_"] = "lmm.train.stage.Stage"
+    saved.write_text(yaml.safe_dump(text))
+    loaded = load_saved_config(run)
+    assert loaded.stage._target_ == "lmm.build.stage.Stage" and isinstance(stage_of(loaded), Stage)

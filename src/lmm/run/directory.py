@@ -242,7 +242,7 @@ def claim_identity(run_dir: Path, cfg: DictConfig) -> None:
     data = data_manifest_sha256(cfg)
     if path.exists():
         record = json.loads(path.read_text())
-        recorded = record["config"]
+        recorded = current_targets(record["config"])  # a class that moved since is the same class
         current = (
             config if "global_batch" in recorded else legacy_identity_config(cfg)
         )  # an older run: compared as then
