@@ -221,7 +221,7 @@ def within_pixel_tolerance(theirs: torch.Tensor, ours: torch.Tensor, std) -> Non
 
 
 def test_anyres_hf_export_refuses_what_llava_next_cannot_hold(data_root, tmp_path):
-    cfg = compose_config(["vision.image_aspect=anyres", "vision.tile_pool=2"], data_root)
+    cfg = compose_config(["vision.image_aspect=anyres", "anyres.tile_pool=2"], data_root)
     model, processor = build_run(cfg)
     with pytest.raises(ExportError, match="never pools tiles"):
         save_hf(model, processor, cfg, tmp_path / "hf")

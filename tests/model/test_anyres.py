@@ -273,7 +273,7 @@ def test_describe_reports_visual_tokens_per_image_size():
                 [
                     "vision=clip_l14_336",
                     "vision.image_aspect=anyres",
-                    "vision.tile_pool=2",
+                    "anyres.tile_pool=2",
                     "connector=qformer",
                     "llm=vicuna7b",
                 ]
@@ -285,14 +285,14 @@ def test_describe_reports_visual_tokens_per_image_size():
                 [
                     "vision=clip_l14_336",
                     "vision.image_aspect=anyres",
-                    "vision.grid_pinpoints=[[336,600]]",
+                    "anyres.grid_pinpoints=[[336,600]]",
                     "llm=vicuna7b",
                 ]
             )
         )
     with pytest.raises(ValueError, match="max_tiles=1 leaves none"):
         describe(
-            compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "vision.max_tiles=1", "llm=vicuna7b"])
+            compose_config(["vision=clip_l14_336", "vision.image_aspect=anyres", "anyres.max_tiles=1", "llm=vicuna7b"])
         )
 
 

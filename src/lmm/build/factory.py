@@ -22,8 +22,9 @@ from safetensors import safe_open
 from lmm.build.meta import parameters_on_meta
 from lmm.build.model import build_model
 from lmm.build.stage import stage_of
-from lmm.core.safe_config import check_config, current_targets
+from lmm.core.safe_config import check_config
 from lmm.core.save import check_recorded_hash, read_weights
+from lmm.core.upgrade import upgrade_config
 from lmm.data.image import ImageTransform
 from lmm.data.sample import SampleProcessor
 from lmm.data.tokenizer import load_tokenizer
@@ -32,7 +33,7 @@ from lmm.run.directory import FINAL_WEIGHTS, load_saved_config, read_status, sav
 
 LMM_CONFIG, LMM_WEIGHTS, LMM_TOKENIZER = "config.yaml", "model.safetensors", "tokenizer"
 LMM_FORMAT_VERSION = 1
-MODEL_KEYS = ("vision", "connector", "llm")  # what an lmm directory keeps of a run's config
+MODEL_KEYS = ("vision", "connector", "llm", "anyres")  # what an lmm directory keeps of a run's config
 NEWLINE_KEY = "anyres_tokens.newline"  # the AnyRes row-end embedding, kept in the connector
 
 
@@ -170,11 +171,16 @@ def model_config(cfg: DictConfig) -> dict:
     """What builds the model and its inputs (MODEL_KEYS, the template, max length, image decoding), resolved."""
     image = OmegaConf.select(cfg, "data.image", default=None)
     return {
-        **{key: OmegaConf.to_container(cfg[key], resolve=True) for key in MODEL_KEYS},
+        **{key: container(OmegaConf.select(cfg, key, default=None)) for key in MODEL_KEYS},
         "template": cfg.stage.template,
         "max_length": cfg.data.max_length,
-        "image": OmegaConf.to_container(image, resolve=True) if image is not None else None,
+        "image": container(image),
     }
+
+
+def container(node) -> dict | None:
+    """A config node as plain data, resolved (None where a config has no such node)."""
+    return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
 
 def model_drift(trained: DictConfig, today: DictConfig) -> list[str]:
@@ -219,7 +225,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu") -> tup
     if (path / LMM_CONFIG).exists():
         cfg = OmegaConf.load(path / LMM_CONFIG)
         check_config(OmegaConf.to_container(cfg, resolve=False), str(path / LMM_CONFIG))  # data, never code
-        cfg = OmegaConf.create(current_targets(OmegaConf.to_container(cfg, resolve=False)))
+        cfg = OmegaConf.create(upgrade_config(OmegaConf.to_container(cfg, resolve=False)))
         cfg.llm.tokenizer = str(path / cfg.llm.tokenizer)
         weights = path / LMM_WEIGHTS
     elif saved_config_path(path).exists() and (path / FINAL_WEIGHTS).exists():

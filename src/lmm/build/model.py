@@ -1,4 +1,9 @@
-"""Instantiate the LMM from the vision / connector / llm config groups."""
+"""Instantiate the LMM: each component from its own config subtree (vision, connector, llm, anyres).
+
+`build_model(cfg)` is the one place that reads the whole config for the model: it hands the tower
+`cfg.vision`, the LLM `cfg.llm.model`, the connector `cfg.connector`, AnyRes `cfg.anyres`, and
+passes the two run-level choices the model needs (`data.packing`, `model.loss`) as plain values.
+"""
 
 from __future__ import annotations
 
@@ -10,34 +15,50 @@ from lmm.model.attention import use_packed_attention
 from lmm.model.lmm import LMM
 from lmm.model.vision import VisionTower
 
-ANYRES_KEYS = (
-    "grid_pinpoints",
-    "max_tiles",
-    "anyres_overview",
-    "image_newline",
-    "tile_pool",
-)  # conf/config.yaml's vision block
-
 
 def build_tower(vision_cfg: DictConfig, **kwargs) -> VisionTower:
-    """The tower a `vision` config names; its AnyRes keys are the model's, not the tower's."""
-    tower_cfg = {k: v for k, v in OmegaConf.to_container(vision_cfg, resolve=True).items() if k not in ANYRES_KEYS}
-    return instantiate(tower_cfg, **kwargs)
+    """The tower a `vision` config names."""
+    return instantiate(vision_cfg, **kwargs)
 
 
 def build_model(cfg: DictConfig, image_token_id: int, load_weights: bool = True) -> LMM:
+    """The model a whole config describes (see the module docstring for what each part receives)."""
+    return assemble(
+        cfg.vision,
+        cfg.connector,
+        cfg.llm.model,
+        OmegaConf.select(cfg, "anyres", default=None),
+        image_token_id=image_token_id,
+        load_weights=load_weights,
+        packing=bool(OmegaConf.select(cfg, "data.packing", default=False)),
+        loss=str(OmegaConf.select(cfg, "model.loss", default="plain")),
+    )
+
+
+def assemble(
+    vision_cfg: DictConfig,
+    connector_cfg: DictConfig,
+    llm_cfg: DictConfig,
+    anyres_cfg: DictConfig | None,
+    *,
+    image_token_id: int,
+    load_weights: bool = True,
+    packing: bool = False,
+    loss: str = "plain",
+) -> LMM:
     """Vision and LLM first (their widths fix the connector's), then the connector between them.
 
     With `load_weights=False` nothing is read from disk: real-size configs build from their
-    `arch` alone (use under `torch.device("meta")` to inspect them for free). With
-    `data.packing` the LLM attends per sample (lmm.model.attention).
+    `arch` alone (use under `torch.device("meta")` to inspect them for free). With `packing`
+    the LLM attends per sample (lmm.model.attention). AnyRes applies when the tower's
+    `image_aspect` is `anyres`.
     """
-    vision = build_tower(cfg.vision, load_weights=load_weights)
-    anyres = AnyRes.from_config(cfg.vision, vision.image_size) if vision.image_aspect == "anyres" else None
-    llm = instantiate(cfg.llm.model, load_weights=load_weights)
-    if cfg.data.get("packing"):
+    vision = build_tower(vision_cfg, load_weights=load_weights)
+    anyres = AnyRes.from_config(anyres_cfg or {}, vision.image_size) if vision.image_aspect == "anyres" else None
+    llm = instantiate(llm_cfg, load_weights=load_weights)
+    if packing:
         use_packed_attention(llm)
-    connector = instantiate(cfg.connector, vision_dim=vision.hidden_size, llm_dim=llm.config.hidden_size)
+    connector = instantiate(connector_cfg, vision_dim=vision.hidden_size, llm_dim=llm.config.hidden_size)
     if load_weights:
         connector.load_pretrained()  # e.g. the Q-Former's BERT initialisation
-    return LMM(vision, connector, llm, image_token_id, anyres, loss=cfg.get("model", {}).get("loss", "plain"))
+    return LMM(vision, connector, llm, image_token_id, anyres, loss=loss)

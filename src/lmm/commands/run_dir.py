@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lmm.core.config import REPO as ROOT
 from lmm.core.safe_config import UntrustedConfig, check_overrides
+from lmm.core.upgrade import upgrade_overrides
 from lmm.run.directory import HYDRA_DIR, saved_overrides
 
 # Overrides of the training command that are not the run's model or data: never carried over.
@@ -40,6 +41,7 @@ def task_arguments(task: str, run_dir: Path, overrides: list[str]) -> list[str]:
     given = {override_key(o) for o in overrides}
     replayed = saved_overrides(run_dir) or []
     check_overrides(replayed, str(run_dir / HYDRA_DIR / "overrides.yaml"))  # data, never code
+    replayed = upgrade_overrides(replayed)  # keys that moved since the run was trained
     saved = [o for o in replayed if override_key(o) not in NOT_CARRIED | given]
     return [*saved, f"task={task}", f"ckpt={hydra_quoted(str(run_dir))}", *overrides]
 

@@ -19,6 +19,7 @@ import re
 import yaml
 
 from lmm.core.config import CONF
+from lmm.core.upgrade import MOVED_TARGETS
 
 # The resolvers conf/ uses (lmm.core.config registers them; `hydra` is Hydra's, and saved configs point
 # it at the run's own hydra.yaml) and the one Hydra's saved settings use for dates.
@@ -27,12 +28,6 @@ ALLOWED_RESOLVERS = frozenset(
 )
 # Classes earlier versions of conf/ named, which runs saved then still name.
 FORMER_TARGETS = frozenset({"lightning.pytorch.loggers.TensorBoardLogger"})
-# lmm's classes that moved module: a config saved before names the old path and builds the new one
-# (current_targets), so a run trained then still resumes, scores and exports.
-MOVED_TARGETS = {
-    "lmm.train.stage.Stage": "lmm.build.stage.Stage",
-    "lmm.simulate.hardware.GPU": "lmm.analysis.simulate.hardware.GPU",
-}
 RESOLVER_CALL = re.compile(r"\$\{\s*([^\s:{}]+)\s*:")
 
 
@@ -58,7 +53,7 @@ def allowed_targets() -> frozenset[str]:
 
     for path in sorted(CONF.rglob("*.yaml")):
         collect(yaml.safe_load(path.read_text()))
-    return frozenset(targets) | FORMER_TARGETS | frozenset(MOVED_TARGETS)
+    return frozenset(targets) | FORMER_TARGETS | frozenset(MOVED_TARGETS)  # the old names of moved classes
 
 
 def check_config(node, source: str, path: str = "") -> None:
@@ -89,18 +84,6 @@ def check_config(node, source: str, path: str = "") -> None:
                     f"{source}: {where} calls the resolver {resolver!r}, which lmm does not allow in a "
                     "config read from disk (refused)"
                 )
-
-
-def current_targets(node):
-    """`node` (a plain container, already checked) with every moved `_target_` renamed to where its class lives now."""
-    if isinstance(node, dict):
-        return {
-            key: MOVED_TARGETS.get(value, value) if key == "_target_" else current_targets(value)
-            for key, value in node.items()
-        }
-    if isinstance(node, list):
-        return [current_targets(item) for item in node]
-    return node
 
 
 def check_overrides(overrides: list[str], source: str) -> None:

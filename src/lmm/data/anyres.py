@@ -70,10 +70,10 @@ class AnyRes:
     """The tiling and the token layout of `vision.image_aspect=anyres`.
 
     tile: the tower's image size; pinpoints: (height, width) grids in pixels, multiples of
-    `tile` (vision.grid_pinpoints, kept to at most vision.max_tiles tiles); overview: put the
-    squashed whole image first (vision.anyres_overview); newline: a learned embedding after
-    each row of tile tokens (vision.image_newline); pool: average-pool each tile's token grid
-    by this stride (vision.tile_pool, 1 = off).
+    `tile` (anyres.grid_pinpoints, kept to at most anyres.max_tiles tiles); overview: put the
+    squashed whole image first (anyres.overview); newline: a learned embedding after
+    each row of tile tokens (anyres.image_newline); pool: average-pool each tile's token grid
+    by this stride (anyres.tile_pool, 1 = off).
     """
 
     tile: int
@@ -83,13 +83,13 @@ class AnyRes:
     pool: int = 1
 
     @classmethod
-    def from_config(cls, vision_cfg, tile: int) -> "AnyRes":
-        pinpoints = vision_cfg.get("grid_pinpoints") or default_pinpoints(tile)
-        max_tiles = vision_cfg.get("max_tiles")
+    def from_config(cls, anyres_cfg, tile: int) -> "AnyRes":
+        pinpoints = anyres_cfg.get("grid_pinpoints") or default_pinpoints(tile)
+        max_tiles = anyres_cfg.get("max_tiles")
         for pinpoint in pinpoints:
             if len(pinpoint) != 2 or any(int(side) <= 0 or int(side) % tile for side in pinpoint):
                 raise ValueError(
-                    f"vision.grid_pinpoints: {list(pinpoint)} is not a (height, width) pair of multiples of the "
+                    f"anyres.grid_pinpoints: {list(pinpoint)} is not a (height, width) pair of multiples of the "
                     f"tower's {tile} px tile"
                 )
         kept = [
@@ -99,16 +99,16 @@ class AnyRes:
         ]
         if not kept:
             raise ValueError(
-                f"vision.max_tiles={max_tiles} leaves none of vision.grid_pinpoints={[list(p) for p in pinpoints]}"
+                f"anyres.max_tiles={max_tiles} leaves none of anyres.grid_pinpoints={[list(p) for p in pinpoints]}"
             )
-        pool = int(vision_cfg.get("tile_pool") or 1)
+        pool = int(anyres_cfg.get("tile_pool") or 1)
         if pool < 1:
-            raise ValueError(f"vision.tile_pool must be >= 1 (1 = no pooling), got {pool}")
+            raise ValueError(f"anyres.tile_pool must be >= 1 (1 = no pooling), got {pool}")
         return cls(
             tile,
             tuple(kept),
-            bool(vision_cfg.get("anyres_overview", True)),
-            bool(vision_cfg.get("image_newline", True)),
+            bool(anyres_cfg.get("overview", True)),
+            bool(anyres_cfg.get("image_newline", True)),
             pool,
         )
 

@@ -133,7 +133,7 @@ def _check_hf_compatible(model: LMM, template_name: str) -> Template:
         if not (anyres.overview and anyres.newline and anyres.pool == 1):
             raise ExportError(
                 "HF's LlavaNext always has the overview and the row newline, and never pools tiles: export "
-                "vision.anyres_overview=true, vision.image_newline=true, vision.tile_pool=1, or use export.format=lmm"
+                "anyres.overview=true, anyres.image_newline=true, anyres.tile_pool=1, or use export.format=lmm"
             )
         if model.vision.select_feature != "patch":
             raise ExportError(

@@ -48,7 +48,7 @@ class LMM(nn.Module):
             output_head(llm)  # a head the fused loss cannot compute fails here, before any work
         if anyres is not None and anyres.pool > 1 and self.token_grid_side is None:
             raise ValueError(
-                f"vision.tile_pool={anyres.pool} pools a grid of tokens, but {type(connector).__name__}'s "
+                f"anyres.tile_pool={anyres.pool} pools a grid of tokens, but {type(connector).__name__}'s "
                 f"{self.num_image_tokens} tokens are not one: use tile_pool=1 or a grid connector (linear, mlp, "
                 "pixel_shuffle, ...)"
             )

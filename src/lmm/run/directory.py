@@ -30,7 +30,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from lmm.core.safe_config import check_config, current_targets
+from lmm.core.safe_config import check_config
+from lmm.core.upgrade import upgrade_config
 
 LOCK, IDENTITY, STATUS, RUN_LOG = "run.lock", "run.json", "status.json", "run.log"
 FINAL_WEIGHTS, RESULTS, CONSOLIDATED = "final.safetensors", "results.json", "consolidated.safetensors"
@@ -242,7 +243,7 @@ def claim_identity(run_dir: Path, cfg: DictConfig) -> None:
     data = data_manifest_sha256(cfg)
     if path.exists():
         record = json.loads(path.read_text())
-        recorded = current_targets(record["config"])  # a class that moved since is the same class
+        recorded = upgrade_config(record["config"])  # a class or key that moved since is the same
         current = (
             config if "global_batch" in recorded else legacy_identity_config(cfg)
         )  # an older run: compared as then
@@ -316,7 +317,7 @@ def load_saved_config(run_dir: Path) -> DictConfig | None:
     register_resolvers()
     cfg = OmegaConf.load(path)
     check_config(OmegaConf.to_container(cfg, resolve=False), str(path))  # data, never code: before anything reads it
-    cfg = OmegaConf.create(current_targets(OmegaConf.to_container(cfg, resolve=False)))
+    cfg = OmegaConf.create(upgrade_config(OmegaConf.to_container(cfg, resolve=False)))
     hydra = saved_hydra_config(run_dir)
     if hydra is None:
         return cfg
