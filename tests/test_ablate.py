@@ -1,6 +1,7 @@
 """Fake sweeps in Hydra's layout become exact tables: means with 95% intervals over seeds, paired
 comparisons, n, footnotes, bold, the generated summary."""
 
+import itertools
 import json
 
 import pytest
@@ -126,7 +127,7 @@ def test_table2_rows_are_cumulative_deltas():
         first["vision"]["arch"]["image_size"],
     ) == ("lmm.model.connectors.LinearConnector", "lmsys/vicuna-7b-v1.5", 224)
     assert first["data"]["strip_format_prompts"] is True and set(first["eval"]["benchmarks"]) >= {"vqav2", "gqa", "mme"}
-    for previous, row in zip(rows, rows[1:], strict=True):
+    for previous, row in itertools.pairwise(rows):
         changed = {k for k in configs[row] if configs[row][k] != configs[previous][k]}
         assert changed == ROW_DELTAS[row] | {"name"}, row
     last = configs["r10_vicuna13b"]
@@ -157,7 +158,7 @@ def test_miniature_table2_rows_are_cumulative_deltas():
         str(SHIPPED / "tiny" / "llm"),
     )
     assert first["eval"]["benchmarks"]["synthetic"]["root"] == first["data"]["root"] == "data/synthetic_table2"
-    for previous, row in zip(rows, rows[1:], strict=True):
+    for previous, row in itertools.pairwise(rows):
         changed = {k for k in configs[row] if configs[row][k] != configs[previous][k]}
         assert changed == MINI_ROW_DELTAS[row] | {"name"}, row
     last = configs["r6_larger_llm"]

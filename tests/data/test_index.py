@@ -116,7 +116,7 @@ def test_the_index_command_indexes_what_lacks_one(data_root, tmp_path, capsys):
             del record["index_bytes"]
     write_manifest(root, old)
     assert fingerprint() == indexed  # indexing a root is not a change of data (runs trained on it resume)
-    with pytest.raises(MissingIndex, match=rf"python -m lmm.data.index {root}` .*data.plan=raw"):
+    with pytest.raises(MissingIndex, match=rf"lmm index {root}` .*data.plan=raw"):
         catalog_of(root / "train")
     main([str(root)])
     assert "shard(s) indexed" in capsys.readouterr().out
@@ -216,7 +216,7 @@ def test_an_index_that_is_not_the_manifests_stops_before_any_work(data_root, tmp
     root = copy_root(data_root / "synthetic", tmp_path / "synthetic")
     index = next((root / "train").glob(f"*{INDEX_SUFFIX}"))
     index.write_bytes(index.read_bytes() + b"\0")
-    with pytest.raises(ValueError, match=r"the manifest says .*python -m lmm.data.index"):
+    with pytest.raises(ValueError, match=r"the manifest says .*lmm index"):
         catalog_of(root / "train")
     index.write_bytes(b"not an npz")
     manifest = read_manifest(root)
@@ -287,6 +287,6 @@ def test_a_missing_index_stops_training_before_any_work(data_root, tmp_path, mak
 
     root = copy_root(data_root / "synthetic", tmp_path / "synthetic")
     next((root / "train").glob(f"*{INDEX_SUFFIX}")).unlink()
-    with pytest.raises(MissingIndex, match=rf"python -m lmm.data.index {root}`"):
+    with pytest.raises(MissingIndex, match=rf"lmm index {root}`"):
         train(make_config(f"data.root={root}", "trainer.max_steps=2", "data.num_workers=0", run_dir=tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -143,7 +143,7 @@ def _free_centres(
                 cx, cy = rng.randint(half, width - 1 - half), rng.randint(half, height - 1 - half)
                 if all(
                     abs(cx - px) > half + other + gap or abs(cy - py) > half + other + gap
-                    for (px, py), other in zip(centres, halves, strict=True)
+                    for (px, py), other in zip(centres, halves, strict=False)  # the objects placed so far
                 ):
                     centres.append((cx, cy))
                     break
