@@ -156,6 +156,7 @@ def test_eval_benchmark_answers_every_question_on_both_sides(tmp_path, data_root
     assert result["batch_1_answers_per_s"] > 0 and result["ratio"] > 0 and result["same_answers"]
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_times_the_same_tokens_on_both_sides(tmp_path, data_root):
     from lmm.bench.train_step import WARMUP
 

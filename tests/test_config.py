@@ -111,6 +111,7 @@ def meta_connector(option: str, vision_dim: int, llm_dim: int):
         return instantiate(connector_config(option), vision_dim=vision_dim, llm_dim=llm_dim)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vision", options("vision"))
 def test_every_vision_connector_llm_combination_on_meta(vision):
     """Every V × C × L builds on the meta device and emits the tokens it reports (identity only

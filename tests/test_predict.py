@@ -81,6 +81,7 @@ def test_predict_answers_and_records_bad_questions(exported, tmp_path):
     assert all(isinstance(line["text"], str) for line in lines[:3]) and lines[4]["error"].startswith("image:")
 
 
+@pytest.mark.slow
 def test_chat_through_stdin(exported):
     """/image adds an image to the conversation: the second makes it a two-image chat."""
     model_dir, images = exported

@@ -53,6 +53,7 @@ def test_pairs_describe_their_images():
     assert describe_scene(scene).startswith(f"The image shows {len(scene.objects)} object")
 
 
+@pytest.mark.slow
 def test_pretrain_tiny_writes_loadable_parts_deterministically(tmp_path):
     settings = dict(settings=Settings(tower_steps=2, high_res_steps=1, llm_steps=2), pairs=32, chats=32, held_out=16)
     report = pretrain_tiny(tmp_path / "a", **settings)

@@ -120,6 +120,7 @@ def test_a_run_that_trained_on_nothing_fails(tmp_path, make_config):
     assert read_status(run)["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_a_user_error_ends_in_one_line(data_root, tmp_path):
     import subprocess
     import sys

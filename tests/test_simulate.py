@@ -24,6 +24,7 @@ SEVEN_B_SHORT = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "experiment, checkpointing", [("llava15_7b", True), ("llava15_7b", False), ("llava15_7b_pretrain", False)]
 )

@@ -10,6 +10,8 @@ import pytest
 
 from tests.slurm import cluster
 
+pytestmark = pytest.mark.slow  # a real SLURM cluster: make test runs it, make test-fast does not
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

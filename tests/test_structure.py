@@ -6,6 +6,8 @@ import multiprocessing
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -122,6 +124,7 @@ def _import_alone(name: str) -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_every_module_imports_on_its_own():
     """Each module in a fresh process (forked before any lmm module was loaded), so no import
     depends on another module having been imported first."""

@@ -27,6 +27,8 @@ from lmm.interop.lmms_eval_tasks import write_tasks
 from tests.conftest import compose_config
 from tests.eval.test_likelihood import reply_labels
 
+pytestmark = pytest.mark.slow  # the lmms-eval harness: make test runs it, make test-fast does not
+
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 30  # records of the test split: ~35 generative questions
 
