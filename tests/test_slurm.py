@@ -26,9 +26,9 @@ def common(data_root: Path, runs: Path) -> list[str]:
     return [
         f"paths.data={data_root}",
         f"paths.runs={runs}",
-        "trainer.max_steps=30",
+        "trainer.max_steps=20",
         "checkpoint_every=5",
-        "trainer.val_check_interval=15",
+        "trainer.val_check_interval=10",
         "eval.benchmarks.synthetic.limit=24",
         "data.num_workers=0",
         "trainer.enable_progress_bar=false",

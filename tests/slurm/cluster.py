@@ -59,14 +59,20 @@ def start() -> None:
 
 
 def stop() -> None:
-    """Cancel every job and wait for it to end (killing slurmd under a running job drains the node)."""
-    sh("scancel", "--user=root", check=False)
-    deadline = time.time() + 30
-    while time.time() < deadline and sh("squeue", "-h", check=False).stdout.strip():
-        time.sleep(0.5)
+    """Cancel every job and wait for it to end (killing slurmd under a running job drains the node).
+    Without a controller there is nothing to cancel (and scancel would retry it for ~25 s)."""
+    if sh("pgrep", "-x", "slurmctld", check=False).returncode == 0:
+        sh("scancel", "--user=root", check=False)
+        deadline = time.time() + 30
+        while time.time() < deadline and sh("squeue", "-h", check=False).stdout.strip():
+            time.sleep(0.5)
     for daemon in ("slurmd", "slurmctld", "munged"):
         sh("pkill", "-x", daemon, check=False)
-    time.sleep(0.5)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(
+        sh("pgrep", "-x", daemon, check=False).returncode == 0 for daemon in ("slurmd", "slurmctld", "munged")
+    ):
+        time.sleep(0.1)
 
 
 def release_when_requeued(job_id: str) -> None:

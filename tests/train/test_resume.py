@@ -29,9 +29,9 @@ def command(data_root: Path, runs: Path, name: str) -> list[str]:
         f"name={name}",
         f"paths.data={data_root}",
         f"paths.runs={runs}",
-        "trainer.max_steps=40",
+        "trainer.max_steps=30",
         "checkpoint_every=5",
-        "trainer.val_check_interval=20",
+        "trainer.val_check_interval=15",
         "eval.benchmarks.synthetic.limit=24",
         "trainer.enable_progress_bar=false",
     ]

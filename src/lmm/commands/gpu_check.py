@@ -47,6 +47,7 @@ def prepare_data(root: Path) -> None:
 EVAL = "eval.benchmarks.synthetic.limit=32"  # the synthetic test split, shortened
 MIX = ["data=llava_mix665k", "data.sources.sharegpt.weight=3"]  # instruction data, text-only steps frequent
 MACHINE = ["trainer=gpu"]  # --cpu: 2 gloo processes in fp32, to check the commands themselves without a GPU
+STEPS = {"pretrain": 20, "finetune": 20, "lora": 10}  # --cpu: 4 each (the commands, not the learning, are checked)
 
 
 def run_py(root: Path, name: str, overrides: list[str], devices: int, timeout: int = 300) -> Path:
@@ -79,17 +80,23 @@ def run_py(root: Path, name: str, overrides: list[str], devices: int, timeout: i
 
 def fsdp_recipe(root: Path, devices: int) -> str:
     pretrain = run_py(
-        root, "gpu_pretrain", ["data=llava_pretrain", "stage=pretrain", "trainer.max_steps=20", "eval=none"], devices
+        root,
+        "gpu_pretrain",
+        ["data=llava_pretrain", "stage=pretrain", f"trainer.max_steps={STEPS['pretrain']}", "eval=none"],
+        devices,
     )
     finetune = run_py(
-        root, "gpu_finetune", ["stage=finetune", f"stage.init_from='{pretrain}'", "trainer.max_steps=20", EVAL], devices
+        root,
+        "gpu_finetune",
+        ["stage=finetune", f"stage.init_from='{pretrain}'", f"trainer.max_steps={STEPS['finetune']}", EVAL],
+        devices,
     )
     metrics = read_results(finetune)["metrics"]
     return f"{len(metrics)} metrics, e.g. vqa/exact_match={metrics.get('synthetic/vqa/exact_match')}"
 
 
 def lora_fsdp(root: Path, devices: int) -> str:
-    run_dir = run_py(root, "gpu_lora", ["stage=lora", "trainer.max_steps=10", EVAL], devices)
+    run_dir = run_py(root, "gpu_lora", ["stage=lora", f"trainer.max_steps={STEPS['lora']}", EVAL], devices)
     from safetensors import safe_open
 
     with safe_open(str(run_dir / FINAL_WEIGHTS), framework="pt") as weights:
@@ -177,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cpu:
         MACHINE[:] = ["trainer=cpu", "strategy.param_dtype=float32"]
+        STEPS.update(pretrain=4, finetune=4, lora=4)
         return check(2, [p for p in args.parts.split(",") if p in CPU_PARTS], args.out, "2 CPU processes (gloo)")
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA GPU on this machine; nothing to check (the CPU paths are covered by make test)")
