@@ -138,6 +138,6 @@ def describe_stage(cfg: DictConfig, model=None) -> dict:
             f"{memory['total'] / GIB:.1f} GiB at the peak of "
             + ", ".join(f"{kind} {value / GIB:.1f}" for kind, value in memory.items() if kind != "total")
         )
-        print("  (python run.py ... task=simulate measures it on fake tensors, with the step time over 8-512 GPUs)")
+        print("  (lmm train ... task=simulate measures it on fake tensors, with the step time over 8-512 GPUs)")
         out["memory_per_gpu_bytes"] = memory
     return out

@@ -2,7 +2,7 @@
 
     lmm gpu-check [--devices N] [--out experiments/bench/gpu_check.json]   (make gpu-check)
 
-Parts (each a real `python run.py ...` command on generated data, under NCCL and bf16):
+Parts (each a real `lmm train ...` (run.py) command on generated data, under NCCL and bf16):
   fsdp_recipe   pretrain on the LCS-558K miniature, then finetune (init_from the pretrain run) on the
                 mix665k miniature, whose text-only ShareGPT steps make ranks diverge if anything is
                 planned per rank; evaluation

@@ -20,6 +20,7 @@ from lmm.core.save import file_sha256, save_weights
 from lmm.core.weights import resolve_weights
 from lmm.data.catalog import check_indexes
 from lmm.data.conversation import TEMPLATE_NAMES
+from lmm.data.datamodule import LMMDataModule
 from lmm.data.shards import child, list_complete_shards
 from lmm.eval.evaluate import evaluate, format_table, new_results, save_results
 from lmm.model.lmm import LMM
@@ -107,10 +108,9 @@ def check_attention(implementation: str) -> None:
             )
 
 
-def check_data(cfg: DictConfig) -> bool:
+def check_data(data: LMMDataModule) -> bool:
     """The training (and validation) shards can be listed and every URL checked, unless the
     synthetic mixture will be generated first. Returns whether it will be."""
-    data = instantiate(cfg.data, seed=cfg.seed)
     if data.needs_generation():
         return True
     sources = data.mixture()
@@ -138,12 +138,14 @@ def check_benchmarks(cfg: DictConfig, generated_root: Path | None = None) -> Non
             ) from None
 
 
-def preflight(cfg: DictConfig) -> BatchPlan:
+def preflight(cfg: DictConfig) -> tuple[BatchPlan, LMMDataModule]:
     """Fail before any work: a setting out of range, data that cannot be listed, missing
     benchmark files, unknown template, missing weights, tokenizer or init_from run, a global
-    batch the devices cannot divide, devices that disagree with SLURM's tasks."""
+    batch the devices cannot divide, devices that disagree with SLURM's tasks. Returns the batch
+    plan and the data module it checked (built once; training uses it)."""
     check_numbers(cfg)
-    generates_data = check_data(cfg)
+    data = instantiate(cfg.data, seed=cfg.seed)
+    generates_data = check_data(data)
     if cfg.eval_after_train and cfg.eval.benchmarks:
         check_benchmarks(cfg, Path(cfg.data.root) if generates_data else None)
     check_attention(OmegaConf.select(cfg, "llm.model.attn_implementation", default="sdpa"))
@@ -163,7 +165,7 @@ def preflight(cfg: DictConfig) -> BatchPlan:
             f"stage.epochs={cfg.stage.epochs} but the size of {cfg.data.root} is unknown (no manifest.json); "
             "convert the data first or set trainer.max_steps"
         )
-    return plan
+    return plan, data
 
 
 def train(cfg: DictConfig) -> dict | None:
@@ -239,11 +241,10 @@ def print_next_commands(run_dir: Path) -> None:
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict | None:
     evaluates = bool(cfg.eval_after_train and cfg.eval.benchmarks)
-    plan = preflight(cfg)
+    plan, datamodule = preflight(cfg)
     if cfg.get("tf32"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.ensure_data()
     if first_process():
         record_data(run_dir, cfg)

@@ -1,8 +1,8 @@
 """task=simulate: measure the configured stage on a fake world, print what a user asks before
 renting it, and write simulate.json, simulate.md and scaling.png.
 
-    python run.py experiment=llava15_13b task=simulate trainer.devices=8 trainer.num_nodes=1
-    python run.py experiment=llava15_13b task=simulate simulate.gpu_memory_gib=40
+    lmm train experiment=llava15_13b task=simulate trainer.devices=8 trainer.num_nodes=1
+    lmm train experiment=llava15_13b task=simulate simulate.gpu_memory_gib=40
 
 The configured world (devices × nodes) is simulated with and without activation checkpointing;
 the scaling table extrapolates to `simulate.world_sizes` (lmm.analysis.simulate.scaling).
