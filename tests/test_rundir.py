@@ -127,17 +127,26 @@ def test_a_user_error_ends_in_one_line(data_root, tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "run.py", "data.batch_size=0", f"paths.data={data_root}", f"paths.runs={tmp_path}"]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
-    assert "[lmm] ValueError: data.batch_size=0: must be a number >= 1" in done.stderr
-    assert "Traceback" not in done.stderr
-    log = (tmp_path / "default" / "data.batch_size=0" / "run.log").read_text()
-    assert "[lmm] ValueError: data.batch_size=0: must be a number >= 1" in log  # the run directory explains itself
-    full = subprocess.run(
-        cmd, cwd=root, capture_output=True, text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"}
+    cmd = [sys.executable, "run.py", "data.batch_size=0", f"paths.data={data_root}"]
+    # The plain command and the one with HYDRA_FULL_ERROR=1 side by side, each in its own runs folder.
+    plain, full = (
+        subprocess.Popen(
+            [*cmd, f"paths.runs={tmp_path / name}"],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **extra},
+        )
+        for name, extra in (("plain", {}), ("full", {"HYDRA_FULL_ERROR": "1"}))
     )
-    assert "Traceback" in full.stderr and "data.batch_size=0" in full.stderr
+    (_, plain_err), (_, full_err) = plain.communicate(timeout=120), full.communicate(timeout=120)
+    assert plain.returncode == 1
+    assert "[lmm] ValueError: data.batch_size=0: must be a number >= 1" in plain_err
+    assert "Traceback" not in plain_err
+    log = (tmp_path / "plain" / "default" / "data.batch_size=0" / "run.log").read_text()
+    assert "[lmm] ValueError: data.batch_size=0: must be a number >= 1" in log  # the run directory explains itself
+    assert "Traceback" in full_err and "data.batch_size=0" in full_err
 
 
 def test_a_saved_config_resolves_its_hydra_references_outside_hydra(tmp_path):
