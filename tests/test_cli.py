@@ -99,3 +99,9 @@ def test_the_former_python_m_names_still_run_their_subcommand():
         assert subcommand in cli.SUBCOMMANDS and f"lmm {subcommand}" in text, module
     done = subprocess.run([sys.executable, "-m", "lmm.ablate", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("usage: lmm ablate"), done.stderr[-2000:]
+
+
+def test_lmm_train_outside_a_checkout_says_so_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "RUN_PY", tmp_path / "run.py")
+    with pytest.raises(SystemExit, match=r"^lmm train: no .*run.py; lmm runs from its checkout"):
+        cli.main(["train", "task=describe"])

@@ -63,6 +63,11 @@ def run(name: str, argv: list[str]):
     saved, sys.argv = sys.argv, [f"lmm {name}", *argv]  # argparse's prog, and what Hydra parses
     try:
         if name == "train":  # this process becomes `python run.py ...`: Hydra's sweeps and launchers see run.py itself
+            if not RUN_PY.is_file():
+                sys.exit(
+                    f"lmm train: no {RUN_PY}; lmm runs from its checkout (run.py and conf/ beside src/): "
+                    "pip install -e ."
+                )
             os.execv(sys.executable, [sys.executable, str(RUN_PY), *argv])
         if name in RUN_DIRECTORY_TASKS:
             return importlib.import_module(module).main(name, argv)
