@@ -40,3 +40,20 @@ def run_target(target: str, **variables: str):
     (command,) = lmm_commands(target, **variables)
     assert command[0] != "train", f"{target}: `lmm train` replaces the process; compose its overrides instead"
     return cli.run(command[0], command[1:])
+
+
+def composable_overrides(arguments: list[str]) -> list[str]:
+    """A `lmm train` command's overrides as one composed run: a sweep's `-m` and Hydra's launcher
+    settings apart, and the first value of each swept axis."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = []
+    for text in arguments:
+        if text == "-m" or text.startswith(("hydra/", "hydra.")):
+            continue
+        override = parser.parse_override(text)
+        if override.is_sweep_override():
+            text = f"{override.get_key_element()}={next(override.sweep_string_iterator())}"
+        out.append(text)
+    return out

@@ -10,11 +10,10 @@ import shlex
 from pathlib import Path
 
 import pytest
-from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from lmm import cli
 from tests.conftest import compose_config
-from tests.makefile import ROOT, targets
+from tests.makefile import ROOT, composable_overrides, targets
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "data" / "README.md"]
 # What a page's commands assume that the page itself builds: adding_a_connector.md's steps add
@@ -35,25 +34,12 @@ def shell_commands(page: Path) -> list[str]:
     return commands
 
 
-def first_of_sweeps(overrides: list[str]) -> list[str]:
-    """A sweep's overrides as one run: the first value of each swept axis."""
-    parser = OverridesParser.create()
-    out = []
-    for text in overrides:
-        override = parser.parse_override(text)
-        if override.is_sweep_override():
-            text = f"{override.get_key_element()}={next(override.sweep_string_iterator())}"
-        out.append(text)
-    return out
-
-
 def check(command: str) -> None:
     words = shlex.split(command)
     while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # an environment variable before the command
         words = words[1:]
     if words[:2] == ["python", "run.py"] or words[:2] == ["lmm", "train"]:
-        overrides = [w for w in words[2:] if w != "-m" and not w.startswith(("hydra/", "hydra."))]
-        compose_config(first_of_sweeps(overrides))
+        compose_config(composable_overrides(words[2:]))
     elif words[0] == "lmm":
         assert words[1] in cli.SUBCOMMANDS, f"no subcommand lmm {words[1]}"
         options = [w.split("=")[0] for w in words[2:] if w.startswith("--")]

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from tests.conftest import compose_config
-from tests.makefile import ROOT, lmm_commands, run_target, target_commands, targets
+from tests.makefile import ROOT, composable_overrides, lmm_commands, run_target, target_commands, targets
 
 # target -> where it runs. "here": below. A test name: that test runs the target's own command.
 COVERED = {
@@ -63,11 +63,6 @@ def test_dry_run_targets_name_the_commands_they_should():
     assert [c[0] for c in lmm_commands("bench")] == ["bench"] * 7  # every CPU benchmark, mfu (GPU) apart
 
 
-def overrides(command: list[str]) -> list[str]:
-    """A `lmm train` command's overrides that compose (a sweep's `-m` and Hydra's launcher settings apart)."""
-    return [a for a in command[1:] if a != "-m" and not a.startswith(("hydra/", "hydra."))]
-
-
 @pytest.mark.parametrize(
     "target", ["demo", "describe", "simulate", "scale-out", "ablate", "table2", "ablate-anyres", "ablate-multi-image"]
 )
@@ -77,7 +72,7 @@ def test_training_targets_compose(target, data_root):
     commands = [c for c in lmm_commands(target) if c[0] == "train"]
     assert commands, target
     for command in commands:
-        cfg = compose_config(overrides(command), data_root)
+        cfg = compose_config(composable_overrides(command[1:]), data_root)
         assert cfg.task in ("train", "describe", "simulate")
 
 
@@ -85,7 +80,7 @@ def test_describe_target_runs(capsys):
     from lmm.commands.tasks import run_task
 
     (command,) = lmm_commands("describe")
-    table = run_task(compose_config(overrides(command)))
+    table = run_task(compose_config(composable_overrides(command[1:])))
     assert table["visual_tokens"] == 576 and "llm" in capsys.readouterr().out
 
 

@@ -15,7 +15,7 @@ import runpy
 import sys
 from pathlib import Path
 
-from lmm.core.config import REPO as ROOT
+from lmm.core.config import RUN_PY
 from lmm.core.safe_config import UntrustedConfig, check_overrides
 from lmm.core.upgrade import upgrade_overrides
 from lmm.run.directory import HYDRA_DIR, saved_overrides
@@ -56,5 +56,5 @@ def main(task: str, argv: list[str]) -> None:
         arguments = task_arguments(task, run_dir.resolve(), argv[1:])
     except UntrustedConfig as e:
         sys.exit(f"[lmm] UntrustedConfig: {e}")
-    sys.argv = [str(ROOT / "run.py"), *arguments]
-    runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
+    sys.argv = [str(RUN_PY), *arguments]
+    runpy.run_path(str(RUN_PY), run_name="__main__")
