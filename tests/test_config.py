@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lmm.analysis.describe import describe
-from lmm.build.model import build_tower
+from lmm.build.model import build_connector, build_tower
 from lmm.build.stage import stage_of
 from tests.conftest import CONF, compose_config
 
@@ -41,7 +41,7 @@ def instantiate_target(cfg, path: str, node):
         vision = meta_node("vision", OmegaConf.to_yaml(cfg.vision, resolve=True))
         llm = meta_node("llm.model", OmegaConf.to_yaml(cfg.llm.model, resolve=True))
         with torch.device("meta"):
-            return instantiate(node, vision_dim=vision.hidden_size, llm_dim=llm.config.hidden_size)
+            return build_connector(node, vision.hidden_size, llm.config.hidden_size)[0]
     if path == "data":
         return instantiate(node, seed=0)
     if path == "stage":
@@ -108,7 +108,7 @@ def connector_config(option: str):
 @functools.cache
 def meta_connector(option: str, vision_dim: int, llm_dim: int):
     with torch.device("meta"):
-        return instantiate(connector_config(option), vision_dim=vision_dim, llm_dim=llm_dim)
+        return build_connector(connector_config(option), vision_dim, llm_dim)[0]
 
 
 @functools.cache

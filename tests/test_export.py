@@ -70,12 +70,18 @@ def test_hf_export_refuses_other_connectors(data_root, tmp_path):
     model, processor = build_run(cfg)
     with pytest.raises(ExportError, match="only knows LLaVA-1.5's 2-layer MLP.*export.format=lmm"):
         save_hf(model, processor, cfg, tmp_path / "hf")
+    cfg = compose_config(["connector.tokens=16"], data_root)
+    model, processor = build_run(cfg)
+    with pytest.raises(ExportError, match="never pools the projector's tokens"):
+        save_hf(model, processor, cfg, tmp_path / "hf")
 
 
-def test_lmm_format_round_trip(data_root, tmp_path):
-    cfg = compose_config(["connector=resampler_tiny"], data_root)
+@pytest.mark.parametrize("connector", [["connector=resampler_tiny"], ["connector.tokens=16"]])
+def test_lmm_format_round_trip(data_root, tmp_path, connector):
+    cfg = compose_config(connector, data_root)
     torch.manual_seed(1)
     model, processor = build_run(cfg)
+    assert model.num_image_tokens == 16
     save_lmm(model.eval(), processor, cfg, tmp_path / "out")
     loaded, loaded_processor = lmm.load_pretrained(tmp_path / "out")
     input_ids, pixels = example(processor, data_root)

@@ -3,10 +3,9 @@ its parameter count equals the formula in its docstring at real sizes."""
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from transformers import BertConfig, BertModel
 
-from lmm.build.model import build_model
+from lmm.build.model import build_connector, build_model
 from lmm.model.connectors import QFormerConnector
 from tests.conftest import CONF, compose_config
 
@@ -32,7 +31,8 @@ TINY = {
 def tiny_connector(name: str, vision_dim: int = 24, llm_dim: int = 24):
     cfg = compose_config([f"connector={name}"])
     torch.manual_seed(0)
-    return instantiate(cfg.connector, vision_dim=vision_dim, llm_dim=llm_dim, **TINY.get(name, {}))
+    cfg.connector.merge_with(TINY.get(name, {}))
+    return build_connector(cfg.connector, vision_dim, llm_dim)[0]
 
 
 @pytest.mark.parametrize("name", CONNECTORS)

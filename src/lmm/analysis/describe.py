@@ -63,7 +63,13 @@ def describe(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 def describe_image_sizes(model, sizes: list) -> dict[str, dict]:
     """Visual tokens (and tower inputs) per image, for each (height, width) in `sizes`: one count
     for every image, or under AnyRes the count each size makes."""
-    print(f"visual tokens per view: {model.num_image_tokens} (from {model.vision.num_patches} patches)")
+    native = model.connector.num_tokens(model.vision.num_patches)
+    budget = (
+        f"; connector.tokens={model.num_image_tokens}: the connector's {native} grid tokens average-pooled"
+        if model.pooled_side is not None
+        else ""
+    )
+    print(f"visual tokens per view: {model.num_image_tokens} (from {model.vision.num_patches} patches{budget})")
     if model.anyres is None:
         print(
             f"visual tokens per image: {model.num_image_tokens}, whatever its size "

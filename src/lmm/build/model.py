@@ -7,11 +7,12 @@ passes the two run-level choices the model needs (`data.packing`, `model.loss`) 
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lmm.data.anyres import AnyRes
 from lmm.model.attention import use_packed_attention
+from lmm.model.connectors import Connector
 from lmm.model.lmm import LMM
 from lmm.model.vision import VisionTower
 
@@ -58,7 +59,20 @@ def assemble(
     llm = instantiate(llm_cfg, load_weights=load_weights)
     if packing:
         use_packed_attention(llm)
-    connector = instantiate(connector_cfg, vision_dim=vision.hidden_size, llm_dim=llm.config.hidden_size)
+    connector, tokens = build_connector(connector_cfg, vision.hidden_size, llm.config.hidden_size)
     if load_weights:
         connector.load_pretrained()  # e.g. the Q-Former's BERT initialisation
-    return LMM(vision, connector, llm, image_token_id, anyres, loss=loss)
+    return LMM(vision, connector, llm, image_token_id, anyres, loss=loss, tokens=tokens)
+
+
+def build_connector(connector_cfg: DictConfig, vision_dim: int, llm_dim: int) -> tuple[Connector, int | None]:
+    """The connector, and its visual-token budget (`tokens`, null: the connector's own count).
+
+    A sequence connector reaches the budget itself (its query count, `budget_arguments`); for a
+    grid connector the budget goes to the model, which pools the grid (LMM's `tokens`)."""
+    tokens = connector_cfg.get("tokens")
+    arguments = {key: value for key, value in connector_cfg.items() if key != "tokens"}
+    if tokens is not None:
+        arguments.update(get_class(connector_cfg["_target_"]).budget_arguments(int(tokens)) or {})
+    connector = instantiate(OmegaConf.create(arguments), vision_dim=vision_dim, llm_dim=llm_dim)
+    return connector, None if tokens is None else int(tokens)

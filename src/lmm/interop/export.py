@@ -123,6 +123,11 @@ def _check_hf_compatible(model: LMM, template_name: str) -> Template:
             f"HF's Llava format only knows LLaVA-1.5's 2-layer MLP projector (mlp2x_gelu), not "
             f"{type(connector).__name__}; use export.format=lmm"
         )
+    if model.pooled_side is not None:
+        raise ExportError(
+            f"HF's Llava never pools the projector's tokens (connector.tokens={model.num_image_tokens}); "
+            "use export.format=lmm"
+        )
     if not isinstance(model.vision, HFVisionTower):
         raise ExportError(
             f"HF's Llava format needs a transformers vision tower (CLIP, SigLIP), not {type(model.vision).__name__}; "

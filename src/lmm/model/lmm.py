@@ -12,6 +12,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from lmm.data.anyres import AnyRes
 from lmm.model.anyres import AnyResTokens
 from lmm.model.connectors import Connector
+from lmm.model.connectors.base import budget_side, pool_grid
 from lmm.model.loss import IGNORE_INDEX, LOSSES, causal_lm_loss, labelled_token_scores, output_head, shifted_targets
 from lmm.model.vision import VisionTower
 
@@ -36,13 +37,18 @@ class LMM(nn.Module):
         image_token_id: int,
         anyres: AnyRes | None = None,
         loss: str = "plain",
+        tokens: int | None = None,
     ):
         """`loss`: "fused" computes the loss from the final hidden states in chunks, never holding
-        [B, T, V] logits (lmm.model.loss); "plain" takes transformers' loss on the full logits."""
+        [B, T, V] logits (lmm.model.loss); "plain" takes transformers' loss on the full logits.
+        `tokens`: the visual-token budget per view (`connector.tokens`). A connector that does not
+        emit that many itself must be a grid connector, whose token grid is then average-pooled
+        to √tokens × √tokens (pool_grid; no parameters)."""
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"model.loss must be one of {LOSSES}, got {loss!r}")
         self.vision, self.connector, self.llm = vision, connector, llm
+        self.pooled_side = self._budget_side(tokens)
         self.image_token_id, self.anyres, self.loss_path = image_token_id, anyres, loss
         if loss == "fused":
             output_head(llm)  # a head the fused loss cannot compute fails here, before any work
@@ -60,9 +66,26 @@ class LMM(nn.Module):
         self.check_placeholders = True
         self.loss_all_positions = False
 
+    def _budget_side(self, tokens: int | None) -> int | None:
+        """The side the connector's token grid is pooled to, or None when it emits the budget itself."""
+        native = self.connector.num_tokens(self.vision.num_patches)
+        if tokens is None or tokens == native:
+            return None
+        name = type(self.connector).__name__
+        if not self.connector.spatial:
+            raise ValueError(f"connector.tokens={tokens}: {name} emits {native} tokens and they are not a grid to pool")
+        if tokens > native:
+            raise ValueError(
+                f"connector.tokens={tokens} exceeds the {native} tokens {name} makes from "
+                f"{self.vision.num_patches} patches: a budget reduces them (raise the resolution for more)"
+            )
+        return budget_side(tokens)
+
     @property
     def num_image_tokens(self) -> int:
         """Visual tokens of one view (of every image, without AnyRes)."""
+        if self.pooled_side is not None:
+            return self.pooled_side**2
         return self.connector.num_tokens(self.vision.num_patches)
 
     @property
@@ -126,8 +149,10 @@ class LMM(nn.Module):
         if self.connector.uses_instruction:
             if instruction_ids is None:
                 raise ValueError(f"{type(self.connector).__name__} needs instruction_ids (the question for each image)")
-            return self.connector(features, instruction_ids=instruction_ids, instruction_mask=instruction_mask)
-        return self.connector(features)  # [I, N, D]
+            tokens = self.connector(features, instruction_ids=instruction_ids, instruction_mask=instruction_mask)
+        else:
+            tokens = self.connector(features)  # [I, N, D]
+        return tokens if self.pooled_side is None else pool_grid(tokens, self.pooled_side)  # [I, budget, D]
 
     def embed(
         self,

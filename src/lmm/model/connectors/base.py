@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
@@ -23,6 +24,13 @@ class Connector(nn.Module):
     def num_tokens(self, num_patches: int) -> int:
         return num_patches
 
+    @classmethod
+    def budget_arguments(cls, tokens: int) -> dict | None:
+        """How `connector.tokens=N` (the visual-token budget) is reached: the constructor arguments
+        with which this connector emits N tokens itself (a sequence connector's query count), or
+        None: its tokens are a grid, which the model average-pools to √N × √N (lmm.model.lmm)."""
+        return None
+
     def formula_parameters(self) -> int:
         """The parameter count from the docstring's formula (tests compare it with the module)."""
         raise NotImplementedError
@@ -37,6 +45,21 @@ def square_grid(num_patches: int, who: str) -> int:
     if side * side != num_patches:
         raise ValueError(f"{who} needs a square patch grid, got {num_patches} tokens (use select_feature=patch)")
     return side
+
+
+def budget_side(tokens: int) -> int:
+    """Side of the square grid a token budget asks for (budgets of grid connectors are squares)."""
+    side = math.isqrt(tokens) if tokens > 0 else 0
+    if side * side != tokens or side == 0:
+        raise ValueError(f"connector.tokens={tokens} must be a positive square (a side × side grid), e.g. 16, 64, 144")
+    return side
+
+
+def pool_grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """[B, g², D] -> [B, side², D]: adaptive average pooling of the token grid (MM1's and
+    LLaVA-OneVision's reduction; cells of ⌈g/side⌉ or ⌊g/side⌋ tokens when side does not divide g)."""
+    grid = F.adaptive_avg_pool2d(to_grid(tokens, "token budget"), side)  # [B, D, side, side]
+    return grid.flatten(2).transpose(1, 2)
 
 
 def to_grid(x: torch.Tensor, who: str) -> torch.Tensor:

@@ -9,7 +9,7 @@ from timm.layers import LayerNorm2d
 from timm.models.regnet import Bottleneck, RegStage
 from torch import nn
 
-from lmm.model.connectors.base import Connector, to_grid
+from lmm.model.connectors.base import Connector, budget_side, to_grid
 
 
 def _bottleneck_parameters(c_in: int, c_out: int, se_ratio: float) -> int:
@@ -68,6 +68,11 @@ class CAbstractorConnector(Connector):
     def num_tokens(self, num_patches: int) -> int:
         return self.side * self.side
 
+    @classmethod
+    def budget_arguments(cls, tokens: int) -> dict:
+        budget_side(tokens)
+        return {"num_tokens": tokens}  # its own adaptive pooling, between the two block stages
+
     def formula_parameters(self) -> int:
         (dv, d), h = self.dims, self.hidden_size
         blocks = _bottleneck_parameters(dv, h, self.se_ratio) + (2 * self.depth - 1) * _bottleneck_parameters(
@@ -98,6 +103,10 @@ class LDPConnector(Connector):
 
     def num_tokens(self, num_patches: int) -> int:
         return self.side * self.side
+
+    @classmethod
+    def budget_arguments(cls, tokens: int) -> dict:
+        return {"pooled_side": budget_side(tokens)}  # its own average pooling, before the position block
 
     def formula_parameters(self) -> int:
         dv, d = self.dims

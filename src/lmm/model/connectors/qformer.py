@@ -102,6 +102,10 @@ class QFormerConnector(Connector):
     def num_tokens(self, num_patches: int) -> int:
         return self.num_queries
 
+    @classmethod
+    def budget_arguments(cls, tokens: int) -> dict:
+        return {"num_queries": tokens}
+
     def formula_parameters(self) -> int:
         c = self.config
         return _qformer_parameters(

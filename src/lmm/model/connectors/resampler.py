@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmm.model.connectors.base import Connector, square_grid
+from lmm.model.connectors.base import Connector, budget_side, square_grid
 
 
 def sincos_2d(dim: int, side: int) -> torch.Tensor:
@@ -45,6 +45,11 @@ class ResamplerConnector(Connector):
 
     def num_tokens(self, num_patches: int) -> int:
         return self.num_queries
+
+    @classmethod
+    def budget_arguments(cls, tokens: int) -> dict:
+        budget_side(tokens)  # a square: the queries' 2-D positions form a grid
+        return {"num_queries": tokens}
 
     def formula_parameters(self) -> int:
         dv, d = self.dims
@@ -118,6 +123,10 @@ class PerceiverResamplerConnector(Connector):
 
     def num_tokens(self, num_patches: int) -> int:
         return self.num_latents
+
+    @classmethod
+    def budget_arguments(cls, tokens: int) -> dict:
+        return {"num_latents": tokens}
 
     def formula_parameters(self) -> int:
         (dv, d), (layers, inner, m) = self.dims, self.shape
