@@ -38,6 +38,7 @@ from omegaconf import OmegaConf
 
 from lmm.analysis import stats
 from lmm.core.config import run_name_excluded_keys
+from lmm.eval.blind import BLIND, NEEDS_VISION
 from lmm.run.directory import (
     CHECKPOINTS,
     FINAL_WEIGHTS,
@@ -81,8 +82,15 @@ class Run:
 
     def question_scores(self, metric: str) -> dict[str, float] | None:
         """Per-question scores of `metric` ("<benchmark>/<key>") from predictions/<benchmark>.jsonl,
-        keyed by question; None when the run saved none for it."""
+        keyed by question; None when the run saved none for it. "Needs vision" (lmm.eval.blind) is
+        each question's score minus its blind score, paired by question."""
         benchmark, _, key = metric.partition("/")
+        if benchmark.endswith(NEEDS_VISION):
+            seen = self.question_scores(f"{benchmark.removesuffix(NEEDS_VISION)}/{key}")
+            blind = self.question_scores(f"{benchmark.removesuffix(NEEDS_VISION)}{BLIND}/{key}")
+            if not seen or not blind:
+                return None
+            return {q: seen[q] - blind[q] for q in seen if q in blind} or None
         if benchmark not in self._predictions:
             path = self.path / PREDICTIONS / f"{benchmark}.jsonl"
             records = []

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from lmm.eval.blind import NEEDS_VISION
+
 ALPHA = 0.05
 POWER = 0.8
 DRAWS = 4000
@@ -114,7 +116,12 @@ FRACTION_SUFFIXES = ("exact_match", "accuracy", "acc", "acc_iou50", "f1", "preci
 
 def metric_range(metric: str, values: list[float] = ()) -> tuple[float, float]:
     """The values a metric can take: fractions (exact match, accuracies, F1) in [0, 1] (or [0, 100]
-    when its values are percentages), losses >= 0, anything else (MME's scores, counts) unbounded."""
+    when its values are percentages), losses >= 0, anything else (MME's scores, counts) unbounded.
+    A "needs vision" difference (lmm.eval.blind) spans the metric's range on both sides of 0."""
+    benchmark, _, rest = metric.partition("/")
+    if benchmark.endswith(NEEDS_VISION):
+        high = metric_range(f"{benchmark.removesuffix(NEEDS_VISION)}/{rest}", [abs(v) for v in values])[1]
+        return -high, high
     name = metric.rsplit("/", 1)[-1].lower()
     if name.endswith(FRACTION_SUFFIXES) and all(0 <= v <= 100 for v in values):
         return (0.0, 1.0) if all(v <= 1 for v in values) else (0.0, 100.0)

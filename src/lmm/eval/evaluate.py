@@ -16,6 +16,7 @@ from lmm.build.factory import LMM_CONFIG, build_trained, init_weights_path, load
 from lmm.core.config import command_overrides
 from lmm.core.ranks import is_main_process
 from lmm.data.sample import SampleProcessor
+from lmm.eval.blind import BLIND, NEEDS_VISION, blank_images, blind_summary, mark_blind_answers
 from lmm.model.lmm import LMM
 from lmm.run.directory import PREDICTIONS, read_results, write_results
 
@@ -47,10 +48,24 @@ def evaluate(
     """Run every configured benchmark; write results.json (with the training `cost`, if any) and
     predictions/<benchmark>.jsonl."""
     results = new_results(cfg, cost)
+    predictions = Path(run_dir) / PREDICTIONS
+    blind = bool(cfg.eval.get("blind", False))
     for name, benchmark_cfg in cfg.eval.benchmarks.items():
-        result = instantiate(benchmark_cfg).run(model, processor, device, out_dir=Path(run_dir) / PREDICTIONS)
+        benchmark = instantiate(benchmark_cfg)
+        result = benchmark.run(model, processor, device, out_dir=predictions)
         results["benchmarks"][name] = result
         results["metrics"].update({f"{name}/{key}": value for key, value in result["metrics"].items()})
+        if blind:  # the same questions and prompts, every image blanked (lmm.eval.blind)
+            benchmark.name = f"{benchmark.name}{BLIND}"
+            with blank_images(model):
+                blind_result = benchmark.run(model, processor, device, out_dir=predictions)
+            result["blind"] = blind_summary(result, blind_result)
+            for suffix, values in (
+                (BLIND, result["blind"]["metrics"]),
+                (NEEDS_VISION, result["blind"]["needs_vision"]),
+            ):
+                results["metrics"].update({f"{name}{suffix}/{key}": value for key, value in values.items()})
+            mark_blind_answers(predictions, name)
     if is_main_process():
         print(format_table(results))
     save_results(run_dir, results)
@@ -87,6 +102,15 @@ def format_table(results: dict) -> str:
             baseline = bench.get("baselines", {}).get(key)
             n = bench.get("counts", {}).get(key, bench.get("n", ""))
             lines.append(f"| {key} | {value:.4f} | {'—' if baseline is None else f'{baseline:.4f}'} | {n} |")
+        if "blind" in bench:
+            lines += ["", "| metric | model | blind | needs vision |", "|---|---:|---:|---:|"]
+            for key, value in bench["blind"]["metrics"].items():
+                gain = bench["blind"]["needs_vision"].get(key)
+                seen = bench["metrics"].get(key)
+                lines.append(
+                    f"| {key} | {'—' if seen is None else f'{seen:.4f}'} | {value:.4f} | "
+                    f"{'—' if gain is None else f'{gain:+.4f}'} |"
+                )
         if bench.get("skipped"):
             lines.append(f"\n{bench['skipped']} question(s) skipped (see log)")
         blocks.append("\n".join(lines))
