@@ -348,3 +348,45 @@ def test_commands_that_never_trained_are_footnotes_and_never_the_baseline(tmp_pa
         match="--baseline 'qformer': that row has no finished run; rows that could be the baseline: linear; mlp",
     ):
         build_table(find_runs([str(root)]), baseline="qformer")
+
+
+def matched_sweep(tmp_path, flops_by_connector):
+    """Two connectors × 2 seeds with a results.json cost (steps 100; FLOPs as given)."""
+    runs = [
+        ([f"connector={c}", f"seed={seed}"], {"acc": 0.5 + 0.1 * seed}, "finished")
+        for c in flops_by_connector
+        for seed in range(2)
+    ]
+    root = fake_sweep(tmp_path / "sweep", runs)
+    for i, (overrides, metrics, _) in enumerate(runs):
+        flops = flops_by_connector[overrides[0].split("=")[1]]
+        cost = {"steps": 100, "flops": flops, "tokens_seen": 1000, "visual_tokens_per_image": 16.0}
+        (root / str(i) / "results.json").write_text(json.dumps({"metrics": metrics, "cost": cost}))
+    return root
+
+
+def test_match_states_what_was_held_equal(tmp_path):
+    root = matched_sweep(tmp_path, {"linear": 1.00e12, "mlp": 1.03e12})
+    out = tmp_path / "out"
+    table = main([str(root), "--match", "flops", "--out", str(out)])
+    assert table.held_equal == "held equal (--match flops): training FLOPs, 1e+12–1.03e+12 (within 5%) in every run"
+    assert "The comparison is held equal (--match flops)" in (out / "ablation.md").read_text()
+    assert "The comparison is held equal (--match flops)" in (out / "ablation_summary.md").read_text()
+    assert main([str(root), "--match", "steps", "--out", str(out)]).held_equal == (
+        "held equal (--match steps): optimizer steps, 100 in every run"
+    )
+    assert "visual tokens per image, 16" in main([str(root), "--match", "visual-tokens", "--out", str(out)]).held_equal
+
+
+def test_match_refuses_unmatched_rows_and_says_how_to_match_them(tmp_path):
+    root = matched_sweep(tmp_path, {"linear": 1.0e12, "mlp": 2.0e12})
+    with pytest.raises(SystemExit) as stop:
+        main([str(root), "--match", "flops", "--out", str(tmp_path / "out")])
+    message = str(stop.value)
+    assert message.startswith("--match flops: the rows did not train with equal training FLOPs")
+    assert "connector=linear" not in message and "  mlp: 2e+12, 2e+12" in message
+    assert "    linear: trainer.max_steps=100" in message and "    mlp: trainer.max_steps=50" in message
+    assert not (tmp_path / "out").exists()  # refused before writing anything
+    (root / "0" / "results.json").write_text(json.dumps({"metrics": {"acc": 0.5}, "cost": {}}))
+    with pytest.raises(SystemExit, match=r"has no 'flops' in its results.json cost"):
+        main([str(root), "--match", "flops"])
