@@ -66,6 +66,8 @@ def test_results_report_blind_scores_and_what_needs_vision(blind_eval):
     results, _, run_dir, _ = blind_eval
     bench = results["benchmarks"]["synthetic"]
     metrics = results["metrics"]
+    assert results["harness"] == {"name": "lmm", "version": "0.1.0", "template": "vicuna_v1"}
+    assert bench["decoding"] == {"strategy": "greedy", "max_new_tokens": 24}
     for key, value in bench["metrics"].items():
         blind = metrics[f"synthetic.blind/{key}"]
         assert blind == bench["blind"]["metrics"][key]

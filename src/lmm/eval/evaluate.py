@@ -6,6 +6,7 @@ evaluate_run(cfg)                          task=eval: a finished run (ckpt=RUN_D
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -48,11 +49,13 @@ def evaluate(
     """Run every configured benchmark; write results.json (with the training `cost`, if any) and
     predictions/<benchmark>.jsonl."""
     results = new_results(cfg, cost)
+    results["harness"] = {"name": "lmm", "version": metadata.version("lmm"), "template": processor.template}
     predictions = Path(run_dir) / PREDICTIONS
     blind = bool(cfg.eval.get("blind", False))
     for name, benchmark_cfg in cfg.eval.benchmarks.items():
         benchmark = instantiate(benchmark_cfg)
         result = benchmark.run(model, processor, device, out_dir=predictions)
+        result["decoding"] = {"strategy": "greedy", "max_new_tokens": benchmark.max_new_tokens}
         results["benchmarks"][name] = result
         results["metrics"].update({f"{name}/{key}": value for key, value in result["metrics"].items()})
         if blind:  # the same questions and prompts, every image blanked (lmm.eval.blind)
