@@ -17,7 +17,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: lint format test-fast install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-data-scale bench-loss bench-mfu bench ablate table table2 ablate-anyres ablate-multi-image gpu-check simulate scale-out
+.PHONY: lint format test-fast install install-lmms-eval data pretrain-tiny demo test describe lock clean-runs help convert bench-data bench-eval bench-train-step bench-packing bench-straggler bench-data-scale bench-loss bench-mfu bench ablate table table2 ablate-anyres ablate-multi-image gpu-check simulate scale-out design-space
 
 help:
 	@echo "make demo      install, generate synthetic shards, pretrain, finetune, evaluate, print metrics"
@@ -29,6 +29,7 @@ help:
 	@echo "make data      generate the synthetic shards under data/synthetic"
 	@echo "make pretrain-tiny  rebuild pretrained/tiny/: the tiny CLIP-style tower and chat LLM"
 	@echo "make table2    LLaVA-1.5's Table 2 in miniature (6 recipe steps x 3 seeds, ~21 min on 2 cores) in experiments/results/table2"
+	@echo "make design-space  connector type x token budget x resolution x 3 seeds with blind controls (~30 min) in experiments/results/design_space"
 	@echo "make ablate-anyres       pad vs AnyRes on small text (2 rows x 3 seeds) in experiments/results/anyres"
 	@echo "make ablate-multi-image  single- vs multi-image training on two-image questions (2 rows x 3 seeds) in experiments/results/multi_image"
 	@echo "make describe  parameter table of LLaVA-1.5-13B (meta device, no download)"
@@ -153,6 +154,26 @@ ablate-multi-image: install
 	$(LMM) train -m +sweep=multi_image hydra/launcher=joblib hydra.launcher.n_jobs=$(TABLE2_JOBS) cpu_threads=$(TABLE2_THREADS) \
 		data.num_workers=0 trainer.enable_progress_bar=false
 	$(LMM) ablate experiments/runs/two_image --spec conf/experiment/two_image/table.yml --out experiments/results/multi_image
+
+# What matters in miniature: connector type × visual-token budget × resolution × 3 seeds with blind
+# controls (conf/sweep/design_space.yaml, 48 runs, ~30 min on 2 cores), then the full table and one
+# table per factor (its main effect: each row averages over the other factors, every run paired
+# with the run of the same other factors and seed) in experiments/results/design_space/.
+DESIGN_SPACE_TABLE := $(LMM) ablate experiments/runs/design_space --match steps \
+	--metrics synthetic/vqa/exact_match,synthetic.needs_vision/vqa/exact_match,synthetic/ocr/exact_match,synthetic.needs_vision/ocr/exact_match,synthetic/ocr_small/exact_match,synthetic/region/grounding_acc_iou50,synthetic/description/loss \
+	--rename synthetic/vqa/exact_match="VQA EM" synthetic.needs_vision/vqa/exact_match="VQA needs vision" \
+	synthetic/ocr/exact_match="OCR EM" synthetic.needs_vision/ocr/exact_match="OCR needs vision" \
+	synthetic/ocr_small/exact_match="small-word OCR EM" synthetic/region/grounding_acc_iou50="grounding Acc@0.5" \
+	synthetic/description/loss="description loss" \
+	--order linear mlp qformer_tiny resampler_tiny 16 64 tiny_pretrained tiny_pretrained_128 \
+	--label tiny_pretrained="64 px" tiny_pretrained_128="128 px"
+design-space: install
+	$(LMM) train -m +sweep=design_space hydra/launcher=joblib hydra.launcher.n_jobs=$(TABLE2_JOBS) \
+		cpu_threads=$(TABLE2_THREADS) data.num_workers=0 trainer.enable_progress_bar=false
+	$(DESIGN_SPACE_TABLE) --baseline "linear, 64, tiny_pretrained" --out experiments/results/design_space
+	$(DESIGN_SPACE_TABLE) --rows connector --baseline linear --out experiments/results/design_space/by_connector
+	$(DESIGN_SPACE_TABLE) --rows connector.tokens --baseline 16 --out experiments/results/design_space/by_tokens
+	$(DESIGN_SPACE_TABLE) --rows vision --baseline tiny_pretrained --out experiments/results/design_space/by_resolution
 
 table: install
 	@test -n "$(SWEEP)" || { echo "usage: make table SWEEP=experiments/runs/<name>"; exit 2; }

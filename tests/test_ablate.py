@@ -390,3 +390,24 @@ def test_match_refuses_unmatched_rows_and_says_how_to_match_them(tmp_path):
     (root / "0" / "results.json").write_text(json.dumps({"metrics": {"acc": 0.5}, "cost": {}}))
     with pytest.raises(SystemExit, match=r"has no 'flops' in its results.json cost"):
         main([str(root), "--match", "flops"])
+
+
+def test_rows_of_one_factor_average_over_the_others_and_pair_by_them(tmp_path):
+    """--rows connector over a connector × vision sweep: each row averages both visions; a run pairs
+    with the run of the same vision and seed (so a constant per-vision gap cancels exactly)."""
+    runs = []
+    for connector, gain in (("linear", 0.0), ("mlp", 0.05)):
+        for vision, level in (("v64", 0.3), ("v128", 0.6)):
+            for seed in range(3):
+                value = level + gain + 0.01 * seed
+                runs.append(
+                    ([f"connector={connector}", f"vision={vision}", f"seed={seed}"], {"acc": value}, "finished")
+                )
+    table = build_table(find_runs([str(fake_sweep(tmp_path / "sweep", runs))]), rows=["connector"])
+    assert table.rows == [("linear",), ("mlp",)]
+    assert table.cells[(("mlp",), "acc")].n == 6
+    assert table.cells[(("mlp",), "acc")].mean == pytest.approx(0.51)  # (0.35 + 0.65) / 2 + the seeds' 0.01
+    comparison = table.comparisons[(("mlp",), "acc")]
+    assert comparison.difference == pytest.approx(0.05) and comparison.seeds == 6
+    assert comparison.low == pytest.approx(0.05) and comparison.high == pytest.approx(0.05)  # paired: no spread
+    assert any(note.startswith("each row averages over vision") for note in table.notes)

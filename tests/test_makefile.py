@@ -28,6 +28,7 @@ COVERED = {
     "ablate": "here (composed) and tests/test_end_to_end.py (every connector trains)",
     "table2": "here (composed) and tests/test_ablate.py (the spec names every row)",
     "ablate-anyres": "here (composed) and tests/test_ablate.py",
+    "design-space": "here (composed, every design) and tests/model/test_token_budget.py, tests/eval/test_blind.py",
     "ablate-multi-image": "here (composed) and tests/test_ablate.py",
     "gpu-check": "tests/test_gpu_check.py",
     "bench": "here (it is the bench-* targets, each run by tests/test_bench.py)",
@@ -64,7 +65,18 @@ def test_dry_run_targets_name_the_commands_they_should():
 
 
 @pytest.mark.parametrize(
-    "target", ["demo", "describe", "simulate", "scale-out", "ablate", "table2", "ablate-anyres", "ablate-multi-image"]
+    "target",
+    [
+        "demo",
+        "describe",
+        "simulate",
+        "scale-out",
+        "ablate",
+        "table2",
+        "ablate-anyres",
+        "ablate-multi-image",
+        "design-space",
+    ],
 )
 def test_training_targets_compose(target, data_root):
     """Each `lmm train` command of a target composes (its experiments, sweeps and keys exist); what

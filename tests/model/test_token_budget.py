@@ -93,3 +93,23 @@ def test_describe_states_the_budget(capsys):
         compose_config(["vision=clip_l14_336", "llm=vicuna7b", "connector=qformer", "connector.tokens=64"])
     )
     assert summary["visual_tokens"] == 64
+
+
+def test_every_design_of_the_design_space_sweep_has_its_budget():
+    """make design-space's grid (conf/sweep/design_space.yaml): each design composes with the study's
+    experiment and emits its token budget, whatever the connector and the resolution."""
+    import itertools
+
+    import yaml
+
+    from tests.conftest import CONF
+
+    params = yaml.safe_load((CONF / "sweep" / "design_space.yaml").read_text())["hydra"]["sweeper"]["params"]
+    axes = {key: str(value).split(",") for key, value in params.items() if key != "seed"}
+    assert axes["connector.tokens"] == ["64", "16"] and len(axes["vision"]) == 2 and len(axes["connector"]) == 4
+    for values in itertools.product(*axes.values()):
+        cfg = compose_config([f"{key}={value}" for key, value in zip(axes, values, strict=True)])
+        assert cfg.eval.blind is True and cfg.trainer.max_steps == 160
+        with torch.device("meta"):
+            model = build_model(cfg, image_token_id=3, load_weights=False)
+        assert model.num_image_tokens == int(cfg.connector.tokens), values

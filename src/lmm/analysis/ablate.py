@@ -78,6 +78,9 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
     not_factors: set[str] = field(default_factory=set)  # overrides that do not make it another run (not_factors)
+    # What pairs it with a run of another row: its seed, and with --rows of some factors only, the
+    # values of the others too (a main effect: same design but for the row's factor, same seed).
+    pairing: str | None = None
     _predictions: dict[str, list[dict]] = field(default_factory=dict, repr=False)
 
     @property
@@ -113,7 +116,7 @@ class Run:
         return scores or None
 
     def scores(self, metric: str) -> stats.RunScores:
-        return stats.RunScores(self.seed, self.metrics[metric], self.question_scores(metric))
+        return stats.RunScores(self.pairing or self.seed, self.metrics[metric], self.question_scores(metric))
 
 
 NOT_STARTED = "not started"
@@ -318,6 +321,14 @@ def build_table(
     factors; default: the first row)."""
     runs, notes = started(runs)
     factors = rows or varying_factors(runs)
+    averaged = [f for f in varying_factors(runs) if f not in factors]
+    if averaged:  # main effects: each row averages over these; runs pair by them and the seed
+        for run in runs:
+            run.pairing = ",".join(f"{f}={run.overrides.get(f, '—')}" for f in averaged) + f",seed={run.seed}"
+        notes.append(
+            f"each row averages over {', '.join(averaged)}; n counts runs, and every comparison pairs a run with "
+            f"the run of the same {', '.join(averaged)} and seed"
+        )
     metrics = metrics or sorted({m for r in runs for m in r.metrics})
     grouped: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
