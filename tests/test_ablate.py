@@ -411,3 +411,4 @@ def test_rows_of_one_factor_average_over_the_others_and_pair_by_them(tmp_path):
     assert comparison.difference == pytest.approx(0.05) and comparison.seeds == 6
     assert comparison.low == pytest.approx(0.05) and comparison.high == pytest.approx(0.05)  # paired: no spread
     assert any(note.startswith("each row averages over vision") for note in table.notes)
+    assert "6 pairs of runs — shown" in summary(table)

@@ -43,6 +43,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "lmm.commands.gpu_check",
         "(GPU) one PASS/FAIL line per GPU path: FSDP recipe, LoRA, packing, MFU, fused loss",
     ),
+    "probe-words": ("lmm.analysis.probe", "can a frozen tower read? a linear probe of rendered words per resolution"),
     "lmms-eval-tasks": ("lmm.interop.lmms_eval_tasks", "write lmms-eval task folders for the synthetic benchmarks"),
     "scale-out-docs": ("lmm.analysis.simulate.docs", "write task=simulate results into a docs page (make scale-out)"),
 }

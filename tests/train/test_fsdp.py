@@ -115,6 +115,7 @@ def test_run_py_under_fsdp_end_to_end(data_root, tmp_path):
         "stage.global_batch_size=16",
         "data.batch_size=4",
         "eval.benchmarks.synthetic.limit=16",
+        "eval.blind=true",  # the blind pass too, on both ranks (the same collectives as the first)
         f"paths.data={data_root}",
         f"paths.runs={runs}",
         "trainer.enable_progress_bar=false",
@@ -132,12 +133,15 @@ def test_run_py_under_fsdp_end_to_end(data_root, tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["cost"]["devices"] == 2 and results["cost"]["samples_seen"] == 4 * 16
     assert "synthetic/vqa/exact_match" in results["metrics"]
+    assert "synthetic.blind/vqa/exact_match" in results["metrics"] and (run_dir / "predictions/synthetic.blind.jsonl").exists()
     assert (run_dir / "checkpoints" / "last.ckpt").is_dir()
     merged, final = load_file(str(consolidate(run_dir))), load_file(str(run_dir / "final.safetensors"))
     assert merged.keys() == final.keys() and all(torch.equal(merged[k], final[k]) for k in final)
     # Two ranks split the questions and gathered the answers: the scores equal one process's.
     cfg = compose_config(
-        ["task=eval", f"ckpt='{run_dir}'", "eval.benchmarks.synthetic.limit=16"], data_root, tmp_path / "eval"
+        ["task=eval", f"ckpt='{run_dir}'", "eval.benchmarks.synthetic.limit=16", "eval.blind=true"],
+        data_root,
+        tmp_path / "eval",
     )
     (tmp_path / "eval").mkdir()
     assert evaluate_run(cfg)["metrics"] == results["metrics"]

@@ -615,19 +615,21 @@ def summary(
         "",
         *([f"The comparison is {table.held_equal}.", ""] if table.held_equal else []),
     ]
+    averaged = any(run.pairing for runs in table.runs_per_row.values() for run in runs)
+    unit = "pairs of runs" if averaged else "seeds"  # a main effect pairs designs as well as seeds
     for (row, metric), c in table.comparisons.items():
         reference = table.references[row]
-        sample = f"{c.seeds} seeds" + (f" × {c.questions} questions" if c.questions else "")
+        sample = f"{c.seeds} {unit}" + (f" × {c.questions} questions" if c.questions else "")
         verdict = "shown" if c.significant else "not shown"
         if not c.significant:
             if c.seeds_needed is None:
                 verdict += (
                     "; no seed count would (no spread to plan from)"
                     if c.difference == 0
-                    else f"; more than {stats.MAX_SEEDS} seeds would be needed"
+                    else f"; more than {stats.MAX_SEEDS} {unit} would be needed"
                 )
             elif c.seeds_needed > c.seeds:
-                verdict += f"; ~{c.seeds_needed} seeds would be needed"
+                verdict += f"; ~{c.seeds_needed} {unit} would be needed"
         lines.append(
             f"- {label(row)} vs {label(reference)}, {names.get(metric, metric)}: {_signed(c.difference, decimals)} "
             f"[{_signed(c.low, decimals)}, {_signed(c.high, decimals)}], {_p(c.p_holm)} ({c.method}), {sample} — "
