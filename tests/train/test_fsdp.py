@@ -133,7 +133,8 @@ def test_run_py_under_fsdp_end_to_end(data_root, tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["cost"]["devices"] == 2 and results["cost"]["samples_seen"] == 4 * 16
     assert "synthetic/vqa/exact_match" in results["metrics"]
-    assert "synthetic.blind/vqa/exact_match" in results["metrics"] and (run_dir / "predictions/synthetic.blind.jsonl").exists()
+    assert "synthetic.blind/vqa/exact_match" in results["metrics"]
+    assert (run_dir / "predictions" / "synthetic.blind.jsonl").exists()
     assert (run_dir / "checkpoints" / "last.ckpt").is_dir()
     merged, final = load_file(str(consolidate(run_dir))), load_file(str(run_dir / "final.safetensors"))
     assert merged.keys() == final.keys() and all(torch.equal(merged[k], final[k]) for k in final)
