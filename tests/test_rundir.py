@@ -280,3 +280,29 @@ def test_a_run_recorded_before_its_classes_moved_is_still_the_same_run(tmp_path,
     saved.write_text(yaml.safe_dump(text))
     loaded = load_saved_config(run)
     assert loaded.stage._target_ == "lmm.build.stage.Stage" and isinstance(stage_of(loaded), Stage)
+
+
+def test_a_run_recorded_before_token_budgets_and_blind_controls_is_still_the_same_run(tmp_path, make_config):
+    """connector.tokens and eval.blind came later: a run recorded without them is today's run with
+    their neutral values (no budget, no blind pass), and a budget makes another run."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from lmm.build.factory import model_drift
+    from lmm.run.directory import IDENTITY, claim_identity, load_saved_config
+
+    run = tmp_path / "run"
+    cfg = make_config(*QUICK, run_dir=run)
+    claim_identity(run, cfg)
+    record = json.loads((run / IDENTITY).read_text())
+    del record["config"]["connector"]["tokens"], record["config"]["eval"]["blind"]
+    (run / IDENTITY).write_text(json.dumps(record))
+    claim_identity(run, cfg)  # the same run
+    with pytest.raises(RunMismatch, match=r"connector.tokens: None -> 16"):
+        claim_identity(run, make_config(*QUICK, "connector.tokens=16", run_dir=run))
+    saved = run / ".hydra" / "config.yaml"
+    saved.parent.mkdir()
+    old = OmegaConf.to_container(cfg, resolve=False)
+    del old["connector"]["tokens"], old["eval"]["blind"]
+    saved.write_text(yaml.safe_dump(old))
+    assert model_drift(load_saved_config(run), cfg) == []

@@ -1,5 +1,6 @@
 """Configs and overrides saved by earlier versions of lmm, in today's layout: classes that moved
-module, and the AnyRes keys that moved from `vision:` to their own `anyres:` node.
+module, the AnyRes keys that moved from `vision:` to their own `anyres:` node, and keys added
+since whose default keeps what runs did before (a run without them is the same run).
 
 A run's saved config, its run.json identity, its replayed overrides and an lmm directory's
 config.yaml are re-read long after they were written; each is upgraded as it is read, so a run
@@ -19,6 +20,12 @@ MOVED_ANYRES_KEYS = {
     "anyres_overview": "overview",
     "image_newline": "image_newline",
     "tile_pool": "tile_pool",
+}
+
+# keys added since (parent node, key) -> the value that means what runs did before them
+ADDED_KEYS = {
+    ("connector", "tokens"): None,  # no token budget: the connector's own count
+    ("eval", "blind"): False,  # no blind pass
 }
 
 
@@ -41,6 +48,9 @@ def upgrade_config(node: dict) -> dict:
             if old in vision:
                 anyres.setdefault(new, vision[old])
         node = {**node, "vision": {k: v for k, v in vision.items() if k not in MOVED_ANYRES_KEYS}, "anyres": anyres}
+    for (parent, key), value in ADDED_KEYS.items():
+        if isinstance(node.get(parent), dict) and key not in node[parent]:
+            node = {**node, parent: {**node[parent], key: value}}
     return node
 
 
