@@ -193,9 +193,13 @@ def test_sweeps_compose_with_valid_options(sweep):
         cfg = compose("config", overrides=[f"+sweep={sweep}", "run_dir=/x"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert params.get("seed", "0,1,2") == "0,1,2"  # ablations run 3 seeds (the Table 2 rows: one each)
-    for group, values in params.items():
-        if group != "seed":
-            assert {v.strip() for v in values.split(",")} <= set(options(group)), group
+    for key, values in params.items():
+        values = {v.strip() for v in values.split(",")}
+        if "." in key:  # a value (connector.tokens=16,64): every one composes onto an existing key
+            for value in values:
+                assert str(OmegaConf.select(compose_config([f"{key}={value}"]), key)) == value, key
+        elif key != "seed":
+            assert values <= set(options(key)), key
 
 
 def test_describe_llava15_recipe_stages(capsys):
