@@ -159,14 +159,22 @@ ablate-multi-image: install
 # controls (conf/sweep/design_space.yaml, 48 runs, ~30 min on 2 cores), then the full table and one
 # table per factor (its main effect: each row averages over the other factors, every run paired
 # with the run of the same other factors and seed) in experiments/results/design_space/.
-DESIGN_SPACE_TABLE := $(LMM) ablate experiments/runs/design_space --match steps \
+DESIGN_SPACE_ABLATE := $(LMM) ablate experiments/runs/design_space --match steps \
+	--order linear mlp qformer_tiny resampler_tiny 16 64 tiny_pretrained tiny_pretrained_128 \
+	--label tiny_pretrained="64 px" tiny_pretrained_128="128 px"
+DESIGN_SPACE_TABLE := $(DESIGN_SPACE_ABLATE) \
 	--metrics synthetic/vqa/exact_match,synthetic.needs_vision/vqa/exact_match,synthetic/ocr/exact_match,synthetic.needs_vision/ocr/exact_match,synthetic/ocr_small/exact_match,synthetic/region/grounding_acc_iou50,synthetic/description/loss \
 	--rename synthetic/vqa/exact_match="VQA EM" synthetic.needs_vision/vqa/exact_match="VQA needs vision" \
 	synthetic/ocr/exact_match="OCR EM" synthetic.needs_vision/ocr/exact_match="OCR needs vision" \
 	synthetic/ocr_small/exact_match="small-word OCR EM" synthetic/region/grounding_acc_iou50="grounding Acc@0.5" \
-	synthetic/description/loss="description loss" \
-	--order linear mlp qformer_tiny resampler_tiny 16 64 tiny_pretrained tiny_pretrained_128 \
-	--label tiny_pretrained="64 px" tiny_pretrained_128="128 px"
+	synthetic/description/loss="description loss"
+# What each question type needs of the image, per connector (lmm.eval.blind's per-question-type metrics).
+DESIGN_SPACE_TYPES := $(DESIGN_SPACE_ABLATE) --rows connector --baseline linear \
+	--metrics synthetic.needs_vision/qtype/vqa/colour,synthetic.needs_vision/qtype/vqa/count,synthetic.needs_vision/qtype/vqa/position,synthetic.needs_vision/qtype/vqa/shape,synthetic.needs_vision/qtype/ocr/text_colour,synthetic.needs_vision/qtype/ocr/word,synthetic.needs_vision/qtype/ocr_small/word \
+	--rename synthetic.needs_vision/qtype/vqa/colour="colour" synthetic.needs_vision/qtype/vqa/count="count" \
+	synthetic.needs_vision/qtype/vqa/position="position" synthetic.needs_vision/qtype/vqa/shape="shape" \
+	synthetic.needs_vision/qtype/ocr/text_colour="text colour" synthetic.needs_vision/qtype/ocr/word="word" \
+	synthetic.needs_vision/qtype/ocr_small/word="small word"
 design-space: install
 	$(LMM) train -m +sweep=design_space hydra/launcher=joblib hydra.launcher.n_jobs=$(TABLE2_JOBS) \
 		cpu_threads=$(TABLE2_THREADS) data.num_workers=0 trainer.enable_progress_bar=false
@@ -174,6 +182,7 @@ design-space: install
 	$(DESIGN_SPACE_TABLE) --rows connector --baseline linear --out experiments/results/design_space/by_connector
 	$(DESIGN_SPACE_TABLE) --rows connector.tokens --baseline 16 --out experiments/results/design_space/by_tokens
 	$(DESIGN_SPACE_TABLE) --rows vision --baseline tiny_pretrained --out experiments/results/design_space/by_resolution
+	$(DESIGN_SPACE_TYPES) --out experiments/results/design_space/needs_vision_by_question_type
 
 table: install
 	@test -n "$(SWEEP)" || { echo "usage: make table SWEEP=experiments/runs/<name>"; exit 2; }

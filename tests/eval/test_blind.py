@@ -79,6 +79,10 @@ def test_results_report_blind_scores_and_what_needs_vision(blind_eval):
     assert per_type and set(per_type) == set(bench["per_question_type"])
     for qtype, gain in per_type.items():
         assert gain == pytest.approx(bench["per_question_type"][qtype] - bench["blind"]["per_question_type"][qtype])
+        # flat, for lmm ablate's intervals
+        assert metrics[f"synthetic.needs_vision/qtype/{qtype}"] == gain
+        assert metrics[f"synthetic/qtype/{qtype}"] == bench["per_question_type"][qtype]
+        assert metrics[f"synthetic.blind/qtype/{qtype}"] == bench["blind"]["per_question_type"][qtype]
     seen = [json.loads(line) for line in (run_dir / "predictions" / "synthetic.jsonl").read_text().splitlines()]
     blind = [json.loads(line) for line in (run_dir / "predictions" / "synthetic.blind.jsonl").read_text().splitlines()]
     assert [(r["id"], r["turn"]) for r in seen] == [(r["id"], r["turn"]) for r in blind]
@@ -115,6 +119,7 @@ def test_needs_vision_cells_pair_each_question_with_its_blind_answer(tmp_path):
                 "synthetic/vqa/exact_match": np.mean(seen),
                 "synthetic.blind/vqa/exact_match": np.mean(blind),
                 "synthetic.needs_vision/vqa/exact_match": np.mean(seen) - np.mean(blind),
+                "synthetic.needs_vision/qtype/vqa/colour": np.mean(seen[::2]) - np.mean(blind[::2]),
             }
             runs.append(([f"connector={connector}", f"seed={seed}"], metrics, "finished"))
             files.append((seen, blind))
@@ -123,7 +128,16 @@ def test_needs_vision_cells_pair_each_question_with_its_blind_answer(tmp_path):
         (root / str(i) / "predictions").mkdir()
         for name, scores in (("synthetic", seen), ("synthetic.blind", blind)):
             lines = [
-                json.dumps({"id": f"s{q}", "turn": 0, "metric": "vqa/exact_match", "score": v})
+                json.dumps(
+                    {
+                        "id": f"s{q}",
+                        "turn": 0,
+                        "source": "vqa",
+                        "qtype": "colour" if q % 2 == 0 else "count",
+                        "metric": "vqa/exact_match",
+                        "score": v,
+                    }
+                )
                 for q, v in enumerate(scores)
             ]
             (root / str(i) / "predictions" / f"{name}.jsonl").write_text("\n".join(lines))
@@ -137,5 +151,11 @@ def test_needs_vision_cells_pair_each_question_with_its_blind_answer(tmp_path):
         assert cell.interval.low < cell.mean < cell.interval.high
     assert table.comparisons[(("mlp",), "synthetic.needs_vision/vqa/exact_match")].p < 0.05
     assert "synthetic.needs_vision/vqa/exact_match" in markdown(table).splitlines()[0]
+    by_type = run.question_scores("synthetic.needs_vision/qtype/vqa/colour")
+    assert by_type == {f"s{q}#0": s - b for q, (s, b) in enumerate(zip(*files[0], strict=True)) if q % 2 == 0}
+    assert "synthetic.needs_vision/qtype/vqa/colour" not in table.metrics  # only when asked for
+    typed = build_table(find_runs([str(root)]), metrics=["synthetic.needs_vision/qtype/vqa/colour"], baseline="linear")
+    cell = typed.cells[(("mlp",), "synthetic.needs_vision/qtype/vqa/colour")]
+    assert cell.interval.method == "bootstrap over seeds and questions"
     assert metric_range("synthetic.needs_vision/vqa/exact_match", [0.2, -0.1]) == (-1.0, 1.0)
     assert metric_range("synthetic/vqa/exact_match", [0.2]) == (0.0, 1.0)

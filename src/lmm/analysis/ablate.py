@@ -42,7 +42,7 @@ from omegaconf import OmegaConf
 
 from lmm.analysis import match, stats
 from lmm.core.config import run_name_excluded_keys
-from lmm.eval.blind import BLIND, NEEDS_VISION
+from lmm.eval.blind import BLIND, NEEDS_VISION, QUESTION_TYPE
 from lmm.run.directory import (
     CHECKPOINTS,
     FINAL_WEIGHTS,
@@ -108,10 +108,12 @@ class Run:
                     except json.JSONDecodeError:
                         continue  # a torn line: the question is left out, the others count
             self._predictions[benchmark] = records
+        qtype = key.removeprefix(f"{QUESTION_TYPE}/") if key.startswith(f"{QUESTION_TYPE}/") else None
         scores = {
             f"{r.get('id')}#{r.get('turn', 0)}": float(r["score"])
             for r in self._predictions[benchmark]
-            if r.get("metric") == key and isinstance(r.get("score"), (int, float))
+            if (r.get("metric") == key if qtype is None else f"{r.get('source')}/{r.get('qtype')}" == qtype)
+            and isinstance(r.get("score"), (int, float))
         }
         return scores or None
 
@@ -227,6 +229,11 @@ class Table:
     held_equal: str = ""  # --match: what every row trained with the same amount of (lmm.analysis.match)
 
 
+def default_metrics(runs: list[Run]) -> list[str]:
+    """Every metric of the runs but the per-question-type ones (`.../qtype/...`: ask for them with --metrics)."""
+    return sorted({m for r in runs for m in r.metrics if f"/{QUESTION_TYPE}/" not in m})
+
+
 def lower_is_better(metric: str) -> bool:
     return "loss" in metric or "perplexity" in metric or metric.endswith("error")
 
@@ -329,7 +336,7 @@ def build_table(
             f"each row averages over {', '.join(averaged)}; n counts runs, and every comparison pairs a run with "
             f"the run of the same {', '.join(averaged)} and seed"
         )
-    metrics = metrics or sorted({m for r in runs for m in r.metrics})
+    metrics = metrics or default_metrics(runs)
     grouped: dict[tuple[str, ...], list[Run]] = {}
     for run in runs:
         grouped.setdefault(tuple(run.overrides.get(f, "—") for f in factors), []).append(run)
@@ -420,7 +427,7 @@ def build_recipe_table(
     notes = not_started + (
         [f"{len(outside)} run(s) not in the spec, left out: {', '.join(sorted(outside))}"] if outside else []
     )
-    metrics = metrics or list(spec.columns) or sorted({m for r in runs for m in r.metrics})
+    metrics = metrics or list(spec.columns) or default_metrics(runs)
     keys = list(groups)
     references = {keys[i]: keys[i - 1] for i in range(1, len(keys))}
     return _table([spec.row_header], metrics, groups, notes, references, "the row above", effect), dict(spec.columns)

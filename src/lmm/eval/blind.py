@@ -26,6 +26,7 @@ from lmm.eval.answer import write_jsonl
 
 BLIND = ".blind"
 NEEDS_VISION = ".needs_vision"
+QUESTION_TYPE = "qtype"  # <benchmark>/qtype/<source>/<type>: one question type's score
 
 
 @contextmanager

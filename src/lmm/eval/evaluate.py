@@ -17,7 +17,7 @@ from lmm.build.factory import LMM_CONFIG, build_trained, init_weights_path, load
 from lmm.core.config import command_overrides
 from lmm.core.ranks import is_main_process
 from lmm.data.sample import SampleProcessor
-from lmm.eval.blind import BLIND, NEEDS_VISION, blank_images, blind_summary, mark_blind_answers
+from lmm.eval.blind import BLIND, NEEDS_VISION, QUESTION_TYPE, blank_images, blind_summary, mark_blind_answers
 from lmm.model.lmm import LMM
 from lmm.run.directory import PREDICTIONS, read_results, write_results
 
@@ -25,6 +25,12 @@ from lmm.run.directory import PREDICTIONS, read_results, write_results
 def new_results(cfg: DictConfig, cost: dict | None) -> dict:
     """results.json's layout: the run, its training cost, then per-benchmark and flat metrics."""
     return {"name": cfg.name, "overrides": command_overrides(), "cost": cost or {}, "benchmarks": {}, "metrics": {}}
+
+
+def question_type_metrics(name: str, per_question_type: dict[str, float]) -> dict[str, float]:
+    """A benchmark's per-question-type scores as flat metrics, `<name>/qtype/<source>/<type>`, so that
+    lmm ablate gives them intervals (pass them with --metrics; its default tables leave them out)."""
+    return {f"{name}/{QUESTION_TYPE}/{key}": value for key, value in per_question_type.items()}
 
 
 def save_results(run_dir: Path, results: dict) -> None:
@@ -58,6 +64,7 @@ def evaluate(
         result["decoding"] = {"strategy": "greedy", "max_new_tokens": benchmark.max_new_tokens}
         results["benchmarks"][name] = result
         results["metrics"].update({f"{name}/{key}": value for key, value in result["metrics"].items()})
+        results["metrics"].update(question_type_metrics(name, result.get("per_question_type", {})))
         if blind:  # the same questions and prompts, every image blanked (lmm.eval.blind)
             benchmark.name = f"{benchmark.name}{BLIND}"
             with blank_images(model):
@@ -68,6 +75,8 @@ def evaluate(
                 (NEEDS_VISION, result["blind"]["needs_vision"]),
             ):
                 results["metrics"].update({f"{name}{suffix}/{key}": value for key, value in values.items()})
+            for suffix, key in ((BLIND, "per_question_type"), (NEEDS_VISION, "needs_vision_per_question_type")):
+                results["metrics"].update(question_type_metrics(f"{name}{suffix}", result["blind"].get(key, {})))
             mark_blind_answers(predictions, name)
     if is_main_process():
         print(format_table(results))
