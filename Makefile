@@ -29,7 +29,7 @@ help:
 	@echo "make data      generate the synthetic shards under data/synthetic"
 	@echo "make pretrain-tiny  rebuild pretrained/tiny/: the tiny CLIP-style tower and chat LLM"
 	@echo "make table2    LLaVA-1.5's Table 2 in miniature (6 recipe steps x 3 seeds, ~21 min on 2 cores) in experiments/results/table2"
-	@echo "make design-space  connector type x token budget x resolution x 3 seeds with blind controls (~30 min) in experiments/results/design_space"
+	@echo "make design-space  connector type x token budget x resolution x 3 seeds with blind controls (~20 min) in experiments/results/design_space"
 	@echo "make ablate-anyres       pad vs AnyRes on small text (2 rows x 3 seeds) in experiments/results/anyres"
 	@echo "make ablate-multi-image  single- vs multi-image training on two-image questions (2 rows x 3 seeds) in experiments/results/multi_image"
 	@echo "make describe  parameter table of LLaVA-1.5-13B (meta device, no download)"
@@ -156,7 +156,7 @@ ablate-multi-image: install
 	$(LMM) ablate experiments/runs/two_image --spec conf/experiment/two_image/table.yml --out experiments/results/multi_image
 
 # What matters in miniature: connector type × visual-token budget × resolution × 3 seeds with blind
-# controls (conf/sweep/design_space.yaml, 48 runs, ~30 min on 2 cores), then the full table and one
+# controls (conf/sweep/design_space.yaml, 48 runs, 19-22 min on 2 cores), then the full table and one
 # table per factor (its main effect: each row averages over the other factors, every run paired
 # with the run of the same other factors and seed) in experiments/results/design_space/.
 DESIGN_SPACE_ABLATE := $(LMM) ablate experiments/runs/design_space --match steps \
