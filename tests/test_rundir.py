@@ -306,3 +306,29 @@ def test_a_run_recorded_before_token_budgets_and_blind_controls_is_still_the_sam
     del old["connector"]["tokens"], old["eval"]["blind"]
     saved.write_text(yaml.safe_dump(old))
     assert model_drift(load_saved_config(run), cfg) == []
+
+
+def test_a_run_recorded_before_llm_finetune_lr_existed_is_still_the_same_run(tmp_path, make_config):
+    """llm.finetune_lr only feeds stage.optim.lr (resolved in the identity): a run recorded without it,
+    or with it, is the same run; a different learning rate is another run."""
+    from omegaconf import OmegaConf
+
+    from lmm.build.factory import model_drift
+    from lmm.run.directory import IDENTITY, claim_identity
+
+    run = tmp_path / "run"
+    cfg = make_config(*QUICK, run_dir=run)
+    claim_identity(run, cfg)
+    record = json.loads((run / IDENTITY).read_text())
+    for recorded_lr in ("absent", 1.0e-3):  # before the key existed, and as runs recorded it since
+        if recorded_lr == "absent":
+            record["config"]["llm"].pop("finetune_lr", None)
+        else:
+            record["config"]["llm"]["finetune_lr"] = recorded_lr
+        (run / IDENTITY).write_text(json.dumps(record))
+        claim_identity(run, cfg)  # the same run
+    with pytest.raises(RunMismatch, match=r"stage.optim.lr"):
+        claim_identity(run, make_config(*QUICK, "llm.finetune_lr=0.5", run_dir=run))
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    del plain["llm"]["finetune_lr"]
+    assert model_drift(OmegaConf.create(plain), cfg) == []

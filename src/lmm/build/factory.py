@@ -170,12 +170,15 @@ def build_trained(
 def model_config(cfg: DictConfig) -> dict:
     """What builds the model and its inputs (MODEL_KEYS, the template, max length, image decoding), resolved."""
     image = OmegaConf.select(cfg, "data.image", default=None)
-    return {
+    config = {
         **{key: container(OmegaConf.select(cfg, key, default=None)) for key in MODEL_KEYS},
         "template": cfg.stage.template,
         "max_length": cfg.data.max_length,
         "image": container(image),
     }
+    if isinstance(config["llm"], dict):
+        config["llm"].pop("finetune_lr", None)  # a training setting kept beside the LLM, not part of it
+    return config
 
 
 def container(node) -> dict | None:

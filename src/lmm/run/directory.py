@@ -53,6 +53,7 @@ NOT_IDENTITY = (
     "simulate",
     "data.plan",
     "model.loss",
+    "llm.finetune_lr",  # it only feeds stage.optim.lr, which the identity holds resolved (added after some runs)
 )
 # How the global batch is laid out over devices: a run may resume with another layout of the same
 # global batch (the global batch plan makes the data and the updates the same), so these are left
@@ -243,7 +244,8 @@ def claim_identity(run_dir: Path, cfg: DictConfig) -> None:
     data = data_manifest_sha256(cfg)
     if path.exists():
         record = json.loads(path.read_text())
-        recorded = upgrade_config(record["config"])  # a class or key that moved since is the same
+        # A class or key that moved since is the same; a key left out of identities since is left out here too.
+        recorded = _without(upgrade_config(record["config"]), NOT_IDENTITY)
         current = (
             config if "global_batch" in recorded else legacy_identity_config(cfg)
         )  # an older run: compared as then
