@@ -70,6 +70,9 @@ def test_budgets_that_cannot_be_met_stop_in_one_line():
         tiny_model("mlp", "connector.tokens=100")
     with pytest.raises(ValueError, match=r"connector.tokens=12 must be a positive square"):
         tiny_model("resampler_tiny", "connector.tokens=12")
+    for bad in ("-4", "0", "1.5", "many"):  # checked before any connector is built, whatever its kind
+        with pytest.raises(ValueError, match=r"must be a positive whole number of visual tokens, or null"):
+            tiny_model("qformer_tiny", f"connector.tokens={bad}")
 
 
 def test_a_budget_is_per_view_under_anyres():

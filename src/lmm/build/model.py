@@ -71,8 +71,10 @@ def build_connector(connector_cfg: DictConfig, vision_dim: int, llm_dim: int) ->
     A sequence connector reaches the budget itself (its query count, `budget_arguments`); for a
     grid connector the budget goes to the model, which pools the grid (LMM's `tokens`)."""
     tokens = connector_cfg.get("tokens")
+    if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+        raise ValueError(f"connector.tokens={tokens!r} must be a positive whole number of visual tokens, or null")
     arguments = {key: value for key, value in connector_cfg.items() if key != "tokens"}
     if tokens is not None:
-        arguments.update(get_class(connector_cfg["_target_"]).budget_arguments(int(tokens)) or {})
+        arguments.update(get_class(connector_cfg["_target_"]).budget_arguments(tokens) or {})
     connector = instantiate(OmegaConf.create(arguments), vision_dim=vision_dim, llm_dim=llm_dim)
-    return connector, None if tokens is None else int(tokens)
+    return connector, tokens
