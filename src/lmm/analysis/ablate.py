@@ -42,7 +42,7 @@ from omegaconf import OmegaConf
 
 from lmm.analysis import match, stats
 from lmm.core.config import run_name_excluded_keys
-from lmm.eval.blind import BLIND, NEEDS_VISION, QUESTION_TYPE
+from lmm.eval.blind import BLIND, NEEDS_VISION, QUESTION_TYPE, is_loss
 from lmm.run.directory import (
     CHECKPOINTS,
     FINAL_WEIGHTS,
@@ -235,7 +235,7 @@ def default_metrics(runs: list[Run]) -> list[str]:
 
 
 def lower_is_better(metric: str) -> bool:
-    return "loss" in metric or "perplexity" in metric or metric.endswith("error")
+    return is_loss(metric) or metric.endswith("error")
 
 
 def _aggregate(values: list[float]) -> Cell:

@@ -44,6 +44,7 @@ def blank_images(model: torch.nn.Module) -> Iterator[None]:
 
 
 def is_loss(metric: str) -> bool:
+    """A metric named like a loss (lower is better; lmm.analysis.ablate reads names the same way)."""
     return "loss" in metric or "perplexity" in metric
 
 

@@ -52,16 +52,16 @@ def harness_version() -> str | None:
 def message_question(message: list[dict], qid: str) -> Question:
     """An interleaved VLMEvalKit message as lmm's question: images (read from their files) in order;
     the text parts joined by newlines, with an image tag where an image stands between texts."""
-    images = [Path(item["value"]).read_bytes() for item in message if item["type"] == "image"]
     kinds = [item["type"] for item in message]
+    unknown = set(kinds) - {"image", "text"}
+    if unknown:  # before any file is read
+        raise ValueError(f"lmm models read images and text, not {sorted(unknown)}")
+    images = [Path(item["value"]).read_bytes() for item in message if item["type"] == "image"]
     first_text = kinds.index("text") if "text" in kinds else len(kinds)
     if "image" not in kinds[first_text:]:  # every image before the text: lmm puts them first itself
         prompt = "\n".join(item["value"] for item in message if item["type"] == "text")
     else:
         prompt = "\n".join(IMAGE_TOKEN if item["type"] == "image" else item["value"] for item in message)
-    unknown = set(kinds) - {"image", "text"}
-    if unknown:
-        raise ValueError(f"lmm models read images and text, not {sorted(unknown)}")
     return Question(qid, prompt.strip(), images)
 
 
