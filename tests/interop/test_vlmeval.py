@@ -109,7 +109,10 @@ def test_a_question_lmm_cannot_ask_is_answered_empty_and_counted(exported, tmp_p
     message = [{"type": "image", "value": str(corrupt)}, {"type": "text", "value": "What is it?"}]
     assert vlmeval.generate(model, message, DATASET) == ""
     assert model.skipped == 1 and "could not be asked: image:" in capsys.readouterr().err
+    missing = [{"type": "image", "value": str(tmp_path / "gone.png")}, {"type": "text", "value": "What is it?"}]
+    assert model.generate_inner(missing, DATASET) == ""
+    assert model.skipped == 2 and "could not be asked: image: FileNotFoundError" in capsys.readouterr().err
     text_only = vlmeval.generate(model, "How many sides has a square?", DATASET)
-    assert isinstance(text_only, str) and model.skipped == 1
+    assert isinstance(text_only, str) and model.skipped == 2
     with pytest.raises(ValueError, match="unknown arguments"):
         LmmVLMEval(model_path=str(tmp / "model"), temperature=0.7)

@@ -99,16 +99,21 @@ class LmmVLMEval(BaseModel):
 
     def generate_inner(self, message: list[dict], dataset: str | None = None) -> str:
         self.asked += 1
-        question = message_question(message, f"{dataset}/{self.asked}")
-        (answer,) = answer_questions(
-            self.model,
-            self.processor,
-            [question],
-            partial(question_example, self.processor),
-            batch_size=1,
-            max_new_tokens=self.max_new_tokens,
-            device=self.device,
-        )
+        qid = f"{dataset}/{self.asked}"
+        try:
+            question = message_question(message, qid)
+        except OSError as e:  # an image file that is gone or unreadable: counted like a corrupt one
+            answer = Skip(qid, f"image: {type(e).__name__}: {e}")
+        else:
+            (answer,) = answer_questions(
+                self.model,
+                self.processor,
+                [question],
+                partial(question_example, self.processor),
+                batch_size=1,
+                max_new_tokens=self.max_new_tokens,
+                device=self.device,
+            )
         if isinstance(answer, Skip):
             self.skipped += 1
             print(f"[lmm] {HARNESS}: question {self.skipped} could not be asked: {answer.reason}", file=sys.stderr)
