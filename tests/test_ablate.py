@@ -390,6 +390,9 @@ def test_match_refuses_unmatched_rows_and_says_how_to_match_them(tmp_path):
     (root / "0" / "results.json").write_text(json.dumps({"metrics": {"acc": 0.5}, "cost": {}}))
     with pytest.raises(SystemExit, match=r"has no 'flops' in its results.json cost"):
         main([str(root), "--match", "flops"])
+    (root / "0" / "results.json").write_text(json.dumps({"metrics": {"acc": 0.5}, "cost": {"flops": "lots"}}))
+    table = build_table(find_runs([str(root)]))  # a damaged cost: footnoted, never summed
+    assert "connector=linear: run 0 incomplete" in table.notes
 
 
 def test_rows_of_one_factor_average_over_the_others_and_pair_by_them(tmp_path):

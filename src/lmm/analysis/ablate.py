@@ -179,6 +179,8 @@ def find_runs(paths: list[str]) -> list[Run]:
                     for k, v in (results.get("cost") or {}).items()
                     if (k in COST_COLUMNS or k in match.COST_KEYS) and v is not None
                 }
+                if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in cost.values()):
+                    status, results, cost = "incomplete", {}, {}  # a damaged cost: the run is footnoted, not summed
                 found[run_dir] = Run(run_dir, overrides, status, results.get("metrics", {}), cost, not_factors(run_dir))
     if not found:
         raise SystemExit(f"no runs (directories with .hydra/overrides.yaml) under {', '.join(paths)}")
